@@ -1,0 +1,323 @@
+"""Build the local cluster's binaries from the Go module proxy, once per machine.
+
+Owns: the pinned versions, the generated Go wrapper modules, and the versioned cache layout
+(``$KUBEINFER_CACHE`` or ``~/.cache/kubeinfer``). It never touches the repository: every
+artefact lives in the cache, so a fresh clone with a warm cache builds nothing.
+
+Why wrapper modules: ``k8s.io/kubernetes`` and etcd's server carry ``replace`` directives, so
+``go install pkg@version`` is refused. A tiny module that requires them and replaces each staging
+module with its published tag builds the real binaries. When the proxy lacks a pinned
+dependency, ``_tidy`` replaces it with the nearest newer served version and records it in
+``replacements.txt`` beside the binaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+GO_VERSION_DIRECTIVE = "1.26"
+
+# Kubernetes v1.36 staging modules, published as k8s.io/<name> v0.36.x.
+STAGING_MODULES = (
+    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider "
+    "cluster-bootstrap code-generator component-base component-helpers controller-manager "
+    "cri-api cri-client cri-streaming csi-translation-lib dynamic-resource-allocation "
+    "endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy "
+    "kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission sample-apiserver "
+    "sample-cli-plugin sample-controller streaming"
+).split()
+# v1.34 has no cri-streaming/streaming modules.
+STAGING_MODULES_1_34 = [m for m in STAGING_MODULES if m not in ("cri-streaming", "streaming")]
+
+KUBERNETES_VERSIONS = ("v1.36.3", "v1.36.1", "v1.34.4")
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+KUBECONFORM_VERSION = "v0.7.0"
+
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+class BuildError(RuntimeError):
+    """A build step failed; the message names the step and carries go's error output."""
+
+
+def cache_root() -> pathlib.Path:
+    """The cache directory; ``KUBEINFER_CACHE`` overrides the default."""
+    env = os.environ.get("KUBEINFER_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "kubeinfer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tools:
+    """Absolute paths of every built tool."""
+
+    kube_apiserver: pathlib.Path
+    kube_controller_manager: pathlib.Path
+    kube_scheduler: pathlib.Path
+    kubectl: pathlib.Path
+    etcd: pathlib.Path
+    kwok: pathlib.Path
+    kwok_stages: pathlib.Path
+    helm: pathlib.Path | None
+    kubernetes_version: str
+
+    @property
+    def bin_dirs(self) -> list[pathlib.Path]:
+        dirs = [self.kubectl.parent]
+        if self.helm is not None:
+            dirs.append(self.helm.parent)
+        return dirs
+
+
+def _go_env(root: pathlib.Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GOTOOLCHAIN="local",
+        GOMODCACHE=str(root / "go" / "mod"),
+        GOCACHE=str(root / "go" / "build"),
+        GOFLAGS="-mod=mod -buildvcs=false",
+        CGO_ENABLED="0",
+    )
+    return env
+
+
+def _say(message: str) -> None:
+    print(f"[kubeinfer build] {message}", file=sys.stderr, flush=True)
+
+
+def _run_go(args: list[str], *, cwd: pathlib.Path, root: pathlib.Path, step: str) -> str:
+    """Run go with a heartbeat every 30 s, so a cold build never looks hung."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(30):
+            _say(f"{step}: still running ({time.monotonic() - started:.0f} s)")
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        proc = subprocess.run(
+            ["go", *args], cwd=cwd, env=_go_env(root), capture_output=True, text=True
+        )
+    except FileNotFoundError as exc:
+        raise BuildError(f"{step}: the go command is not installed (apt install golang)") from exc
+    finally:
+        done.set()
+    if proc.returncode != 0:
+        raise BuildError(f"{step} failed:\n{proc.stderr[-4000:]}")
+    _say(f"{step}: done in {time.monotonic() - started:.0f} s")
+    return proc.stdout + proc.stderr
+
+
+_MISSING = re.compile(r"([A-Za-z0-9][\w.\-/~]+)@(v[\w.\-+]+): (?:reading|invalid version|unknown revision|not found)")
+
+
+def _tidy(src: pathlib.Path, root: pathlib.Path, step: str) -> list[str]:
+    """`go mod tidy`, replacing unserved pinned versions with the nearest newer served one."""
+    replaced: list[str] = []
+    for _ in range(20):
+        try:
+            _run_go(["mod", "tidy"], cwd=src, root=root, step=f"{step}: go mod tidy")
+            return replaced
+        except BuildError as exc:
+            match = _MISSING.search(str(exc))
+            if not match:
+                raise
+            module, version = match.group(1), match.group(2)
+            newer = _nearest_newer(module, version, src, root)
+            if newer is None:
+                raise BuildError(f"{step}: {module}@{version} is not served and no newer version is") from exc
+            _say(f"{step}: {module}@{version} not served; replacing with {newer}")
+            with (src / "go.mod").open("a") as fh:
+                fh.write(f"\nreplace {module} => {module} {newer}\n")
+            replaced.append(f"{module} {version} => {newer}")
+    raise BuildError(f"{step}: gave up after 20 replacements: {replaced}")
+
+
+def _nearest_newer(module: str, version: str, src: pathlib.Path, root: pathlib.Path) -> str | None:
+    out = _run_go(["list", "-m", "-versions", module], cwd=src, root=root, step=f"list {module}")
+    versions = out.split()[1:]
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", v.split("-")[0])[:3])
+    newer = sorted((v for v in versions if key(v) > key(version)), key=key)
+    return newer[0] if newer else None
+
+
+def _ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={stamp}",
+        ]
+    return " ".join(flags)
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _all_exist(paths: list[pathlib.Path]) -> bool:
+    return all(p.is_file() and os.access(p, os.X_OK) for p in paths)
+
+
+def build_kubernetes(root: pathlib.Path, version: str) -> pathlib.Path:
+    """kube-apiserver, kube-controller-manager, kube-scheduler and kubectl at ``version``."""
+    out = root / "bin" / f"kubernetes-{version}"
+    if _all_exist([out / c for c in K8S_COMMANDS]):
+        return out
+    staging = STAGING_MODULES if version.startswith("v1.36") else STAGING_MODULES_1_34
+    staging_tag = "v0." + version.lstrip("v").split(".", 1)[1]
+    src = root / "src" / f"kubernetes-{version}"
+    shutil.rmtree(src, ignore_errors=True)
+    lines = [
+        "module kubeinfer.local/k8swrap",
+        "",
+        f"go {GO_VERSION_DIRECTIVE}",
+        "",
+        f"require k8s.io/kubernetes {version}",
+        "",
+        "tool (",
+        *(f"\tk8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS),
+        ")",
+        "",
+        "replace (",
+        *(f"\tk8s.io/{m} => k8s.io/{m} {staging_tag}" for m in staging),
+        ")",
+        "",
+    ]
+    _write(src / "go.mod", "\n".join(lines))
+    step = f"kubernetes {version}"
+    _say(f"{step}: resolving modules (cold: about a minute)")
+    replaced = _tidy(src, root, step)
+    _say(f"{step}: compiling {', '.join(K8S_COMMANDS)} (cold: 15-30 min on 2 cores)")
+    out.mkdir(parents=True, exist_ok=True)
+    _run_go(
+        ["build", "-trimpath", "-ldflags", _ldflags(version), "-o", str(out) + "/",
+         *(f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS)],
+        cwd=src, root=root, step=f"{step}: go build",
+    )
+    _write(out / "replacements.txt", "\n".join(replaced) + "\n")
+    return out
+
+
+def build_etcd(root: pathlib.Path) -> pathlib.Path:
+    out = root / "bin" / f"etcd-{ETCD_VERSION}"
+    if _all_exist([out / "etcd"]):
+        return out / "etcd"
+    src = root / "src" / f"etcd-{ETCD_VERSION}"
+    shutil.rmtree(src, ignore_errors=True)
+    _write(src / "go.mod", f"module kubeinfer.local/etcdwrap\n\ngo {GO_VERSION_DIRECTIVE}\n\n"
+           f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n")
+    _write(src / "main.go", 'package main\n\nimport (\n\t"os"\n\n'
+           '\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+           "func main() { etcdmain.Main(os.Args) }\n")
+    step = f"etcd {ETCD_VERSION}"
+    _tidy(src, root, step)
+    _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "."],
+            cwd=src, root=root, step=f"{step}: go build")
+    return out / "etcd"
+
+
+def _build_tool_module(root: pathlib.Path, name: str, module: str, version: str,
+                       packages: list[str]) -> pathlib.Path:
+    """Build main packages of a module that has no replace directives (kwok, helm)."""
+    out = root / "bin" / f"{name}-{version}"
+    binaries = [out / p.rsplit("/", 1)[1] for p in packages]
+    if _all_exist(binaries):
+        return out
+    src = root / "src" / f"{name}-{version}"
+    shutil.rmtree(src, ignore_errors=True)
+    _write(src / "go.mod", "\n".join([
+        f"module kubeinfer.local/{name}wrap", "", f"go {GO_VERSION_DIRECTIVE}", "",
+        f"require {module} {version}", "", "tool (", *(f"\t{p}" for p in packages), ")", "",
+    ]))
+    step = f"{name} {version}"
+    _tidy(src, root, step)
+    out.mkdir(parents=True, exist_ok=True)
+    _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + "/", *packages],
+            cwd=src, root=root, step=f"{step}: go build")
+    return out
+
+
+def build_kwok(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = _build_tool_module(root, "kwok", "sigs.k8s.io/kwok", KWOK_VERSION,
+                             ["sigs.k8s.io/kwok/cmd/kwok"])
+    stages = out / "stages"
+    if not stages.is_dir():
+        # The stage files ship inside the module; copy the ones a kubelet stand-in needs.
+        mod = root / "go" / "mod" / "sigs.k8s.io" / f"kwok@{KWOK_VERSION}" / "kustomize" / "stage"
+        stages.mkdir()
+        for pattern in ("node/fast/*.yaml", "node/heartbeat-with-lease/*.yaml",
+                        "pod/fast/*.yaml"):
+            for f in mod.glob(pattern):
+                if f.name != "kustomization.yaml":
+                    shutil.copy(f, stages / f"{f.parent.name}-{f.name}")
+    return out / "kwok", stages
+
+
+def build_helm(root: pathlib.Path) -> pathlib.Path:
+    out = _build_tool_module(root, "helm", "helm.sh/helm/v3", HELM_VERSION,
+                             ["helm.sh/helm/v3/cmd/helm"])
+    return out / "helm"
+
+
+def build_kubeconform(root: pathlib.Path) -> pathlib.Path:
+    out = _build_tool_module(root, "kubeconform", "github.com/yannh/kubeconform",
+                             KUBECONFORM_VERSION, ["github.com/yannh/kubeconform/cmd/kubeconform"])
+    return out / "kubeconform"
+
+
+def ensure_tools(*, with_helm: bool = True) -> Tools:
+    """Build whatever is missing and return the tool paths. Warm: milliseconds."""
+    root = cache_root()
+    started = time.monotonic()
+    errors: list[str] = []
+    k8s_dir: pathlib.Path | None = None
+    for version in KUBERNETES_VERSIONS:
+        try:
+            k8s_dir = build_kubernetes(root, version)
+            break
+        except BuildError as exc:
+            errors.append(str(exc))
+            _say(f"kubernetes {version} failed; trying the next fallback")
+    if k8s_dir is None:
+        raise BuildError("no Kubernetes version could be built:\n" + "\n".join(errors))
+    etcd = build_etcd(root)
+    kwok, stages = build_kwok(root)
+    helm = build_helm(root) if with_helm else None
+    elapsed = time.monotonic() - started
+    if elapsed > 5:
+        _say(f"all tools ready in {elapsed:.0f} s under {root}")
+    return Tools(
+        kube_apiserver=k8s_dir / "kube-apiserver",
+        kube_controller_manager=k8s_dir / "kube-controller-manager",
+        kube_scheduler=k8s_dir / "kube-scheduler",
+        kubectl=k8s_dir / "kubectl",
+        etcd=etcd,
+        kwok=kwok,
+        kwok_stages=stages,
+        helm=helm,
+        kubernetes_version=k8s_dir.name.removeprefix("kubernetes-"),
+    )
+
+
+if __name__ == "__main__":
+    ensure_tools()
