@@ -8,6 +8,7 @@ so nothing here can dial outside loopback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import dataclasses
@@ -210,14 +211,17 @@ def _service_account_keys(pki: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path
     return key, pub
 
 
-def _write_kubeconfig(path: pathlib.Path, server: str, token: str, name: str) -> None:
+def _write_kubeconfig(path: pathlib.Path, server: str, token: str, name: str,
+                      ca: pathlib.Path | None = None) -> None:
+    # Until the API server has generated its self-signed certificate there is nothing to
+    # verify against; the final kubeconfig pins that certificate.
+    tls: dict[str, Any] = (
+        {"certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}
+        if ca is not None else {"insecure-skip-tls-verify": True})
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": f"kubeinfer-{name}", "cluster": {
-            "server": server,
-            # The API server's certificate is self-signed for this one machine and session.
-            "insecure-skip-tls-verify": True}}],
+        "clusters": [{"name": f"kubeinfer-{name}", "cluster": {"server": server, **tls}}],
         "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [{"name": f"kubeinfer-{name}",
                       "context": {"cluster": f"kubeinfer-{name}", "user": "admin"}}],
@@ -322,6 +326,7 @@ def up(name: str = DEFAULT_NAME, *, nodes: NodeSpec | None = None, tie_to_parent
         _save_pids(state, pids)
         _wait("kube-apiserver", lambda: _http_ok(f"{server}/readyz", token), timeout=90,
               state=state, component="kube-apiserver", pid=pids["kube-apiserver"])
+        _write_kubeconfig(kubeconfig, server, token, name, ca=state / "pki" / "apiserver.crt")
         for component in ("kube-controller-manager", "kube-scheduler", "kwok"):
             pids[component] = _spawn(state, component, args[component], tie=tie_to_parent)
             _save_pids(state, pids)

@@ -1,0 +1,129 @@
+"""Parse a serving pod's Prometheus text into raw counters, and two scrapes into PodSignals.
+
+Owns: which metric names carry which signal (Triton's by default, overridable per runtime from
+the runtime catalogue), summing across models and versions, and the counter arithmetic (deltas
+over the interval, counter resets). No I/O: the scraping client hands the text in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prometheus_client import parser
+
+from kubeinfer.core.scaling import signals
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MetricNames:
+    """Metric family names per signal; counters are given without a ``_total`` suffix."""
+
+    pending_requests: str = "nv_inference_pending_request_count"
+    queue_duration_us: str = "nv_inference_queue_duration_us"
+    request_duration_us: str = "nv_inference_request_duration_us"
+    request_success: str = "nv_inference_request_success"
+    request_failure: str = "nv_inference_request_failure"
+    inference_count: str = "nv_inference_count"
+    gpu_utilization: str = "nv_gpu_utilization"
+    # Multiplier to 0..1: 1.0 for Triton, 0.01 for DCGM's DCGM_FI_DEV_GPU_UTIL (0-100).
+    gpu_utilization_scale: float = 1.0
+
+
+TRITON = MetricNames()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RawScrape:
+    """One pod's counters and gauges at one instant, summed across models and versions."""
+
+    pending_requests: float = 0.0
+    queue_duration_us: float = 0.0
+    request_duration_us: float = 0.0
+    request_success: float = 0.0
+    request_failure: float = 0.0
+    inference_count: float = 0.0
+    # Mean over the pod's GPUs, 0..1; None when the pod exports no GPU metric.
+    gpu_utilization: float | None = None
+
+
+def _family_name(name: str) -> str:
+    # prometheus_client strips `_total` from counter family names; compare on the stripped form.
+    return name.removesuffix("_total")
+
+
+def parse_metrics(text: str, *, names: MetricNames = TRITON) -> RawScrape:
+    """Parse Prometheus text exposition; absent metrics read as zero (GPU: None).
+
+    Raises ValueError on text the Prometheus parser rejects.
+    """
+    wanted = {
+        _family_name(names.pending_requests): "pending_requests",
+        _family_name(names.queue_duration_us): "queue_duration_us",
+        _family_name(names.request_duration_us): "request_duration_us",
+        _family_name(names.request_success): "request_success",
+        _family_name(names.request_failure): "request_failure",
+        _family_name(names.inference_count): "inference_count",
+    }
+    gpu_family = _family_name(names.gpu_utilization)
+    sums: dict[str, float] = dict.fromkeys(wanted.values(), 0.0)
+    gpu_values: list[float] = []
+    for family in parser.text_string_to_metric_families(text):
+        field = wanted.get(family.name)
+        if field is None and family.name != gpu_family:
+            continue
+        for sample in family.samples:
+            # Skip the `_created` timestamps the client synthesises for counters.
+            if sample.name not in (family.name, family.name + "_total"):
+                continue
+            if field is not None:
+                sums[field] += float(sample.value)
+            else:
+                gpu_values.append(float(sample.value) * names.gpu_utilization_scale)
+    gpu = min(1.0, max(0.0, sum(gpu_values) / len(gpu_values))) if gpu_values else None
+    return RawScrape(gpu_utilization=gpu, **sums)
+
+
+def _delta(current: float, previous: float) -> float:
+    # A counter that went down was reset (the server restarted): it counts from zero again.
+    return current - previous if current >= previous else current
+
+
+def pod_signals(
+    *,
+    pod: str,
+    previous: RawScrape | None,
+    previous_time: float | None,
+    current: RawScrape,
+    current_time: float,
+) -> signals.PodSignals:
+    """Turn two successive scrapes of one pod into its signals over the interval between them.
+
+    Without a previous scrape (the pod's first), only the gauges are known: rates read as zero
+    and queue time as None.
+    """
+    interval = current_time - previous_time if previous_time is not None else 0.0
+    if previous is None or interval <= 0:
+        return signals.PodSignals(
+            pod=pod,
+            pending_requests=current.pending_requests,
+            queue_time_us=None,
+            request_rate=0.0,
+            executing=0.0,
+            gpu_utilization=current.gpu_utilization,
+        )
+    completed = _delta(current.request_success, previous.request_success)
+    failed = _delta(current.request_failure, previous.request_failure)
+    queue_us = _delta(current.queue_duration_us, previous.queue_duration_us)
+    request_us = _delta(current.request_duration_us, previous.request_duration_us)
+    queue_time_us = queue_us / completed if completed > 0 else None
+    # Little's law on the part of a request's life spent executing: busy time / interval.
+    executing = max(0.0, request_us - queue_us) / 1e6 / interval
+    return signals.PodSignals(
+        pod=pod,
+        pending_requests=current.pending_requests,
+        queue_time_us=queue_time_us,
+        request_rate=completed / interval,
+        executing=executing,
+        gpu_utilization=current.gpu_utilization,
+        failure_rate=failed / interval,
+    )

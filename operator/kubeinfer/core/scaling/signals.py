@@ -1,0 +1,91 @@
+"""Per-pod signals and the per-tick aggregate the windows record.
+
+Owns: the shape of what one scrape of one pod tells the autoscaler (``PodSignals``), the
+service-wide sample of one tick (``TickSample``), and how pods are aggregated into it. Turning
+Prometheus text into ``PodSignals`` is ``core/metrics.py``'s job; keeping samples over time is
+``window.py``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from kubeinfer.core.scaling import policy as policy_
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PodSignals:
+    """What one pod's metrics say over one scrape interval."""
+
+    pod: str
+    # Requests queued and not yet executing (Triton's gauge), at scrape time.
+    pending_requests: float
+    # Average queue time per request completed in the interval, microseconds; None if none did.
+    queue_time_us: float | None
+    # Completed requests per second over the interval.
+    request_rate: float
+    # Requests executing on average over the interval (Little's law on compute time).
+    executing: float
+    # GPU utilization 0..1, or None when the pod does not report it.
+    gpu_utilization: float | None = None
+    # Failed requests per second over the interval.
+    failure_rate: float = 0.0
+
+    @property
+    def in_flight(self) -> float:
+        """Requests queued or executing: the QueueDepth signal."""
+        return self.pending_requests + self.executing
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TickSample:
+    """One tick's service-wide signals, extrapolated from the pods that answered to all ready.
+
+    Totals are extrapolated (mean per scraped pod * ready pods), as Knative does, so a pod that
+    timed out does not read as zero load and cause a scale-down.
+    """
+
+    time: float
+    ready_replicas: int
+    pods_scraped: int
+    queue_depth_total: float
+    request_rate_total: float
+    # Request-weighted mean queue time, milliseconds; None when no request completed.
+    queue_time_ms: float | None
+    gpu_utilization: float | None
+
+    def value(self, metric: policy_.Metric) -> float | None:
+        """The value the windows keep for a metric: a total, or the mean queue time."""
+        if metric is policy_.Metric.QUEUE_DEPTH:
+            return self.queue_depth_total
+        if metric is policy_.Metric.REQUEST_RATE:
+            return self.request_rate_total
+        return self.queue_time_ms
+
+
+def aggregate(*, pods: Sequence[PodSignals], ready_replicas: int, now: float) -> TickSample | None:
+    """Combine one tick's pod signals; None when no pod answered (the tick has no data)."""
+    if not pods:
+        return None
+    scale = max(ready_replicas, len(pods)) / len(pods)
+    queue_depth = sum(p.in_flight for p in pods) * scale
+    rate = sum(p.request_rate for p in pods) * scale
+    timed = [(p.queue_time_us, p.request_rate) for p in pods if p.queue_time_us is not None]
+    queue_time_ms: float | None = None
+    if timed:
+        weight = sum(r for _, r in timed)
+        if weight > 0:
+            queue_time_ms = sum(q * r for q, r in timed) / weight / 1000.0
+        else:
+            queue_time_ms = sum(q for q, _ in timed) / len(timed) / 1000.0
+    gpus = [p.gpu_utilization for p in pods if p.gpu_utilization is not None]
+    return TickSample(
+        time=now,
+        ready_replicas=ready_replicas,
+        pods_scraped=len(pods),
+        queue_depth_total=queue_depth,
+        request_rate_total=rate,
+        queue_time_ms=queue_time_ms,
+        gpu_utilization=sum(gpus) / len(gpus) if gpus else None,
+    )
