@@ -1,0 +1,288 @@
+"""The kubeinfer.io/v1alpha1 API, defined once: InferenceService and InferenceRuntime.
+
+Owns: every field, default, bound and cross-field rule of the API. The CRDs in crds/ are
+generated from these models (``core.crdgen``), so schema validation, CEL rules and defaults in
+the cluster are the same ones the operator parses with. Pure data: no I/O here.
+
+Cross-field rules are CEL expressions attached with ``_cel`` (rendered as
+``x-kubernetes-validations``); ``model_validator`` repeats the ones that matter for objects
+parsed outside the API server (tests, ``kubeinfer plan``).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubeinfer.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+STORAGE_URI_PATTERN = r"^(pvc|https|http|s3|file)://.+"
+GPU_RESOURCE_PATTERN = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb)$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Model(pydantic.BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are rejected, not dropped."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+
+class ModelFormat(str, enum.Enum):
+    ONNX = "onnx"
+    TENSORRT = "tensorrt"
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+    PYTHON = "python"
+
+
+class VersionPolicyKind(str, enum.Enum):
+    LATEST = "Latest"
+    ALL = "All"
+    SPECIFIC = "Specific"
+
+
+class ScalingMode(str, enum.Enum):
+    AUTO = "Auto"
+    RECOMMEND = "Recommend"
+    OFF = "Off"
+
+
+class ScalingMetric(str, enum.Enum):
+    QUEUE_DEPTH = "QueueDepth"
+    QUEUE_TIME = "QueueTime"
+    REQUEST_RATE = "RequestRate"
+
+
+class VersionPolicy(_Model):
+    model_config = ConfigDict(json_schema_extra=_cel(
+        ("self.policy != 'Specific' || size(self.versions) > 0",
+         "versionPolicy.versions must list at least one version when policy is Specific"),
+    ))
+    policy: VersionPolicyKind = VersionPolicyKind.LATEST
+    versions: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=16)] = []
+
+
+class ModelSpec(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
+                               description="Model name in the repository and the v2 URL.")]
+    format: ModelFormat
+    storage_uri: Annotated[str, Field(
+        max_length=2048, pattern=STORAGE_URI_PATTERN,
+        description="pvc://CLAIM/path, https://, s3://bucket/key or file:// (development).")]
+    version: Annotated[int, Field(ge=1, le=1_000_000, description="Version directory the "
+                                  "fetched model lands in.")] = 1
+    version_policy: VersionPolicy = VersionPolicy()
+    credentials_secret: Annotated[str | None, Field(
+        max_length=253, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+        "HTTP_AUTHORIZATION, passed to the storage initializer only.")] = None
+
+
+class GPUSpec(_Model):
+    count: Annotated[int, Field(ge=0, le=64)] = 0
+    resource_name: Annotated[str, Field(max_length=64, pattern=GPU_RESOURCE_PATTERN)] = "nvidia.com/gpu"
+    product: Annotated[str | None, Field(
+        max_length=128, description="nvidia.com/gpu.product node label to require.")] = None
+
+
+class ResourceList(_Model):
+    cpu: Annotated[str | None, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$")] = None
+    memory: Annotated[str | None, Field(pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$")] = None
+
+
+class Resources(_Model):
+    requests: ResourceList = ResourceList()
+    limits: ResourceList = ResourceList()
+
+
+class BatchingSpec(_Model):
+    model_config = ConfigDict(json_schema_extra=_cel(
+        ("self.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
+         "batching.preferredBatchSizes must not exceed maxBatchSize"),
+    ))
+    max_batch_size: Annotated[int, Field(ge=0, le=4096)] = 8
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]],
+                                     Field(max_length=16)] = []
+
+
+class ScalingSpec(_Model):
+    model_config = ConfigDict(json_schema_extra=_cel(
+        ("self.minReplicas <= self.maxReplicas",
+         "scaling.minReplicas must be less than or equal to scaling.maxReplicas"),
+    ))
+    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
+    mode: ScalingMode = ScalingMode.AUTO
+    metric: ScalingMetric = ScalingMetric.QUEUE_DEPTH
+    target: Annotated[float, Field(
+        gt=0, le=1e9, description="Per replica: pending requests (QueueDepth), queue "
+        "milliseconds (QueueTime) or requests per second (RequestRate).")] = 4.0
+    stable_window_seconds: Annotated[int, Field(ge=6, le=3600)] = 60
+    scale_down_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
+    gpu_utilization_veto: Annotated[float, Field(
+        ge=0, le=1, description="GPU utilization above which scale-down is vetoed.")] = 0.8
+    fallback_replicas: Annotated[int | None, Field(
+        ge=1, le=1000, description="Replicas to hold after repeated metric failures.")] = None
+
+
+class Toleration(_Model):
+    key: Annotated[str | None, Field(max_length=316)] = None
+    operator: Annotated[str | None, Field(pattern=r"^(Exists|Equal)$")] = None
+    value: Annotated[str | None, Field(max_length=63)] = None
+    effect: Annotated[str | None, Field(pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")] = None
+    toleration_seconds: int | None = None
+
+
+class TopologySpread(_Model):
+    max_skew: Annotated[int, Field(ge=1, le=100)] = 1
+    topology_key: Annotated[str, Field(max_length=316)] = "kubernetes.io/hostname"
+    when_unsatisfiable: Annotated[str, Field(pattern=r"^(DoNotSchedule|ScheduleAnyway)$")] = (
+        "ScheduleAnyway")
+
+
+class SchedulingSpec(_Model):
+    node_selector: Annotated[dict[str, str], Field(max_length=32)] = {}
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = []
+    priority_class_name: Annotated[str | None, Field(max_length=253)] = None
+    topology_spread: TopologySpread = TopologySpread()
+
+
+class InferenceServiceSpec(_Model):
+    model_config = ConfigDict(json_schema_extra=_cel(
+        ("self.model.format != 'tensorrt' || self.gpu.count >= 1",
+         "gpu.count must be at least 1 for model.format tensorrt: TensorRT plans run on GPUs"),
+        ("!self.gpu.resourceName.startsWith('nvidia.com/mig-') || self.gpu.count <= 7",
+         "gpu.count must be at most 7 for a MIG profile"),
+    ))
+    model: ModelSpec
+    runtime: Annotated[str | None, Field(
+        max_length=63, pattern=DNS_LABEL_PATTERN,
+        description="InferenceRuntime name; chosen by format and priority when absent.")] = None
+    resources: Resources = Resources()
+    gpu: GPUSpec = GPUSpec()
+    batching: BatchingSpec = BatchingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    replicas: Annotated[int | None, Field(
+        ge=0, le=1000, description="Replicas when scaling.mode is Off (kubectl scale kisvc).")
+    ] = None
+    stopped: Annotated[bool, Field(description="Scale to zero and free the GPUs; keep the "
+                                   "configuration.")] = False
+    scheduling: SchedulingSpec = SchedulingSpec()
+
+    @pydantic.model_validator(mode="after")
+    def _cross_field(self) -> InferenceServiceSpec:
+        if self.scaling.min_replicas > self.scaling.max_replicas:
+            raise ValueError("scaling.minReplicas must be less than or equal to "
+                             "scaling.maxReplicas")
+        if self.model.format is ModelFormat.TENSORRT and self.gpu.count < 1:
+            raise ValueError("gpu.count must be at least 1 for model.format tensorrt")
+        return self
+
+
+class RuntimeFormat(_Model):
+    name: ModelFormat
+    priority: Annotated[int, Field(ge=0, le=100)] = 1
+
+
+class RuntimePorts(_Model):
+    http: Annotated[int, Field(ge=1, le=65535)] = 8000
+    grpc: Annotated[int, Field(ge=1, le=65535)] = 8001
+    metrics: Annotated[int, Field(ge=1, le=65535)] = 8002
+
+
+class RuntimeProbes(_Model):
+    readiness_path: str = "/v2/health/ready"
+    liveness_path: str = "/v2/health/live"
+    startup_failure_threshold: Annotated[int, Field(
+        ge=1, le=1000, description="x 5 s: how long a model may take to load.")] = 120
+
+
+class BatchingConfigKind(str, enum.Enum):
+    TRITON_PBTXT = "TritonPbtxt"
+    KUBEINFER_JSON = "KubeinferJson"
+
+
+class RuntimeMetricNames(_Model):
+    queue_depth: str = "nv_inference_pending_request_count"
+    queue_time: str = "nv_inference_queue_duration_us"
+    request_count: str = "nv_inference_request_success"
+    gpu_utilization: str = "nv_gpu_utilization"
+
+
+class InferenceRuntimeSpec(_Model):
+    image: Annotated[str, Field(min_length=1, max_length=512)]
+    formats: Annotated[list[RuntimeFormat], Field(min_length=1, max_length=8)]
+    supports_gpu: bool = True
+    supports_cpu: bool = True
+    command: Annotated[list[str], Field(max_length=16)] = []
+    args: Annotated[list[str], Field(
+        max_length=64, description="$(MODEL_REPOSITORY), $(HTTP_PORT), $(GRPC_PORT) and "
+        "$(METRICS_PORT) are expanded by Kubernetes.")] = []
+    ports: RuntimePorts = RuntimePorts()
+    probes: RuntimeProbes = RuntimeProbes()
+    model_repository_path: str = "/mnt/models"
+    batching_config: BatchingConfigKind = BatchingConfigKind.TRITON_PBTXT
+    metrics: RuntimeMetricNames = RuntimeMetricNames()
+    run_as_user: Annotated[int, Field(ge=1)] = 1000
+
+
+class Condition(_Model):
+    type: str
+    status: Annotated[str, Field(pattern=r"^(True|False|Unknown)$")]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class DecisionRecord(_Model):
+    time: str
+    desired: int
+    current: int
+    reason: str
+    message: str = ""
+    clamps: list[str] = []
+    inputs: dict[str, float] = {}
+
+
+class AutoscalerStatus(_Model):
+    desired_replicas: int | None = None
+    signals: dict[str, float] = {}
+    cold_start_seconds: float | None = None
+    last_scale_time: str | None = None
+    decisions: Annotated[list[DecisionRecord], Field(max_length=10)] = []
+    state: Annotated[str | None, Field(
+        max_length=16384, description="Serialized scaler state that survives operator "
+        "restarts (windows, last scale time, learned cold start).")] = None
+
+
+class InferenceServiceStatus(_Model):
+    observed_generation: int | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    gpus: int | None = None
+    selector: str | None = None
+    url: str | None = None
+    runtime: str | None = None
+    conditions: list[Condition] = []
+    autoscaler: AutoscalerStatus | None = None
+
+
+def parse_spec(raw: dict[str, Any]) -> InferenceServiceSpec:
+    """Parse a spec as the API server stored it (defaults applied); raises ValidationError."""
+    return InferenceServiceSpec.model_validate(raw)
+
+
+def parse_runtime(raw: dict[str, Any]) -> InferenceRuntimeSpec:
+    return InferenceRuntimeSpec.model_validate(raw)
