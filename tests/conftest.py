@@ -53,9 +53,11 @@ def cluster() -> Iterator[ClusterHandle]:
     try:
         local = run.up(f"pytest-{os.getpid()}", tie_to_parent=True)
     except (build.BuildError, run.ClusterError) as exc:
-        pytest.fail(f"the local cluster could not be started (run `make tools` to see the "
-                    f"build, or set KUBEINFER_KUBECONFIG to use your own cluster):\n{exc}",
-                    pytrace=False)
+        pytest.fail(
+            f"the local cluster could not be started (run `make tools` to see the "
+            f"build, or set KUBEINFER_KUBECONFIG to use your own cluster):\n{exc}",
+            pytrace=False,
+        )
     try:
         yield ClusterHandle(local.kubeconfig, local)
     finally:

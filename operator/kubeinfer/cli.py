@@ -15,12 +15,15 @@ def _cluster(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "up":
-            cluster = run.up(args.name, nodes=run.NodeSpec(count=args.nodes,
-                                                           gpus_per_node=args.gpus))
+            cluster = run.up(
+                args.name, nodes=run.NodeSpec(count=args.nodes, gpus_per_node=args.gpus)
+            )
             print(f"Cluster {cluster.name!r} is up: {cluster.server}")
             print(f"  kubeconfig: {cluster.kubeconfig}")
-            print(f'  use it:     eval "$(kubeinfer cluster env{_name_flag(args.name)})"; '
-                  "kubectl get nodes")
+            print(
+                f'  use it:     eval "$(kubeinfer cluster env{_name_flag(args.name)})"; '
+                "kubectl get nodes"
+            )
             print(f"  stop it:    kubeinfer cluster down{_name_flag(args.name)}")
         elif args.action == "down":
             print("stopped" if run.down(args.name) else f"no cluster {args.name!r} running")
@@ -71,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--nodes", type=int, default=4)
     cluster.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu per node")
     operator = sub.add_parser("operator", help="run the operator against $KUBECONFIG")
-    operator.add_argument("--namespace", action="append", default=[],
-                          help="watch only these namespaces (repeatable); default all")
+    operator.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only these namespaces (repeatable); default all",
+    )
     operator.add_argument("--liveness", default="http://127.0.0.1:8080/healthz")
     operator.add_argument("--metrics-port", type=int, default=8081)
     sub.add_parser("crds", help="print the CustomResourceDefinitions generated from the models")
@@ -91,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "operator":
         from kubeinfer.handlers import main as operator_main
 
-        return operator_main.run(namespaces=args.namespace, liveness=args.liveness,
-                                 metrics_port=args.metrics_port)
+        return operator_main.run(
+            namespaces=args.namespace, liveness=args.liveness, metrics_port=args.metrics_port
+        )
     return 2
 
 

@@ -27,14 +27,41 @@ import time
 GO_VERSION_DIRECTIVE = "1.26"
 
 # Kubernetes v1.36 staging modules, published as k8s.io/<name> v0.36.x.
-STAGING_MODULES = (
-    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider "
-    "cluster-bootstrap code-generator component-base component-helpers controller-manager "
-    "cri-api cri-client cri-streaming csi-translation-lib dynamic-resource-allocation "
-    "endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy "
-    "kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission sample-apiserver "
-    "sample-cli-plugin sample-controller streaming"
-).split()
+STAGING_MODULES = [
+    "api",
+    "apiextensions-apiserver",
+    "apimachinery",
+    "apiserver",
+    "cli-runtime",
+    "client-go",
+    "cloud-provider",
+    "cluster-bootstrap",
+    "code-generator",
+    "component-base",
+    "component-helpers",
+    "controller-manager",
+    "cri-api",
+    "cri-client",
+    "cri-streaming",
+    "csi-translation-lib",
+    "dynamic-resource-allocation",
+    "endpointslice",
+    "externaljwt",
+    "kms",
+    "kube-aggregator",
+    "kube-controller-manager",
+    "kube-proxy",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "metrics",
+    "mount-utils",
+    "pod-security-admission",
+    "sample-apiserver",
+    "sample-cli-plugin",
+    "sample-controller",
+    "streaming",
+]
 # v1.34 has no cri-streaming/streaming modules.
 STAGING_MODULES_1_34 = [m for m in STAGING_MODULES if m not in ("cri-streaming", "streaming")]
 
@@ -120,7 +147,9 @@ def _run_go(args: list[str], *, cwd: pathlib.Path, root: pathlib.Path, step: str
     return proc.stdout + proc.stderr
 
 
-_MISSING = re.compile(r"([A-Za-z0-9][\w.\-/~]+)@(v[\w.\-+]+): (?:reading|invalid version|unknown revision|not found)")
+_MISSING = re.compile(
+    r"([A-Za-z0-9][\w.\-/~]+)@(v[\w.\-+]+): (?:reading|invalid version|unknown revision|not found)"
+)
 
 
 def _tidy(src: pathlib.Path, root: pathlib.Path, step: str) -> list[str]:
@@ -137,7 +166,9 @@ def _tidy(src: pathlib.Path, root: pathlib.Path, step: str) -> list[str]:
             module, version = match.group(1), match.group(2)
             newer = _nearest_newer(module, version, src, root)
             if newer is None:
-                raise BuildError(f"{step}: {module}@{version} is not served and no newer version is") from exc
+                raise BuildError(
+                    f"{step}: {module}@{version} is not served and no newer version is"
+                ) from exc
             _say(f"{step}: {module}@{version} not served; replacing with {newer}")
             with (src / "go.mod").open("a") as fh:
                 fh.write(f"\nreplace {module} => {module} {newer}\n")
@@ -148,8 +179,10 @@ def _tidy(src: pathlib.Path, root: pathlib.Path, step: str) -> list[str]:
 def _nearest_newer(module: str, version: str, src: pathlib.Path, root: pathlib.Path) -> str | None:
     out = _run_go(["list", "-m", "-versions", module], cwd=src, root=root, step=f"list {module}")
     versions = out.split()[1:]
+
     def key(v: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", v.split("-")[0])[:3])
+
     newer = sorted((v for v in versions if key(v) > key(version)), key=key)
     return newer[0] if newer else None
 
@@ -210,9 +243,18 @@ def build_kubernetes(root: pathlib.Path, version: str) -> pathlib.Path:
     _say(f"{step}: compiling {', '.join(K8S_COMMANDS)} (cold: 15-30 min on 2 cores)")
     out.mkdir(parents=True, exist_ok=True)
     _run_go(
-        ["build", "-trimpath", "-ldflags", _ldflags(version), "-o", str(out) + "/",
-         *(f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS)],
-        cwd=src, root=root, step=f"{step}: go build",
+        [
+            "build",
+            "-trimpath",
+            "-ldflags",
+            _ldflags(version),
+            "-o",
+            str(out) + "/",
+            *(f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS),
+        ],
+        cwd=src,
+        root=root,
+        step=f"{step}: go build",
     )
     _write(out / "replacements.txt", "\n".join(replaced) + "\n")
     return out
@@ -224,20 +266,31 @@ def build_etcd(root: pathlib.Path) -> pathlib.Path:
         return out / "etcd"
     src = root / "src" / f"etcd-{ETCD_VERSION}"
     shutil.rmtree(src, ignore_errors=True)
-    _write(src / "go.mod", f"module kubeinfer.local/etcdwrap\n\ngo {GO_VERSION_DIRECTIVE}\n\n"
-           f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n")
-    _write(src / "main.go", 'package main\n\nimport (\n\t"os"\n\n'
-           '\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
-           "func main() { etcdmain.Main(os.Args) }\n")
+    _write(
+        src / "go.mod",
+        f"module kubeinfer.local/etcdwrap\n\ngo {GO_VERSION_DIRECTIVE}\n\n"
+        f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n",
+    )
+    _write(
+        src / "main.go",
+        'package main\n\nimport (\n\t"os"\n\n'
+        '\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+        "func main() { etcdmain.Main(os.Args) }\n",
+    )
     step = f"etcd {ETCD_VERSION}"
     _tidy(src, root, step)
-    _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "."],
-            cwd=src, root=root, step=f"{step}: go build")
+    _run_go(
+        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "."],
+        cwd=src,
+        root=root,
+        step=f"{step}: go build",
+    )
     return out / "etcd"
 
 
-def _build_tool_module(root: pathlib.Path, name: str, module: str, version: str,
-                       packages: list[str]) -> pathlib.Path:
+def _build_tool_module(
+    root: pathlib.Path, name: str, module: str, version: str, packages: list[str]
+) -> pathlib.Path:
     """Build main packages of a module that has no replace directives (kwok, helm)."""
     out = root / "bin" / f"{name}-{version}"
     binaries = [out / p.rsplit("/", 1)[1] for p in packages]
@@ -245,28 +298,45 @@ def _build_tool_module(root: pathlib.Path, name: str, module: str, version: str,
         return out
     src = root / "src" / f"{name}-{version}"
     shutil.rmtree(src, ignore_errors=True)
-    _write(src / "go.mod", "\n".join([
-        f"module kubeinfer.local/{name}wrap", "", f"go {GO_VERSION_DIRECTIVE}", "",
-        f"require {module} {version}", "", "tool (", *(f"\t{p}" for p in packages), ")", "",
-    ]))
+    _write(
+        src / "go.mod",
+        "\n".join(
+            [
+                f"module kubeinfer.local/{name}wrap",
+                "",
+                f"go {GO_VERSION_DIRECTIVE}",
+                "",
+                f"require {module} {version}",
+                "",
+                "tool (",
+                *(f"\t{p}" for p in packages),
+                ")",
+                "",
+            ]
+        ),
+    )
     step = f"{name} {version}"
     _tidy(src, root, step)
     out.mkdir(parents=True, exist_ok=True)
-    _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + "/", *packages],
-            cwd=src, root=root, step=f"{step}: go build")
+    _run_go(
+        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + "/", *packages],
+        cwd=src,
+        root=root,
+        step=f"{step}: go build",
+    )
     return out
 
 
 def build_kwok(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    out = _build_tool_module(root, "kwok", "sigs.k8s.io/kwok", KWOK_VERSION,
-                             ["sigs.k8s.io/kwok/cmd/kwok"])
+    out = _build_tool_module(
+        root, "kwok", "sigs.k8s.io/kwok", KWOK_VERSION, ["sigs.k8s.io/kwok/cmd/kwok"]
+    )
     stages = out / "stages"
     if not stages.is_dir():
         # The stage files ship inside the module; copy the ones a kubelet stand-in needs.
         mod = root / "go" / "mod" / "sigs.k8s.io" / f"kwok@{KWOK_VERSION}" / "kustomize" / "stage"
         stages.mkdir()
-        for pattern in ("node/fast/*.yaml", "node/heartbeat-with-lease/*.yaml",
-                        "pod/fast/*.yaml"):
+        for pattern in ("node/fast/*.yaml", "node/heartbeat-with-lease/*.yaml", "pod/fast/*.yaml"):
             for f in mod.glob(pattern):
                 if f.name != "kustomization.yaml":
                     shutil.copy(f, stages / f"{f.parent.name}-{f.name}")
@@ -274,14 +344,20 @@ def build_kwok(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def build_helm(root: pathlib.Path) -> pathlib.Path:
-    out = _build_tool_module(root, "helm", "helm.sh/helm/v3", HELM_VERSION,
-                             ["helm.sh/helm/v3/cmd/helm"])
+    out = _build_tool_module(
+        root, "helm", "helm.sh/helm/v3", HELM_VERSION, ["helm.sh/helm/v3/cmd/helm"]
+    )
     return out / "helm"
 
 
 def build_kubeconform(root: pathlib.Path) -> pathlib.Path:
-    out = _build_tool_module(root, "kubeconform", "github.com/yannh/kubeconform",
-                             KUBECONFORM_VERSION, ["github.com/yannh/kubeconform/cmd/kubeconform"])
+    out = _build_tool_module(
+        root,
+        "kubeconform",
+        "github.com/yannh/kubeconform",
+        KUBECONFORM_VERSION,
+        ["github.com/yannh/kubeconform/cmd/kubeconform"],
+    )
     return out / "kubeconform"
 
 

@@ -1,4 +1,4 @@
-"""Start and stop the local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok.
+"""Start and stop the local control plane: etcd, API server, controllers, scheduler, kwok.
 
 Owns: the state directory of one named cluster (pids, logs, certificates, kubeconfig), the
 process lifecycle (every child is recorded by pid; ``down`` stops exactly those), and the fake
@@ -50,6 +50,9 @@ class NodeSpec:
     gpu_product: str = GPU_PRODUCT
     cpu: str = "32"
     memory: str = "256Gi"
+    # The last node also offers MIG slices (mixed strategy), for MIG InferenceServices.
+    mig_profile: str = "nvidia.com/mig-1g.10gb"
+    mig_slices: int = 7
 
 
 def state_root() -> pathlib.Path:
@@ -165,15 +168,27 @@ def _spawn(state: pathlib.Path, component: str, args: list[str], *, tie: bool) -
     log = (state / "logs" / f"{component}.log").open("ab")
     preexec: Callable[[], None] | None = _die_with_parent if tie else None
     proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=not tie, preexec_fn=preexec, cwd=state,
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=not tie,
+        preexec_fn=preexec,
+        cwd=state,
     )
     log.close()
     return proc.pid
 
 
-def _wait(what: str, check: Callable[[], bool], *, timeout: float, state: pathlib.Path,
-          component: str, pid: int) -> None:
+def _wait(
+    what: str,
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    state: pathlib.Path,
+    component: str,
+    pid: int,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -203,28 +218,41 @@ def _service_account_keys(pki: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path
     key, pub = pki / "sa.key", pki / "sa.pub"
     if not key.exists():
         if shutil.which("openssl") is None:
-            raise ClusterError("openssl is needed to create the service-account key (apt install openssl)")
-        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
-                       capture_output=True)
-        subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
-                       check=True, capture_output=True)
+            raise ClusterError(
+                "openssl is needed to create the service-account key (apt install openssl)"
+            )
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+        )
+        subprocess.run(
+            ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+            check=True,
+            capture_output=True,
+        )
     return key, pub
 
 
-def _write_kubeconfig(path: pathlib.Path, server: str, token: str, name: str,
-                      ca: pathlib.Path | None = None) -> None:
+def _write_kubeconfig(
+    path: pathlib.Path, server: str, token: str, name: str, ca: pathlib.Path | None = None
+) -> None:
     # Until the API server has generated its self-signed certificate there is nothing to
     # verify against; the final kubeconfig pins that certificate.
     tls: dict[str, Any] = (
         {"certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}
-        if ca is not None else {"insecure-skip-tls-verify": True})
+        if ca is not None
+        else {"insecure-skip-tls-verify": True}
+    )
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": f"kubeinfer-{name}", "cluster": {"server": server, **tls}}],
         "users": [{"name": "admin", "user": {"token": token}}],
-        "contexts": [{"name": f"kubeinfer-{name}",
-                      "context": {"cluster": f"kubeinfer-{name}", "user": "admin"}}],
+        "contexts": [
+            {
+                "name": f"kubeinfer-{name}",
+                "context": {"cluster": f"kubeinfer-{name}", "user": "admin"},
+            }
+        ],
         "current-context": f"kubeinfer-{name}",
     }
     path.write_text(yaml.safe_dump(config))
@@ -238,8 +266,13 @@ def _kwok_config(tools: build.Tools, state: pathlib.Path) -> pathlib.Path:
     return out
 
 
-def up(name: str = DEFAULT_NAME, *, nodes: NodeSpec | None = None, tie_to_parent: bool = False,
-       log: Callable[[str], None] | None = None) -> Cluster:
+def up(
+    name: str = DEFAULT_NAME,
+    *,
+    nodes: NodeSpec | None = None,
+    tie_to_parent: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Cluster:
     """Build what is missing, start every component, create the GPU nodes, return the cluster.
 
     With ``tie_to_parent`` the components die with the calling process (test sessions).
@@ -267,22 +300,29 @@ def up(name: str = DEFAULT_NAME, *, nodes: NodeSpec | None = None, tie_to_parent
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     args: dict[str, list[str]] = {
         "etcd": [
-            str(tools.etcd), "--name=kubeinfer", f"--data-dir={state / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            str(tools.etcd),
+            "--name=kubeinfer",
+            f"--data-dir={state / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
             f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
             f"--initial-cluster=kubeinfer=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync=true", "--log-level=warn",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
         ],
         "kube-apiserver": [
-            str(tools.kube_apiserver), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            str(tools.kube_apiserver),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
             f"--secure-port={api_port}",
             # Endpoints reject loopback addresses; with no reconciler the API server does not
             # try to publish its own.
             "--endpoint-reconciler-type=none",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--cert-dir={state / 'pki'}", f"--token-auth-file={state / 'tokens.csv'}",
+            f"--cert-dir={state / 'pki'}",
+            f"--token-auth-file={state / 'tokens.csv'}",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={sa_pub}",
@@ -291,24 +331,44 @@ def up(name: str = DEFAULT_NAME, *, nodes: NodeSpec | None = None, tie_to_parent
             "--v=1",
         ],
         "kube-controller-manager": [
-            str(tools.kube_controller_manager), f"--kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+            str(tools.kube_controller_manager),
+            f"--kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
             f"--service-account-private-key-file={sa_key}",
-            "--use-service-account-credentials=false", "--allocate-node-cidrs=false",
-            "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
-            "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
-            "--kube-api-qps=200", "--kube-api-burst=400", "--v=1",
+            "--use-service-account-credentials=false",
+            "--allocate-node-cidrs=false",
+            # Endpoints cannot hold loopback pod IPs, so their controllers would only log
+            # errors; kubeinfer reads pod IPs from pod status instead.
+            "--controllers=*,-node-ipam-controller,-service-lb-controller,"
+            "-cloud-node-lifecycle-controller,-endpoints-controller,-endpointslice-controller,"
+            "-endpointslice-mirroring-controller",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            "--v=1",
         ],
         "kube-scheduler": [
-            str(tools.kube_scheduler), f"--kubeconfig={kubeconfig}",
+            str(tools.kube_scheduler),
+            f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={_free_port()}",
-            "--leader-elect=false", "--kube-api-qps=200", "--kube-api-burst=400", "--v=1",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={_free_port()}",
+            "--leader-elect=false",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            "--v=1",
         ],
         "kwok": [
-            str(tools.kwok), f"--kubeconfig={kubeconfig}", f"--config={_kwok_config(tools, state)}",
-            "--manage-all-nodes=true", f"--cidr={KWOK_CIDR}", "--node-ip=127.0.0.1",
+            str(tools.kwok),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={_kwok_config(tools, state)}",
+            "--manage-all-nodes=true",
+            f"--cidr={KWOK_CIDR}",
+            "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{_free_port()}",
         ],
     }
@@ -318,14 +378,27 @@ def up(name: str = DEFAULT_NAME, *, nodes: NodeSpec | None = None, tie_to_parent
         say(f"starting etcd on {etcd_url}")
         pids["etcd"] = _spawn(state, "etcd", args["etcd"], tie=tie_to_parent)
         _save_pids(state, pids)
-        _wait("etcd", lambda: _http_ok(f"{etcd_url}/health"), timeout=30, state=state,
-              component="etcd", pid=pids["etcd"])
+        _wait(
+            "etcd",
+            lambda: _http_ok(f"{etcd_url}/health"),
+            timeout=30,
+            state=state,
+            component="etcd",
+            pid=pids["etcd"],
+        )
         say(f"starting kube-apiserver {tools.kubernetes_version} on {server}")
-        pids["kube-apiserver"] = _spawn(state, "kube-apiserver", args["kube-apiserver"],
-                                        tie=tie_to_parent)
+        pids["kube-apiserver"] = _spawn(
+            state, "kube-apiserver", args["kube-apiserver"], tie=tie_to_parent
+        )
         _save_pids(state, pids)
-        _wait("kube-apiserver", lambda: _http_ok(f"{server}/readyz", token), timeout=90,
-              state=state, component="kube-apiserver", pid=pids["kube-apiserver"])
+        _wait(
+            "kube-apiserver",
+            lambda: _http_ok(f"{server}/readyz", token),
+            timeout=90,
+            state=state,
+            component="kube-apiserver",
+            pid=pids["kube-apiserver"],
+        )
         _write_kubeconfig(kubeconfig, server, token, name, ca=state / "pki" / "apiserver.crt")
         for component in ("kube-controller-manager", "kube-scheduler", "kwok"):
             pids[component] = _spawn(state, component, args[component], tie=tie_to_parent)
@@ -336,16 +409,24 @@ def up(name: str = DEFAULT_NAME, *, nodes: NodeSpec | None = None, tie_to_parent
     except BaseException:
         _stop_pids(state, pids)
         raise
-    say(f"cluster {name!r} up in {time.monotonic() - started:.1f} s: "
-        f"{nodes.count} nodes x {nodes.gpus_per_node} nvidia.com/gpu")
-    return Cluster(name=name, state=state, kubeconfig=kubeconfig, server=server, pids=pids,
-                   tools=tools)
+    say(
+        f"cluster {name!r} up in {time.monotonic() - started:.1f} s: "
+        f"{nodes.count} nodes x {nodes.gpus_per_node} nvidia.com/gpu"
+    )
+    return Cluster(
+        name=name, state=state, kubeconfig=kubeconfig, server=server, pids=pids, tools=tools
+    )
 
 
 def _kubectl(kubeconfig: pathlib.Path, *args: str, stdin: str | None = None) -> str:
     tools = build.ensure_tools(with_helm=False)
-    proc = subprocess.run([str(tools.kubectl), f"--kubeconfig={kubeconfig}", *args],
-                          input=stdin, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(tools.kubectl), f"--kubeconfig={kubeconfig}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -354,8 +435,14 @@ def _kubectl(kubeconfig: pathlib.Path, *args: str, stdin: str | None = None) -> 
 def build_node(index: int, spec: NodeSpec) -> dict[str, Any]:
     """A fake GPU node whose addresses are all loopback (node N: 127.0.1.N, pods 127.1.N.0/24)."""
     name = f"gpu-node-{index}"
-    resources = {"cpu": spec.cpu, "memory": spec.memory, "pods": "110",
-                 "nvidia.com/gpu": str(spec.gpus_per_node)}
+    resources = {
+        "cpu": spec.cpu,
+        "memory": spec.memory,
+        "pods": "110",
+        "nvidia.com/gpu": str(spec.gpus_per_node),
+    }
+    if index == spec.count and spec.mig_slices:
+        resources[spec.mig_profile] = str(spec.mig_slices)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -363,17 +450,23 @@ def build_node(index: int, spec: NodeSpec) -> dict[str, Any]:
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64", "type": "kwok",
-                "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": spec.gpu_product,
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": spec.gpu_product,
                 "nvidia.com/gpu.count": str(spec.gpus_per_node),
             },
         },
         "spec": {"podCIDR": f"127.1.{index}.0/24", "podCIDRs": [f"127.1.{index}.0/24"]},
         "status": {
-            "capacity": resources, "allocatable": resources,
-            "addresses": [{"type": "InternalIP", "address": f"127.0.1.{index}"},
-                          {"type": "Hostname", "address": name}],
+            "capacity": resources,
+            "allocatable": resources,
+            "addresses": [
+                {"type": "InternalIP", "address": f"127.0.1.{index}"},
+                {"type": "Hostname", "address": name},
+            ],
         },
     }
 
@@ -390,12 +483,19 @@ def add_node(kubeconfig: pathlib.Path, index: int, spec: NodeSpec | None = None)
     return f"gpu-node-{index}"
 
 
-def _wait_nodes_ready(kubeconfig: pathlib.Path, count: int, *, state: pathlib.Path,
-                      pid: int) -> None:
+def _wait_nodes_ready(
+    kubeconfig: pathlib.Path, count: int, *, state: pathlib.Path, pid: int
+) -> None:
     def ready() -> bool:
-        out = _kubectl(kubeconfig, "get", "nodes", "-o",
-                       "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}")
+        out = _kubectl(
+            kubeconfig,
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+        )
         return out.split().count("True") >= count
+
     _wait("nodes", ready, timeout=60, state=state, component="kwok", pid=pid)
 
 
@@ -411,16 +511,17 @@ def down(name: str = DEFAULT_NAME) -> bool:
 
 def status(name: str = DEFAULT_NAME) -> dict[str, bool]:
     state = state_dir(name)
-    return {component: _alive(pid) and _started_by_us(pid, state)
-            for component, pid in _read_pids(state).items()}
+    return {
+        component: _alive(pid) and _started_by_us(pid, state)
+        for component, pid in _read_pids(state).items()
+    }
 
 
 def env_exports(name: str = DEFAULT_NAME) -> str:
     """Shell exports so ``eval "$(kubeinfer cluster env)"`` gives a plain working kubectl."""
     tools = build.ensure_tools(with_helm=True)
     path = ":".join(str(d) for d in tools.bin_dirs)
-    return (f"export KUBECONFIG={kubeconfig_path(name)}\n"
-            f"export PATH={path}:$PATH\n")
+    return f"export KUBECONFIG={kubeconfig_path(name)}\nexport PATH={path}:$PATH\n"
 
 
 @contextlib.contextmanager

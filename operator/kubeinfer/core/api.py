@@ -34,11 +34,12 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
 class _Model(pydantic.BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are rejected, not dropped."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
 
 
-class ModelFormat(str, enum.Enum):
+class ModelFormat(enum.StrEnum):
     ONNX = "onnx"
     TENSORRT = "tensorrt"
     PYTORCH = "pytorch"
@@ -46,53 +47,79 @@ class ModelFormat(str, enum.Enum):
     PYTHON = "python"
 
 
-class VersionPolicyKind(str, enum.Enum):
+class VersionPolicyKind(enum.StrEnum):
     LATEST = "Latest"
     ALL = "All"
     SPECIFIC = "Specific"
 
 
-class ScalingMode(str, enum.Enum):
+class ScalingMode(enum.StrEnum):
     AUTO = "Auto"
     RECOMMEND = "Recommend"
     OFF = "Off"
 
 
-class ScalingMetric(str, enum.Enum):
+class ScalingMetric(enum.StrEnum):
     QUEUE_DEPTH = "QueueDepth"
     QUEUE_TIME = "QueueTime"
     REQUEST_RATE = "RequestRate"
 
 
 class VersionPolicy(_Model):
-    model_config = ConfigDict(json_schema_extra=_cel(
-        ("self.policy != 'Specific' || size(self.versions) > 0",
-         "versionPolicy.versions must list at least one version when policy is Specific"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.policy != 'Specific' || size(self.versions) > 0",
+                "versionPolicy.versions must list at least one version when policy is Specific",
+            ),
+        )
+    )
     policy: VersionPolicyKind = VersionPolicyKind.LATEST
     versions: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=16)] = []
 
 
 class ModelSpec(_Model):
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
-                               description="Model name in the repository and the v2 URL.")]
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description="Model name in the repository and the v2 URL.",
+        ),
+    ]
     format: ModelFormat
-    storage_uri: Annotated[str, Field(
-        max_length=2048, pattern=STORAGE_URI_PATTERN,
-        description="pvc://CLAIM/path, https://, s3://bucket/key or file:// (development).")]
-    version: Annotated[int, Field(ge=1, le=1_000_000, description="Version directory the "
-                                  "fetched model lands in.")] = 1
+    storage_uri: Annotated[
+        str,
+        Field(
+            max_length=2048,
+            pattern=STORAGE_URI_PATTERN,
+            description="pvc://CLAIM/path, https://, s3://bucket/key or file:// (development).",
+        ),
+    ]
+    version: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Version directory the fetched model lands in.")
+    ] = 1
     version_policy: VersionPolicy = VersionPolicy()
-    credentials_secret: Annotated[str | None, Field(
-        max_length=253, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
-        "HTTP_AUTHORIZATION, passed to the storage initializer only.")] = None
+    credentials_secret: Annotated[
+        str | None,
+        Field(
+            max_length=253,
+            description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+            "HTTP_AUTHORIZATION, passed to the storage initializer only.",
+        ),
+    ] = None
 
 
 class GPUSpec(_Model):
     count: Annotated[int, Field(ge=0, le=64)] = 0
-    resource_name: Annotated[str, Field(max_length=64, pattern=GPU_RESOURCE_PATTERN)] = "nvidia.com/gpu"
-    product: Annotated[str | None, Field(
-        max_length=128, description="nvidia.com/gpu.product node label to require.")] = None
+    resource_name: Annotated[str, Field(max_length=64, pattern=GPU_RESOURCE_PATTERN)] = (
+        "nvidia.com/gpu"
+    )
+    product: Annotated[
+        str | None,
+        Field(max_length=128, description="nvidia.com/gpu.product node label to require."),
+    ] = None
 
 
 class ResourceList(_Model):
@@ -106,41 +133,59 @@ class Resources(_Model):
 
 
 class BatchingSpec(_Model):
-    model_config = ConfigDict(json_schema_extra=_cel(
-        ("self.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
-         "batching.preferredBatchSizes must not exceed maxBatchSize"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
+                "batching.preferredBatchSizes must not exceed maxBatchSize",
+            ),
+        )
+    )
     max_batch_size: Annotated[int, Field(ge=0, le=4096)] = 8
     max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 0
-    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]],
-                                     Field(max_length=16)] = []
+    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=16)] = []
 
 
 class ScalingSpec(_Model):
-    model_config = ConfigDict(json_schema_extra=_cel(
-        ("self.minReplicas <= self.maxReplicas",
-         "scaling.minReplicas must be less than or equal to scaling.maxReplicas"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.minReplicas <= self.maxReplicas",
+                "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+            ),
+        )
+    )
     min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
     mode: ScalingMode = ScalingMode.AUTO
     metric: ScalingMetric = ScalingMetric.QUEUE_DEPTH
-    target: Annotated[float, Field(
-        gt=0, le=1e9, description="Per replica: pending requests (QueueDepth), queue "
-        "milliseconds (QueueTime) or requests per second (RequestRate).")] = 4.0
+    target: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=1e9,
+            description="Per replica: pending requests (QueueDepth), queue "
+            "milliseconds (QueueTime) or requests per second (RequestRate).",
+        ),
+    ] = 4.0
     stable_window_seconds: Annotated[int, Field(ge=6, le=3600)] = 60
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
-    gpu_utilization_veto: Annotated[float, Field(
-        ge=0, le=1, description="GPU utilization above which scale-down is vetoed.")] = 0.8
-    fallback_replicas: Annotated[int | None, Field(
-        ge=1, le=1000, description="Replicas to hold after repeated metric failures.")] = None
+    gpu_utilization_veto: Annotated[
+        float, Field(ge=0, le=1, description="GPU utilization above which scale-down is vetoed.")
+    ] = 0.8
+    fallback_replicas: Annotated[
+        int | None,
+        Field(ge=1, le=1000, description="Replicas to hold after repeated metric failures."),
+    ] = None
 
 
 class Toleration(_Model):
     key: Annotated[str | None, Field(max_length=316)] = None
     operator: Annotated[str | None, Field(pattern=r"^(Exists|Equal)$")] = None
     value: Annotated[str | None, Field(max_length=63)] = None
-    effect: Annotated[str | None, Field(pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")] = None
+    effect: Annotated[str | None, Field(pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")] = (
+        None
+    )
     toleration_seconds: int | None = None
 
 
@@ -148,7 +193,8 @@ class TopologySpread(_Model):
     max_skew: Annotated[int, Field(ge=1, le=100)] = 1
     topology_key: Annotated[str, Field(max_length=316)] = "kubernetes.io/hostname"
     when_unsatisfiable: Annotated[str, Field(pattern=r"^(DoNotSchedule|ScheduleAnyway)$")] = (
-        "ScheduleAnyway")
+        "ScheduleAnyway"
+    )
 
 
 class SchedulingSpec(_Model):
@@ -159,32 +205,48 @@ class SchedulingSpec(_Model):
 
 
 class InferenceServiceSpec(_Model):
-    model_config = ConfigDict(json_schema_extra=_cel(
-        ("self.model.format != 'tensorrt' || self.gpu.count >= 1",
-         "gpu.count must be at least 1 for model.format tensorrt: TensorRT plans run on GPUs"),
-        ("!self.gpu.resourceName.startsWith('nvidia.com/mig-') || self.gpu.count <= 7",
-         "gpu.count must be at most 7 for a MIG profile"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.model.format != 'tensorrt' || self.gpu.count >= 1",
+                "gpu.count must be at least 1 for model.format tensorrt: TensorRT runs on GPUs",
+            ),
+            (
+                "!self.gpu.resourceName.startsWith('nvidia.com/mig-') || self.gpu.count <= 7",
+                "gpu.count must be at most 7 for a MIG profile",
+            ),
+        )
+    )
     model: ModelSpec
-    runtime: Annotated[str | None, Field(
-        max_length=63, pattern=DNS_LABEL_PATTERN,
-        description="InferenceRuntime name; chosen by format and priority when absent.")] = None
+    runtime: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description="InferenceRuntime name; chosen by format and priority when absent.",
+        ),
+    ] = None
     resources: Resources = Resources()
     gpu: GPUSpec = GPUSpec()
     batching: BatchingSpec = BatchingSpec()
     scaling: ScalingSpec = ScalingSpec()
-    replicas: Annotated[int | None, Field(
-        ge=0, le=1000, description="Replicas when scaling.mode is Off (kubectl scale kisvc).")
+    replicas: Annotated[
+        int | None,
+        Field(
+            ge=0, le=1000, description="Replicas when scaling.mode is Off (kubectl scale kisvc)."
+        ),
     ] = None
-    stopped: Annotated[bool, Field(description="Scale to zero and free the GPUs; keep the "
-                                   "configuration.")] = False
+    stopped: Annotated[
+        bool, Field(description="Scale to zero and free the GPUs; keep the configuration.")
+    ] = False
     scheduling: SchedulingSpec = SchedulingSpec()
 
     @pydantic.model_validator(mode="after")
     def _cross_field(self) -> InferenceServiceSpec:
         if self.scaling.min_replicas > self.scaling.max_replicas:
-            raise ValueError("scaling.minReplicas must be less than or equal to "
-                             "scaling.maxReplicas")
+            raise ValueError(
+                "scaling.minReplicas must be less than or equal to scaling.maxReplicas"
+            )
         if self.model.format is ModelFormat.TENSORRT and self.gpu.count < 1:
             raise ValueError("gpu.count must be at least 1 for model.format tensorrt")
         return self
@@ -204,11 +266,12 @@ class RuntimePorts(_Model):
 class RuntimeProbes(_Model):
     readiness_path: str = "/v2/health/ready"
     liveness_path: str = "/v2/health/live"
-    startup_failure_threshold: Annotated[int, Field(
-        ge=1, le=1000, description="x 5 s: how long a model may take to load.")] = 120
+    startup_failure_threshold: Annotated[
+        int, Field(ge=1, le=1000, description="x 5 s: how long a model may take to load.")
+    ] = 120
 
 
-class BatchingConfigKind(str, enum.Enum):
+class BatchingConfigKind(enum.StrEnum):
     TRITON_PBTXT = "TritonPbtxt"
     KUBEINFER_JSON = "KubeinferJson"
 
@@ -226,9 +289,14 @@ class InferenceRuntimeSpec(_Model):
     supports_gpu: bool = True
     supports_cpu: bool = True
     command: Annotated[list[str], Field(max_length=16)] = []
-    args: Annotated[list[str], Field(
-        max_length=64, description="$(MODEL_REPOSITORY), $(HTTP_PORT), $(GRPC_PORT) and "
-        "$(METRICS_PORT) are expanded by Kubernetes.")] = []
+    args: Annotated[
+        list[str],
+        Field(
+            max_length=64,
+            description="$(MODEL_REPOSITORY), $(HTTP_PORT), $(GRPC_PORT) and "
+            "$(METRICS_PORT) are expanded by Kubernetes.",
+        ),
+    ] = []
     ports: RuntimePorts = RuntimePorts()
     probes: RuntimeProbes = RuntimeProbes()
     model_repository_path: str = "/mnt/models"
@@ -262,9 +330,14 @@ class AutoscalerStatus(_Model):
     cold_start_seconds: float | None = None
     last_scale_time: str | None = None
     decisions: Annotated[list[DecisionRecord], Field(max_length=10)] = []
-    state: Annotated[str | None, Field(
-        max_length=16384, description="Serialized scaler state that survives operator "
-        "restarts (windows, last scale time, learned cold start).")] = None
+    state: Annotated[
+        str | None,
+        Field(
+            max_length=16384,
+            description="Serialized scaler state that survives operator "
+            "restarts (windows, last scale time, learned cold start).",
+        ),
+    ] = None
 
 
 class InferenceServiceStatus(_Model):

@@ -14,6 +14,7 @@ import pathlib
 import sys
 from typing import Any
 
+import pydantic
 import yaml
 
 from kubeinfer.core import api
@@ -75,48 +76,74 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def schema_of(model: type[api.pydantic.BaseModel]) -> dict[str, Any]:
+def schema_of(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     result: dict[str, Any] = _structural(raw, defs)
     return result
 
 
-def _crd(*, plural: str, kind: str, scope: str, short: list[str], spec_model: type[Any],
-         status_model: type[Any] | None, columns: list[dict[str, Any]],
-         scale: bool) -> dict[str, Any]:
+def _crd(
+    *,
+    plural: str,
+    kind: str,
+    scope: str,
+    short: list[str],
+    spec_model: type[Any],
+    status_model: type[Any] | None,
+    columns: list[dict[str, Any]],
+    scale: bool,
+) -> dict[str, Any]:
     properties: dict[str, Any] = {"spec": schema_of(spec_model)}
     if status_model is not None:
         properties["status"] = schema_of(status_model)
     version: dict[str, Any] = {
-        "name": api.VERSION, "served": True, "storage": True,
-        "schema": {"openAPIV3Schema": {
-            "type": "object",
-            "required": ["spec"],
-            "properties": {
-                "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                "metadata": {"type": "object"}, **properties}}},
+        "name": api.VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {
+            "openAPIV3Schema": {
+                "type": "object",
+                "required": ["spec"],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    **properties,
+                },
+            }
+        },
         "additionalPrinterColumns": columns,
     }
     subresources: dict[str, Any] = {}
     if status_model is not None:
         subresources["status"] = {}
     if scale:
-        subresources["scale"] = {"specReplicasPath": ".spec.replicas",
-                                 "statusReplicasPath": ".status.replicas",
-                                 "labelSelectorPath": ".status.selector"}
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }
     if subresources:
         version["subresources"] = subresources
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{api.GROUP}",
-                     "labels": {"app.kubernetes.io/part-of": "kubeinfer"}},
+        "metadata": {
+            "name": f"{plural}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "kubeinfer"},
+        },
         "spec": {
-            "group": api.GROUP, "scope": scope,
-            "names": {"plural": plural, "singular": kind.lower(), "kind": kind,
-                      "listKind": f"{kind}List", "shortNames": short,
-                      "categories": ["kubeinfer"]},
+            "group": api.GROUP,
+            "scope": scope,
+            "names": {
+                "plural": plural,
+                "singular": kind.lower(),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "shortNames": short,
+                "categories": ["kubeinfer"],
+            },
             "versions": [version],
         },
     }
@@ -124,34 +151,56 @@ def _crd(*, plural: str, kind: str, scope: str, short: list[str], spec_model: ty
 
 def inference_service_crd() -> dict[str, Any]:
     return _crd(
-        plural="inferenceservices", kind="InferenceService", scope="Namespaced",
-        short=["kisvc"], spec_model=api.InferenceServiceSpec,
-        status_model=api.InferenceServiceStatus, scale=True,
+        plural="inferenceservices",
+        kind="InferenceService",
+        scope="Namespaced",
+        short=["kisvc"],
+        spec_model=api.InferenceServiceSpec,
+        status_model=api.InferenceServiceStatus,
+        scale=True,
         columns=[
-            {"name": "Ready", "type": "string",
-             "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {
+                "name": "Ready",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            },
             {"name": "Runtime", "type": "string", "jsonPath": ".status.runtime"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-            {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
-             "priority": 1},
+            {
+                "name": "Ready-Replicas",
+                "type": "integer",
+                "jsonPath": ".status.readyReplicas",
+                "priority": 1,
+            },
             {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
             {"name": "URL", "type": "string", "jsonPath": ".status.url"},
-            {"name": "Reason", "type": "string", "priority": 1,
-             "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+            {
+                "name": "Reason",
+                "type": "string",
+                "priority": 1,
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            },
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ])
+        ],
+    )
 
 
 def inference_runtime_crd() -> dict[str, Any]:
     return _crd(
-        plural="inferenceruntimes", kind="InferenceRuntime", scope="Cluster", short=["kirt"],
-        spec_model=api.InferenceRuntimeSpec, status_model=None, scale=False,
+        plural="inferenceruntimes",
+        kind="InferenceRuntime",
+        scope="Cluster",
+        short=["kirt"],
+        spec_model=api.InferenceRuntimeSpec,
+        status_model=None,
+        scale=False,
         columns=[
             {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
             {"name": "Formats", "type": "string", "jsonPath": ".spec.formats[*].name"},
             {"name": "GPU", "type": "boolean", "jsonPath": ".spec.supportsGpu"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ])
+        ],
+    )
 
 
 def all_crds() -> dict[str, dict[str, Any]]:

@@ -16,6 +16,9 @@ SESSION_TOKEN = "AWS_SESSION_TOKEN"
 # AWS_ENDPOINT_URL is what the AWS SDKs read; S3_ENDPOINT is what KServe users already set.
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT")
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+# HTTP_AUTHORIZATION is the whole header value ("Bearer x", "Basic y"), as the
+# InferenceService API documents; STORAGE_HTTP_TOKEN is a bare bearer token, for convenience.
+HTTP_AUTHORIZATION = "HTTP_AUTHORIZATION"
 HTTP_TOKEN = "STORAGE_HTTP_TOKEN"
 
 _REDACTED = "<redacted>"
@@ -30,9 +33,9 @@ class Credentials:
     aws_session_token: str | None = dataclasses.field(default=None, repr=False)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
-    # Sent as "Authorization: Bearer <token>" to the https:// origin (never across redirects
-    # to another host).
-    http_token: str | None = dataclasses.field(default=None, repr=False)
+    # The Authorization header for the https:// origin (never sent across a redirect to
+    # another host).
+    http_authorization: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Credentials:
@@ -45,17 +48,16 @@ class Credentials:
             aws_session_token=environ.get(SESSION_TOKEN) or None,
             s3_endpoint_url=first(ENDPOINT_VARIABLES),
             s3_region=first(REGION_VARIABLES),
-            http_token=environ.get(HTTP_TOKEN) or None,
+            http_authorization=_authorization(environ),
         )
 
     def secrets(self) -> tuple[str, ...]:
         """Every value that must never be printed (the access key id too, to be safe)."""
-        values = (
-            self.aws_access_key_id,
-            self.aws_secret_access_key,
-            self.aws_session_token,
-            self.http_token,
-        )
+        values = [self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token]
+        if self.http_authorization:
+            values.append(self.http_authorization)
+            # The credential alone too ("Bearer <this>"): a message may quote it bare.
+            values.append(self.http_authorization.partition(" ")[2].strip())
         return tuple(v for v in values if v)
 
     def redact(self, text: str) -> str:
@@ -64,3 +66,11 @@ class Credentials:
         for secret in sorted(self.secrets(), key=len, reverse=True):
             text = text.replace(secret, _REDACTED)
         return text
+
+
+def _authorization(environ: Mapping[str, str]) -> str | None:
+    if environ.get(HTTP_AUTHORIZATION):
+        return environ[HTTP_AUTHORIZATION]
+    if environ.get(HTTP_TOKEN):
+        return f"Bearer {environ[HTTP_TOKEN]}"
+    return None

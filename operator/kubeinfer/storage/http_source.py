@@ -114,9 +114,7 @@ def _download_once(
                 f"{source.display}: connection broke mid-download: {type(err).__name__}"
             ) from err
     if declared is not None and declared.isdigit() and int(declared) != size:
-        raise errors.TransientError(
-            f"{source.display}: truncated: got {size} of {declared} bytes"
-        )
+        raise errors.TransientError(f"{source.display}: truncated: got {size} of {declared} bytes")
     # Content-MD5 is an explicit digest of the body. ETag is not checked over plain HTTP:
     # servers mint it as an opaque validator (nginx: mtime-size), so it is no checksum.
     if content_md5 is not None:
@@ -131,15 +129,15 @@ def _download_once(
 
 def _open(
     url: str, credentials: credentials_.Credentials, *, display: str | None = None
-) -> IO[bytes]:
+) -> http.client.HTTPResponse:
     """GET ``url``; map failures onto the storage errors, naming ``display`` (never secrets)."""
     display = display or uri.HttpUri(url=url, sha256=None).display
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if credentials.http_token:
-        request.add_header("Authorization", f"Bearer {credentials.http_token}")
+    if credentials.http_authorization:
+        request.add_header("Authorization", credentials.http_authorization)
     opener = urllib.request.build_opener(_RedirectPolicy())
     try:
-        response: IO[bytes] = opener.open(request, timeout=TIMEOUT_SECONDS)
+        response: http.client.HTTPResponse = opener.open(request, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as err:
         err.close()
         raise _http_error(display, err.code, err.reason) from None
@@ -156,8 +154,8 @@ def _http_error(display: str, status: int, reason: object) -> errors.StorageErro
         return errors.ObjectNotFound(f"{display}: object not found (HTTP {status})")
     if status in (401, 403):
         return errors.AccessDenied(
-            f"{display}: access denied (HTTP {status} {reason}): check the token in the "
-            f"storage Secret ({credentials_.HTTP_TOKEN})"
+            f"{display}: access denied (HTTP {status} {reason}): check "
+            f"{credentials_.HTTP_AUTHORIZATION} in the storage Secret"
         )
     if status in (408, 425, 429) or status >= 500:
         return errors.TransientError(f"{display}: HTTP {status} {reason}")

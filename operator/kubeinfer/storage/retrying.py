@@ -61,7 +61,11 @@ def call_with_retries(
             delay = policy.delay(attempt)
             logger.warning(
                 "%s: attempt %d/%d failed (%s); retrying in %.2fs",
-                what, attempt, policy.attempts, err, delay,
+                what,
+                attempt,
+                policy.attempts,
+                err,
+                delay,
             )
             sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")

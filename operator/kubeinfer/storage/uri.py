@@ -2,7 +2,7 @@
 
 Owns: the accepted schemes and their syntax (``pvc://``, ``https://``, ``http://`` on loopback
 only, ``s3://``, ``file://``), and the pod-level consequences of each (a read-only claim mount,
-or an init container that runs ``storage-init``).
+or an init container that runs ``storage-init``), as ``StoragePlan``.
 
 Pure: no I/O here, no boto3, no network. The pod builder in the pure core imports this module,
 so everything in it must stay cheap to import and deterministic.
@@ -17,15 +17,17 @@ import re
 import urllib.parse
 from typing import Any
 
-# Where the runtime container reads the model repository from, in every pod.
+# The default repository path (InferenceRuntime.modelRepositoryPath can override it).
 MODEL_REPOSITORY_PATH = "/mnt/models"
-# The pod volume that carries the repository (an emptyDir, or the user's claim).
-MODEL_VOLUME_NAME = "model-repository"
-INIT_CONTAINER_NAME = "storage-init"
+# Names shared with kubeinfer.core.builders (MODELS_VOLUME, the init container's name).
+MODEL_VOLUME_NAME = "model-repository"  # the repository root, an emptyDir
+CLAIM_VOLUME_NAME = "model-pvc"  # the user's claim, for pvc:// only
+INIT_CONTAINER_NAME = "storage-initializer"
 
 _SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 # A PersistentVolumeClaim name is a DNS-1123 subdomain.
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
 # S3 bucket naming rules (the subset every S3-compatible store accepts).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -201,17 +203,22 @@ class PlanMode(enum.StrEnum):
 class StoragePlan:
     """How a pod gets its model; manifest fragments the pod builder splices in as they are.
 
-    - ``volumes``: add to ``spec.volumes``.
-    - ``runtime_volume_mounts``: add to the runtime container's ``volumeMounts`` (always
-      read-only: the runtime never writes its repository).
-    - ``init_container``: ``None`` for ``MountClaim``; otherwise a partial container (name,
-      args, envFrom, volumeMounts, terminationMessagePolicy). The pod builder adds ``image``
-      (the operator image, whose entrypoint is ``kubeinfer``), ``securityContext`` and
-      ``resources``.
+    The repository root is always an emptyDir (so the operator can mount generated files such
+    as config.pbtxt beside the model). Then either:
+
+    - ``MountClaim`` (pvc://): the claim is mounted read-only at
+      ``<repository>/<model>/<version>`` with ``subPath`` = the URI's path, which must hold
+      that version's files (``model.onnx``...). No init container, no copy.
+    - ``InitContainer`` (https://, s3://, file://): ``init_container`` is a partial container
+      (name, args, envFrom, volumeMounts, terminationMessagePolicy); the pod builder adds
+      ``image`` (the operator image, entrypoint ``kubeinfer``), ``securityContext``,
+      ``resources`` and any scratch mounts.
+
+    ``volumes`` go to ``spec.volumes``; ``runtime_volume_mounts`` to the runtime container.
     """
 
     mode: PlanMode
-    mount_path: str
+    repository_path: str
     volumes: tuple[dict[str, Any], ...]
     runtime_volume_mounts: tuple[dict[str, Any], ...]
     init_container: dict[str, Any] | None
@@ -220,50 +227,57 @@ class StoragePlan:
 def build_storage_plan(
     uri: str | StorageUri,
     *,
-    model_name: str | None = None,
-    version: str = "1",
+    model_name: str = "model",
+    version: int | str = 1,
+    repository_path: str = MODEL_REPOSITORY_PATH,
     credentials_secret: str | None = None,
 ) -> StoragePlan:
     """The storage plan for ``uri``: a read-only claim mount, or a ``storage-init`` container.
 
-    ``model_name`` and ``version`` become ``--model-name`` / ``--version`` so a single fetched
-    file lands at ``/mnt/models/<model_name>/<version>/<file>``. ``credentials_secret`` names
-    the Secret whose keys (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-    ``AWS_ENDPOINT_URL``, ``STORAGE_HTTP_TOKEN``...) become the init container's environment.
+    ``model_name`` and ``version`` place the model at ``<repository>/<model>/<version>/`` (the
+    CLI's ``--model-name`` / ``--version``). ``credentials_secret`` names the Secret whose keys
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+    ``AWS_ENDPOINT_URL`` or ``S3_ENDPOINT``, ``HTTP_AUTHORIZATION``...) become the init
+    container's environment; the runtime container never sees them.
     """
     parsed = parse_storage_uri(uri) if isinstance(uri, str) else uri
+    repository_volume = {"name": MODEL_VOLUME_NAME, "emptyDir": {}}
+    repository_mount = {"name": MODEL_VOLUME_NAME, "mountPath": repository_path}
     if isinstance(parsed, PvcUri):
-        # The claim is the repository: no copy, and read-only so a bad runtime cannot damage
-        # a model that other InferenceServices may share.
-        mount: dict[str, Any] = {
-            "name": MODEL_VOLUME_NAME,
-            "mountPath": MODEL_REPOSITORY_PATH,
+        # Read-only: a bad runtime must not damage a model other services may share.
+        claim_mount: dict[str, Any] = {
+            "name": CLAIM_VOLUME_NAME,
+            "mountPath": f"{repository_path}/{model_name}/{version}",
             "readOnly": True,
         }
         if parsed.path:
-            mount["subPath"] = parsed.path
+            claim_mount["subPath"] = parsed.path
         return StoragePlan(
             mode=PlanMode.MOUNT_CLAIM,
-            mount_path=MODEL_REPOSITORY_PATH,
+            repository_path=repository_path,
             volumes=(
+                repository_volume,
                 {
-                    "name": MODEL_VOLUME_NAME,
+                    "name": CLAIM_VOLUME_NAME,
                     "persistentVolumeClaim": {"claimName": parsed.claim, "readOnly": True},
                 },
             ),
-            runtime_volume_mounts=(mount,),
+            runtime_volume_mounts=(repository_mount, claim_mount),
             init_container=None,
         )
 
-    args = ["storage-init", _unparse(parsed), MODEL_REPOSITORY_PATH, "--version", version]
-    if model_name is not None:
-        args += ["--model-name", model_name]
     init: dict[str, Any] = {
         "name": INIT_CONTAINER_NAME,
-        "args": args,
-        "volumeMounts": [{"name": MODEL_VOLUME_NAME, "mountPath": MODEL_REPOSITORY_PATH}],
+        "args": [
+            "storage-init",
+            _unparse(parsed),
+            repository_path,
+            f"--model-name={model_name}",
+            f"--version={version}",
+        ],
+        "volumeMounts": [dict(repository_mount)],
         # The one-line error storage-init prints becomes the container's termination message,
-        # which the status reconciler surfaces as the init-failure condition's message.
+        # which the status reconciler can quote in the init-failure condition.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if credentials_secret is not None:
@@ -273,11 +287,9 @@ def build_storage_plan(
         init["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
     return StoragePlan(
         mode=PlanMode.INIT_CONTAINER,
-        mount_path=MODEL_REPOSITORY_PATH,
-        volumes=({"name": MODEL_VOLUME_NAME, "emptyDir": {}},),
-        runtime_volume_mounts=(
-            {"name": MODEL_VOLUME_NAME, "mountPath": MODEL_REPOSITORY_PATH, "readOnly": True},
-        ),
+        repository_path=repository_path,
+        volumes=(repository_volume,),
+        runtime_volume_mounts=(repository_mount,),
         init_container=init,
     )
 

@@ -35,10 +35,20 @@ def gpu_deployment(name: str, replicas: int, gpus: int) -> client.V1Deployment:
             selector=client.V1LabelSelector(match_labels={"app": name}),
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels={"app": name}),
-                spec=client.V1PodSpec(containers=[client.V1Container(
-                    name="server", image="example.invalid/server:1",
-                    resources=client.V1ResourceRequirements(
-                        limits={"nvidia.com/gpu": str(gpus)}))]))))
+                spec=client.V1PodSpec(
+                    containers=[
+                        client.V1Container(
+                            name="server",
+                            image="example.invalid/server:1",
+                            resources=client.V1ResourceRequirements(
+                                limits={"nvidia.com/gpu": str(gpus)}
+                            ),
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
 
 
 def test_four_ready_gpu_nodes_on_loopback(cluster: ClusterHandle) -> None:
@@ -53,14 +63,14 @@ def test_four_ready_gpu_nodes_on_loopback(cluster: ClusterHandle) -> None:
         assert ipaddress.ip_network(node.spec.pod_cidr).subnet_of(LOOPBACK)
 
 
-def test_gpu_deployment_schedules_with_loopback_pod_ips(cluster: ClusterHandle,
-                                                        namespace: str) -> None:
+def test_gpu_deployment_schedules_with_loopback_pod_ips(
+    cluster: ClusterHandle, namespace: str
+) -> None:
     cluster.apps.create_namespaced_deployment(namespace, gpu_deployment("gpu", 3, 1))
 
     def running() -> bool:
         pods = cluster.core.list_namespaced_pod(namespace, label_selector="app=gpu").items
-        return len(pods) == 3 and all(p.status.phase == "Running" and p.status.pod_ip
-                                      for p in pods)
+        return len(pods) == 3 and all(p.status.phase == "Running" and p.status.pod_ip for p in pods)
 
     wait_for(running, what="3 running GPU pods")
     for pod in cluster.core.list_namespaced_pod(namespace, label_selector="app=gpu").items:
@@ -73,23 +83,29 @@ def test_oversized_gpu_request_stays_pending(cluster: ClusterHandle, namespace: 
 
     def failed_scheduling() -> bool:
         events = cluster.core.list_namespaced_event(namespace).items
-        return any(e.reason == "FailedScheduling" and "Insufficient nvidia.com/gpu" in e.message
-                   for e in events)
+        return any(
+            e.reason == "FailedScheduling" and "Insufficient nvidia.com/gpu" in e.message
+            for e in events
+        )
 
     wait_for(failed_scheduling, what="FailedScheduling for nvidia.com/gpu")
     pods = cluster.core.list_namespaced_pod(namespace, label_selector="app=huge").items
     assert [p.status.phase for p in pods] == ["Pending"]
 
 
-def test_deleting_deployment_collects_replicasets_and_pods(cluster: ClusterHandle,
-                                                           namespace: str) -> None:
+def test_deleting_deployment_collects_replicasets_and_pods(
+    cluster: ClusterHandle, namespace: str
+) -> None:
     cluster.apps.create_namespaced_deployment(namespace, gpu_deployment("gc", 2, 1))
-    wait_for(lambda: len(cluster.core.list_namespaced_pod(namespace).items) == 2,
-             what="2 pods")
-    cluster.apps.delete_namespaced_deployment("gc", namespace,
-                                              propagation_policy="Background")
-    wait_for(lambda: not cluster.apps.list_namespaced_replica_set(namespace).items
-             and not cluster.core.list_namespaced_pod(namespace).items, what="garbage collection")
+    wait_for(lambda: len(cluster.core.list_namespaced_pod(namespace).items) == 2, what="2 pods")
+    cluster.apps.delete_namespaced_deployment("gc", namespace, propagation_policy="Background")
+    wait_for(
+        lambda: (
+            not cluster.apps.list_namespaced_replica_set(namespace).items
+            and not cluster.core.list_namespaced_pod(namespace).items
+        ),
+        what="garbage collection",
+    )
 
 
 CEL_CRD = """
@@ -127,18 +143,24 @@ def test_cel_rule_rejects_bad_object(cluster: ClusterHandle, namespace: str) -> 
     except ApiException as exc:
         if exc.status != 409:
             raise
-    obj = {"apiVersion": "celtest.kubeinfer.io/v1", "kind": "Widget",
-           "metadata": {"name": "bad"}, "spec": {"min": 3, "max": 1}}
+    obj = {
+        "apiVersion": "celtest.kubeinfer.io/v1",
+        "kind": "Widget",
+        "metadata": {"name": "bad"},
+        "spec": {"min": 3, "max": 1},
+    }
 
     def rejected() -> str | None:
         try:
-            cluster.custom.create_namespaced_custom_object("celtest.kubeinfer.io", "v1",
-                                                           namespace, "widgets", obj)
+            cluster.custom.create_namespaced_custom_object(
+                "celtest.kubeinfer.io", "v1", namespace, "widgets", obj
+            )
         except ApiException as exc:
             return exc.body if exc.status == 422 else None
         raise AssertionError("a Widget with min > max was accepted")
 
     body: str | None = None
+
     def established() -> bool:
         nonlocal body
         try:
@@ -162,6 +184,11 @@ def test_down_stops_every_started_process() -> None:
 
 @pytest.mark.parametrize("args", [["get", "nodes", "-o", "name"]])
 def test_kubectl_works_with_written_kubeconfig(cluster: ClusterHandle, args: list[str]) -> None:
-    out = subprocess.run([str(cluster.tools.kubectl), *args], env=cluster.env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(cluster.tools.kubectl), *args],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "node/gpu-node-1" in out

@@ -114,9 +114,7 @@ class SignalWindow:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SignalWindow:
         buckets = {
-            int(index): {
-                str(name): (float(pair[0]), int(pair[1])) for name, pair in bucket.items()
-            }
+            int(index): {str(name): (float(pair[0]), int(pair[1])) for name, pair in bucket.items()}
             for index, bucket in data.get("buckets", {}).items()
         }
         return cls(

@@ -1,0 +1,241 @@
+"""The only module that talks to the Kubernetes API (the official ``kubernetes`` client).
+
+Owns: server-side apply with a named field manager, reads as plain dicts, status and scale
+writes, Events, and a count of every write (so tests and benchmarks can prove that an operator
+restart writes nothing). Synchronous by design: kopf runs sync handlers in its thread pool, and
+async code calls in through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import json
+import threading
+import uuid
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from kubeinfer import telemetry
+from kubeinfer.core import api
+
+RECONCILER_MANAGER = "kubeinfer-reconciler"
+SCALER_MANAGER = "kubeinfer-autoscaler"
+
+# Plural resource paths of the kinds kubeinfer reads and writes.
+_PATHS = {
+    ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
+    ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
+    ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
+    ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets",
+    ("policy/v1", "PodDisruptionBudget"): "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    (
+        api.API_VERSION,
+        "InferenceService",
+    ): f"/apis/{api.API_VERSION}/namespaces/{{ns}}/inferenceservices",
+    (api.API_VERSION, "InferenceRuntime"): f"/apis/{api.API_VERSION}/inferenceruntimes",
+}
+
+_writes: collections.Counter[str] = collections.Counter()
+_writes_lock = threading.Lock()
+
+
+class Conflict(Exception):
+    """Another field manager owns a field we tried to apply."""
+
+
+def writes() -> dict[str, int]:
+    """Writes made by this process, by ``VERB kind`` (a snapshot)."""
+    with _writes_lock:
+        return dict(_writes)
+
+
+def _count(verb: str, kind: str, namespace: str | None = None) -> None:
+    with _writes_lock:
+        _writes[f"{verb} {kind}"] += 1
+    telemetry.API_WRITES.labels(verb=verb, kind=kind, namespace=namespace or "").inc()
+
+
+_client: client.ApiClient | None = None
+_client_lock = threading.Lock()
+
+
+def api_client() -> client.ApiClient:
+    """One shared client: in-cluster when a service account is mounted, else $KUBECONFIG."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            _client = client.ApiClient()
+            # The default pool of 4 throttles a busy operator on many objects.
+            _client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 32
+        return _client
+
+
+def _request(
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: Any = None,
+    content_type: str | None = None,
+    timeout: float = 30,
+) -> Any:
+    c = api_client()
+    headers = {"Accept": "application/json"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    m, url, hdrs, ser_body, post = c.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    resp = c.call_api(
+        m, url, header_params=hdrs, body=ser_body, post_params=post, _request_timeout=timeout
+    )
+    resp.read()
+    if not 200 <= resp.status <= 299:
+        raise ApiException(http_resp=resp)
+    return json.loads(resp.data) if resp.data else None
+
+
+def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    base = _PATHS[(api_version, kind)].format(ns=namespace)
+    return f"{base}/{name}" if name else base
+
+
+def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    try:
+        obj: dict[str, Any] = _request("GET", _path(api_version, kind, namespace, name))
+        return obj
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def list_objects(
+    api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
+) -> list[dict[str, Any]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    out: dict[str, Any] = _request("GET", _path(api_version, kind, namespace), query=query)
+    items: list[dict[str, Any]] = out.get("items", [])
+    return items
+
+
+def apply(obj: dict[str, Any], *, field_manager: str = RECONCILER_MANAGER) -> dict[str, Any]:
+    """Server-side apply; ``force`` takes back fields a human changed by hand (drift repair)."""
+    meta = obj["metadata"]
+    path = _path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+    _count("apply", obj["kind"], meta.get("namespace"))
+    try:
+        result: dict[str, Any] = _request(
+            "PATCH",
+            path,
+            query=[("fieldManager", field_manager), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(str(exc.body)) from exc
+        raise
+    return result
+
+
+def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+    _count("delete", kind, namespace)
+    try:
+        _request(
+            "DELETE",
+            _path(api_version, kind, namespace, name),
+            body={"propagationPolicy": "Background"},
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def patch_status(
+    api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource. Keys we do not send are left to their writer."""
+    _count("status", kind, namespace)
+    result: dict[str, Any] = _request(
+        "PATCH",
+        _path(api_version, kind, namespace, name) + "/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+    return result
+
+
+def get_scale(namespace: str, deployment: str) -> int | None:
+    try:
+        out = _request("GET", _path("apps/v1", "Deployment", namespace, deployment) + "/scale")
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return int(out.get("spec", {}).get("replicas") or 0)
+
+
+def set_scale(
+    namespace: str, deployment: str, replicas: int, *, field_manager: str = SCALER_MANAGER
+) -> None:
+    """Write replicas through the scale subresource: the one path that owns spec.replicas."""
+    _count("scale", "Deployment", namespace)
+    _request(
+        "PATCH",
+        _path("apps/v1", "Deployment", namespace, deployment) + "/scale",
+        query=[("fieldManager", field_manager)],
+        body={"spec": {"replicas": replicas}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def emit_event(
+    involved: dict[str, Any], *, type_: str, reason: str, message: str, component: str = "kubeinfer"
+) -> None:
+    """A core/v1 Event on ``involved``; failures to record an Event never fail the caller."""
+    meta = involved["metadata"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now[:19] + "Z",
+        "lastTimestamp": now[:19] + "Z",
+        "count": 1,
+    }
+    _count("event", "Event", meta["namespace"])
+    with contextlib.suppress(ApiException):
+        _request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)

@@ -1,0 +1,456 @@
+"""Pure builders: an InferenceService (+ its resolved runtime) -> the manifests of its children.
+
+Owns: what the Deployment, Service, PodDisruptionBudget and model-config ConfigMap look like.
+Each ``build_*`` takes parsed specs and returns a plain dict ready for server-side apply. No I/O.
+
+One rule matters above the others: ``build_deployment`` never sets ``spec.replicas``. Replicas
+have a single writer, the scaling path (autoscaler or ``spec.replicas`` when scaling is Off),
+which writes through the scale subresource under its own field manager; so re-applying the
+same InferenceService can never reset a scaled replica count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from kubeinfer.core import api
+
+LABEL_ISVC = "kubeinfer.io/inferenceservice"
+LABEL_RUNTIME = "kubeinfer.io/runtime"
+MODELS_VOLUME = "model-repository"
+CONFIG_VOLUME = "model-config"
+INIT_IMAGE = "ghcr.io/kubeinfer/operator:0.1.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """Identity of the InferenceService the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceService",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+class RuntimeResolutionError(ValueError):
+    """No runtime can serve this InferenceService; ``reason`` is the condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def choose_runtime(
+    spec: api.InferenceServiceSpec, runtimes: dict[str, api.InferenceRuntimeSpec]
+) -> tuple[str, api.InferenceRuntimeSpec]:
+    """The named runtime, or the highest-priority one supporting the model format (name breaks
+    ties, so the choice is deterministic)."""
+    fmt = spec.model.format
+    wants_gpu = spec.gpu.count > 0
+    if spec.runtime is not None:
+        runtime = runtimes.get(spec.runtime)
+        if runtime is None:
+            raise RuntimeResolutionError(
+                "RuntimeNotFound", f"InferenceRuntime {spec.runtime!r} does not exist."
+            )
+        if fmt not in {f.name for f in runtime.formats}:
+            raise RuntimeResolutionError(
+                "FormatNotSupported",
+                f"InferenceRuntime {spec.runtime!r} does not serve model format {fmt.value!r}.",
+            )
+        if wants_gpu and not runtime.supports_gpu:
+            raise RuntimeResolutionError(
+                "GPUNotSupported",
+                f"InferenceRuntime {spec.runtime!r} cannot use GPUs but "
+                f"gpu.count is {spec.gpu.count}.",
+            )
+        return spec.runtime, runtime
+    candidates = [
+        (f.priority, name, runtime)
+        for name, runtime in runtimes.items()
+        for f in runtime.formats
+        if f.name == fmt and (runtime.supports_gpu if wants_gpu else runtime.supports_cpu)
+    ]
+    if not candidates:
+        raise RuntimeResolutionError(
+            "NoRuntimeForFormat",
+            f"No InferenceRuntime serves model format {fmt.value!r}"
+            f"{' on GPUs' if wants_gpu else ''}; install one or set spec.runtime.",
+        )
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    _, name, runtime = candidates[0]
+    return name, runtime
+
+
+def labels(owner: Owner, runtime_name: str) -> dict[str, str]:
+    return {
+        LABEL_ISVC: owner.name,
+        LABEL_RUNTIME: runtime_name,
+        "app.kubernetes.io/name": owner.name,
+        "app.kubernetes.io/component": "predictor",
+        "app.kubernetes.io/managed-by": "kubeinfer",
+    }
+
+
+def selector(owner: Owner) -> dict[str, str]:
+    return {LABEL_ISVC: owner.name}
+
+
+def selector_string(owner: Owner) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(owner).items())
+
+
+def child_name(owner: Owner) -> str:
+    return f"{owner.name}-predictor"
+
+
+def _metadata(owner: Owner, runtime_name: str, name: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name or child_name(owner),
+        "namespace": owner.namespace,
+        "labels": labels(owner, runtime_name),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def build_model_config(
+    spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec
+) -> tuple[str, str]:
+    """(file name, content) of the per-model config that carries batching to the runtime."""
+    b = spec.batching
+    if runtime.batching_config is api.BatchingConfigKind.TRITON_PBTXT:
+        platform = {
+            api.ModelFormat.ONNX: "onnxruntime_onnx",
+            api.ModelFormat.TENSORRT: "tensorrt_plan",
+            api.ModelFormat.PYTORCH: "pytorch_libtorch",
+            api.ModelFormat.TENSORFLOW: "tensorflow_savedmodel",
+        }.get(spec.model.format)
+        lines = [f'name: "{spec.model.name}"']
+        lines.append(f'platform: "{platform}"' if platform else 'backend: "python"')
+        lines.append(f"max_batch_size: {b.max_batch_size}")
+        if b.max_batch_size > 0:
+            lines.append("dynamic_batching {")
+            lines.extend(f"  preferred_batch_size: {size}" for size in b.preferred_batch_sizes)
+            lines.append(f"  max_queue_delay_microseconds: {b.max_queue_delay_microseconds}")
+            lines.append("}")
+        kind = "KIND_GPU" if spec.gpu.count > 0 else "KIND_CPU"
+        lines.append(f"instance_group [{{ kind: {kind}, count: 1 }}]")
+        policy = spec.model.version_policy
+        if policy.policy is api.VersionPolicyKind.ALL:
+            lines.append("version_policy: { all: {} }")
+        elif policy.policy is api.VersionPolicyKind.SPECIFIC:
+            versions = ", ".join(str(v) for v in policy.versions)
+            lines.append(f"version_policy: {{ specific: {{ versions: [{versions}] }} }}")
+        return "config.pbtxt", "\n".join(lines) + "\n"
+    config = {
+        "max_batch_size": b.max_batch_size,
+        "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
+        "preferred_batch_sizes": list(b.preferred_batch_sizes),
+    }
+    return "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def build_config_map(
+    owner: Owner,
+    spec: api.InferenceServiceSpec,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+) -> dict[str, Any]:
+    filename, content = build_model_config(spec, runtime)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, runtime_name, f"{owner.name}-model-config"),
+        "data": {filename: content},
+    }
+
+
+def _resources(spec: api.InferenceServiceSpec) -> dict[str, Any]:
+    requests = {k: v for k, v in spec.resources.requests.model_dump().items() if v is not None}
+    limits = {k: v for k, v in spec.resources.limits.model_dump().items() if v is not None}
+    if spec.gpu.count > 0:
+        # Extended resources cannot be overcommitted: the limit is the request.
+        limits[spec.gpu.resource_name] = str(spec.gpu.count)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+_RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _storage(
+    owner: Owner, spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec, filename: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, init containers, runtime container mounts) that put the model in place.
+
+    The repository root is always an emptyDir; the version directory is either a read-only
+    PVC mount (pvc://, no copy) or filled by the storage initializer; the batching config is
+    a ConfigMap file mounted beside it.
+    """
+    repo = runtime.model_repository_path
+    model_dir = f"{repo}/{spec.model.name}"
+    version_dir = f"{model_dir}/{spec.model.version}"
+    volumes: list[dict[str, Any]] = [
+        {"name": MODELS_VOLUME, "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": CONFIG_VOLUME, "configMap": {"name": f"{owner.name}-model-config"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": MODELS_VOLUME, "mountPath": repo},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {
+            "name": CONFIG_VOLUME,
+            "mountPath": f"{model_dir}/{filename}",
+            "subPath": filename,
+            "readOnly": True,
+        },
+    ]
+    init: list[dict[str, Any]] = []
+    uri = spec.model.storage_uri
+    if uri.startswith("pvc://"):
+        claim, _, sub_path = uri.removeprefix("pvc://").partition("/")
+        volumes.append(
+            {"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mount: dict[str, Any] = {"name": "model-pvc", "mountPath": version_dir, "readOnly": True}
+        if sub_path:
+            mount["subPath"] = sub_path
+        mounts.append(mount)
+        return volumes, init, mounts
+    container: dict[str, Any] = {
+        "name": "storage-initializer",
+        "image": INIT_IMAGE,
+        "args": [
+            "storage-init",
+            uri,
+            repo,
+            f"--model-name={spec.model.name}",
+            f"--version={spec.model.version}",
+        ],
+        "volumeMounts": [
+            {"name": MODELS_VOLUME, "mountPath": repo},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": _RESTRICTED_CONTAINER,
+    }
+    if spec.model.credentials_secret:
+        # Only the init container sees the credentials; the serving container never does.
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    init.append(container)
+    return volumes, init, mounts
+
+
+def build_deployment(
+    owner: Owner,
+    spec: api.InferenceServiceSpec,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+) -> dict[str, Any]:
+    filename, content = build_model_config(spec, runtime)
+    volumes, init, mounts = _storage(owner, spec, runtime, filename)
+    ports = runtime.ports
+    pod_labels = labels(owner, runtime_name)
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": runtime.image,
+        "args": list(runtime.args),
+        "env": [
+            {"name": "MODEL_REPOSITORY", "value": runtime.model_repository_path},
+            {"name": "MODEL_NAME", "value": spec.model.name},
+            {"name": "HTTP_PORT", "value": str(ports.http)},
+            {"name": "GRPC_PORT", "value": str(ports.grpc)},
+            {"name": "METRICS_PORT", "value": str(ports.metrics)},
+        ],
+        "ports": [
+            {"name": "http", "containerPort": ports.http, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": ports.grpc, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports.metrics, "protocol": "TCP"},
+        ],
+        "startupProbe": {
+            "httpGet": {"path": runtime.probes.readiness_path, "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": runtime.probes.startup_failure_threshold,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": runtime.probes.readiness_path, "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": runtime.probes.liveness_path, "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # Endpoints drop the pod while it sleeps, then SIGTERM lets the server drain.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "volumeMounts": mounts,
+        "securityContext": _RESTRICTED_CONTAINER,
+    }
+    if runtime.command:
+        container["command"] = list(runtime.command)
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    node_selector = dict(spec.scheduling.node_selector)
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations
+    ]
+    if spec.gpu.count > 0:
+        if spec.gpu.product:
+            node_selector["nvidia.com/gpu.product"] = spec.gpu.product
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule by the GPU operator.
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    spread = spec.scheduling.topology_spread
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 30,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": runtime.run_as_user,
+            "runAsGroup": runtime.run_as_user,
+            "fsGroup": runtime.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": spread.max_skew,
+                "topologyKey": spread.topology_key,
+                "whenUnsatisfiable": spread.when_unsatisfiable,
+                "labelSelector": {"matchLabels": selector(owner)},
+            }
+        ],
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ports.metrics),
+        "prometheus.io/path": "/metrics",
+        # A config change must roll the pods, since a mounted ConfigMap file is not reloaded.
+        "kubeinfer.io/model-config-hash": _hash(content),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, runtime_name),
+        "spec": {
+            "selector": {"matchLabels": selector(owner)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_service(
+    owner: Owner, runtime_name: str, runtime: api.InferenceRuntimeSpec
+) -> dict[str, Any]:
+    ports = runtime.ports
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, runtime_name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(owner),
+            "ports": [
+                {"name": "http", "port": ports.http, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": ports.grpc,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {
+                    "name": "metrics",
+                    "port": ports.metrics,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def build_pdb(
+    owner: Owner, spec: api.InferenceServiceSpec, runtime_name: str
+) -> dict[str, Any] | None:
+    """A PDB only when at least two replicas are promised; one replica cannot stay up."""
+    if spec.scaling.min_replicas < 2 or spec.stopped:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, runtime_name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(owner)}},
+    }
+
+
+def service_url(
+    owner: Owner, spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec
+) -> str:
+    return (
+        f"http://{child_name(owner)}.{owner.namespace}.svc:{runtime.ports.http}"
+        f"/v2/models/{spec.model.name}"
+    )
+
+
+def initial_replicas(spec: api.InferenceServiceSpec) -> int:
+    """Replicas the scaling path sets when it first sees the Deployment."""
+    if spec.stopped:
+        return 0
+    if spec.scaling.mode is api.ScalingMode.OFF:
+        return spec.replicas if spec.replicas is not None else spec.scaling.min_replicas
+    return spec.scaling.min_replicas
+
+
+def clamp_replicas(spec: api.InferenceServiceSpec, current: int) -> int:
+    """What the reconciler enforces on replicas: stopped -> 0, Off -> spec.replicas, else the
+    current value inside [min, max] (the autoscaler moves it within the bounds)."""
+    if spec.stopped:
+        return 0
+    if spec.scaling.mode is api.ScalingMode.OFF:
+        return spec.replicas if spec.replicas is not None else current
+    return max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, current))

@@ -1,0 +1,360 @@
+"""decide(): the desired replica count from a policy, a signal window, state and ``now``.
+
+Owns the scaling rules and nothing else: no clock, no API, no scraping. The engine calls it
+every tick and acts on (or, in Recommend mode, only reports) the returned ``ScaleResult``,
+then persists ``result.state``. The rules, in order:
+
+1. Metrics missing for ``failures_before_fallback`` ticks -> at least ``fallback_replicas``.
+   No data in the stable window -> hold. A failed scrape never lets the count go down.
+2. Stable recommendation: the stable-window average against the target; panic mode
+   (Knative-like) when the panic window wants ``panic_threshold`` x the capacity we have,
+   where starting replicas count as capacity; in panic, never scale down.
+3. Early scale-up: a confident rising trend projected one cold start ahead.
+4. Tolerance, scale-up rate limit, capacity block (pods waiting for GPUs), scale-down
+   stabilization (the highest recommendation in the window), scale-down rate limit, the GPU
+   veto on scale-down, then min/max.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+from kubeinfer.core.scaling import policy as policy_
+from kubeinfer.core.scaling import state as state_
+from kubeinfer.core.scaling import window as window_
+
+
+class Reason(enum.StrEnum):
+    """Why the desired count is what it is: one CamelCase word each."""
+
+    SCALE_UP = "ScaleUp"
+    PANIC_SCALE_UP = "PanicScaleUp"
+    EARLY_SCALE_UP = "EarlyScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    HOLD = "Hold"
+    NO_DATA = "NoData"
+    FALLBACK = "Fallback"
+    BLOCKED_BY_CAPACITY = "BlockedByCapacity"
+    GPU_VETO = "GPUVeto"
+    STABILIZING = "Stabilizing"
+    AT_MAX = "AtMax"
+    AT_MIN = "AtMin"
+
+
+class Clamp(enum.StrEnum):
+    """A limit that changed the recommendation on its way to the desired count."""
+
+    TOLERANCE = "Tolerance"
+    SCALE_UP_RATE = "ScaleUpRate"
+    SCALE_DOWN_RATE = "ScaleDownRate"
+    STABILIZATION = "Stabilization"
+    GPU_VETO = "GPUVeto"
+    CAPACITY = "Capacity"
+    NO_DATA = "NoData"
+    MIN_REPLICAS = "MinReplicas"
+    MAX_REPLICAS = "MaxReplicas"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Replicas:
+    """The replica counts the engine observed this tick."""
+
+    # The Deployment's spec.replicas now: the count the decision moves from.
+    current: int
+    ready: int
+    # Created and scheduled, not Ready yet: capacity on its way.
+    starting: int = 0
+    # Pending because no node has a free GPU (WaitingForGPUCapacity).
+    unschedulable: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Inputs:
+    """What a decision was made from, for the status history."""
+
+    metric: policy_.Metric
+    target: float
+    stable: float | None
+    panic: float | None
+    gpu_utilization: float | None
+    trend_per_s: float | None
+    cold_start_s: float
+    current: int
+    ready: int
+    starting: int
+    unschedulable: int
+    recommended: int
+    panicking: bool
+    scraped: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
+        return {
+            "metric": self.metric.value,
+            "target": self.target,
+            "stable": rounded(self.stable),
+            "panic": rounded(self.panic),
+            "gpuUtilization": rounded(self.gpu_utilization),
+            "trendPerSecond": rounded(self.trend_per_s),
+            "coldStartSeconds": rounded(self.cold_start_s),
+            "current": self.current,
+            "ready": self.ready,
+            "starting": self.starting,
+            "unschedulable": self.unschedulable,
+            "recommended": self.recommended,
+            "panicking": self.panicking,
+            "scraped": self.scraped,
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScaleResult:
+    desired: int
+    reason: Reason
+    clamps: tuple[Clamp, ...]
+    inputs: Inputs
+    message: str
+    # The state to persist and pass to the next decide().
+    state: state_.ScalerState
+
+    @property
+    def changed(self) -> bool:
+        return self.desired != self.inputs.current
+
+    def record(self, *, now: float) -> state_.DecisionRecord:
+        return state_.DecisionRecord(
+            time=now,
+            current=self.inputs.current,
+            desired=self.desired,
+            reason=self.reason.value,
+            clamps=tuple(c.value for c in self.clamps),
+            inputs=self.inputs.to_dict(),
+            message=self.message,
+        )
+
+
+_UP = (Reason.SCALE_UP, Reason.PANIC_SCALE_UP, Reason.EARLY_SCALE_UP, Reason.FALLBACK)
+
+
+def _wanted(*, policy: policy_.ScalingPolicy, value: float, ready: int) -> float:
+    """Replicas (fractional) the metric value asks for."""
+    if policy.metric is policy_.Metric.QUEUE_TIME:
+        # Queue time does not add up across pods: scale the ready count proportionally.
+        return max(ready, 1) * value / policy.target
+    return value / policy.target
+
+
+def decide(
+    *,
+    policy: policy_.ScalingPolicy,
+    window: window_.SignalWindow,
+    state: state_.ScalerState,
+    now: float,
+    replicas: Replicas,
+    scraped: bool = True,
+) -> ScaleResult:
+    """Decide the desired replica count at ``now``; pure, the engine acts on the result.
+
+    ``scraped`` is False when this tick's scrape produced no sample (every pod failed or none
+    was Ready); the window then holds only older data.
+    """
+    current = replicas.current
+    failures = 0 if scraped else state.consecutive_failures + 1
+    cold_start = (
+        state.cold_start_s if state.cold_start_s is not None else (policy.cold_start_default_s)
+    )
+    series = policy.metric.value
+    stable = window.average(series=series, now=now, span_s=policy.stable_window_s)
+    panic = window.average(series=series, now=now, span_s=policy.panic_window_s)
+    gpu = window.average(series=window_.GPU, now=now, span_s=policy.panic_window_s)
+    capacity = max(replicas.ready + replicas.starting, 1)
+    clamps: list[Clamp] = []
+    trend_per_s: float | None = None
+    panic_until = state.panic_until
+    if panic_until is not None and now >= panic_until:
+        panic_until = None
+
+    def finish(desired: int, reason: Reason, recommended: int) -> ScaleResult:
+        bounded = min(max(desired, policy.min_replicas), policy.max_replicas)
+        if bounded != desired:
+            clamps.append(Clamp.MIN_REPLICAS if bounded > desired else Clamp.MAX_REPLICAS)
+            # Keep the reason when the bound only trimmed a move; name the bound when it
+            # stopped the move or turned it around.
+            if bounded == current:
+                reason = Reason.AT_MAX if desired > bounded else Reason.AT_MIN
+            elif bounded > current and reason not in _UP:
+                reason = Reason.SCALE_UP
+            elif bounded < current:
+                reason = Reason.SCALE_DOWN
+        horizon = now - policy.scale_down_stabilization_s
+        history = tuple((t, r) for t, r in state.recommendations if t > horizon)
+        if reason not in (Reason.NO_DATA, Reason.FALLBACK):
+            history = (*history, (now, recommended))
+        next_state = dataclasses.replace(
+            state,
+            last_scale_time=now if bounded != current else state.last_scale_time,
+            recommendations=history,
+            consecutive_failures=failures,
+            cold_start_s=state.cold_start_s,
+            panic_until=panic_until,
+        )
+        inputs = Inputs(
+            metric=policy.metric,
+            target=policy.target,
+            stable=stable,
+            panic=panic,
+            gpu_utilization=gpu,
+            trend_per_s=trend_per_s,
+            cold_start_s=cold_start,
+            current=current,
+            ready=replicas.ready,
+            starting=replicas.starting,
+            unschedulable=replicas.unschedulable,
+            recommended=recommended,
+            panicking=panic_until is not None,
+            scraped=scraped,
+        )
+        return ScaleResult(
+            desired=bounded,
+            reason=reason,
+            clamps=tuple(clamps),
+            inputs=inputs,
+            message=_message(reason=reason, current=current, desired=bounded, inputs=inputs),
+            state=next_state,
+        )
+
+    # 1. Missing data: fall back after N failures, otherwise hold.
+    if failures >= policy.failures_before_fallback and policy.fallback_replicas is not None:
+        # A dead metrics endpoint is no evidence of low load: fallback only ever raises.
+        target = max(current, policy.fallback_replicas)
+        return finish(target, Reason.FALLBACK, target)
+    if stable is None:
+        clamps.append(Clamp.NO_DATA)
+        return finish(current, Reason.NO_DATA, current)
+    if panic is None:
+        panic = stable
+
+    # 2. Stable and panic recommendations.
+    wanted_stable = _wanted(policy=policy, value=stable, ready=replicas.ready)
+    wanted_panic = _wanted(policy=policy, value=panic, ready=replicas.ready)
+    if wanted_panic >= policy.panic_threshold * capacity:
+        panic_until = now + policy.stable_window_s
+    panicking = panic_until is not None
+    reason = Reason.SCALE_UP
+    if panicking:
+        recommended = max(math.ceil(wanted_panic), current)
+        reason = Reason.PANIC_SCALE_UP
+    elif current > 0 and abs(wanted_stable / current - 1) <= policy.tolerance:
+        recommended = current
+        clamps.append(Clamp.TOLERANCE)
+    else:
+        recommended = math.ceil(wanted_stable)
+
+    # 3. Early scale-up: project a confident rising trend one cold start ahead. Not while
+    # replicas are starting: they are the capacity the trend asked for, and the backlog that
+    # builds while they start would otherwise extrapolate into an overshoot.
+    if policy.early_scale_up and replicas.starting == 0:
+        trend = window.trend(series=series, now=now, span_s=policy.trend_window_s)
+        if trend is not None:
+            trend_per_s = trend.slope_per_s
+            if trend.slope_per_s > 0 and trend.r2 >= policy.trend_min_r2:
+                projected = panic + trend.slope_per_s * cold_start
+                early = math.ceil(_wanted(policy=policy, value=projected, ready=replicas.ready))
+                if early > max(recommended, current):
+                    recommended = early
+                    reason = Reason.EARLY_SCALE_UP
+
+    desired = recommended
+    # 4a. Scale-up: rate limit, then the capacity block.
+    if desired > current:
+        limit = max(
+            math.ceil(current * policy.scale_up_max_rate), current + policy.scale_up_max_step
+        )
+        if desired > limit:
+            desired = limit
+            clamps.append(Clamp.SCALE_UP_RATE)
+        if replicas.unschedulable > 0 and current >= policy.min_replicas:
+            clamps.append(Clamp.CAPACITY)
+            return finish(current, Reason.BLOCKED_BY_CAPACITY, recommended)
+        if desired > policy.max_replicas and current >= policy.max_replicas:
+            clamps.append(Clamp.MAX_REPLICAS)
+            return finish(current, Reason.AT_MAX, recommended)
+        return finish(desired, reason, recommended)
+
+    # 4b. Scale-down: stabilization, rate limit, GPU veto, never on a failed scrape.
+    if desired < current:
+        horizon = now - policy.scale_down_stabilization_s
+        highest = max([r for t, r in state.recommendations if t > horizon] + [recommended])
+        if highest > desired:
+            desired = min(highest, current)
+            clamps.append(Clamp.STABILIZATION)
+        floor = math.floor(current / policy.scale_down_max_rate)
+        if desired < floor:
+            desired = floor
+            clamps.append(Clamp.SCALE_DOWN_RATE)
+        if desired < current and desired < policy.min_replicas and current <= policy.min_replicas:
+            clamps.append(Clamp.MIN_REPLICAS)
+            return finish(current, Reason.AT_MIN, recommended)
+        if desired < current and not scraped:
+            clamps.append(Clamp.NO_DATA)
+            return finish(current, Reason.NO_DATA, recommended)
+        veto = policy.gpu_veto_utilization
+        if desired < current and veto is not None and gpu is not None and gpu >= veto:
+            clamps.append(Clamp.GPU_VETO)
+            return finish(current, Reason.GPU_VETO, recommended)
+        if desired == current:
+            return finish(current, Reason.STABILIZING, recommended)
+        return finish(desired, Reason.SCALE_DOWN, recommended)
+    return finish(current, Reason.HOLD, recommended)
+
+
+_UNITS = {
+    policy_.Metric.QUEUE_DEPTH: "requests queued or executing",
+    policy_.Metric.QUEUE_TIME: "ms queue time",
+    policy_.Metric.REQUEST_RATE: "requests per second",
+}
+
+
+def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> str:
+    """One sentence for status and Events."""
+    unit = _UNITS[inputs.metric]
+    seen = "no data" if inputs.stable is None else f"{inputs.stable:.1f} {unit} (stable window)"
+    per = f"target {inputs.target:g} per replica"
+    move = f"from {current} to {desired}"
+    texts = {
+        Reason.SCALE_UP: f"Scaling up {move}: {seen}, {per}.",
+        Reason.PANIC_SCALE_UP: (
+            f"Scaling up {move} in panic mode: the panic window saw "
+            f"{(inputs.panic or 0):.1f} {unit}, {per}."
+        ),
+        Reason.EARLY_SCALE_UP: (
+            f"Scaling up {move} ahead of a rising trend ({(inputs.trend_per_s or 0):.2f} {unit} "
+            f"per second) over the {inputs.cold_start_s:.0f} s cold start."
+        ),
+        Reason.SCALE_DOWN: f"Scaling down {move}: {seen}, {per}.",
+        Reason.HOLD: f"Holding {current} replicas: {seen}, {per}.",
+        Reason.NO_DATA: f"Holding {current} replicas: metrics are missing, so no scale-down.",
+        Reason.FALLBACK: (
+            f"Metrics failed repeatedly; holding at least the fallback count: {desired} replicas."
+        ),
+        Reason.BLOCKED_BY_CAPACITY: (
+            f"Holding {current} replicas although {inputs.recommended} are wanted: "
+            f"{inputs.unschedulable} pods are waiting for GPU capacity."
+        ),
+        Reason.GPU_VETO: (
+            f"Holding {current} replicas: GPU utilization {(inputs.gpu_utilization or 0):.0%} "
+            f"vetoes scaling down to {inputs.recommended}."
+        ),
+        Reason.STABILIZING: (
+            f"Holding {current} replicas: a higher recommendation within the scale-down "
+            f"stabilization window keeps them ({seen})."
+        ),
+        Reason.AT_MAX: f"Holding {current} replicas at the maximum; {inputs.recommended} wanted.",
+        Reason.AT_MIN: f"Holding {current} replicas at the minimum; {inputs.recommended} wanted.",
+    }
+    return texts[reason]

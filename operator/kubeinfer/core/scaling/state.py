@@ -1,0 +1,104 @@
+"""What the autoscaler remembers between decisions, and the decision records status shows.
+
+Owns: ``ScalerState`` (persisted by the engine so an operator restart causes no scale-down),
+``DecisionRecord`` and the bounded history of the last decisions. Plain JSON via
+``to_dict``/``from_dict`` with camelCase keys, matching the status conventions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+HISTORY_LIMIT = 10
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScalerState:
+    """The decider's memory. Immutable: ``decide`` returns the next state in its result."""
+
+    last_scale_time: float | None = None
+    # (time, recommended replicas) over the scale-down stabilization window, oldest first.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    consecutive_failures: int = 0
+    # Learned cold start in seconds (cold_start.learn); None until a pod has been seen start.
+    cold_start_s: float | None = None
+    # Panic mode lasts until this time; None when not panicking.
+    panic_until: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lastScaleTime": self.last_scale_time,
+            "recommendations": [[t, r] for t, r in self.recommendations],
+            "consecutiveFailures": self.consecutive_failures,
+            "coldStartSeconds": self.cold_start_s,
+            "panicUntil": self.panic_until,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScalerState:
+        return cls(
+            last_scale_time=_opt_float(data.get("lastScaleTime")),
+            recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", [])),
+            consecutive_failures=int(data.get("consecutiveFailures", 0)),
+            cold_start_s=_opt_float(data.get("coldStartSeconds")),
+            panic_until=_opt_float(data.get("panicUntil")),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecisionRecord:
+    """One decision as status reports it: when, from what, to what, and why."""
+
+    time: float
+    current: int
+    desired: int
+    reason: str
+    clamps: tuple[str, ...]
+    inputs: dict[str, Any]
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "current": self.current,
+            "desired": self.desired,
+            "reason": self.reason,
+            "clamps": list(self.clamps),
+            "inputs": dict(self.inputs),
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecisionRecord:
+        return cls(
+            time=float(data["time"]),
+            current=int(data["current"]),
+            desired=int(data["desired"]),
+            reason=str(data["reason"]),
+            clamps=tuple(str(c) for c in data.get("clamps", [])),
+            inputs=dict(data.get("inputs", {})),
+            message=str(data.get("message", "")),
+        )
+
+
+def append_history(
+    history: tuple[DecisionRecord, ...], record: DecisionRecord, *, limit: int = HISTORY_LIMIT
+) -> tuple[DecisionRecord, ...]:
+    """The history with ``record`` appended, keeping the newest ``limit`` records."""
+    return (*history, record)[-limit:] if limit > 0 else ()
+
+
+def is_news(history: tuple[DecisionRecord, ...], record: DecisionRecord) -> bool:
+    """Whether a record belongs in the history: a scale, or a reason unlike the last one.
+
+    Steady holds every tick would push the decisions that explain the replica count out of a
+    ten-entry history within twenty seconds.
+    """
+    if record.desired != record.current or not history:
+        return True
+    return history[-1].reason != record.reason

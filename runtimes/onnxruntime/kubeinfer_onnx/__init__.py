@@ -1,0 +1,10 @@
+"""kubeinfer's ONNX Runtime serving runtime: KServe v2 over HTTP and gRPC, Triton's metric names.
+
+The package is laid out one job per module: `repository` reads the model folder, `model` owns an
+onnxruntime session and its input checks, `batching` merges requests, `protocol` encodes and
+decodes the v2 wire format, `http_server` / `grpc_server` adapt the two transports, `metrics`
+keeps the counters, `cache` and `quantize` are the optional extras, `server` wires it all up and
+`profile` is the offline model profiler behind `kubeinfer profile`.
+"""
+
+__version__ = "0.1.0"

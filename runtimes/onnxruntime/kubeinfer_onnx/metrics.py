@@ -1,0 +1,262 @@
+"""Per-model statistics and their Prometheus form, with Triton's metric names and meanings.
+
+One `ModelStats` per served model version is the single record behind both the metrics port
+(`render`) and the v2 statistics endpoint (`statistics_document`), so the two never disagree.
+The `nv_*` families are written by hand rather than through prometheus_client because its
+counters always gain a `_total` suffix, and Triton's names (which dashboards and the
+autoscaler read) have none. The latency histogram, which Triton lacks, does use
+prometheus_client. Updates happen on the event loop thread only, so plain ints suffice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import prometheus_client
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+# Buckets in seconds from 0.5 ms to 10 s: wide enough for a tiny MLP and a big batch alike.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+
+
+@dataclasses.dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclasses.dataclass(slots=True)
+class BatchStats:
+    compute_input: Duration = dataclasses.field(default_factory=Duration)
+    compute_infer: Duration = dataclasses.field(default_factory=Duration)
+    compute_output: Duration = dataclasses.field(default_factory=Duration)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ModelStats:
+    """Cumulative counters for one model version, in Triton's statistics vocabulary."""
+
+    model: str
+    version: str
+    success: Duration = dataclasses.field(default_factory=Duration)
+    fail: Duration = dataclasses.field(default_factory=Duration)
+    failures: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0)
+    )
+    queue: Duration = dataclasses.field(default_factory=Duration)
+    compute_input: Duration = dataclasses.field(default_factory=Duration)
+    compute_infer: Duration = dataclasses.field(default_factory=Duration)
+    compute_output: Duration = dataclasses.field(default_factory=Duration)
+    cache_hit: Duration = dataclasses.field(default_factory=Duration)
+    cache_miss: Duration = dataclasses.field(default_factory=Duration)
+    inference_count: int = 0  # Rows inferred (a batch-8 request counts 8), as Triton counts.
+    execution_count: int = 0  # onnxruntime runs; inference_count / execution_count = avg batch.
+    last_inference_ms: int = 0
+    batches: dict[int, BatchStats] = dataclasses.field(default_factory=dict)
+    pending: Callable[[], int] = lambda: 0  # Queued, not yet executing; set by the model.
+
+    def record_success(self, *, duration_ns: int) -> None:
+        self.success.add(duration_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_failure(self, *, reason: str, duration_ns: int) -> None:
+        self.fail.add(duration_ns)
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def record_batch(self, *, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.execution_count += 1
+        stats = self.batches.setdefault(rows, BatchStats())
+        stats.compute_input.add(input_ns)
+        stats.compute_infer.add(infer_ns)
+        stats.compute_output.add(output_ns)
+
+
+class Metrics:
+    """All models' stats plus the request latency histogram, rendered as Prometheus text."""
+
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
+        self.latency = prometheus_client.Histogram(
+            "kubeinfer_inference_request_duration_seconds",
+            "End-to-end inference request latency (successful requests), for p50/p95/p99.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.models: list[ModelStats] = []
+
+    def add_model(self, stats: ModelStats) -> None:
+        self.models.append(stats)
+
+    def render(self) -> bytes:
+        return render_nv(self.models).encode() + prometheus_client.generate_latest(self.registry)
+
+
+# (name, type, help, value getter). Durations are cumulative microseconds, as in Triton.
+_FAMILIES: list[tuple[str, str, str, Callable[[ModelStats], float]]] = [
+    (
+        "nv_inference_request_success",
+        "counter",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    (
+        "nv_inference_count",
+        "counter",
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "counter",
+        "Number of model executions performed (does not include cached requests)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "counter",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "counter",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "counter",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "counter",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "counter",
+        "Cumulative inference compute output duration in microseconds (does not include cached "
+        "requests)",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+    (
+        "nv_inference_pending_request_count",
+        "gauge",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        lambda s: s.pending(),
+    ),
+    (
+        "nv_cache_num_hits_per_model",
+        "counter",
+        "Number of cache hits per model",
+        lambda s: s.cache_hit.count,
+    ),
+    (
+        "nv_cache_num_misses_per_model",
+        "counter",
+        "Number of cache misses per model",
+        lambda s: s.cache_miss.count,
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "counter",
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "counter",
+        "Total cache miss (insert + lookup) duration per model, in microseconds",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
+]
+
+
+def render_nv(models: Iterable[ModelStats]) -> str:
+    """Triton-named families in the Prometheus text format (no `_total`, like Triton)."""
+    models = list(models)
+    lines: list[str] = []
+    lines.append(
+        "# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes"
+    )
+    lines.append("# TYPE nv_inference_request_failure counter")
+    for stats in models:
+        for reason, count in stats.failures.items():
+            lines.append(
+                f'nv_inference_request_failure{{model="{stats.model}",'
+                f'reason="{reason}",version="{stats.version}"}} {count}'
+            )
+    for name, kind, help_text, value in _FAMILIES:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for stats in models:
+            lines.append(
+                f'{name}{{model="{stats.model}",version="{stats.version}"}} {value(stats)}'
+            )
+    return "\n".join(lines) + "\n"
+
+
+def statistics_document(models: Iterable[ModelStats]) -> dict[str, Any]:
+    """The v2 statistics extension body (Triton's /v2/models/{m}/stats), JSON-ready."""
+
+    def duration(d: Duration) -> dict[str, int]:
+        return {"count": d.count, "ns": d.ns}
+
+    return {
+        "model_stats": [
+            {
+                "name": s.model,
+                "version": s.version,
+                "last_inference": s.last_inference_ms,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": {
+                    "success": duration(s.success),
+                    "fail": duration(s.fail),
+                    "queue": duration(s.queue),
+                    "compute_input": duration(s.compute_input),
+                    "compute_infer": duration(s.compute_infer),
+                    "compute_output": duration(s.compute_output),
+                    "cache_hit": duration(s.cache_hit),
+                    "cache_miss": duration(s.cache_miss),
+                },
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": duration(b.compute_input),
+                        "compute_infer": duration(b.compute_infer),
+                        "compute_output": duration(b.compute_output),
+                    }
+                    for size, b in sorted(s.batches.items())
+                ],
+            }
+            for s in models
+        ]
+    }

@@ -1,0 +1,276 @@
+"""`kubeinfer-onnx-server`: flags, start-up, and the SIGTERM drain.
+
+Owns the process: parse Triton-like flags, load the repository, bind HTTP, gRPC and metrics
+on their addresses, and on SIGTERM/SIGINT turn readiness false, keep answering for the drain
+delay, stop listening, finish every accepted request, then exit. Nothing else here: each
+piece it starts is built by its own module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import onnxruntime as ort
+from aiohttp import web
+
+from kubeinfer_onnx import grpc_server, http_server, metrics, model, repository
+
+log = logging.getLogger("kubeinfer_onnx")
+
+
+def cgroup_cpu_limit(root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int | None:
+    """The container's CPU limit rounded up, from cgroup v2 `cpu.max` or v1 quota/period."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 else None
+
+
+def default_threads() -> int:
+    """The CPU limit, else the CPUs this process may run on; never the host's raw core count."""
+    limit = cgroup_cpu_limit()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    candidates = [n for n in (limit, affinity) if n]
+    return min(candidates) if candidates else 1
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kubeinfer-onnx-server",
+        description="Serve ONNX models over KServe v2 HTTP/gRPC with Triton-compatible metrics.",
+    )
+    parser.add_argument(
+        "--model-repository",
+        required=True,
+        type=pathlib.Path,
+        help="folder laid out as <model>/<version>/model.onnx",
+    )
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="default bind address for all three ports (0.0.0.0 in a pod)",
+    )
+    parser.add_argument("--http-address", help="bind address for HTTP (default: --address)")
+    parser.add_argument("--grpc-address", help="bind address for gRPC (default: --address)")
+    parser.add_argument("--metrics-address", help="bind address for metrics (default: --address)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--allow-grpc", type=_bool, default=True)
+    parser.add_argument("--allow-metrics", type=_bool, default=True)
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        help="onnxruntime intra-op threads (default: the cgroup CPU limit)",
+    )
+    parser.add_argument("--inter-op-threads", type=int, default=1)
+    parser.add_argument(
+        "--allow-spinning",
+        type=_bool,
+        default=False,
+        help="let onnxruntime threads busy-wait between runs (lower latency "
+        "when cores are to spare, wasted CPU when they are not)",
+    )
+    parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=256,
+        help="requests queued per model before 503/UNAVAILABLE",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest request body accepted (HTTP 400 / gRPC past it)",
+    )
+    parser.add_argument(
+        "--latest-version-only",
+        action="store_true",
+        help="load only the newest version of each model",
+    )
+    parser.add_argument(
+        "--drain-delay-secs",
+        type=float,
+        default=0.0,
+        help="after SIGTERM, keep serving (not ready) this long so endpoints "
+        "can drop the pod before listeners close",
+    )
+    parser.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        default=30.0,
+        help="longest wait for in-flight requests after SIGTERM",
+    )
+    parser.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                        help="auto: uvloop when installed")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or until cancelled), then drain and return."""
+    threads = args.intra_op_threads or default_threads()
+    options = model.ServerOptions(
+        intra_op_threads=threads,
+        inter_op_threads=args.inter_op_threads,
+        max_queue_size=args.max_queue_size,
+        spin=args.allow_spinning,
+        providers=model.choose_providers(ort.get_available_providers()),
+    )
+    entries = repository.scan(args.model_repository)
+    models = await asyncio.to_thread(
+        model.load, entries, options=options, all_versions=not args.latest_version_only
+    )
+    registry = metrics.Metrics()
+    for served in models:
+        served.attach_metrics(registry)
+        served.batcher.start()
+    in_flight = http_server.InFlight()
+
+    http_address = args.http_address or args.address
+    runner = web.AppRunner(
+        http_server.build_app(
+            models, max_request_bytes=args.max_request_bytes, in_flight=in_flight
+        ),
+        access_log=None,
+        shutdown_timeout=args.exit_timeout_secs,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, http_address, args.http_port).start()
+    metrics_runner: web.AppRunner | None = None
+    if args.allow_metrics:
+        metrics_runner = web.AppRunner(http_server.build_metrics_app(registry), access_log=None)
+        await metrics_runner.setup()
+        await web.TCPSite(
+            metrics_runner, args.metrics_address or args.address, args.metrics_port
+        ).start()
+    grpc: Any = None
+    if args.allow_grpc:
+        grpc, _ = grpc_server.build_server(
+            models,
+            address=args.grpc_address or args.address,
+            port=args.grpc_port,
+            max_request_bytes=args.max_request_bytes,
+            in_flight=in_flight,
+        )
+        await grpc.start()
+    log.info(
+        "serving %s on http %s:%d, grpc %s, metrics %s; %d intra-op threads, providers %s",
+        ", ".join(f"{m.name}/{m.version}" for m in models),
+        http_address,
+        args.http_port,
+        f"{args.grpc_address or args.address}:{args.grpc_port}" if grpc else "off",
+        f"{args.metrics_address or args.address}:{args.metrics_port}" if metrics_runner else "off",
+        threads,
+        options.providers,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await _drain(args, models, in_flight, runner, grpc, metrics_runner)
+
+
+async def _drain(
+    args: argparse.Namespace,
+    models: model.ModelSet,
+    in_flight: http_server.InFlight,
+    runner: web.AppRunner,
+    grpc: Any,
+    metrics_runner: web.AppRunner | None,
+) -> None:
+    # Readiness goes false first, so Kubernetes takes the pod out of its endpoints; requests
+    # that still arrive during the drain delay are served, not refused.
+    models.draining = True
+    log.info(
+        "draining: not ready; serving for %.1fs more, then finishing in-flight requests",
+        args.drain_delay_secs,
+    )
+    await asyncio.sleep(args.drain_delay_secs)
+
+    async def finish() -> None:
+        # Stop listening: aiohttp's cleanup closes the sockets, then waits for running handlers;
+        # gRPC refuses new calls but completes running ones within the grace. Then wait until
+        # every batcher has answered what it accepted.
+        stops = [runner.cleanup()]
+        if grpc is not None:
+            stops.append(grpc.stop(grace=args.exit_timeout_secs))
+        await asyncio.gather(*stops)
+        while in_flight.count:
+            await asyncio.sleep(0.01)
+        for served in models:
+            await served.batcher.close()
+
+    try:
+        await asyncio.wait_for(finish(), args.exit_timeout_secs)
+    except TimeoutError:
+        log.warning("exit timeout: %d requests still in flight", in_flight.count)
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
+    log.info("stopped")
+
+
+def _run(coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """asyncio.run, on uvloop when asked or (auto) installed: a faster loop, less overhead."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise
+        else:
+            uvloop.run(coroutine)
+            return
+    asyncio.run(coroutine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        _run(serve(args), args.event_loop)
+    except repository.RepositoryError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The operator against the real API server: children, status, validation, drift, restarts."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kubeinfer.cluster import run
+from tests.conftest import ClusterHandle
+from tests.operator_process import REPO, OperatorProcess
+
+GROUP, VERSION, PLURAL = "kubeinfer.io", "v1alpha1", "inferenceservices"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 40, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
+
+
+def kubectl(
+    cluster: ClusterHandle, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(cluster.tools.kubectl), *args],
+        env=cluster.env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def isvc(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {
+            "name": "mlp",
+            "format": "onnx",
+            "storageUri": "https://127.0.0.1:9/models/mlp.onnx",
+        },
+        "gpu": {"count": 1},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def get_isvc(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = cluster.custom.get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name
+    )
+    return obj
+
+
+def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return None
+
+
+def wait_condition(
+    cluster: ClusterHandle,
+    ns: str,
+    name: str,
+    ctype: str,
+    status: str,
+    reason: str | None = None,
+    timeout: float = 40,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = condition(get_isvc(cluster, ns, name), ctype)
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            return cond
+        return None
+
+    result: dict[str, Any] = wait_for(check, timeout, f"{name} {ctype}={status} {reason or ''}")
+    return result
+
+
+def apply_yaml(cluster: ClusterHandle, ns: str, text: str) -> None:
+    kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=text)
+
+
+def deployment(cluster: ClusterHandle, ns: str, name: str) -> client.V1Deployment:
+    return cluster.apps.read_namespaced_deployment(f"{name}-predictor", ns)
+
+
+def test_quickstart_becomes_ready_with_children(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_yaml(cluster, namespace, (REPO / "examples" / "quickstart.yaml").read_text())
+    ready = wait_condition(cluster, namespace, "quickstart", "Ready", "True")
+    assert "serving at http://quickstart-predictor." in ready["message"]
+    obj = get_isvc(cluster, namespace, "quickstart")
+    assert obj["status"]["runtime"] == "onnxruntime"
+    assert obj["status"]["readyReplicas"] == 1 and obj["status"]["gpus"] == 1
+    dep = deployment(cluster, namespace, "quickstart")
+    server = dep.spec.template.spec.containers[0]
+    assert server.resources.limits["nvidia.com/gpu"] == "1"
+    assert dep.spec.template.spec.node_selector == {
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"
+    }
+    assert server.readiness_probe.http_get.path == "/v2/health/ready"
+    assert server.security_context.read_only_root_filesystem is True
+    assert [c.name for c in dep.spec.template.spec.init_containers] == ["storage-initializer"]
+    uid = obj["metadata"]["uid"]
+    for child in (
+        dep,
+        cluster.core.read_namespaced_service("quickstart-predictor", namespace),
+        cluster.core.read_namespaced_config_map("quickstart-model-config", namespace),
+    ):
+        refs = child.metadata.owner_references
+        assert refs and refs[0].uid == uid and refs[0].controller
+    # minReplicas 1: no PodDisruptionBudget could be honoured.
+    with pytest.raises(ApiException) as err:
+        client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget(
+            "quickstart-predictor", namespace
+        )
+    assert err.value.status == 404
+    # Every pod landed on a GPU node with a loopback IP.
+    pods = cluster.core.list_namespaced_pod(namespace).items
+    assert pods and all(p.status.pod_ip.startswith("127.1.") for p in pods)
+    events = cluster.core.list_namespaced_event(namespace).items
+    reasons = {e.reason for e in events if e.involved_object.name == "quickstart"}
+    assert {"Created", "Ready"} <= reasons
+
+
+@pytest.mark.parametrize(
+    "example,name",
+    [
+        ("triton-gpu.yaml", "resnet-trt"),
+        ("onnx-cpu.yaml", "onnx-cpu"),
+        ("mig.yaml", "embedder-mig"),
+        ("tensor-parallel.yaml", "llm-tp4"),
+    ],
+)
+def test_every_example_becomes_ready(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str, example: str, name: str
+) -> None:
+    # pvc:// needs a bound claim before the scheduler places the pod; the controller-manager's
+    # PV binder binds this pre-provisioned volume (kwok never mounts it).
+    if example == "onnx-cpu.yaml":
+        pv_name = f"models-{namespace}"
+        cluster.core.create_persistent_volume(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": "/nonexistent"},
+                },
+            }
+        )
+        apply_yaml(
+            cluster,
+            namespace,
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "models"},
+                    "spec": {
+                        "accessModes": ["ReadOnlyMany"],
+                        "storageClassName": "",
+                        "volumeName": pv_name,
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                }
+            ),
+        )
+    apply_yaml(cluster, namespace, (REPO / "examples" / example).read_text())
+    wait_condition(cluster, namespace, name, "Ready", "True", timeout=60)
+    dep = deployment(cluster, namespace, name)
+    spec = yaml.safe_load_all((REPO / "examples" / example).read_text())
+    manifest = next(d for d in spec if d["kind"] == "InferenceService")["spec"]
+    gpu = manifest.get("gpu", {})
+    limits = dep.spec.template.spec.containers[0].resources.limits or {}
+    if gpu.get("count"):
+        assert limits[gpu.get("resourceName", "nvidia.com/gpu")] == str(gpu["count"])
+    else:
+        assert not any(k.startswith("nvidia.com/") for k in limits)
+    expected_replicas = manifest.get("replicas") or manifest.get("scaling", {}).get(
+        "minReplicas", 1
+    )
+    assert dep.spec.replicas == expected_replicas
+    has_pdb = manifest.get("scaling", {}).get("minReplicas", 1) >= 2
+    pdbs = client.PolicyV1Api(cluster.api).list_namespaced_pod_disruption_budget(namespace).items
+    assert bool(pdbs) == has_pdb
+
+
+def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("big", gpu={"count": 12})))
+    cond = wait_condition(cluster, namespace, "big", "WaitingForGPUCapacity", "True")
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+    ready = condition(get_isvc(cluster, namespace, "big"), "Ready")
+    assert ready and ready["status"] == "False" and ready["reason"] == "WaitingForGPUCapacity"
+    run.add_node(cluster.kubeconfig, 9, run.NodeSpec(gpus_per_node=16, mig_slices=0))
+    try:
+        wait_condition(cluster, namespace, "big", "WaitingForGPUCapacity", "False", timeout=90)
+        wait_condition(cluster, namespace, "big", "Ready", "True", timeout=60)
+    finally:
+        cluster.apps.delete_collection_namespaced_deployment(namespace)
+        cluster.core.delete_node("gpu-node-9")
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            {"scaling": {"minReplicas": 5, "maxReplicas": 2}},
+            "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+        ),
+        (
+            {"model": {"name": "m", "format": "onnx", "storageUri": "ftp://x/y"}},
+            "spec.model.storageUri",
+        ),
+        ({"gpu": {"count": -1}}, "spec.gpu.count"),
+        (
+            {
+                "model": {"name": "m", "format": "tensorrt", "storageUri": "s3://b/k"},
+                "gpu": {"count": 0},
+            },
+            "gpu.count must be at least 1 for model.format tensorrt",
+        ),
+        ({"model": {"name": "m", "format": "jax", "storageUri": "s3://b/k"}}, "spec.model.format"),
+        ({"gpu": {"count": 1, "resourceName": "amd.com/gpu"}}, "spec.gpu.resourceName"),
+        (
+            {"batching": {"maxBatchSize": 4, "preferredBatchSizes": [8]}},
+            "preferredBatchSizes must not exceed maxBatchSize",
+        ),
+    ],
+)
+def test_invalid_manifests_are_rejected_naming_the_field(
+    cluster: ClusterHandle,
+    namespace: str,
+    operator: OperatorProcess,
+    spec: dict[str, Any],
+    message: str,
+) -> None:
+    result = kubectl(
+        cluster,
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(isvc("bad", **spec)),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_unknown_runtime_and_missing_secret_become_conditions(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("noruntime", runtime="nope")))
+    cond = wait_condition(
+        cluster, namespace, "noruntime", "RuntimeResolved", "False", "RuntimeNotFound"
+    )
+    assert "'nope'" in cond["message"]
+    body = isvc("nosecret")
+    body["spec"]["model"]["credentialsSecret"] = "missing"
+    apply_yaml(cluster, namespace, yaml.safe_dump(body))
+    cond = wait_condition(cluster, namespace, "nosecret", "Ready", "False", "SecretNotFound")
+    assert "'missing'" in cond["message"]
+    # Neither got a Deployment, and the operator keeps serving others.
+    assert not cluster.apps.list_namespaced_deployment(namespace).items
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("fine")))
+    wait_condition(cluster, namespace, "fine", "Ready", "True")
+    events = cluster.core.list_namespaced_event(namespace).items
+    assert any(e.reason == "SecretNotFound" and e.type == "Warning" for e in events)
+
+
+def test_deletion_collects_every_child(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("gone", scaling={"minReplicas": 2})))
+    wait_condition(cluster, namespace, "gone", "Ready", "True")
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    policy = client.PolicyV1Api(cluster.api)
+    wait_for(
+        lambda: (
+            not cluster.apps.list_namespaced_deployment(namespace).items
+            and not cluster.core.list_namespaced_service(namespace).items
+            and not policy.list_namespaced_pod_disruption_budget(namespace).items
+            and not cluster.core.list_namespaced_pod(namespace).items
+        ),
+        60,
+        "garbage collection of every child",
+    )
+
+
+def test_drift_is_repaired(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("drift")))
+    wait_condition(cluster, namespace, "drift", "Ready", "True")
+    kubectl(
+        cluster,
+        "-n",
+        namespace,
+        "patch",
+        "deployment",
+        "drift-predictor",
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {
+                    "op": "remove",
+                    "path": "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu",
+                }
+            ]
+        ),
+    )
+    wait_for(
+        lambda: (
+            (
+                deployment(cluster, namespace, "drift")
+                .spec.template.spec.containers[0]
+                .resources.limits
+                or {}
+            ).get("nvidia.com/gpu")
+            == "1"
+        ),
+        what="GPU limit restored",
+    )
+    cluster.core.delete_namespaced_service("drift-predictor", namespace)
+    wait_for(
+        lambda: cluster.core.list_namespaced_service(namespace).items, what="Service recreated"
+    )
+
+
+def test_restart_makes_zero_writes_and_apply_twice_is_a_noop(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    manifest = yaml.safe_dump(isvc("steady", scaling={"minReplicas": 1, "maxReplicas": 5}))
+    apply_yaml(cluster, namespace, manifest)
+    wait_condition(cluster, namespace, "steady", "Ready", "True")
+    # The scaling path moves replicas (as the autoscaler would); re-applying the manifest
+    # must keep them and the generation.
+    from kubeinfer.clients import kube  # the same write path the autoscaler uses
+
+    kube._client = cluster.api
+    kube.set_scale(namespace, "steady-predictor", 3)
+    wait_for(
+        lambda: get_isvc(cluster, namespace, "steady")["status"].get("readyReplicas") == 3,
+        what="3 ready replicas",
+    )
+    generation = get_isvc(cluster, namespace, "steady")["metadata"]["generation"]
+    apply_yaml(cluster, namespace, manifest)
+    diff = kubectl(cluster, "diff", "-n", namespace, "-f", "-", stdin=manifest, check=False)
+    assert diff.returncode == 0, diff.stdout
+    time.sleep(2)
+    assert deployment(cluster, namespace, "steady").spec.replicas == 3
+    assert get_isvc(cluster, namespace, "steady")["metadata"]["generation"] == generation
+    operator.restart()
+    time.sleep(5)  # the initial listing of every watched kind has been handled by now
+    writes = operator.metric("kubeinfer_api_writes_total", namespace=namespace)
+    assert writes == 0, operator.metrics_text("kubeinfer_api_writes_total")
+    assert deployment(cluster, namespace, "steady").spec.replicas == 3
+
+
+def test_stopped_frees_gpus_and_off_mode_follows_kubectl_scale(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_yaml(
+        cluster, namespace, yaml.safe_dump(isvc("manual", scaling={"mode": "Off"}, replicas=1))
+    )
+    wait_condition(cluster, namespace, "manual", "Ready", "True")
+    kubectl(cluster, "-n", namespace, "scale", "kisvc", "manual", "--replicas=3")
+    wait_for(
+        lambda: deployment(cluster, namespace, "manual").spec.replicas == 3,
+        what="kubectl scale kisvc reaches the Deployment",
+    )
+    kubectl(
+        cluster,
+        "-n",
+        namespace,
+        "patch",
+        "kisvc",
+        "manual",
+        "--type=merge",
+        "-p",
+        '{"spec": {"stopped": true}}',
+    )
+    wait_condition(cluster, namespace, "manual", "Ready", "False", "Stopped")
+    wait_for(
+        lambda: not cluster.core.list_namespaced_pod(namespace).items, 60, "pods gone after stop"
+    )
+    assert deployment(cluster, namespace, "manual").spec.replicas == 0
+
+
+def test_printer_columns(cluster: ClusterHandle, operator: OperatorProcess, namespace: str) -> None:
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("cols")))
+    wait_condition(cluster, namespace, "cols", "Ready", "True")
+    out = kubectl(cluster, "get", "kisvc", "-n", namespace).stdout
+    header, row = out.splitlines()[:2]
+    assert header.split()[:6] == ["NAME", "READY", "RUNTIME", "REPLICAS", "GPUS", "URL"]
+    assert row.split()[:5] == ["cols", "True", "onnxruntime", "1", "1"]
+
+
+def test_crds_are_small_enough_for_client_side_apply() -> None:
+    for path in pathlib.Path(REPO / "crds").glob("*.yaml"):
+        # kubectl's client-side apply stores the object in a 256 KiB annotation.
+        assert path.stat().st_size < 64 * 1024, path

@@ -1,0 +1,127 @@
+"""batching: the pure batch planner, and the batcher itself with a numpy "model"."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubeinfer_onnx import batching, errors
+
+
+@pytest.mark.parametrize(
+    ("rows", "signatures", "max_batch", "preferred", "taken"),
+    [
+        ([], [], 8, (), 0),
+        ([1, 1, 1], ["a"] * 3, 8, (), 3),
+        ([4, 4, 4], ["a"] * 3, 8, (), 2),  # Stops before going over max_batch_size.
+        ([1, 1, 1], ["a", "b", "a"], 8, (), 1),  # Stops at a different signature: FIFO kept.
+        ([1, 1, 1, 1, 1], ["a"] * 5, 8, (2, 4), 4),  # Cut at the largest preferred size reached.
+        ([3, 3], ["a"] * 2, 8, (4,), 2),  # No preferred size reachable: take all that fit.
+        ([1, 1], ["a"] * 2, 0, (), 1),  # Model cannot batch: one at a time.
+        ([8], ["a"], 8, (), 1),
+    ],
+)
+def test_plan_batch(
+    rows: list[int], signatures: list[str], max_batch: int, preferred: tuple[int, ...], taken: int
+) -> None:
+    assert (
+        batching.plan_batch(
+            rows, signatures, max_batch_size=max_batch, preferred_batch_sizes=preferred
+        )
+        == taken
+    )
+
+
+def test_signature_separates_incompatible_requests() -> None:
+    a = {"x": np.zeros((1, 4), np.float32)}
+    assert batching.signature_of(a) == batching.signature_of({"x": np.ones((3, 4), np.float32)})
+    assert batching.signature_of(a) != batching.signature_of({"x": np.zeros((1, 5), np.float32)})
+    assert batching.signature_of(a) != batching.signature_of({"x": np.zeros((1, 4), np.float64)})
+
+
+class SlowDouble:
+    """A stand-in model: doubles its input, takes a few ms, records the batch sizes it ran."""
+
+    def __init__(self, delay: float = 0.005) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        time.sleep(self.delay)
+        with self.lock:
+            self.batches.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+
+async def test_concurrent_submits_merge_and_split_back() -> None:
+    model = SlowDouble()
+    batcher = batching.DynamicBatcher(execute=model, max_batch_size=16, max_queue_size=100)
+    batcher.start()
+    arrays = [np.full((1, 2), i, np.float32) for i in range(40)]
+    results = await asyncio.gather(*(batcher.submit({"x": a}, 1) for a in arrays))
+    await batcher.close()
+    for array, (outputs, timings) in zip(arrays, results, strict=True):
+        np.testing.assert_array_equal(outputs["y"], array * 2)
+        assert timings.batch_rows >= 1 and timings.queue_ns >= 0
+    assert sum(model.batches) == 40
+    assert len(model.batches) < 40 and max(model.batches) <= 16
+
+
+async def test_idle_queue_adds_no_delay() -> None:
+    model = SlowDouble(delay=0)
+    batcher = batching.DynamicBatcher(execute=model, max_batch_size=16, max_queue_size=10)
+    batcher.start()
+    started = time.monotonic()
+    _, timings = await batcher.submit({"x": np.zeros((1, 2), np.float32)}, 1)
+    await batcher.close()
+    assert time.monotonic() - started < 0.05
+    assert timings.batch_requests == 1
+
+
+async def test_max_queue_delay_lets_a_batch_fill() -> None:
+    model = SlowDouble(delay=0)
+    batcher = batching.DynamicBatcher(
+        execute=model, max_batch_size=8, max_queue_size=10, max_queue_delay_us=50_000
+    )
+    batcher.start()
+
+    async def later(i: int) -> None:
+        await asyncio.sleep(0.005 * i)
+        await batcher.submit({"x": np.zeros((1, 2), np.float32)}, 1)
+
+    await asyncio.gather(*(later(i) for i in range(4)))
+    await batcher.close()
+    assert model.batches == [4]  # Held for the delay, so the four arrivals ran together.
+
+
+async def test_full_queue_rejects_at_once_and_failures_reach_callers() -> None:
+    gate = threading.Event()
+
+    def blocked(inputs: Mapping[str, Any]) -> dict[str, Any]:
+        gate.wait(5)
+        if inputs["x"].shape[0] > 1:
+            raise RuntimeError("boom")
+        return {"y": inputs["x"]}
+
+    batcher = batching.DynamicBatcher(execute=blocked, max_batch_size=8, max_queue_size=2)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 1))}, 1))
+    await asyncio.sleep(0.01)  # The first one is executing, so it no longer counts as queued.
+    queued = [asyncio.create_task(batcher.submit({"x": np.zeros((1, 1))}, 1)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert batcher.pending == 2
+    with pytest.raises(errors.ServerBusyError, match="queue is full"):
+        await batcher.submit({"x": np.zeros((1, 1))}, 1)
+    gate.set()
+    await first
+    for task in queued:  # The two queued ones ran as one batch of 2, which the model failed.
+        with pytest.raises(errors.ExecutionError, match="boom"):
+            await task
+    await batcher.close()

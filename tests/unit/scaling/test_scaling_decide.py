@@ -1,0 +1,519 @@
+"""decide() rule by rule (table-driven, one decision each) and over series (a virtual loop).
+
+Virtual time only: each test builds a window with samples at chosen times and passes ``now``.
+Default policy: target 8 per replica, tolerance 0.1, stable 60 s, panic 6 s, threshold 2x,
+scale-up max(10x, +4), scale-down 2x, stabilization 120 s, GPU veto 0.8, cold start 60 s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+
+import pytest
+
+from kubeinfer.core.scaling import decide, policy, signals, state, window
+
+NOW = 1000.0
+R = decide.Reason
+C = decide.Clamp
+
+
+def tick(
+    t: float,
+    depth: float,
+    *,
+    gpu: float | None = None,
+    qt: float | None = None,
+    rate: float | None = None,
+) -> signals.TickSample:
+    return signals.TickSample(
+        time=t,
+        ready_replicas=1,
+        pods_scraped=1,
+        queue_depth_total=depth,
+        request_rate_total=depth if rate is None else rate,
+        queue_time_ms=qt,
+        gpu_utilization=gpu,
+    )
+
+
+def window_of(
+    values: list[float],
+    *,
+    now: float = NOW,
+    gpu: float | None = None,
+    qt: float | None = None,
+    rate: float | None = None,
+) -> window.SignalWindow:
+    """Samples every 2 s, the last one at ``now``."""
+    w = window.SignalWindow(length_s=60, granularity_s=2)
+    n = len(values)
+    for i, v in enumerate(values):
+        w.record(sample=tick(now - 2 * (n - 1 - i), v, gpu=gpu, qt=qt, rate=rate))
+    return w
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    values: list[float]
+    current: int
+    desired: int
+    reason: decide.Reason
+    clamps: tuple[decide.Clamp, ...] = ()
+    ready: int | None = None
+    starting: int = 0
+    unschedulable: int = 0
+    gpu: float | None = None
+    scraped: bool = True
+    policy: policy.ScalingPolicy = dataclasses.field(default_factory=policy.ScalingPolicy)
+    state: state.ScalerState = dataclasses.field(default_factory=state.ScalerState)
+
+
+WIDE = policy.ScalingPolicy(max_replicas=50)
+CASES = [
+    Case(
+        "hold within tolerance",
+        [33.0] * 30,
+        current=4,
+        desired=4,
+        reason=R.HOLD,
+        clamps=(C.TOLERANCE,),
+    ),
+    Case("steady scale-up", [48.0] * 30, current=4, desired=6, reason=R.SCALE_UP),
+    Case(
+        "panic on a burst",
+        [32.0] * 27 + [96.0] * 3,
+        current=4,
+        desired=12,
+        reason=R.PANIC_SCALE_UP,
+        policy=WIDE,
+    ),
+    Case(
+        "no scale-down while panicking",
+        [8.0] * 30,
+        current=12,
+        desired=12,
+        reason=R.HOLD,
+        policy=WIDE,
+        state=state.ScalerState(panic_until=NOW + 30),
+    ),
+    Case(
+        "panic ends after its window",
+        [8.0] * 30,
+        current=12,
+        desired=6,
+        reason=R.SCALE_DOWN,
+        clamps=(C.SCALE_DOWN_RATE,),
+        policy=WIDE,
+        state=state.ScalerState(panic_until=NOW - 1),
+    ),
+    Case(
+        "scale-up rate limit",
+        [800.0] * 30,
+        current=2,
+        desired=20,
+        reason=R.PANIC_SCALE_UP,
+        clamps=(C.SCALE_UP_RATE,),
+        policy=WIDE,
+    ),
+    Case(
+        "scale-up step limit from zero-ish",
+        [200.0] * 30,
+        current=0,
+        ready=0,
+        desired=4,
+        reason=R.PANIC_SCALE_UP,
+        clamps=(C.SCALE_UP_RATE,),
+        policy=policy.ScalingPolicy(min_replicas=0, max_replicas=50),
+    ),
+    Case(
+        "max trims a scale-up",
+        [240.0] * 30,
+        current=8,
+        desired=10,
+        reason=R.PANIC_SCALE_UP,
+        clamps=(C.MAX_REPLICAS,),
+    ),
+    Case(
+        "max trims a steady scale-up",
+        [96.0] * 30,
+        current=8,
+        desired=10,
+        reason=R.SCALE_UP,
+        clamps=(C.MAX_REPLICAS,),
+    ),
+    Case("at max", [240.0] * 30, current=10, desired=10, reason=R.AT_MAX, clamps=(C.MAX_REPLICAS,)),
+    Case(
+        "stabilization keeps the highest recent recommendation",
+        [16.0] * 30,
+        current=8,
+        desired=6,
+        reason=R.SCALE_DOWN,
+        clamps=(C.STABILIZATION,),
+        state=state.ScalerState(recommendations=((NOW - 50, 6), (NOW - 100, 5))),
+    ),
+    Case(
+        "stabilizing holds",
+        [16.0] * 30,
+        current=8,
+        desired=8,
+        reason=R.STABILIZING,
+        clamps=(C.STABILIZATION,),
+        state=state.ScalerState(recommendations=((NOW - 10, 8),)),
+    ),
+    Case(
+        "old recommendations expire; down rate halves",
+        [16.0] * 30,
+        current=8,
+        desired=4,
+        reason=R.SCALE_DOWN,
+        clamps=(C.SCALE_DOWN_RATE,),
+        state=state.ScalerState(recommendations=((NOW - 130, 8),)),
+    ),
+    Case(
+        "GPU busy vetoes scale-down",
+        [16.0] * 30,
+        current=4,
+        desired=4,
+        reason=R.GPU_VETO,
+        clamps=(C.GPU_VETO,),
+        gpu=0.9,
+    ),
+    Case(
+        "GPU idle allows scale-down",
+        [16.0] * 30,
+        current=4,
+        desired=2,
+        reason=R.SCALE_DOWN,
+        gpu=0.5,
+    ),
+    Case(
+        "GPU alone never scales up",
+        [32.0] * 30,
+        current=4,
+        desired=4,
+        reason=R.HOLD,
+        clamps=(C.TOLERANCE,),
+        gpu=1.0,
+    ),
+    Case(
+        "at min",
+        [2.0] * 30,
+        current=2,
+        desired=2,
+        reason=R.AT_MIN,
+        clamps=(C.MIN_REPLICAS,),
+        policy=policy.ScalingPolicy(min_replicas=2),
+    ),
+    Case(
+        "below min rises to min",
+        [2.0] * 30,
+        current=1,
+        desired=3,
+        reason=R.SCALE_UP,
+        clamps=(C.MIN_REPLICAS,),
+        policy=policy.ScalingPolicy(min_replicas=3),
+    ),
+    Case(
+        "no data holds",
+        [],
+        current=5,
+        desired=5,
+        reason=R.NO_DATA,
+        clamps=(C.NO_DATA,),
+        scraped=False,
+    ),
+    Case(
+        "failed scrape never scales down",
+        [8.0] * 30,
+        current=5,
+        desired=5,
+        reason=R.NO_DATA,
+        clamps=(C.SCALE_DOWN_RATE, C.NO_DATA),
+        scraped=False,
+    ),
+    Case(
+        "failed scrape may still scale up",
+        [48.0] * 30,
+        current=4,
+        desired=6,
+        reason=R.SCALE_UP,
+        scraped=False,
+    ),
+    Case(
+        "fallback after N failures",
+        [],
+        current=2,
+        desired=6,
+        reason=R.FALLBACK,
+        scraped=False,
+        policy=policy.ScalingPolicy(fallback_replicas=6, failures_before_fallback=3),
+        state=state.ScalerState(consecutive_failures=2),
+    ),
+    Case(
+        "fallback never scales down",
+        [],
+        current=8,
+        desired=8,
+        reason=R.FALLBACK,
+        scraped=False,
+        policy=policy.ScalingPolicy(fallback_replicas=6, failures_before_fallback=3),
+        state=state.ScalerState(consecutive_failures=2),
+    ),
+    Case(
+        "pods waiting for GPUs block scale-up",
+        [64.0] * 30,
+        current=4,
+        desired=4,
+        reason=R.BLOCKED_BY_CAPACITY,
+        clamps=(C.CAPACITY,),
+        unschedulable=1,
+    ),
+    Case(
+        "pods waiting for GPUs allow scale-down",
+        [16.0] * 30,
+        current=4,
+        desired=2,
+        reason=R.SCALE_DOWN,
+        unschedulable=1,
+    ),
+    Case(
+        "starting replicas count as capacity (no panic)",
+        [48.0] * 27 + [40.0] * 3,
+        current=6,
+        ready=2,
+        starting=4,
+        desired=6,
+        reason=R.HOLD,
+        clamps=(C.TOLERANCE,),
+    ),
+    Case(
+        "same load with only ready capacity panics",
+        [48.0] * 27 + [40.0] * 3,
+        current=2,
+        ready=2,
+        desired=5,
+        reason=R.PANIC_SCALE_UP,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_decide_rules(case: Case) -> None:
+    result = decide.decide(
+        policy=case.policy,
+        window=window_of(case.values, gpu=case.gpu),
+        state=case.state,
+        now=NOW,
+        scraped=case.scraped,
+        replicas=decide.Replicas(
+            current=case.current,
+            ready=case.current if case.ready is None else case.ready,
+            starting=case.starting,
+            unschedulable=case.unschedulable,
+        ),
+    )
+    assert (result.desired, result.reason, result.clamps) == (
+        case.desired,
+        case.reason,
+        case.clamps,
+    )
+    assert result.message.endswith(".")
+    assert result.state.last_scale_time == (NOW if case.desired != case.current else None)
+
+
+def test_panic_sets_and_reports_panic_mode() -> None:
+    result = decide.decide(
+        policy=WIDE,
+        window=window_of([32.0] * 27 + [96.0] * 3),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert result.state.panic_until == NOW + 60
+    assert result.inputs.panicking and result.inputs.panic == 96.0
+    assert result.inputs.stable == pytest.approx(38.4)
+
+
+def test_failures_are_counted_and_reset() -> None:
+    s = state.ScalerState(consecutive_failures=3)
+    failed = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window_of([]),
+        state=s,
+        now=NOW,
+        replicas=decide.Replicas(current=2, ready=2),
+        scraped=False,
+    )
+    assert failed.state.consecutive_failures == 4
+    ok = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window_of([16.0] * 30),
+        state=failed.state,
+        now=NOW,
+        replicas=decide.Replicas(current=2, ready=2),
+    )
+    assert ok.state.consecutive_failures == 0
+
+
+RAMP = [20.0 + i for i in range(15)]  # +1 per 2 s over the last 28 s: 0.5 per second
+
+
+@pytest.mark.parametrize(
+    ("cold_start_s", "starting", "desired", "reason"),
+    [
+        (None, 0, 8, R.EARLY_SCALE_UP),  # 33 + 0.5 * 60 s default = 63 -> 8
+        (20.0, 0, 6, R.EARLY_SCALE_UP),  # learned 20 s: 33 + 10 = 43 -> 6
+        (None, 2, 4, R.HOLD),  # replicas already starting: no look-ahead on top
+    ],
+)
+def test_early_scale_up_uses_cold_start_horizon(
+    cold_start_s: float | None, starting: int, desired: int, reason: decide.Reason
+) -> None:
+    result = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window_of(RAMP),
+        state=state.ScalerState(cold_start_s=cold_start_s),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4 - starting, starting=starting),
+    )
+    assert (result.desired, result.reason) == (desired, reason)
+    assert result.inputs.trend_per_s == (pytest.approx(0.5) if starting == 0 else None)
+
+
+def test_noisy_trend_is_not_trusted() -> None:
+    rng = random.Random(7)
+    noisy = [30.0 + rng.uniform(-8, 8) + 0.05 * i for i in range(15)]
+    result = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window_of(noisy),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert result.reason is not R.EARLY_SCALE_UP
+    assert result.desired == 4
+
+
+@pytest.mark.parametrize(
+    ("metric", "target", "sample", "desired", "reason"),
+    [
+        (policy.Metric.QUEUE_TIME, 50.0, {"qt": 75.0}, 6, R.SCALE_UP),  # 4 * 75 / 50
+        (policy.Metric.QUEUE_TIME, 50.0, {"qt": 100.0}, 8, R.PANIC_SCALE_UP),  # 2x capacity
+        (policy.Metric.REQUEST_RATE, 100.0, {"rate": 450.0}, 5, R.SCALE_UP),
+        (policy.Metric.REQUEST_RATE, 100.0, {"rate": 410.0}, 4, R.HOLD),
+    ],
+)
+def test_selectable_metrics(
+    metric: policy.Metric,
+    target: float,
+    sample: dict[str, float],
+    desired: int,
+    reason: decide.Reason,
+) -> None:
+    result = decide.decide(
+        policy=policy.ScalingPolicy(metric=metric, target=target, early_scale_up=False),
+        window=window_of([0.0] * 30, **sample),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert (result.desired, result.reason) == (desired, reason)
+
+
+# ---------------------------------------------------------------- series through a virtual loop
+
+
+def run(
+    load: Callable[[float], float | None],
+    *,
+    until: float,
+    scaling: policy.ScalingPolicy,
+    start: int,
+) -> list[tuple[float, decide.ScaleResult]]:
+    """Tick every 2 s; replicas become ready at once; load is total queue depth (None: a
+    failed scrape)."""
+    w = window.SignalWindow.for_policy(scaling)
+    s, current, out = state.ScalerState(), start, []
+    t = 0.0
+    while t <= until:
+        value = load(t)
+        if value is not None:
+            w.record(sample=tick(t, value))
+        result = decide.decide(
+            policy=scaling,
+            window=w,
+            state=s,
+            now=t,
+            replicas=decide.Replicas(current=current, ready=current),
+            scraped=value is not None,
+        )
+        s, current = result.state, result.desired
+        out.append((t, result))
+        t += 2
+    return out
+
+
+def changes(results: list[tuple[float, decide.ScaleResult]]) -> list[tuple[float, int, str]]:
+    return [(t, r.desired, r.reason.value) for t, r in results if r.changed]
+
+
+def test_step_up_then_down() -> None:
+    scaling = policy.ScalingPolicy(max_replicas=20, early_scale_up=False)
+    out = run(lambda t: 80.0 if 100 <= t < 300 else 16.0, until=700, scaling=scaling, start=2)
+    moves = changes(out)
+    # Panic on the step's first tick, at full size two ticks later; no overshoot.
+    assert moves[:3] == [
+        (100, 5, "PanicScaleUp"),
+        (102, 8, "PanicScaleUp"),
+        (104, 10, "PanicScaleUp"),
+    ]
+    assert max(r.desired for _, r in out) == 10
+    # After the step down: nothing for the stabilization window, then down to 2.
+    downs = [m for m in moves if m[2] == "ScaleDown"]
+    assert downs[0][0] >= 300 + 120
+    assert out[-1][1].desired == 2
+    # Down in steps as the stabilized recommendation falls, never back up (no flapping).
+    assert [m[1] for m in moves[3:]] == sorted((m[1] for m in moves[3:]), reverse=True)
+    assert len(moves) <= 12
+
+
+def test_spike_is_met_and_released() -> None:
+    scaling = policy.ScalingPolicy(max_replicas=20)
+    out = run(lambda t: 160.0 if 200 <= t < 220 else 16.0, until=600, scaling=scaling, start=2)
+    assert max(r.desired for _, r in out) == 20  # 160 / 8, within 2 ticks of the spike
+    assert next(t for t, r in out if r.desired == 20) <= 204
+    assert out[-1][1].desired == 2
+
+
+def test_ramp_scales_ahead_of_the_load() -> None:
+    def ramp(t: float) -> float:
+        return 16.0 + min(max(t - 100, 0), 400) * 0.2  # 16 -> 96 over 400 s
+
+    out = run(ramp, until=600, scaling=policy.ScalingPolicy(max_replicas=20), start=2)
+    early = [t for t, r in out if r.reason is R.EARLY_SCALE_UP and r.changed]
+    assert early, "a steady ramp should trigger early scale-ups"
+    # Replicas reach what the peak needs (96 / 8 = 12) well before the ramp ends at t = 500.
+    assert next(t for t, r in out if r.desired >= 12) <= 470
+    assert max(r.desired for _, r in out) <= 14
+
+
+def test_noisy_load_does_not_flap() -> None:
+    rng = random.Random(42)
+    noise = [40.0 * (1 + rng.uniform(-0.2, 0.2)) for _ in range(400)]
+    out = run(lambda t: noise[int(t) // 2], until=600, scaling=policy.ScalingPolicy(), start=5)
+    assert len(changes(out)) <= 2
+    assert all(4 <= r.desired <= 7 for _, r in out)
+
+
+def test_missing_data_holds_then_falls_back() -> None:
+    scaling = policy.ScalingPolicy(fallback_replicas=6, failures_before_fallback=5)
+    out = run(lambda t: None if 100 <= t < 200 else 32.0, until=300, scaling=scaling, start=4)
+    during = [(t, r) for t, r in out if 100 <= t < 200]
+    assert all(r.desired >= 4 for _, r in during)
+    fallback = [t for t, r in during if r.reason is R.FALLBACK]
+    assert fallback[0] == 108  # the fifth failed tick
+    assert all(r.desired == 6 for t, r in during if t >= 108)

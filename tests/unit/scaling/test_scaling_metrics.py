@@ -1,0 +1,95 @@
+"""Parsing recorded Triton /metrics text and turning two scrapes into pod signals."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from kubeinfer.core import metrics
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def load(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def test_parse_sums_across_models_and_versions() -> None:
+    raw = metrics.parse_metrics(load("triton_t2.prom"))
+    assert raw == metrics.RawScrape(
+        pending_requests=9,
+        queue_duration_us=6_500_000,
+        request_duration_us=27_500_000,
+        request_success=2200,
+        request_failure=5,
+        inference_count=2200,
+        gpu_utilization=0.91,
+    )
+
+
+def test_parse_without_gpu_metric_reads_none_and_zeros() -> None:
+    raw = metrics.parse_metrics("# TYPE other gauge\nother 3\n")
+    assert raw == metrics.RawScrape()
+    assert raw.gpu_utilization is None
+
+
+def test_parse_dcgm_with_configured_name_and_scale() -> None:
+    names = metrics.MetricNames(gpu_utilization="DCGM_FI_DEV_GPU_UTIL", gpu_utilization_scale=0.01)
+    raw = metrics.parse_metrics(load("dcgm.prom"), names=names)
+    assert raw.gpu_utilization == pytest.approx(0.60)
+    assert raw.request_success == 0
+
+
+def test_parse_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        metrics.parse_metrics("nv_inference_count{model= 1 2 3\n")
+
+
+def test_pod_signals_from_counter_deltas() -> None:
+    before = metrics.parse_metrics(load("triton_t0.prom"))
+    after = metrics.parse_metrics(load("triton_t2.prom"))
+    pod = metrics.pod_signals(
+        pod="resnet-0", previous=before, previous_time=100.0, current=after, current_time=102.0
+    )
+    assert pod.pending_requests == 9
+    assert pod.request_rate == pytest.approx(500.0)  # 1000 completions in 2 s
+    assert pod.queue_time_us == pytest.approx(4400.0)  # 4.4 s queued over 1000 requests
+    assert pod.executing == pytest.approx(5.0)  # (14.4 s - 4.4 s) busy / 2 s
+    assert pod.in_flight == pytest.approx(14.0)
+    assert pod.failure_rate == pytest.approx(1.5)
+    assert pod.gpu_utilization == pytest.approx(0.91)
+
+
+def test_pod_signals_handle_counter_reset() -> None:
+    before = metrics.parse_metrics(load("triton_t2.prom"))
+    after = metrics.parse_metrics(load("triton_reset.prom"))
+    pod = metrics.pod_signals(
+        pod="resnet-0", previous=before, previous_time=102.0, current=after, current_time=104.0
+    )
+    assert pod.request_rate == pytest.approx(25.0)
+    assert pod.queue_time_us == pytest.approx(2000.0)
+    assert pod.executing == pytest.approx(0.25)
+    assert pod.failure_rate == 0
+
+
+def test_first_scrape_has_gauges_only() -> None:
+    after = metrics.parse_metrics(load("triton_t2.prom"))
+    pod = metrics.pod_signals(
+        pod="p", previous=None, previous_time=None, current=after, current_time=5.0
+    )
+    assert (pod.pending_requests, pod.request_rate, pod.queue_time_us, pod.executing) == (
+        9,
+        0.0,
+        None,
+        0.0,
+    )
+
+
+def test_no_completions_means_unknown_queue_time() -> None:
+    raw = metrics.parse_metrics(load("triton_t0.prom"))
+    pod = metrics.pod_signals(
+        pod="p", previous=raw, previous_time=1.0, current=raw, current_time=3.0
+    )
+    assert pod.queue_time_us is None
+    assert pod.request_rate == 0

@@ -1,0 +1,153 @@
+"""State persistence, decision history, cold-start learning, policy validation and planning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+
+from kubeinfer import planning_cli
+from kubeinfer.core import planning
+from kubeinfer.core.scaling import cold_start, decide, policy, state, window
+
+PROFILE = {
+    "model": "resnet50",
+    "results": [
+        {"batch": 1, "latency_ms": {"p50": 8.6, "p99": 12.9}, "throughput_rps": 116.3},
+        {"batch": 8, "latency_ms": {"p50": 12.8, "p99": 19.2}, "throughput_rps": 625.0},
+        {"batch": 16, "latency_ms": {"p50": 17.6, "p99": 26.4}, "throughput_rps": 909.1},
+        {"batch": 32, "latency_ms": {"p50": 27.2, "p99": 40.8}, "throughput_rps": 1176.5},
+    ],
+}
+
+
+def test_state_round_trips_through_json() -> None:
+    s = state.ScalerState(
+        last_scale_time=12.5,
+        recommendations=((1.0, 3), (3.0, 4)),
+        consecutive_failures=2,
+        cold_start_s=47.0,
+        panic_until=70.0,
+    )
+    assert state.ScalerState.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert state.ScalerState.from_dict({}) == state.ScalerState()
+
+
+def test_restart_with_persisted_state_causes_no_scale_down() -> None:
+    # Before the restart: 8 replicas were recommended 30 s ago; the load has since dropped.
+    scaling = policy.ScalingPolicy()
+    w = window.SignalWindow.for_policy(scaling)
+    persisted = json.dumps(
+        {"state": state.ScalerState(recommendations=((970.0, 8),)).to_dict(), "window": w.to_dict()}
+    )
+    data = json.loads(persisted)
+    result = decide.decide(
+        policy=scaling,
+        window=window.SignalWindow.from_dict(data["window"]),
+        state=state.ScalerState.from_dict(data["state"]),
+        now=1000.0,
+        replicas=decide.Replicas(current=8, ready=8),
+        scraped=False,
+    )
+    assert (result.desired, result.reason) == (8, decide.Reason.NO_DATA)
+
+
+def test_decision_record_and_bounded_history() -> None:
+    result = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window.SignalWindow(length_s=60, granularity_s=2),
+        state=state.ScalerState(),
+        now=5.0,
+        replicas=decide.Replicas(current=3, ready=3),
+    )
+    record = result.record(now=5.0)
+    assert record.reason == "NoData" and record.clamps == ("NoData",)
+    assert record.inputs["current"] == 3 and record.inputs["stable"] is None
+    assert state.DecisionRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    history: tuple[state.DecisionRecord, ...] = ()
+    for i in range(15):
+        history = state.append_history(history, dataclasses.replace(record, time=float(i)))
+    assert len(history) == 10 and history[0].time == 5.0 and history[-1].time == 14.0
+    assert not state.is_news(history, record)
+    assert state.is_news((), record)
+
+
+def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
+    pairs = [(0.0, 40.0 + i) for i in range(10)] + [(0.0, -5.0), (0.0, 5000.0)]
+    assert cold_start.learn(pairs=pairs) == 48.0  # 40..49: nearest-rank p90 is the 9th of 10
+    assert cold_start.learn(pairs=[], previous_s=33.0) == 33.0
+    many = [(0.0, 100.0)] * 30 + [(0.0, 10.0)] * 20  # only the last 20 count
+    assert cold_start.learn(pairs=many) == 10.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_replicas": 5, "max_replicas": 3},
+        {"target": 0},
+        {"panic_window_s": 90},
+        {"panic_threshold": 1.0},
+        {"gpu_veto_utilization": 1.5},
+        {"scale_down_max_rate": 0.5},
+        {"failures_before_fallback": 0},
+        {"fallback_replicas": -1},
+    ],
+)
+def test_policy_rejects_bad_knobs(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="invalid scaling policy"):
+        policy.ScalingPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_defaults() -> None:
+    p = policy.ScalingPolicy()
+    assert (
+        p.metric,
+        p.stable_window_s,
+        p.panic_window_s,
+        p.panic_threshold,
+        p.scrape_interval_s,
+        p.gpu_veto_utilization,
+    ) == (policy.Metric.QUEUE_DEPTH, 60.0, 6.0, 2.0, 2.0, 0.8)
+    assert policy.Metric.QUEUE_TIME == "QueueTime"
+
+
+def test_plan_picks_batch_replicas_and_delay() -> None:
+    rows = planning.parse_profile(PROFILE)
+    result = planning.plan(profile=rows, target_rps=5000, p99_target_ms=60)
+    # Batch 16 is the largest with 2 * p99 <= 60 ms; 5000 / (909.1 * 0.7) -> 8 replicas.
+    assert (result.max_batch_size, result.replicas, result.meets_p99) == (16, 8, True)
+    # Budget 60 - 2 * 26.4 = 7.2 ms; filling 15 more at 625 rps takes 24 ms -> 7.2 ms.
+    assert result.max_queue_delay_us == 7200
+    assert result.target_queue_depth == 11.2  # 909.1 * 0.7 * 17.6 ms
+
+
+def test_plan_when_nothing_fits_uses_smallest_batch() -> None:
+    rows = planning.parse_profile(PROFILE)
+    result = planning.plan(profile=rows, target_rps=100, p99_target_ms=10)
+    assert (result.max_batch_size, result.replicas, result.meets_p99) == (1, 2, False)
+    assert result.max_queue_delay_us == 0
+
+
+def test_parse_profile_tolerates_shapes() -> None:
+    flat = [{"batch_size": 4, "p50_ms": 10, "p99_ms": 15, "throughput": 400}, {"junk": 1}]
+    assert planning.parse_profile(flat) == [
+        planning.ProfileRow(batch=4, p50_ms=10, p99_ms=15, throughput_rps=400)
+    ]
+    with pytest.raises(ValueError):
+        planning.parse_profile({"results": [{"batch": 1}]})
+
+
+def test_plan_main_prints_a_table(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(PROFILE))
+    assert planning_cli.plan_main([str(path), "--rps", "5000", "--p99-ms", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "16     17.6     26.4      909.1  <- planned" in out
+    assert "replicas            8" in out
+    assert (
+        planning_cli.plan_main([str(tmp_path / "missing.json"), "--rps", "1", "--p99-ms", "1"]) == 2
+    )
