@@ -164,10 +164,10 @@ class ScalingSpec(_Model):
         Field(
             gt=0,
             le=1e9,
-            description="Per replica: pending requests (QueueDepth), queue "
+            description="Per replica: requests queued or executing (QueueDepth), queue "
             "milliseconds (QueueTime) or requests per second (RequestRate).",
         ),
-    ] = 4.0
+    ] = 8.0
     stable_window_seconds: Annotated[int, Field(ge=6, le=3600)] = 60
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
     gpu_utilization_veto: Annotated[
