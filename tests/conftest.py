@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client, config
 
 from kubeinfer.cluster import build, run
+from tests.operator_process import OperatorProcess, install, python_env
 
 
 class ClusterHandle:
@@ -70,3 +71,15 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     cluster.core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The real operator as a process (CRDs and default runtimes installed first)."""
+    install(cluster.tools.kubectl, cluster.env)
+    proc = OperatorProcess(python_env(cluster.env), pathlib.Path(tmp_path_factory.mktemp("op")))
+    proc.start()
+    yield proc
+    proc.stop()

@@ -120,8 +120,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="longest wait for in-flight requests after SIGTERM",
     )
-    parser.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default="auto",
-                        help="auto: uvloop when installed")
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="auto: uvloop when installed",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
