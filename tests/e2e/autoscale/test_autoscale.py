@@ -18,6 +18,8 @@ from tests.e2e.pod_servers import PodServers
 from tests.operator_process import OperatorProcess
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "integration" / "runtime"))
+import itertools
+
 from runtime_models import build_mlp
 
 GROUP, VERSION, PLURAL = "kubeinfer.io", "v1alpha1", "inferenceservices"
@@ -131,7 +133,7 @@ def test_scales_up_under_load_and_back_down(
     # No flapping: replicas rise, then fall; they never go back up after falling.
     counts = [r for _, r in history]
     fell = False
-    for before, after in zip(counts, counts[1:], strict=False):
+    for before, after in itertools.pairwise(counts):
         if after < before:
             fell = True
         assert not (fell and after > before), counts
