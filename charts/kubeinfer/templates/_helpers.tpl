@@ -1,0 +1,101 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "kubeinfer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubeinfer.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeinfer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubeinfer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kubeinfer.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kubeinfer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubeinfer
+{{- end -}}
+
+{{- define "kubeinfer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubeinfer.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create=false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeinfer.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The rules the operator needs in every namespace it watches (cluster-wide: in all of them).
+Each line names the code that needs it (operator/kubeinfer/clients/kube.py and kopf's watches).
+*/}}
+{{- define "kubeinfer.namespacedRules" -}}
+# InferenceServices: kopf watches them; the reconciler re-reads one before writing status.
+- apiGroups: [kubeinfer.io]
+  resources: [inferenceservices]
+  verbs: [get, list, watch]
+# Status is the operator's one write to a user object (a merge patch of the subresource).
+- apiGroups: [kubeinfer.io]
+  resources: [inferenceservices/status]
+  verbs: [get, patch]
+# Children, server-side applied by the kubeinfer-reconciler field manager and watched by kopf.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+# Replicas: written only by the kubeinfer-autoscaler field manager through the scale subresource.
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [get, list, watch, create, patch]
+# A PodDisruptionBudget is deleted again when a service scales to one replica or opts out.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# Pods: readiness for status, and the Ready pods the autoscaler scrapes.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# Secrets: only to check that a model's credentialsSecret exists; never listed or watched.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# Events on InferenceServices (scaling decisions, missing runtimes, conflicts).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{/* Cluster-scoped reads, needed in both modes. */}}
+{{- define "kubeinfer.clusterRules" -}}
+# The runtime catalogue (cluster-scoped): kopf watches it; the reconciler lists it.
+- apiGroups: [kubeinfer.io]
+  resources: [inferenceruntimes]
+  verbs: [get, list, watch]
+# kopf checks the CRDs of the resources it serves.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- end -}}
