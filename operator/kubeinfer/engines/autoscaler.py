@@ -52,10 +52,13 @@ def metric_names(runtime: api.InferenceRuntimeSpec | None) -> metrics.MetricName
     if runtime is None:
         return metrics.TRITON
     m = runtime.metrics
-    return dataclasses.replace(metrics.TRITON, pending_requests=m.queue_depth,
-                               queue_duration_us=m.queue_time,
-                               request_success=m.request_count,
-                               gpu_utilization=m.gpu_utilization)
+    return dataclasses.replace(
+        metrics.TRITON,
+        pending_requests=m.queue_depth,
+        queue_duration_us=m.queue_time,
+        request_success=m.request_count,
+        gpu_utilization=m.gpu_utilization,
+    )
 
 
 @dataclasses.dataclass
@@ -83,8 +86,9 @@ def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def classify_pods(pods: list[dict[str, Any]]) -> tuple[dict[str, str], int, int,
-                                                        list[tuple[float, float]]]:
+def classify_pods(
+    pods: list[dict[str, Any]],
+) -> tuple[dict[str, str], int, int, list[tuple[float, float]]]:
     """({ready pod: IP}, starting, unschedulable, (created, ready) pairs for cold starts)."""
     ready: dict[str, str] = {}
     starting = unschedulable = 0
@@ -120,8 +124,13 @@ def _numeric(inputs: dict[str, Any]) -> dict[str, float]:
 
 
 class Autoscaler:
-    def __init__(self, *, interval_s: float = 2.0, scrape_timeout_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        interval_s: float = 2.0,
+        scrape_timeout_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.interval_s = interval_s
         self.scrape_timeout_s = scrape_timeout_s
         self.clock = clock
@@ -151,9 +160,21 @@ class Autoscaler:
                 current.window = window.SignalWindow.for_policy(new_policy)
             return
         restored_state, restored_window, history = self._restore(isvc, new_policy)
-        self._tracked[key] = Tracked(namespace=key[0], name=key[1], isvc=isvc, spec=spec,
-                                     policy=new_policy, window=restored_window,
-                                     state=restored_state, history=history)
+        auto = (isvc.get("status") or {}).get("autoscaler") or {}
+        # Seeded from status, so a restarted operator that decides what it decided before
+        # writes nothing.
+        self._tracked[key] = Tracked(
+            namespace=key[0],
+            name=key[1],
+            isvc=isvc,
+            spec=spec,
+            policy=new_policy,
+            window=restored_window,
+            state=restored_state,
+            history=history,
+            last_desired=auto.get("desiredReplicas"),
+            last_persist=self.clock() if auto else 0.0,
+        )
 
     def forget(self, key: tuple[str, str]) -> None:
         self._tracked.pop(key, None)
@@ -162,8 +183,9 @@ class Autoscaler:
         """Drop a deleted pod's last scrape so a reused name never yields a bogus delta."""
         if deleted:
             labels = pod["metadata"].get("labels") or {}
-            tracked = self._tracked.get((pod["metadata"].get("namespace", ""),
-                                         labels.get(builders.LABEL_ISVC, "")))
+            tracked = self._tracked.get(
+                (pod["metadata"].get("namespace", ""), labels.get(builders.LABEL_ISVC, ""))
+            )
             if tracked is not None:
                 tracked.previous.pop(pod["metadata"]["name"], None)
 
@@ -171,15 +193,18 @@ class Autoscaler:
         self._stopped.set()
 
     @staticmethod
-    def _restore(isvc: dict[str, Any], pol: policy.ScalingPolicy
-                 ) -> tuple[memory.ScalerState, window.SignalWindow,
-                            tuple[memory.DecisionRecord, ...]]:
+    def _restore(
+        isvc: dict[str, Any], pol: policy.ScalingPolicy
+    ) -> tuple[memory.ScalerState, window.SignalWindow, tuple[memory.DecisionRecord, ...]]:
         auto = (isvc.get("status") or {}).get("autoscaler") or {}
         try:
             saved = json.loads(auto.get("state") or "{}")
             st = memory.ScalerState.from_dict(saved.get("state", {}))
-            win = (window.SignalWindow.from_dict(saved["window"]) if "window" in saved
-                   else window.SignalWindow.for_policy(pol))
+            win = (
+                window.SignalWindow.from_dict(saved["window"])
+                if "window" in saved
+                else window.SignalWindow.for_policy(pol)
+            )
             history = tuple(memory.DecisionRecord.from_dict(d) for d in saved.get("history", []))
             return st, win, history
         except (ValueError, KeyError, TypeError):
@@ -191,8 +216,9 @@ class Autoscaler:
             while not self._stopped.is_set():
                 started = time.monotonic()
                 await self._refresh_runtimes()
-                await asyncio.gather(*(self._tick_safely(session, key)
-                                       for key in list(self._tracked)))
+                await asyncio.gather(
+                    *(self._tick_safely(session, key) for key in list(self._tracked))
+                )
                 delay = max(0.0, self.interval_s - (time.monotonic() - started))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=delay)
@@ -220,9 +246,9 @@ class Autoscaler:
         owner = builders.Owner(name=name, namespace=ns, uid="")
         deployment_name = builders.child_name(owner)
         pods, current = await asyncio.gather(
-            asyncio.to_thread(kube.list_objects, "v1", "Pod", ns,
-                              builders.selector_string(owner)),
-            asyncio.to_thread(kube.get_scale, ns, deployment_name))
+            asyncio.to_thread(kube.list_objects, "v1", "Pod", ns, builders.selector_string(owner)),
+            asyncio.to_thread(kube.get_scale, ns, deployment_name),
+        )
         if current is None:
             return  # the reconciler has not created the Deployment yet
         ready, starting, unschedulable, pairs = classify_pods(pods)
@@ -230,8 +256,9 @@ class Autoscaler:
         runtime = self._runtimes.get(runtime_name)
         port = runtime.ports.metrics if runtime else 8002
         names = metric_names(runtime)
-        texts = await scrape.scrape_all(session, {p: (ip, port) for p, ip in ready.items()},
-                                        timeout_s=self.scrape_timeout_s)
+        texts = await scrape.scrape_all(
+            session, {p: (ip, port) for p, ip in ready.items()}, timeout_s=self.scrape_timeout_s
+        )
         now = self.clock()
         pod_signals: list[signals.PodSignals] = []
         for pod, text in texts.items():
@@ -244,9 +271,15 @@ class Autoscaler:
                 telemetry.SCRAPE_FAILURES.labels(namespace=ns, inferenceservice=name).inc()
                 continue
             prev = tracked.previous.get(pod)
-            pod_signals.append(metrics.pod_signals(
-                pod=pod, previous=prev[0] if prev else None,
-                previous_time=prev[1] if prev else None, current=raw, current_time=now))
+            pod_signals.append(
+                metrics.pod_signals(
+                    pod=pod,
+                    previous=prev[0] if prev else None,
+                    previous_time=prev[1] if prev else None,
+                    current=raw,
+                    current_time=now,
+                )
+            )
             tracked.previous[pod] = (raw, now)
         for gone in set(tracked.previous) - set(ready):
             tracked.previous.pop(gone, None)
@@ -257,10 +290,15 @@ class Autoscaler:
         learned = cold_start.learn(pairs=pairs, previous_s=tracked.state.cold_start_s)
         st = dataclasses.replace(tracked.state, cold_start_s=learned)
         result = decide.decide(
-            policy=tracked.policy, window=tracked.window, state=st, now=now,
-            replicas=decide.Replicas(current=current, ready=len(ready), starting=starting,
-                                     unschedulable=unschedulable),
-            scraped=sample is not None)
+            policy=tracked.policy,
+            window=tracked.window,
+            state=st,
+            now=now,
+            replicas=decide.Replicas(
+                current=current, ready=len(ready), starting=starting, unschedulable=unschedulable
+            ),
+            scraped=sample is not None,
+        )
         tracked.state = result.state
         self._report_metrics(tracked, result, sample)
         record = result.record(now=now)
@@ -270,44 +308,73 @@ class Autoscaler:
             await asyncio.to_thread(kube.set_scale, ns, deployment_name, result.desired)
             verb = "ScaledUp" if result.desired > current else "ScaledDown"
             await asyncio.to_thread(
-                kube.emit_event, tracked.isvc, type_="Normal", reason=verb,
+                kube.emit_event,
+                tracked.isvc,
+                type_="Normal",
+                reason=verb,
                 message=f"{current} -> {result.desired} replicas ({result.reason.value}): "
-                        f"{result.message}")
+                f"{result.message}",
+            )
         if news:
             tracked.history = memory.append_history(tracked.history, record)
-        if news or tracked.last_desired != result.desired or (
-                sample is not None and now - tracked.last_persist > PERSIST_EVERY_S):
+        if (
+            news
+            or tracked.last_desired != result.desired
+            or (sample is not None and now - tracked.last_persist > PERSIST_EVERY_S)
+        ):
             await asyncio.to_thread(self._write_status, tracked, result, sample, now)
             tracked.last_persist = now
             tracked.last_desired = result.desired
 
     @staticmethod
-    def _report_metrics(tracked: Tracked, result: decide.ScaleResult,
-                        sample: signals.TickSample | None) -> None:
+    def _report_metrics(
+        tracked: Tracked, result: decide.ScaleResult, sample: signals.TickSample | None
+    ) -> None:
         labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
         telemetry.SCALER_DESIRED.labels(**labels).set(result.desired)
         telemetry.SCALER_DECISIONS.labels(**labels, reason=result.reason.value).inc()
         for key, value in _numeric(result.inputs.to_dict()).items():
             telemetry.SCALER_SIGNAL.labels(**labels, signal=key).set(value)
 
-    def _write_status(self, tracked: Tracked, result: decide.ScaleResult,
-                      sample: signals.TickSample | None, now: float) -> None:
+    def _write_status(
+        self,
+        tracked: Tracked,
+        result: decide.ScaleResult,
+        sample: signals.TickSample | None,
+        now: float,
+    ) -> None:
         last_scale = tracked.state.last_scale_time
-        saved = {"state": tracked.state.to_dict(), "window": tracked.window.to_dict(),
-                 "history": [r.to_dict() for r in tracked.history]}
+        saved = {
+            "state": tracked.state.to_dict(),
+            "window": tracked.window.to_dict(),
+            "history": [r.to_dict() for r in tracked.history],
+        }
         body: dict[str, Any] = {
             "desiredReplicas": result.desired,
             "signals": _numeric(result.inputs.to_dict()),
             "coldStartSeconds": tracked.state.cold_start_s,
             "lastScaleTime": _iso(last_scale) if last_scale else None,
-            "decisions": [{
-                "time": _iso(r.time), "desired": r.desired, "current": r.current,
-                "reason": r.reason, "message": r.message, "clamps": list(r.clamps),
-                "inputs": _numeric(r.inputs)} for r in tracked.history],
+            "decisions": [
+                {
+                    "time": _iso(r.time),
+                    "desired": r.desired,
+                    "current": r.current,
+                    "reason": r.reason,
+                    "message": r.message,
+                    "clamps": list(r.clamps),
+                    "inputs": _numeric(r.inputs),
+                }
+                for r in tracked.history
+            ],
             "state": json.dumps(saved, separators=(",", ":")),
         }
         if len(body["state"]) > 16000:  # keep the window's newest part only
             saved["window"] = window.SignalWindow.for_policy(tracked.policy).to_dict()
             body["state"] = json.dumps(saved, separators=(",", ":"))
-        kube.patch_status(api.API_VERSION, "InferenceService", tracked.namespace, tracked.name,
-                          {"autoscaler": body})
+        kube.patch_status(
+            api.API_VERSION,
+            "InferenceService",
+            tracked.namespace,
+            tracked.name,
+            {"autoscaler": body},
+        )

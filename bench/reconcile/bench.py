@@ -1,0 +1,227 @@
+"""Reconcile benchmark: N InferenceServices through the operator vs the same Deployments applied
+directly (the floor), side by side in one run on one local cluster.
+
+Measures, per object: create -> Deployment present, create -> Ready (InferenceService
+Ready=True; floor: Deployment Available), API writes per object (the operator's
+kubeinfer_api_writes_total), and the operator's peak RSS (VmHWM).
+
+Run: `make bench-reconcile` (or `.venv/bin/python bench/reconcile/bench.py [--sizes 100 500]`).
+Writes bench/reconcile/results.json and bench/reconcile/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client, config, watch  # noqa: E402
+
+from kubeinfer.cluster import run  # noqa: E402
+from kubeinfer.core import api, builders  # noqa: E402
+from tests.operator_process import OperatorProcess, install, python_env  # noqa: E402
+
+OUT = pathlib.Path(__file__).resolve().parent
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def isvc(name: str) -> dict[str, Any]:
+    return {"apiVersion": api.API_VERSION, "kind": "InferenceService",
+            "metadata": {"name": name},
+            "spec": {"model": {"name": "mlp", "format": "onnx",
+                               "storageUri": "https://127.0.0.1:9/mlp.onnx"},
+                     "runtime": "onnxruntime", "gpu": {"count": 0}}}
+
+
+class Recorder:
+    """Watches a namespace and stamps the first time each object reaches a state."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str, operator: bool) -> None:
+        self.present: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._deployments,
+                                          args=(api_client, namespace, operator), daemon=True)]
+        if operator:
+            self._threads.append(threading.Thread(target=self._isvcs,
+                                                  args=(api_client, namespace), daemon=True))
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _deployments(self, api_client: client.ApiClient, ns: str, operator: bool) -> None:
+        apps = client.AppsV1Api(api_client)
+        while not self._stop.is_set():
+            for event in watch.Watch().stream(apps.list_namespaced_deployment, ns,
+                                              timeout_seconds=5):
+                dep = event["object"]
+                name = dep.metadata.name.removesuffix("-predictor")
+                now = time.time()
+                self.present.setdefault(name, now)
+                if not operator and any(c.type == "Available" and c.status == "True"
+                                        for c in (dep.status.conditions or [])):
+                    self.ready.setdefault(name, now)
+
+    def _isvcs(self, api_client: client.ApiClient, ns: str) -> None:
+        custom = client.CustomObjectsApi(api_client)
+        while not self._stop.is_set():
+            for event in watch.Watch().stream(custom.list_namespaced_custom_object, api.GROUP,
+                                              api.VERSION, ns, "inferenceservices",
+                                              timeout_seconds=5):
+                obj = event["object"]
+                conds = (obj.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                    self.ready.setdefault(obj["metadata"]["name"], time.time())
+
+
+def wait_all(rec: Recorder, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(n not in rec.ready for n in names):
+        time.sleep(0.5)
+
+
+def summarize(created: dict[str, float], rec: Recorder) -> dict[str, Any]:
+    present = [rec.present[n] - t for n, t in created.items() if n in rec.present]
+    ready = [rec.ready[n] - t for n, t in created.items() if n in rec.ready]
+    return {
+        "n": len(created), "ready_count": len(ready),
+        "present_p50_s": round(pct(present, 0.5), 3), "present_p99_s": round(pct(present, .99), 3),
+        "ready_p50_s": round(pct(ready, 0.5), 3), "ready_p99_s": round(pct(ready, 0.99), 3),
+        "ready_mean_s": round(statistics.fmean(ready), 3),
+    }
+
+
+def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) -> dict[str, Any]:
+    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    apps = client.AppsV1Api(api_client)
+    ours_ns, floor_ns = f"bench-ours-{n}", f"bench-floor-{n}"
+    for ns in (ours_ns, floor_ns):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    runtime = api.parse_runtime(json.loads(json.dumps(
+        __import__("yaml").safe_load((REPO / "runtimes/defaults/onnxruntime.yaml").read_text())
+    )["spec"]))
+    names = [f"svc-{i:04d}" for i in range(n)]
+
+    def run_phase(ns: str, create: Any, operator_mode: bool) -> dict[str, Any]:
+        rec = Recorder(api_client, ns, operator_mode)
+        rec.start()
+        time.sleep(1)
+        created: dict[str, float] = {}
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            def one(name: str) -> None:
+                created[name] = time.time()
+                create(name)
+            list(pool.map(one, names))
+        wait_all(rec, names, timeout=600)
+        rec.stop()
+        return summarize(created, rec)
+
+    print(f"[bench] N={n}: floor (Deployments applied directly)", flush=True)
+
+    def floor_create(name: str) -> None:
+        owner = builders.Owner(name=name, namespace=floor_ns, uid="")
+        spec = api.parse_spec(isvc(name)["spec"])
+        dep = builders.build_deployment(owner, spec, "onnxruntime", runtime)
+        dep["metadata"].pop("ownerReferences")
+        apps.create_namespaced_deployment(floor_ns, dep)
+
+    floor = run_phase(floor_ns, floor_create, False)
+    print(f"[bench] N={n}: floor {floor}", flush=True)
+    writes_before = operator.metric("kubeinfer_api_writes_total", namespace=ours_ns)
+    print(f"[bench] N={n}: through the operator", flush=True)
+
+    def ours_create(name: str) -> None:
+        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ours_ns,
+                                               "inferenceservices", isvc(name))
+
+    ours = run_phase(ours_ns, ours_create, True)
+    time.sleep(3)
+    writes = operator.metric("kubeinfer_api_writes_total", namespace=ours_ns) - writes_before
+    ours["api_writes_per_object"] = round(writes / n, 2)
+    print(f"[bench] N={n}: ours {ours}", flush=True)
+    for ns in (ours_ns, floor_ns):
+        core.delete_namespace(ns)
+    return {"n": n, "floor": floor, "kubeinfer": ours,
+            "ratio_ready_p99": round(ours["ready_p99_s"] / max(floor["ready_p99_s"], 1e-3), 2),
+            "ratio_present_p99": round(ours["present_p99_s"] / max(floor["present_p99_s"], 1e-3),
+                                       2)}
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
+    args = parser.parse_args()
+    cluster = run.up("bench-reconcile", tie_to_parent=True)
+    env = {**__import__("os").environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    operator = OperatorProcess(python_env(env), pathlib.Path(tempfile.mkdtemp()))
+    try:
+        install(cluster.tools.kubectl, env)
+        operator.start()
+        api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        results = [bench_size(n, api_client, operator) for n in args.sizes]
+        assert operator.proc is not None
+        peak = rss_peak_mb(operator.proc.pid)
+    finally:
+        operator.stop()
+        cluster.down()
+    doc = {
+        "command": "make bench-reconcile",
+        "machine": f"{platform.system()} {platform.machine()}, "
+                   f"{__import__('os').cpu_count()} CPUs",
+        "python": platform.python_version(), "kubernetes": cluster.tools.kubernetes_version,
+        "operator_peak_rss_mb": peak, "results": results,
+    }
+    (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [
+        "# Reconcile benchmark", "",
+        f"Command: `{doc['command']}`. Machine: {doc['machine']}; Python {doc['python']}; "
+        f"local control plane Kubernetes {doc['kubernetes']} with kwok nodes.", "",
+        "Floor: the same Deployments (from the same builder) created directly with the API, "
+        "timed to Available. kubeinfer: InferenceServices created, timed to Deployment present "
+        "and to Ready=True.", "",
+        "| N | floor present p99 (s) | ours present p99 (s) | floor ready p50/p99 (s) | "
+        "ours ready p50/p99 (s) | ready p99 ratio | API writes/object |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        f, o = r["floor"], r["kubeinfer"]
+        lines.append(f"| {r['n']} | {f['present_p99_s']} | {o['present_p99_s']} | "
+                     f"{f['ready_p50_s']}/{f['ready_p99_s']} | {o['ready_p50_s']}/"
+                     f"{o['ready_p99_s']} | {r['ratio_ready_p99']}x | "
+                     f"{o['api_writes_per_object']} |")
+    lines += ["", f"Operator peak RSS (VmHWM): {peak} MB. Goal: ready p99 within 3x of the "
+              "floor at N=500, RSS under 200 MB.", ""]
+    (OUT / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
