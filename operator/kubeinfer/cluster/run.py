@@ -259,10 +259,32 @@ def _write_kubeconfig(
     path.chmod(0o600)
 
 
+COLD_START_ANNOTATION = "kubeinfer.io/simulated-cold-start"
+
+
 def _kwok_config(tools: build.Tools, state: pathlib.Path) -> pathlib.Path:
-    docs = [f.read_text() for f in sorted(tools.kwok_stages.glob("*.yaml"))]
+    """kwok's stages, plus a cold start: a pod annotated ``kubeinfer.io/simulated-cold-start:
+    "5s"`` becomes Ready only after that delay (model download and load, simulated)."""
+    docs = [yaml.safe_load(f.read_text()) for f in sorted(tools.kwok_stages.glob("*.yaml"))]
+    annotation = f'.metadata.annotations["{COLD_START_ANNOTATION}"]'
+    for doc in list(docs):
+        if doc["metadata"]["name"] != "pod-ready":
+            continue
+        delayed = yaml.safe_load(yaml.safe_dump(doc))
+        doc["spec"]["selector"]["matchExpressions"].append(
+            {"key": annotation, "operator": "DoesNotExist"}
+        )
+        delayed["metadata"]["name"] = "pod-ready-after-cold-start"
+        delayed["spec"]["selector"]["matchExpressions"].append(
+            {"key": annotation, "operator": "Exists"}
+        )
+        delayed["spec"]["delay"] = {
+            "durationMilliseconds": 0,
+            "durationFrom": {"expressionFrom": annotation},
+        }
+        docs.append(delayed)
     out = state / "kwok.yaml"
-    out.write_text("\n---\n".join(docs))
+    out.write_text(yaml.safe_dump_all(docs))
     return out
 
 

@@ -204,6 +204,14 @@ class SchedulingSpec(_Model):
     topology_spread: TopologySpread = TopologySpread()
 
 
+class PodMetadata(_Model):
+    """Extra labels and annotations for the serving pods (service mesh, cost allocation...).
+    kubeinfer's own labels win on a clash, since the selector depends on them."""
+
+    labels: Annotated[dict[str, str], Field(max_length=32)] = {}
+    annotations: Annotated[dict[str, str], Field(max_length=32)] = {}
+
+
 class InferenceServiceSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -240,6 +248,7 @@ class InferenceServiceSpec(_Model):
         bool, Field(description="Scale to zero and free the GPUs; keep the configuration.")
     ] = False
     scheduling: SchedulingSpec = SchedulingSpec()
+    pod_metadata: PodMetadata = PodMetadata()
 
     @pydantic.model_validator(mode="after")
     def _cross_field(self) -> InferenceServiceSpec:

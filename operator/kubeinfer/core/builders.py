@@ -372,7 +372,10 @@ def build_deployment(
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "metadata": {
+                    "labels": {**spec.pod_metadata.labels, **pod_labels},
+                    "annotations": {**spec.pod_metadata.annotations, **annotations},
+                },
                 "spec": pod_spec,
             },
         },

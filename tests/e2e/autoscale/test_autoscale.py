@@ -39,6 +39,8 @@ def manifest(name: str, *, gpus: int, max_replicas: int, target: float = 4) -> s
                 },
                 "runtime": "onnxruntime",
                 "gpu": {"count": gpus},
+                # kwok holds Ready back this long: the model download and load, simulated.
+                "podMetadata": {"annotations": {"kubeinfer.io/simulated-cold-start": "3s"}},
                 "scaling": {
                     "minReplicas": 1,
                     "maxReplicas": max_replicas,
@@ -124,7 +126,8 @@ def test_scales_up_under_load_and_back_down(
     print(
         f"\nload step -> first scale-up {first_up:.1f} s; peak {peak} replicas; "
         f"back to 1 at {down_at:.1f} s; requests ok={result.ok} 503={result.rejected_503} "
-        f"failed={result.failed}; scale events up={len(ups)} down={len(downs)}"
+        f"failed={result.failed}; scale events up={len(ups)} down={len(downs)}; "
+        f"learned cold start {obj['status']['autoscaler']['coldStartSeconds']} s"
     )
     assert first_up is not None and first_up < 15, history
     assert peak >= 2
@@ -140,6 +143,9 @@ def test_scales_up_under_load_and_back_down(
     assert ups and downs
     assert {d["reason"] for d in decisions} & {"ScaleUp", "PanicScaleUp", "EarlyScaleUp"}
     assert any(d["reason"] == "ScaleDown" for d in decisions)
+    # The cold start was learned from pod timestamps (kwok held Ready back 3 s).
+    cold_start = obj["status"]["autoscaler"]["coldStartSeconds"]
+    assert cold_start is not None and 2 <= cold_start <= 10, cold_start
 
 
 def test_gpu_exhaustion_blocks_runaway_pending_pods(

@@ -124,8 +124,13 @@ def test_operator_deployment_shape(helm_offline: Helm) -> None:
 
 def test_crds_in_chart_equal_generated(helm_offline: Helm) -> None:
     """The chart's crds/ folder (what `helm install` creates) is what `make crds` generates."""
-    docs = [d for d in yaml.safe_load_all(helm_offline(
-        "template", "kubeinfer", str(CHART), "--include-crds").stdout) if d]
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm_offline("template", "kubeinfer", str(CHART), "--include-crds").stdout
+        )
+        if d
+    ]
     rendered = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
     generated = sorted((REPO / "crds").glob("*.yaml"))
     assert len(rendered) == len(generated) == 2

@@ -306,8 +306,13 @@ def test_cluster_wide_rbac_sufficient_and_pods_restricted(
 
 
 def can_i(cluster: ClusterHandle, account: str, verb: str, resource: str, ns: str | None) -> bool:
+    """`kubectl auth can-i` as ``account`` (impersonation; a SubjectAccessReview underneath)."""
     where = ["-n", ns] if ns else []
-    out = kubectl(cluster, "auth", "can-i", verb, resource, f"--as={account}", *where, check=False)
+    resource, _, sub = resource.partition("/")
+    extra = [f"--subresource={sub}"] if sub else []
+    out = kubectl(
+        cluster, "auth", "can-i", verb, resource, *extra, f"--as={account}", *where, check=False
+    )
     return out == "yes"
 
 
@@ -344,13 +349,11 @@ def test_namespaced_mode_sufficient_and_confined(
     name = "kubeinfer-team"
     values = [
         "--set",
-        "crds.install=false",
-        "--set",
         "runtimes.install=false",
         "--set",
         f"watchNamespaces={{{watched}}}",
     ]
-    helm("install", name, str(CHART), "-n", release, *values)
+    helm("install", name, str(CHART), "-n", release, "--skip-crds", *values)
     try:
         account = f"system:serviceaccount:{release}:{name}"
         assert can_i(cluster, account, "create", "deployments.apps", watched)
@@ -391,8 +394,16 @@ def test_uninstall_leaves_only_crds(cluster: ClusterHandle, helm: Helm, release:
     helm("uninstall", RELEASE, "-n", release, "--wait", "--timeout=120s")
     wait_for(lambda: not release_objects(cluster, release), 60, "release objects gone")
     assert not kubectl(cluster, "get", "inferenceruntimes", "-o", "name")
-    assert not kubectl(cluster, "get", "all,serviceaccounts,configmaps,roles,rolebindings",
-                       "-n", release, "-l", f"app.kubernetes.io/instance={RELEASE}",
-                       "-o", "name")
+    assert not kubectl(
+        cluster,
+        "get",
+        "all,serviceaccounts,configmaps,roles,rolebindings",
+        "-n",
+        release,
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "-o",
+        "name",
+    )
     for kind in ("services", "runtimes"):
         kubectl(cluster, "get", "crd", f"inference{kind}.{GROUP}")

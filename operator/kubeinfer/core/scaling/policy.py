@@ -47,15 +47,21 @@ class ScalingPolicy:
     scale_down_max_rate: float = 2.0
     # Scale down only to the highest recommendation seen in this many seconds.
     scale_down_stabilization_s: float = 120.0
+    # Hysteresis: scale down only when the count would drop by at least this fraction of the
+    # current count (always allowed by one replica). A load that falls gradually then moves in a
+    # few larger steps instead of one replica per tick.
+    scale_down_min_fraction: float = 0.2
     # GPU utilization (0..1) at or above which scale-down is vetoed. Never drives scale-up.
     gpu_veto_utilization: float | None = 0.8
     # Cold start (pod created -> Ready) assumed until one has been measured.
     cold_start_default_s: float = 60.0
     # Scale ahead of a rising trend by the cold-start horizon.
     early_scale_up: bool = True
-    # Seconds of history the trend is fitted over, and the fit quality it needs (R^2).
+    # Seconds of history the trend is fitted over, the fit quality it needs (R^2), and the
+    # share of that window that must hold data (a fit through three fresh points is no trend).
     trend_window_s: float = 30.0
     trend_min_r2: float = 0.6
+    trend_min_coverage: float = 0.5
     # Replicas to hold at least after this many consecutive failed scrapes; None: just hold.
     fallback_replicas: int | None = None
     failures_before_fallback: int = 5
@@ -86,6 +92,10 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append("scale_up_max_rate must be >= 1 and scale_up_max_step >= 1")
     if policy.scale_down_max_rate < 1:
         problems.append("scale_down_max_rate must be >= 1")
+    if not 0 <= policy.scale_down_min_fraction < 1:
+        problems.append("scale_down_min_fraction must be in [0, 1)")
+    if not 0 <= policy.trend_min_coverage <= 1:
+        problems.append("trend_min_coverage must be in [0, 1]")
     if policy.scale_down_stabilization_s < 0:
         problems.append("scale_down_stabilization_s must be >= 0")
     if policy.gpu_veto_utilization is not None and not 0 < policy.gpu_veto_utilization <= 1:

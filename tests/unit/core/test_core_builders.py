@@ -1,0 +1,167 @@
+"""Builders: the manifests an InferenceService turns into (pure, no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubeinfer.core import api, builders
+
+OWNER = builders.Owner(name="m", namespace="ns", uid="u-1")
+ONNX_RT = api.InferenceRuntimeSpec(
+    image="onnx:1",
+    formats=[api.RuntimeFormat(name=api.ModelFormat.ONNX, priority=2)],
+    batching_config=api.BatchingConfigKind.KUBEINFER_JSON,
+)
+TRITON = api.InferenceRuntimeSpec(
+    image="triton:1",
+    formats=[
+        api.RuntimeFormat(name=api.ModelFormat.ONNX, priority=1),
+        api.RuntimeFormat(name=api.ModelFormat.TENSORRT, priority=2),
+    ],
+)
+CPU_ONLY = api.InferenceRuntimeSpec(
+    image="cpu:1",
+    supports_gpu=False,
+    formats=[api.RuntimeFormat(name=api.ModelFormat.ONNX, priority=9)],
+)
+
+
+def spec(**kw: Any) -> api.InferenceServiceSpec:
+    raw: dict[str, Any] = {
+        "model": {"name": "mlp", "format": "onnx", "storageUri": "https://h/m.onnx"}
+    }
+    raw.update(kw)
+    return api.parse_spec(raw)
+
+
+@pytest.mark.parametrize(
+    "kw,runtimes,expected",
+    [
+        ({}, {"onnxruntime": ONNX_RT, "triton": TRITON}, "onnxruntime"),
+        ({"runtime": "triton"}, {"onnxruntime": ONNX_RT, "triton": TRITON}, "triton"),
+        ({"gpu": {"count": 1}}, {"cpu": CPU_ONLY, "triton": TRITON}, "triton"),
+        ({}, {"cpu": CPU_ONLY, "triton": TRITON}, "cpu"),
+    ],
+)
+def test_choose_runtime(
+    kw: dict[str, Any], runtimes: dict[str, api.InferenceRuntimeSpec], expected: str
+) -> None:
+    assert builders.choose_runtime(spec(**kw), runtimes)[0] == expected
+
+
+@pytest.mark.parametrize(
+    "kw,runtimes,reason",
+    [
+        ({"runtime": "nope"}, {"triton": TRITON}, "RuntimeNotFound"),
+        ({"runtime": "cpu", "gpu": {"count": 1}}, {"cpu": CPU_ONLY}, "GPUNotSupported"),
+        (
+            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://b/k"}},
+            {"onnxruntime": ONNX_RT},
+            "NoRuntimeForFormat",
+        ),
+    ],
+)
+def test_runtime_resolution_errors(
+    kw: dict[str, Any], runtimes: dict[str, api.InferenceRuntimeSpec], reason: str
+) -> None:
+    with pytest.raises(builders.RuntimeResolutionError) as err:
+        builders.choose_runtime(spec(**kw), runtimes)
+    assert err.value.reason == reason
+
+
+def test_deployment_never_sets_replicas_and_is_restricted() -> None:
+    dep = builders.build_deployment(OWNER, spec(gpu={"count": 2}), "triton", TRITON)
+    assert "replicas" not in dep["spec"]
+    pod = dep["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    assert server["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert pod["initContainers"][0]["args"][:3] == [
+        "storage-init",
+        "https://h/m.onnx",
+        "/mnt/models",
+    ]
+
+
+def test_pvc_mounts_read_only_without_copy() -> None:
+    dep = builders.build_deployment(
+        OWNER,
+        spec(model={"name": "mlp", "format": "onnx", "storageUri": "pvc://claim/a/b"}),
+        "onnxruntime",
+        ONNX_RT,
+    )
+    pod = dep["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model-pvc")
+    assert mount == {
+        "name": "model-pvc",
+        "mountPath": "/mnt/models/mlp/1",
+        "readOnly": True,
+        "subPath": "a/b",
+    }
+
+
+def test_triton_config_carries_batching() -> None:
+    name, text = builders.build_model_config(
+        spec(
+            batching={
+                "maxBatchSize": 64,
+                "preferredBatchSizes": [16, 32],
+                "maxQueueDelayMicroseconds": 100,
+            },
+            gpu={"count": 1},
+        ),
+        TRITON,
+    )
+    assert name == "config.pbtxt"
+    assert "max_batch_size: 64" in text and "preferred_batch_size: 16" in text
+    assert "max_queue_delay_microseconds: 100" in text and "KIND_GPU" in text
+
+
+def test_pdb_only_with_two_replicas_promised() -> None:
+    assert builders.build_pdb(OWNER, spec(), "t") is None
+    pdb = builders.build_pdb(OWNER, spec(scaling={"minReplicas": 2, "maxReplicas": 3}), "t")
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(
+    "kw,current,expected",
+    [
+        ({}, 7, 4),  # clamped to maxReplicas 4
+        ({"scaling": {"minReplicas": 2, "maxReplicas": 4}}, 1, 2),
+        ({"stopped": True}, 3, 0),
+        ({"scaling": {"mode": "Off"}, "replicas": 5}, 1, 5),
+    ],
+)
+def test_clamp_replicas(kw: dict[str, Any], current: int, expected: int) -> None:
+    assert builders.clamp_replicas(spec(**kw), current) == expected
+
+
+def test_pod_metadata_cannot_override_selector_labels() -> None:
+    dep = builders.build_deployment(
+        OWNER,
+        spec(
+            podMetadata={
+                "labels": {"kubeinfer.io/inferenceservice": "x", "team": "a"},
+                "annotations": {"sidecar.istio.io/inject": "false"},
+            }
+        ),
+        "onnxruntime",
+        ONNX_RT,
+    )
+    meta = dep["spec"]["template"]["metadata"]
+    assert meta["labels"]["kubeinfer.io/inferenceservice"] == "m"
+    assert meta["labels"]["team"] == "a"
+    assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
+
+
+def test_cross_field_validation_in_python() -> None:
+    with pytest.raises(ValueError, match="minReplicas"):
+        spec(scaling={"minReplicas": 5, "maxReplicas": 2})
+    with pytest.raises(ValueError, match="extra"):
+        spec(unknownField=1)

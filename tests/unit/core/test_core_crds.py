@@ -1,0 +1,55 @@
+"""crds/ and the chart's copy are exactly what the models generate; the schema is structural."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+
+from kubeinfer.core import crdgen
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize("directory", ["crds", "charts/kubeinfer/crds"])
+def test_generated_crds_are_up_to_date(directory: str) -> None:
+    for name, crd in crdgen.all_crds().items():
+        path = REPO / directory / name
+        assert path.exists(), f"{path} missing: run `make crds`"
+        assert path.read_text() == crdgen.render(crd), f"{path} is stale: run `make crds`"
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for key, value in node.get("properties", {}).items():
+            out.extend(_walk(value, f"{path}.{key}"))
+        if isinstance(node.get("items"), dict):
+            out.extend(_walk(node["items"], f"{path}[]"))
+    return out
+
+
+def test_schema_is_structural() -> None:
+    schema = crdgen.inference_service_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
+        assert "type" in node, f"{path} has no type"
+        if node.get("additionalProperties") is False:
+            pytest.fail(f"{path}: additionalProperties false is not structural")
+
+
+def test_cel_rules_and_subresources() -> None:
+    crd = crdgen.inference_service_crd()
+    version = crd["spec"]["versions"][0]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = [r["rule"] for r in spec["properties"]["scaling"]["x-kubernetes-validations"]]
+    assert "self.minReplicas <= self.maxReplicas" in rules
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert crd["spec"]["names"]["shortNames"] == ["kisvc"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:3] == [
+        "Ready",
+        "Runtime",
+        "Replicas",
+    ]

@@ -1,0 +1,130 @@
+"""Status rules: Ready tells the truth, with the most specific reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubeinfer.core import status
+
+AVAILABLE = {
+    "status": {
+        "replicas": 2,
+        "readyReplicas": 2,
+        "conditions": [{"type": "Available", "status": "True"}],
+    }
+}
+
+
+def observed(**kw: Any) -> status.Observed:
+    base: dict[str, Any] = dict(
+        generation=3,
+        runtime_name="onnxruntime",
+        runtime_problem=None,
+        spec_problem=None,
+        stopped=False,
+        gpu_resource="nvidia.com/gpu",
+        gpus_per_replica=1,
+        url="http://x",
+        selector="a=b",
+        deployment=AVAILABLE,
+        pods=[],
+    )
+    base.update(kw)
+    return status.Observed(**base)
+
+
+def cond(st: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in st["conditions"] if c["type"] == ctype)
+
+
+def pod(name: str, **status_: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status_}
+
+
+def test_ready_when_everything_is_right() -> None:
+    st = status.build_status(observed())
+    assert cond(st, "Ready")["status"] == "True"
+    assert st["readyReplicas"] == 2 and st["gpus"] == 2 and st["observedGeneration"] == 3
+
+
+def test_gpu_starvation_names_the_reason() -> None:
+    waiting = pod(
+        "p1",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/4 nodes: 4 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    st = status.build_status(observed(pods=[waiting], deployment={"status": {"replicas": 1}}))
+    assert cond(st, "WaitingForGPUCapacity")["status"] == "True"
+    ready = cond(st, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForGPUCapacity")
+
+
+@pytest.mark.parametrize(
+    "container_status,reason",
+    [
+        (
+            {
+                "name": "server",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"reason": "OOMKilled"}},
+            },
+            "OOMKilled",
+        ),
+        (
+            {"name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+            "CrashLoopBackOff",
+        ),
+        (
+            {
+                "name": "server",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}},
+            },
+            "ImagePullBackOff",
+        ),
+    ],
+)
+def test_pod_failures_surface(container_status: dict[str, Any], reason: str) -> None:
+    st = status.build_status(observed(pods=[pod("p", containerStatuses=[container_status])]))
+    assert cond(st, "PodsHealthy")["reason"] == reason
+    assert cond(st, "Ready")["status"] == "False"
+
+
+def test_init_container_failure() -> None:
+    failing = pod(
+        "p",
+        initContainerStatuses=[
+            {
+                "name": "storage-initializer",
+                "state": {
+                    "terminated": {"reason": "Error", "exitCode": 3, "message": "object not found"}
+                },
+            }
+        ],
+    )
+    st = status.build_status(observed(pods=[failing]))
+    assert cond(st, "PodsHealthy")["reason"] == "InitContainerFailed"
+    assert "object not found" in cond(st, "PodsHealthy")["message"]
+
+
+def test_runtime_problem_and_stopped() -> None:
+    problem = status.Problem(status.ConditionType.RUNTIME_RESOLVED, "NoRuntimeForFormat", "m")
+    st = status.build_status(observed(runtime_problem=problem, runtime_name=None))
+    assert cond(st, "Ready")["reason"] == "NoRuntimeForFormat"
+    st = status.build_status(observed(stopped=True))
+    assert cond(st, "Ready")["reason"] == "Stopped"
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "T0"}]
+    new = [{"type": "Ready", "status": "True"}]
+    assert status.merge_conditions(new, old, "T1")[0]["lastTransitionTime"] == "T0"
+    flipped = [{"type": "Ready", "status": "False"}]
+    assert status.merge_conditions(flipped, old, "T1")[0]["lastTransitionTime"] == "T1"
