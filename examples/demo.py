@@ -26,11 +26,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration" / "runtime")]
 
 from kubernetes import client, config  # noqa: E402
 from runtime_models import build_mlp  # noqa: E402
+
+from kubeinfer.cluster import run  # noqa: E402
 from tests.e2e.load import run_load  # noqa: E402
 from tests.e2e.pod_servers import PodServers  # noqa: E402
 from tests.operator_process import OperatorProcess, install, python_env  # noqa: E402
-
-from kubeinfer.cluster import run  # noqa: E402
 
 
 def step(text: str) -> None:

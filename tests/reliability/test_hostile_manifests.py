@@ -58,7 +58,39 @@ values = st.one_of(
     st.lists(st.integers(-3, 10), max_size=3),
     st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2),
 )
-mutations = st.lists(st.tuples(st.sampled_from(PATHS), values), max_size=3)
+# Values a field accepts, so that about half the examples get past validation and exercise
+# the operator instead of the API server.
+VALID: dict[str, list[Any]] = {
+    "model.name": ["m", "a-b-1", "x" * 63],
+    "model.format": ["onnx", "pytorch", "python"],
+    "model.storageUri": ["s3://b/k", "pvc://claim/path", "http://127.0.0.1:9/" + "p" * 2000],
+    "model.version": [1, 1_000_000],
+    "model.credentialsSecret": ["missing", "s" * 253],
+    "model.versionPolicy": [{"policy": "All"}, {"policy": "Specific", "versions": [1, 2]}],
+    "runtime": ["onnxruntime", "triton", "does-not-exist"],
+    "gpu.count": [0, 1, 64],
+    "gpu.resourceName": ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"],
+    "batching.maxBatchSize": [0, 4096],
+    "batching.preferredBatchSizes": [[], [1]],
+    "scaling.minReplicas": [1],
+    "scaling.maxReplicas": [1, 2],
+    "scaling.mode": ["Auto", "Recommend", "Off"],
+    "scaling.metric": ["QueueDepth", "QueueTime", "RequestRate"],
+    "scaling.target": [0, 0.5, 1e9],
+    "replicas": [0, 1, 2],
+    "stopped": [True, False],
+    "scheduling.nodeSelector": [{}, {"zone": "nowhere"}],
+    "scheduling.tolerations": [[{"key": "k", "operator": "Exists"}]],
+    "resources.requests.cpu": ["100m", "2"],
+    "unknownField": [{"nested": [1, 2]}, "x" * 10_000],
+    "model.unknownField": [1],
+}
+mutations = st.lists(
+    st.sampled_from(PATHS).flatmap(
+        lambda path: st.tuples(st.just(path), st.sampled_from(VALID[path]) | values)
+    ),
+    max_size=3,
+)
 counter = itertools.count()
 outcomes: dict[str, int] = {"rejected": 0, "accepted": 0}
 
@@ -79,7 +111,7 @@ def field_named(message: str) -> bool:
 
 @given(changes=mutations)
 @settings(
-    max_examples=25,
+    max_examples=30,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

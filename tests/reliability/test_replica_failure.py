@@ -50,7 +50,7 @@ def test_replica_killed_under_load_loses_nothing(
         load.start()
         time.sleep(4)
         with servers._lock:  # the harness's own table of pod -> (ip, process)
-            pod, (ip, proc) = sorted(servers.procs.items())[0]
+            pod, (_ip, proc) = sorted(servers.procs.items())[0]
         os.kill(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         cluster.core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)

@@ -100,7 +100,7 @@ def test_namespaced_mode_keeps_namespaced_rules_out_of_the_cluster_role(
     docs = _kinds(helm_offline.template("--set", "watchNamespaces={team-a,team-b}"))
     (cluster_role,) = docs["ClusterRole"]
     resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
-    assert resources == {"inferenceruntimes", "customresourcedefinitions"}
+    assert resources == {"inferenceruntimes", "customresourcedefinitions", "namespaces"}
     assert {r["metadata"]["namespace"] for r in docs["Role"]} == {"team-a", "team-b"}
     assert {r["metadata"]["namespace"] for r in docs["RoleBinding"]} == {"team-a", "team-b"}
     args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]

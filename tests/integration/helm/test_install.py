@@ -371,7 +371,7 @@ def test_namespaced_mode_sufficient_and_confined(
             ("list", "pods"),
             ("create", "pods"),
             ("delete", "deployments.apps"),
-            ("list", "namespaces"),
+            ("delete", "namespaces"),
         ):
             assert not can_i(cluster, account, verb, resource, None), (verb, resource)
         assert can_i(cluster, account, "list", "inferenceruntimes.kubeinfer.io", None)

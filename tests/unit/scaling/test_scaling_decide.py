@@ -8,6 +8,7 @@ scale-up max(10x, +4), scale-down 2x, stabilization 120 s, GPU veto 0.8, cold st
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from collections.abc import Callable
 
@@ -291,6 +292,30 @@ CASES = [
         clamps=(C.TOLERANCE,),
     ),
     Case(
+        "hysteresis: a drop under 20 % of the count holds",
+        [80.0] * 30,  # 10 wanted, 12 running: 2 < 0.2 * 12
+        current=12,
+        desired=12,
+        reason=R.HOLD,
+        clamps=(C.HYSTERESIS,),
+        policy=WIDE,
+    ),
+    Case(
+        "hysteresis always allows one replica",
+        [24.0] * 30,  # 3 wanted, 4 running
+        current=4,
+        desired=3,
+        reason=R.SCALE_DOWN,
+    ),
+    Case(
+        "hysteresis: a drop of 20 % goes ahead",
+        [80.0] * 30,  # 10 wanted, 13 running: 3 >= 2.6
+        current=13,
+        desired=10,
+        reason=R.SCALE_DOWN,
+        policy=WIDE,
+    ),
+    Case(
         "same load with only ready capacity panics",
         [48.0] * 27 + [40.0] * 3,
         current=2,
@@ -381,7 +406,73 @@ def test_early_scale_up_uses_cold_start_horizon(
         replicas=decide.Replicas(current=4, ready=4 - starting, starting=starting),
     )
     assert (result.desired, result.reason) == (desired, reason)
-    assert result.inputs.trend_per_s == (pytest.approx(0.5) if starting == 0 else None)
+    # The trend is reported either way; it only acts when nothing is starting.
+    assert result.inputs.trend_per_s == pytest.approx(0.5)
+
+
+def test_rising_trend_is_a_floor_for_scale_down() -> None:
+    # The stable window wants ceil(27 / 8) = 4 of 10, but the rise projects
+    # 33 + 0.5 * 60 = 63 -> 8 one cold start ahead: keep 8 (the 2x rate limit alone allows 5).
+    result = decide.decide(
+        policy=WIDE,
+        window=window_of(RAMP),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=10, ready=10),
+    )
+    assert (result.desired, result.reason, result.clamps) == (
+        8,
+        R.SCALE_DOWN,
+        (C.SCALE_DOWN_RATE, C.TREND),
+    )
+
+
+def test_trend_needs_half_its_window_of_points() -> None:
+    # Three fresh points rising 5 per second (an operator that just started): no trend, so no
+    # projection to 30 + 5 * 60 = 330; the stable average 20 -> 3 replicas decides.
+    result = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window_of([10.0, 20.0, 30.0]),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert (result.desired, result.reason) == (3, R.SCALE_DOWN)
+    assert result.inputs.trend_per_s is None
+
+
+def test_small_projected_rise_is_within_tolerance() -> None:
+    # A perfect but slight rise, 0.01 per second: 32.28 + 0.6 -> 4.1 replicas of 4 is within the
+    # 10 % tolerance, so no early scale-up on what is a flat load.
+    result = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=window_of([32.0 + 0.02 * i for i in range(15)]),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert (result.desired, result.reason, result.clamps) == (4, R.HOLD, (C.TOLERANCE,))
+    assert result.inputs.trend_per_s == pytest.approx(0.01)
+
+
+def test_queue_depth_trend_is_fitted_on_the_request_rate() -> None:
+    # The pending gauge jumps between 30 and 34 (no trend of its own); the request rate rises
+    # 1 per second from 40 to 68. Little's law: 31.87 depth per 54 requests/s on average, so
+    # the depth rises 0.59 per second; 31.33 (panic window) + 0.59 * 60 = 66.7 -> 8.3 -> 9.
+    w = window.SignalWindow(length_s=60, granularity_s=2)
+    for i in range(15):
+        t = NOW - 2 * (14 - i)
+        sample = dataclasses.replace(tick(t, 30.0 + 4 * (i % 2)), request_rate_total=40.0 + 2 * i)
+        w.record(sample=sample)
+    result = decide.decide(
+        policy=policy.ScalingPolicy(),
+        window=w,
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert (result.desired, result.reason) == (9, R.EARLY_SCALE_UP)
+    assert result.inputs.trend_per_s == pytest.approx(478.0 / 15 / 54.0)
 
 
 def test_noisy_trend_is_not_trusted() -> None:
@@ -499,6 +590,20 @@ def test_ramp_scales_ahead_of_the_load() -> None:
     # Replicas reach what the peak needs (96 / 8 = 12) well before the ramp ends at t = 500.
     assert next(t for t, r in out if r.desired >= 12) <= 470
     assert max(r.desired for _, r in out) <= 14
+
+
+def test_gradual_decline_scales_down_in_few_large_steps() -> None:
+    def decline(t: float) -> float:
+        return 96.0 - min(max(t - 100, 0), 200) * 0.4  # 96 -> 16 over 200 s
+
+    out = run(decline, until=700, scaling=policy.ScalingPolicy(max_replicas=20), start=12)
+    moves = changes(out)
+    assert all(reason == "ScaleDown" for _, _, reason in moves)
+    counts = [12] + [desired for _, desired, _ in moves]
+    # Every move gives back at least 20 % of the count (or one replica), down to 16 / 8 = 2.
+    assert all(a - b >= max(1, 0.2 * a) for a, b in itertools.pairwise(counts))
+    assert counts[-1] == 2
+    assert len(moves) <= 6
 
 
 def test_noisy_load_does_not_flap() -> None:

@@ -93,6 +93,8 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
         {"scale_down_max_rate": 0.5},
         {"failures_before_fallback": 0},
         {"fallback_replicas": -1},
+        {"scale_down_min_fraction": 1.0},
+        {"trend_min_coverage": 1.5},
     ],
 )
 def test_policy_rejects_bad_knobs(kwargs: dict[str, float]) -> None:
@@ -110,6 +112,7 @@ def test_policy_defaults() -> None:
         p.scrape_interval_s,
         p.gpu_veto_utilization,
     ) == (policy.Metric.QUEUE_DEPTH, 60.0, 6.0, 2.0, 2.0, 0.8)
+    assert (p.scale_down_min_fraction, p.trend_min_coverage) == (0.2, 0.5)
     assert policy.Metric.QUEUE_TIME == "QueueTime"
 
 

@@ -9,10 +9,14 @@ then persists ``result.state``. The rules, in order:
 2. Stable recommendation: the stable-window average against the target; panic mode
    (Knative-like) when the panic window wants ``panic_threshold`` x the capacity we have,
    where starting replicas count as capacity; in panic, never scale down.
-3. Early scale-up: a confident rising trend projected one cold start ahead.
+3. Look-ahead: a confident rising trend projected one cold start ahead. It scales up early
+   (not while replicas are starting) and it is a floor for scale-down: replicas given back
+   during a rise could not come back within a cold start. For QueueDepth the trend is fitted
+   to the request rate (counter deltas, far less noisy than the pending gauge) and turned
+   into queue depth by Little's law (depth per request/s in the stable window).
 4. Tolerance, scale-up rate limit, capacity block (pods waiting for GPUs), scale-down
-   stabilization (the highest recommendation in the window), scale-down rate limit, the GPU
-   veto on scale-down, then min/max.
+   stabilization (the highest recommendation in the window), scale-down rate limit, the
+   trend floor, scale-down hysteresis, the GPU veto on scale-down, then min/max.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class Clamp(enum.StrEnum):
     NO_DATA = "NoData"
     MIN_REPLICAS = "MinReplicas"
     MAX_REPLICAS = "MaxReplicas"
+    # A confident rising trend kept replicas that the current load alone would give back.
+    TREND = "Trend"
+    # The scale-down was smaller than scale_down_min_fraction of the current count.
+    HYSTERESIS = "Hysteresis"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,6 +155,47 @@ def _wanted(*, policy: policy_.ScalingPolicy, value: float, ready: int) -> float
         # Queue time does not add up across pods: scale the ready count proportionally.
         return max(ready, 1) * value / policy.target
     return value / policy.target
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Slope:
+    """A trend in the policy metric's units per second, and whether it may be acted on."""
+
+    per_s: float
+    confident: bool
+
+
+def _rising_trend(
+    *,
+    policy: policy_.ScalingPolicy,
+    window: window_.SignalWindow,
+    now: float,
+    stable: float,
+) -> _Slope | None:
+    """The metric's trend over the trend window, None without enough points to fit one.
+
+    QueueDepth is fitted on the request rate and converted with the stable window's depth per
+    request/s (Little's law: depth = rate x latency), because the pending gauge is sampled at
+    one instant while the rate is a counter delta over the interval.
+    """
+    span = policy.trend_window_s
+    # Coverage of what the window can hold: a stable window shorter than the trend window
+    # keeps fewer buckets.
+    held = min(span, window.length_s)
+    need = max(3, math.ceil(policy.trend_min_coverage * held / window.granularity_s))
+    scale = 1.0
+    series = policy.metric.value
+    if policy.metric is policy_.Metric.QUEUE_DEPTH:
+        rate = window.average(
+            series=policy_.Metric.REQUEST_RATE.value, now=now, span_s=policy.stable_window_s
+        )
+        if rate is not None and rate > 0:
+            series, scale = policy_.Metric.REQUEST_RATE.value, stable / rate
+    trend = window.trend(series=series, now=now, span_s=span)
+    if trend is None or trend.points < need:
+        return None
+    per_s = trend.slope_per_s * scale
+    return _Slope(per_s=per_s, confident=per_s > 0 and trend.r2 >= policy.trend_min_r2)
 
 
 def decide(
@@ -255,18 +304,24 @@ def decide(
     else:
         recommended = math.ceil(wanted_stable)
 
-    # 3. Early scale-up: project a confident rising trend one cold start ahead. Not while
-    # replicas are starting: they are the capacity the trend asked for, and the backlog that
-    # builds while they start would otherwise extrapolate into an overshoot.
-    if policy.early_scale_up and replicas.starting == 0:
-        trend = window.trend(series=series, now=now, span_s=policy.trend_window_s)
-        if trend is not None:
-            trend_per_s = trend.slope_per_s
-            if trend.slope_per_s > 0 and trend.r2 >= policy.trend_min_r2:
-                projected = panic + trend.slope_per_s * cold_start
-                early = math.ceil(_wanted(policy=policy, value=projected, ready=replicas.ready))
-                if early > max(recommended, current):
-                    recommended = early
+    # 3. Look-ahead: project a confident rising trend one cold start ahead.
+    ahead: int | None = None
+    if policy.early_scale_up:
+        slope = _rising_trend(policy=policy, window=window, now=now, stable=stable)
+        if slope is not None:
+            trend_per_s = slope.per_s
+            if slope.confident:
+                projected = _wanted(
+                    policy=policy, value=panic + slope.per_s * cold_start, ready=replicas.ready
+                )
+                ahead = math.ceil(projected)
+                # Early scale-up, not while replicas are starting: they are the capacity the
+                # trend asked for, and the backlog that builds while they start would otherwise
+                # extrapolate into an overshoot. The tolerance applies to the look-ahead too: a
+                # trend projecting a few percent more than we have is noise on a flat load.
+                rise = current == 0 or projected / current - 1 > policy.tolerance
+                if replicas.starting == 0 and rise and ahead > max(recommended, current):
+                    recommended = ahead
                     reason = Reason.EARLY_SCALE_UP
 
     desired = recommended
@@ -297,6 +352,14 @@ def decide(
         if desired < floor:
             desired = floor
             clamps.append(Clamp.SCALE_DOWN_RATE)
+        if ahead is not None and desired < min(ahead, current):
+            desired = min(ahead, current)
+            clamps.append(Clamp.TREND)
+        if desired < current and current - desired < max(
+            1.0, policy.scale_down_min_fraction * current
+        ):
+            desired = current
+            clamps.append(Clamp.HYSTERESIS)
         if desired < current and desired < policy.min_replicas and current <= policy.min_replicas:
             clamps.append(Clamp.MIN_REPLICAS)
             return finish(current, Reason.AT_MIN, recommended)
@@ -308,7 +371,10 @@ def decide(
             clamps.append(Clamp.GPU_VETO)
             return finish(current, Reason.GPU_VETO, recommended)
         if desired == current:
-            return finish(current, Reason.STABILIZING, recommended)
+            held = Clamp.STABILIZATION in clamps and not {Clamp.TREND, Clamp.HYSTERESIS} & set(
+                clamps
+            )
+            return finish(current, Reason.STABILIZING if held else Reason.HOLD, recommended)
         return finish(desired, Reason.SCALE_DOWN, recommended)
     return finish(current, Reason.HOLD, recommended)
 
