@@ -272,7 +272,7 @@ def serve_and_check(cluster: ClusterHandle, proc: OperatorProcess, ns: str) -> N
         GROUP, VERSION, ns, "inferenceservices", isvc("svc")
     )
     try:
-        wait_for(lambda: ready(cluster, ns, "svc"), 90, f"{ns}/svc Ready")
+        wait_for(lambda: ready(cluster, ns, "svc"), 150, f"{ns}/svc Ready")
     finally:
         denied = forbidden_lines(proc.log())
     assert not denied, "\n".join(denied[:20])

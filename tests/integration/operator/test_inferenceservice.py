@@ -392,7 +392,12 @@ def test_restart_makes_zero_writes_and_apply_twice_is_a_noop(
     operator.restart()
     time.sleep(6)  # the initial listings are handled and the autoscaler has ticked twice
     writes = operator.metric("kubeinfer_api_writes_total", namespace=namespace)
-    assert writes == 0, operator.metrics_text("kubeinfer_api_writes_total")
+    events = [
+        f"{e.reason}: {e.message}"
+        for e in cluster.core.list_namespaced_event(namespace).items
+        if e.source and e.source.component == "kubeinfer"
+    ]
+    assert writes == 0, (operator.metrics_text("kubeinfer_api_writes_total"), events[-4:])
     assert deployment(cluster, namespace, "steady").spec.replicas == 3
 
 
