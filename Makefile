@@ -14,7 +14,7 @@ IN_NETNS := bash .ci/netns-exec
 endif
 PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
-.PHONY: help venv tools lint crds crds-check test test-unit test-integration test-e2e \
+.PHONY: help venv tools lint crds crds-check test test-unit test-integration test-e2e test-reliability soak \
         demo cluster cluster-down images bench-reconcile bench-runtime bench-autoscaling clean
 
 help:
@@ -53,7 +53,14 @@ test-integration: venv tools
 test-e2e: venv tools
 	$(PYTEST) tests/e2e -q
 
-test: lint test-unit test-integration test-e2e
+test-reliability: venv tools
+	$(PYTEST) tests/reliability -q
+
+test: lint test-unit test-integration test-e2e test-reliability
+
+# The failure-mode suite at full size (100 InferenceServices x 20 operator crashes).
+soak: venv tools
+	$(IN_NETNS) env KUBEINFER_SOAK=1 $(VENV)/bin/pytest tests/reliability/test_operator_crashes.py -q -s
 
 cluster: tools
 	$(KUBEINFER) cluster up

@@ -41,11 +41,20 @@ def pct(values: list[float], q: float) -> float:
 
 
 def isvc(name: str) -> dict[str, Any]:
-    return {"apiVersion": api.API_VERSION, "kind": "InferenceService",
-            "metadata": {"name": name},
-            "spec": {"model": {"name": "mlp", "format": "onnx",
-                               "storageUri": "https://127.0.0.1:9/mlp.onnx"},
-                     "runtime": "onnxruntime", "gpu": {"count": 0}}}
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {
+                "name": "mlp",
+                "format": "onnx",
+                "storageUri": "https://127.0.0.1:9/mlp.onnx",
+            },
+            "runtime": "onnxruntime",
+            "gpu": {"count": 0},
+        },
+    }
 
 
 class Recorder:
@@ -55,11 +64,15 @@ class Recorder:
         self.present: dict[str, float] = {}
         self.ready: dict[str, float] = {}
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._deployments,
-                                          args=(api_client, namespace, operator), daemon=True)]
+        self._threads = [
+            threading.Thread(
+                target=self._deployments, args=(api_client, namespace, operator), daemon=True
+            )
+        ]
         if operator:
-            self._threads.append(threading.Thread(target=self._isvcs,
-                                                  args=(api_client, namespace), daemon=True))
+            self._threads.append(
+                threading.Thread(target=self._isvcs, args=(api_client, namespace), daemon=True)
+            )
 
     def start(self) -> None:
         for t in self._threads:
@@ -71,22 +84,30 @@ class Recorder:
     def _deployments(self, api_client: client.ApiClient, ns: str, operator: bool) -> None:
         apps = client.AppsV1Api(api_client)
         while not self._stop.is_set():
-            for event in watch.Watch().stream(apps.list_namespaced_deployment, ns,
-                                              timeout_seconds=5):
+            for event in watch.Watch().stream(
+                apps.list_namespaced_deployment, ns, timeout_seconds=5
+            ):
                 dep = event["object"]
                 name = dep.metadata.name.removesuffix("-predictor")
                 now = time.time()
                 self.present.setdefault(name, now)
-                if not operator and any(c.type == "Available" and c.status == "True"
-                                        for c in (dep.status.conditions or [])):
+                if not operator and any(
+                    c.type == "Available" and c.status == "True"
+                    for c in (dep.status.conditions or [])
+                ):
                     self.ready.setdefault(name, now)
 
     def _isvcs(self, api_client: client.ApiClient, ns: str) -> None:
         custom = client.CustomObjectsApi(api_client)
         while not self._stop.is_set():
-            for event in watch.Watch().stream(custom.list_namespaced_custom_object, api.GROUP,
-                                              api.VERSION, ns, "inferenceservices",
-                                              timeout_seconds=5):
+            for event in watch.Watch().stream(
+                custom.list_namespaced_custom_object,
+                api.GROUP,
+                api.VERSION,
+                ns,
+                "inferenceservices",
+                timeout_seconds=5,
+            ):
                 obj = event["object"]
                 conds = (obj.get("status") or {}).get("conditions") or []
                 if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
@@ -103,9 +124,12 @@ def summarize(created: dict[str, float], rec: Recorder) -> dict[str, Any]:
     present = [rec.present[n] - t for n, t in created.items() if n in rec.present]
     ready = [rec.ready[n] - t for n, t in created.items() if n in rec.ready]
     return {
-        "n": len(created), "ready_count": len(ready),
-        "present_p50_s": round(pct(present, 0.5), 3), "present_p99_s": round(pct(present, .99), 3),
-        "ready_p50_s": round(pct(ready, 0.5), 3), "ready_p99_s": round(pct(ready, 0.99), 3),
+        "n": len(created),
+        "ready_count": len(ready),
+        "present_p50_s": round(pct(present, 0.5), 3),
+        "present_p99_s": round(pct(present, 0.99), 3),
+        "ready_p50_s": round(pct(ready, 0.5), 3),
+        "ready_p99_s": round(pct(ready, 0.99), 3),
         "ready_mean_s": round(statistics.fmean(ready), 3),
     }
 
@@ -117,9 +141,15 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
     ours_ns, floor_ns = f"bench-ours-{n}", f"bench-floor-{n}"
     for ns in (ours_ns, floor_ns):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    runtime = api.parse_runtime(json.loads(json.dumps(
-        __import__("yaml").safe_load((REPO / "runtimes/defaults/onnxruntime.yaml").read_text())
-    )["spec"]))
+    runtime = api.parse_runtime(
+        json.loads(
+            json.dumps(
+                __import__("yaml").safe_load(
+                    (REPO / "runtimes/defaults/onnxruntime.yaml").read_text()
+                )
+            )["spec"]
+        )
+    )
     names = [f"svc-{i:04d}" for i in range(n)]
 
     def run_phase(ns: str, create: Any, operator_mode: bool) -> dict[str, Any]:
@@ -128,9 +158,11 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
         time.sleep(1)
         created: dict[str, float] = {}
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
+
             def one(name: str) -> None:
                 created[name] = time.time()
                 create(name)
+
             list(pool.map(one, names))
         wait_all(rec, names, timeout=600)
         rec.stop()
@@ -151,8 +183,9 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
     print(f"[bench] N={n}: through the operator", flush=True)
 
     def ours_create(name: str) -> None:
-        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ours_ns,
-                                               "inferenceservices", isvc(name))
+        custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, ours_ns, "inferenceservices", isvc(name)
+        )
 
     ours = run_phase(ours_ns, ours_create, True)
     time.sleep(3)
@@ -161,10 +194,13 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
     print(f"[bench] N={n}: ours {ours}", flush=True)
     for ns in (ours_ns, floor_ns):
         core.delete_namespace(ns)
-    return {"n": n, "floor": floor, "kubeinfer": ours,
-            "ratio_ready_p99": round(ours["ready_p99_s"] / max(floor["ready_p99_s"], 1e-3), 2),
-            "ratio_present_p99": round(ours["present_p99_s"] / max(floor["present_p99_s"], 1e-3),
-                                       2)}
+    return {
+        "n": n,
+        "floor": floor,
+        "kubeinfer": ours,
+        "ratio_ready_p99": round(ours["ready_p99_s"] / max(floor["ready_p99_s"], 1e-3), 2),
+        "ratio_present_p99": round(ours["present_p99_s"] / max(floor["present_p99_s"], 1e-3), 2),
+    }
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -193,31 +229,41 @@ def main() -> int:
         cluster.down()
     doc = {
         "command": "make bench-reconcile",
-        "machine": f"{platform.system()} {platform.machine()}, "
-                   f"{__import__('os').cpu_count()} CPUs",
-        "python": platform.python_version(), "kubernetes": cluster.tools.kubernetes_version,
-        "operator_peak_rss_mb": peak, "results": results,
+        "machine": f"{platform.system()} {platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "kubernetes": cluster.tools.kubernetes_version,
+        "operator_peak_rss_mb": peak,
+        "results": results,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
-        "# Reconcile benchmark", "",
+        "# Reconcile benchmark",
+        "",
         f"Command: `{doc['command']}`. Machine: {doc['machine']}; Python {doc['python']}; "
-        f"local control plane Kubernetes {doc['kubernetes']} with kwok nodes.", "",
+        f"local control plane Kubernetes {doc['kubernetes']} with kwok nodes.",
+        "",
         "Floor: the same Deployments (from the same builder) created directly with the API, "
         "timed to Available. kubeinfer: InferenceServices created, timed to Deployment present "
-        "and to Ready=True.", "",
+        "and to Ready=True.",
+        "",
         "| N | floor present p99 (s) | ours present p99 (s) | floor ready p50/p99 (s) | "
         "ours ready p50/p99 (s) | ready p99 ratio | API writes/object |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         f, o = r["floor"], r["kubeinfer"]
-        lines.append(f"| {r['n']} | {f['present_p99_s']} | {o['present_p99_s']} | "
-                     f"{f['ready_p50_s']}/{f['ready_p99_s']} | {o['ready_p50_s']}/"
-                     f"{o['ready_p99_s']} | {r['ratio_ready_p99']}x | "
-                     f"{o['api_writes_per_object']} |")
-    lines += ["", f"Operator peak RSS (VmHWM): {peak} MB. Goal: ready p99 within 3x of the "
-              "floor at N=500, RSS under 200 MB.", ""]
+        lines.append(
+            f"| {r['n']} | {f['present_p99_s']} | {o['present_p99_s']} | "
+            f"{f['ready_p50_s']}/{f['ready_p99_s']} | {o['ready_p50_s']}/"
+            f"{o['ready_p99_s']} | {r['ratio_ready_p99']}x | "
+            f"{o['api_writes_per_object']} |"
+        )
+    lines += [
+        "",
+        f"Operator peak RSS (VmHWM): {peak} MB. Goal: ready p99 within 3x of the "
+        "floor at N=500, RSS under 200 MB.",
+        "",
+    ]
     (OUT / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

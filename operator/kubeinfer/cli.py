@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     operator.add_argument("--liveness", default="http://127.0.0.1:8080/healthz")
     operator.add_argument("--metrics-port", type=int, default=8081)
+    operator.add_argument(
+        "--metrics-address", default="127.0.0.1", help="0.0.0.0 in a pod, so it can be scraped"
+    )
     sub.add_parser("crds", help="print the CustomResourceDefinitions generated from the models")
     sub.add_parser("storage-init", help="fetch a model into the model repository")
     sub.add_parser("profile", help="profile an ONNX model at several batch sizes")
@@ -99,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from kubeinfer.handlers import main as operator_main
 
         return operator_main.run(
-            namespaces=args.namespace, liveness=args.liveness, metrics_port=args.metrics_port
+            namespaces=args.namespace,
+            liveness=args.liveness,
+            metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
         )
     return 2
 

@@ -251,12 +251,6 @@ def test_fixed_hostile_http_cases(hostile_server: Server) -> None:
     assert statuses["declared-past-limit"] in (400, 413), statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (REPORT.md): protocol.decode_infer_request lets json's RecursionError escape "
-    "on deeply nested JSON, so the server answers 500; catching RecursionError next to "
-    "JSONDecodeError at protocol.py:97 makes it a 400",
-)
 @pytest.mark.parametrize("body", [b"[" * 500_000, b'{"a":' * 200_000], ids=["array", "object"])
 def test_deeply_nested_json_is_a_400(hostile_server: Server, body: bytes) -> None:
     status = raw_http(

@@ -42,9 +42,7 @@ def test_replica_killed_under_load_loses_nothing(
         result: list[LoadResult] = []
         load = threading.Thread(
             target=lambda: result.append(
-                asyncio.run(
-                    run_load(servers.ready_ips, concurrency=8, duration_s=14, retries=10)
-                )
+                asyncio.run(run_load(servers.ready_ips, concurrency=8, duration_s=14, retries=10))
             )
         )
         load.start()
@@ -70,9 +68,11 @@ def test_replica_killed_under_load_loses_nothing(
             time.sleep(0.5)
         load.join()
     outcome = result[0]
-    decisions = (kube.get_isvc(cluster, namespace, "victim").get("status") or {}).get(
-        "autoscaler", {}
-    ).get("decisions", [])
+    decisions = (
+        (kube.get_isvc(cluster, namespace, "victim").get("status") or {})
+        .get("autoscaler", {})
+        .get("decisions", [])
+    )
     figures.record(
         "replica_failure",
         requests_ok=outcome.ok,

@@ -366,6 +366,10 @@ def up(
             "--controllers=*,-node-ipam-controller,-service-lb-controller,"
             "-cloud-node-lifecycle-controller,-endpoints-controller,-endpointslice-controller,"
             "-endpointslice-mirroring-controller",
+            # kwok renews node leases from one process; on a loaded 2-core machine a renewal
+            # can come late, and a node marked NotReady has its pods marked NotReady for good
+            # (kwok only readies Pending pods). Real node failures are simulated explicitly.
+            "--node-monitor-grace-period=180s",
             "--concurrent-deployment-syncs=10",
             "--concurrent-replicaset-syncs=10",
             "--kube-api-qps=200",

@@ -94,7 +94,8 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
             )
     try:
         header = json.loads(body[:json_end])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # RecursionError: deeply nested JSON ([[[[...) exhausts the parser's stack.
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON in request body: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("request body must be a JSON object")

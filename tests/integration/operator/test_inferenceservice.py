@@ -397,6 +397,34 @@ def test_restart_makes_zero_writes_and_apply_twice_is_a_noop(
         for e in cluster.core.list_namespaced_event(namespace).items
         if e.source and e.source.component == "kubeinfer"
     ]
+    if writes:
+        (operator.log_dir / "restart-debug.txt").write_text(
+            operator.metrics_text("kubeinfer_api_writes_total")
+            + "\n"
+            + "\n".join(events)
+            + "\n"
+            + json.dumps(get_isvc(cluster, namespace, "steady")["status"], indent=1)
+            + "\n".join(
+                f"{q.metadata.name} {q.spec.node_name} {q.status.phase} "
+                f"{[(c.type, c.status, c.reason) for c in q.status.conditions or []]}"
+                for q in cluster.core.list_namespaced_pod(namespace).items
+            )
+            + "\n".join(
+                f"{n.metadata.name} {[(c.type, c.status) for c in n.status.conditions]}"
+                for n in cluster.core.list_node().items
+            )
+            + kubectl(
+                cluster,
+                "get",
+                "rs,pods,inferenceruntimes",
+                "-n",
+                namespace,
+                "-o",
+                "yaml",
+                "--show-managed-fields",
+            ).stdout
+            + operator.log()
+        )
     assert writes == 0, (operator.metrics_text("kubeinfer_api_writes_total"), events[-4:])
     assert deployment(cluster, namespace, "steady").spec.replicas == 3
 
