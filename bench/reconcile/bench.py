@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -26,7 +27,8 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from kubernetes import client, config, watch  # noqa: E402
+import yaml  # noqa: E402
+from kubernetes import client, config  # noqa: E402
 
 from kubeinfer.cluster import run  # noqa: E402
 from kubeinfer.core import api, builders  # noqa: E402
@@ -37,6 +39,8 @@ OUT = pathlib.Path(__file__).resolve().parent
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
@@ -58,60 +62,45 @@ def isvc(name: str) -> dict[str, Any]:
 
 
 class Recorder:
-    """Watches a namespace and stamps the first time each object reaches a state."""
+    """Polls a namespace (every 0.25 s) and stamps the first time each object reaches a state.
+
+    Polling, not watching: the stamp resolution (0.25 s) is the same for both sides."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str, operator: bool) -> None:
         self.present: dict[str, float] = {}
         self.ready: dict[str, float] = {}
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(
-                target=self._deployments, args=(api_client, namespace, operator), daemon=True
-            )
-        ]
-        if operator:
-            self._threads.append(
-                threading.Thread(target=self._isvcs, args=(api_client, namespace), daemon=True)
-            )
+        self._apps = client.AppsV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._ns, self._operator = namespace, operator
+        self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join()
 
-    def _deployments(self, api_client: client.ApiClient, ns: str, operator: bool) -> None:
-        apps = client.AppsV1Api(api_client)
-        while not self._stop.is_set():
-            for event in watch.Watch().stream(
-                apps.list_namespaced_deployment, ns, timeout_seconds=5
-            ):
-                dep = event["object"]
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            now = time.time()
+            for dep in self._apps.list_namespaced_deployment(self._ns).items:
                 name = dep.metadata.name.removesuffix("-predictor")
-                now = time.time()
                 self.present.setdefault(name, now)
-                if not operator and any(
+                if not self._operator and any(
                     c.type == "Available" and c.status == "True"
                     for c in (dep.status.conditions or [])
                 ):
                     self.ready.setdefault(name, now)
-
-    def _isvcs(self, api_client: client.ApiClient, ns: str) -> None:
-        custom = client.CustomObjectsApi(api_client)
-        while not self._stop.is_set():
-            for event in watch.Watch().stream(
-                custom.list_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                ns,
-                "inferenceservices",
-                timeout_seconds=5,
-            ):
-                obj = event["object"]
-                conds = (obj.get("status") or {}).get("conditions") or []
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
-                    self.ready.setdefault(obj["metadata"]["name"], time.time())
+            if self._operator:
+                listing = self._custom.list_namespaced_custom_object(
+                    api.GROUP, api.VERSION, self._ns, "inferenceservices"
+                )
+                for obj in listing["items"]:
+                    conds = (obj.get("status") or {}).get("conditions") or []
+                    if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                        self.ready.setdefault(obj["metadata"]["name"], now)
 
 
 def wait_all(rec: Recorder, names: list[str], timeout: float) -> None:
@@ -142,13 +131,7 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
     for ns in (ours_ns, floor_ns):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     runtime = api.parse_runtime(
-        json.loads(
-            json.dumps(
-                __import__("yaml").safe_load(
-                    (REPO / "runtimes/defaults/onnxruntime.yaml").read_text()
-                )
-            )["spec"]
-        )
+        yaml.safe_load((REPO / "runtimes/defaults/onnxruntime.yaml").read_text())["spec"]
     )
     names = [f"svc-{i:04d}" for i in range(n)]
 
@@ -215,7 +198,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
     args = parser.parse_args()
     cluster = run.up("bench-reconcile", tie_to_parent=True)
-    env = {**__import__("os").environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     operator = OperatorProcess(python_env(env), pathlib.Path(tempfile.mkdtemp()))
     try:
         install(cluster.tools.kubectl, env)
@@ -229,7 +212,7 @@ def main() -> int:
         cluster.down()
     doc = {
         "command": "make bench-reconcile",
-        "machine": f"{platform.system()} {platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
         "kubernetes": cluster.tools.kubernetes_version,
         "operator_peak_rss_mb": peak,

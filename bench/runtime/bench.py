@@ -4,6 +4,8 @@ Run from the repository root:
 
     .venv/bin/python bench/runtime/bench.py            # full run, ~6 minutes on 2 cores
     .venv/bin/python bench/runtime/bench.py --seconds 2 --concurrency 1,8   # a quick look
+    .venv/bin/python bench/runtime/bench.py --seconds 2 --models mlp --protocols grpc \
+        --output-dir /tmp/quick                                # one model and protocol
 
 Triton 2.51 comes from the `nvidia-pytriton` wheel, installed on first use into its own
 virtualenv under ~/.cache/kubeinfer/bench-venv (outside the repository; nothing of it is
@@ -278,6 +280,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for model in MODELS:
         for protocol in ("http", "grpc"):
             rows = [r for r in report["rows"] if r["model"] == model and r["protocol"] == protocol]
+            if not rows:  # Not measured in this run (--models / --protocols).
+                continue
             met = [
                 r["concurrency"]
                 for r in rows
@@ -311,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured time per point")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--models", default=",".join(MODELS), help="subset of " + str(list(MODELS)))
+    parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument(
         "--threads",
         type=int,
@@ -401,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             "ours": {"http": "127.0.0.1:18000", "grpc": "127.0.0.1:18001"},
             "triton": {"http": "127.0.0.1:18100", "grpc": "127.0.0.1:18101"},
         }
-        for model, (_, width, _) in MODELS.items():
-            for protocol in ("http", "grpc"):
+        for model in args.models.split(","):
+            width = MODELS[model][1]
+            for protocol in args.protocols.split(","):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
                     row: dict[str, Any] = {
                         "model": model,

@@ -125,3 +125,46 @@ async def test_full_queue_rejects_at_once_and_failures_reach_callers() -> None:
         with pytest.raises(errors.ExecutionError, match="boom"):
             await task
     await batcher.close()
+
+
+class Recording:
+    """An identity "model" that notes which thread ran each batch."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.threads: list[int] = []
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if self.delay:
+            time.sleep(self.delay)
+        self.threads.append(threading.get_ident())
+        return {"y": inputs["x"]}
+
+
+async def test_tiny_model_on_idle_queue_runs_inline_on_the_loop() -> None:
+    model = Recording()
+    # A generous threshold, so a loaded test machine cannot make the tiny model look slow.
+    batcher = batching.DynamicBatcher(
+        execute=model, max_batch_size=8, max_queue_size=10, inline_max_us=100_000
+    )
+    batcher.start()
+    for _ in range(3):
+        outputs, timings = await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+        np.testing.assert_array_equal(outputs["y"], np.ones((1, 2), np.float32))
+        assert timings.batch_requests == 1
+    await batcher.close()
+    loop_thread = threading.get_ident()
+    # The first ran on a worker (the model's cost was unknown); once it is known to be tiny,
+    # an idle queue runs the request on the event loop itself.
+    assert model.threads[0] != loop_thread
+    assert model.threads[1:] == [loop_thread, loop_thread]
+
+
+async def test_slow_model_never_runs_on_the_loop() -> None:
+    model = Recording(delay=0.002)  # 2 ms: far over the inline threshold.
+    batcher = batching.DynamicBatcher(execute=model, max_batch_size=8, max_queue_size=10)
+    batcher.start()
+    for _ in range(3):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+    await batcher.close()
+    assert threading.get_ident() not in model.threads
