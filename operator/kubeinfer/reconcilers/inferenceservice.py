@@ -22,6 +22,7 @@ from kubeinfer.core import api, builders, status
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+_waiting: set[tuple[str, str]] = set()
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
@@ -82,7 +83,25 @@ def reconcile(
     isvc: dict[str, Any], *, runtimes: dict[str, api.InferenceRuntimeSpec] | None = None
 ) -> Outcome:
     meta = isvc["metadata"]
-    with _lock(meta["namespace"], meta["name"]), telemetry.reconcile_timer():
+    key = (meta["namespace"], meta["name"])
+    with _locks_guard:
+        # A burst of child events (every pod status change) needs one reconcile, not one
+        # each: if a reconcile for this key is already waiting, it will read the newest state.
+        if key in _waiting:
+            return Outcome()
+        _waiting.add(key)
+    lock = _lock(*key)
+    with lock:
+        with _locks_guard:
+            _waiting.discard(key)
+        return _reconcile_locked(isvc, runtimes)
+
+
+def _reconcile_locked(
+    isvc: dict[str, Any], runtimes: dict[str, api.InferenceRuntimeSpec] | None
+) -> Outcome:
+    meta = isvc["metadata"]
+    with telemetry.reconcile_timer():
         try:
             # Watch events can be stale by the time a worker runs (our own status write may
             # already be stored); comparing against a fresh read keeps writes and Events exact.

@@ -1,22 +1,23 @@
 """The dynamic batcher: merges queued requests from any connection into one model run.
 
 Owns the bounded per-model queue, the choice of which queued requests form the next batch
-(`plan_batch`, pure), concatenating their inputs, running the model in a worker thread (or,
-for a tiny model on an idle queue, inline) and splitting the outputs back. It knows nothing
-of protocols or metrics: each request gets its outputs plus a `Timings` record, and the
-caller books them.
+(`plan_batch`, pure), concatenating their inputs, running the model in a worker thread and
+splitting the outputs back. It knows nothing of protocols or metrics: each request gets its
+outputs plus a `Timings` record, and the caller books them.
 
 Like Triton's default, a batch starts as soon as a worker is free (no added delay when the
 queue is idle); requests that arrive while a batch runs wait and form the next, larger one.
-An optional max queue delay holds the first request back to let a batch fill.
+An optional max queue delay holds the first request back to let a batch fill. A tiny model
+on an idle queue runs inline instead (see INLINE_MAX_US); a model of unknown or larger cost
+never runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -29,9 +30,9 @@ from kubeinfer_onnx import errors
 Tensors = dict[str, npt.NDArray[Any]]
 Execute = Callable[[Mapping[str, npt.NDArray[Any]]], Tensors]
 
-# An asyncio submitter runs a batch itself, on its event loop, only when recent batches took
-# less than this: for tiny models that saves two thread handoffs, and the loop is held up
-# for no longer than a couple of small requests' decoding would take anyway.
+# A request runs inline, on the event loop, when the batcher is idle and recent batches took
+# less than this: for tiny models that saves the hop to the worker thread and back (two
+# wake-ups), and the loop is held up no longer than decoding a request or two takes anyway.
 INLINE_MAX_US = 200
 
 
@@ -47,26 +48,13 @@ class Timings:
     batch_requests: int
 
 
+@dataclasses.dataclass(slots=True)
 class _Item:
-    """One queued request, and the future (of its submitter's event loop) that it resolves."""
-
-    __slots__ = ("enqueued_ns", "future", "inputs", "loop", "rows", "signature", "thread")
-
-    def __init__(
-        self,
-        inputs: Mapping[str, npt.NDArray[Any]],
-        rows: int,
-        *,
-        future: asyncio.Future[tuple[Tensors, Timings]],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.inputs = inputs
-        self.rows = rows
-        self.signature = signature_of(inputs)
-        self.enqueued_ns = time.monotonic_ns()
-        self.future = future
-        self.loop = loop
-        self.thread = threading.get_ident()
+    inputs: Mapping[str, npt.NDArray[Any]]
+    rows: int
+    signature: Hashable
+    future: asyncio.Future[tuple[Tensors, Timings]]
+    enqueued_ns: int
 
 
 def signature_of(inputs: Mapping[str, npt.NDArray[Any]]) -> Hashable:
@@ -107,16 +95,7 @@ def plan_batch(
 
 
 class DynamicBatcher:
-    """One model's queue and the worker threads (one per instance) that drain it.
-
-    Requests are submitted from coroutines, on any event loop; each worker thread runs
-    batches (onnxruntime releases the GIL in run(), so instances overlap) and resolves each
-    request's future on its submitter's loop. When the batcher is idle, there is no queue
-    delay and recent batches took under `inline_max_us`, the submitter runs its request
-    itself on its loop: for tiny models that saves a wake-up of the worker and one of the
-    loop. A model of unknown or larger cost never runs on a loop, and under load the queue is
-    never idle, so the workers batch as before.
-    """
+    """One model's queue and the workers (one per instance) that drain it."""
 
     def __init__(
         self,
@@ -138,17 +117,19 @@ class DynamicBatcher:
         self._preferred = tuple(preferred_batch_sizes)
         self._instances = instances
         self._inline_max_ns = inline_max_us * 1000
-        self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)  # Workers: work queued, or stopping.
+        # Recent batch execution time (EWMA), None until a batch has run in a worker.
+        self._recent_ns: float | None = None
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_rows = 0
-        self._executing = 0  # Requests in a running batch.
-        self._busy = 0  # Instances running a batch.
-        # Recent batch execution time (EWMA); None until one has run. Decides inline runs on
-        # an event loop, so a model of unknown speed never runs there.
-        self._recent_ns: float | None = None
-        self._stopping = False
-        self._threads: list[threading.Thread] = []
+        self._executing = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # One thread per instance: onnxruntime releases the GIL in run(), so instances overlap.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=instances, thread_name_prefix="kubeinfer-batch"
+        )
+        self._workers: list[asyncio.Task[None]] = []
 
     @property
     def pending(self) -> int:
@@ -156,85 +137,118 @@ class DynamicBatcher:
         return len(self._queue)
 
     def start(self) -> None:
-        self._threads = [
-            threading.Thread(target=self._work, name=f"kubeinfer-batch-{i}", daemon=True)
-            for i in range(self._instances)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher-{i}") for i in range(self._instances)
         ]
-        for thread in self._threads:
-            thread.start()
 
-    def _admit(self, item: _Item, *, inline: bool) -> list[_Item] | None:
-        """Queue `item` (caller holds the lock); return a batch to run inline, or None.
+    async def submit(
+        self, inputs: Mapping[str, npt.NDArray[Any]], rows: int
+    ) -> tuple[Tensors, Timings]:
+        """Queue one validated request; raises ServerBusyError at once when the queue is full.
 
-        Raises ServerBusyError at once when the queue is full: failing fast instead of waiting
-        is what keeps memory bounded under a flood (at most max_queue_size requests per model).
+        Failing fast instead of waiting is what keeps memory bounded under a flood: at most
+        max_queue_size requests per model are ever held.
         """
         if len(self._queue) >= self._max_queue_size:
             raise errors.ServerBusyError(
                 f"the model's queue is full ({self._max_queue_size} requests); retry later"
             )
+        future: asyncio.Future[tuple[Tensors, Timings]] = asyncio.get_running_loop().create_future()
+        item = _Item(inputs, rows, signature_of(inputs), future, time.monotonic_ns())
+        recent = self._recent_ns
+        if (
+            recent is not None
+            and recent <= self._inline_max_ns
+            and not self._queue
+            and not self._executing
+            and not self._delay_ns
+        ):
+            return self._run_inline(item)
         self._queue.append(item)
-        self._queued_rows += item.rows
-        if inline and not self._delay_ns and not self._busy and len(self._queue) == 1:
-            self._busy += 1
-            return self._take()
-        self._wakeup.notify()
-        return None
-
-    async def submit(
-        self, inputs: Mapping[str, npt.NDArray[Any]], rows: int
-    ) -> tuple[Tensors, Timings]:
-        """Queue one validated request from a coroutine; raises ServerBusyError when full."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Tensors, Timings]] = loop.create_future()
-        item = _Item(inputs, rows, future=future, loop=loop)
-        with self._lock:
-            recent = self._recent_ns
-            batch = self._admit(item, inline=recent is not None and recent <= self._inline_max_ns)
-        if batch is not None:
-            self._run_batch(batch)
+        self._queued_rows += rows
+        self._idle.clear()
+        self._wakeup.set()
         return await future
+
+    def _run_inline(self, item: _Item) -> tuple[Tensors, Timings]:
+        """Run one request on the event loop (idle batcher, tiny model): no thread hops."""
+        self._executing += 1
+        self._idle.clear()
+        try:
+            result = self._run([item])[0]
+        except Exception as exc:
+            raise errors.ExecutionError(f"model execution failed: {exc}") from exc
+        finally:
+            self._executing -= 1
+            if not self._queue and not self._executing:
+                self._idle.set()
+        self._note(result[1])
+        self._on_batch(result[1])
+        return result
+
+    def _note(self, timings: Timings) -> None:
+        elapsed = timings.input_ns + timings.infer_ns + timings.output_ns
+        recent = self._recent_ns
+        self._recent_ns = elapsed if recent is None else 0.8 * recent + 0.2 * elapsed
 
     async def drain(self) -> None:
         """Wait until every accepted request has been answered."""
         while self._queue or self._executing:
-            await asyncio.sleep(0.005)
+            self._idle.clear()
+            await self._idle.wait()
 
     async def close(self) -> None:
         await self.drain()
-        with self._lock:
-            self._stopping = True
-            self._wakeup.notify_all()
-        threads, self._threads = self._threads, []
-        for thread in threads:
-            await asyncio.to_thread(thread.join)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._pool.shutdown(wait=True)
 
-    def _work(self) -> None:
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            with self._lock:
-                while not self._stopping and (not self._queue or self._busy >= self._instances):
-                    self._wakeup.wait()
-                if self._stopping:
-                    return
-                if self._delay_ns and self._queued_rows < self._max_batch_size:
-                    self._wait_for_fill()
-                    if not self._queue:  # Another instance took them meanwhile.
-                        continue
-                self._busy += 1
-                items = self._take()
-            self._run_batch(items)
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._delay_ns and self._queued_rows < self._max_batch_size:
+                await self._wait_for_fill()
+                if not self._queue:  # Another instance took them meanwhile.
+                    continue
+            items = self._take()
+            self._executing += len(items)
+            try:
+                results = await loop.run_in_executor(self._pool, self._run, items)
+            except Exception as exc:  # Fail this batch's requests, keep the worker alive.
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(
+                            errors.ExecutionError(f"model execution failed: {exc}")
+                        )
+            else:
+                self._note(results[0][1])
+                self._on_batch(results[0][1])  # Once per execution, for the batch stats.
+                for item, result in zip(items, results, strict=True):
+                    # done() when the client went away and its handler was cancelled.
+                    if not item.future.done():
+                        item.future.set_result(result)
+            finally:
+                self._executing -= len(items)
+                if not self._queue and not self._executing:
+                    self._idle.set()
 
-    def _wait_for_fill(self) -> None:
-        """Hold the head request up to the max queue delay so a batch can fill (lock held)."""
+    async def _wait_for_fill(self) -> None:
         deadline = self._queue[0].enqueued_ns + self._delay_ns
-        while self._queue and self._queued_rows < self._max_batch_size and not self._stopping:
+        while self._queue and self._queued_rows < self._max_batch_size:
             remaining = deadline - time.monotonic_ns()
             if remaining <= 0:
                 return
-            self._wakeup.wait(remaining / 1e9)
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining / 1e9)
+            except TimeoutError:
+                return
 
     def _take(self) -> list[_Item]:
-        """The next batch from the head of the queue (lock held; counted as executing)."""
         count = (
             plan_batch(
                 [item.rows for item in self._queue],
@@ -247,38 +261,10 @@ class DynamicBatcher:
         )
         items = [self._queue.popleft() for _ in range(count)]
         self._queued_rows -= sum(item.rows for item in items)
-        self._executing += len(items)
         return items
 
-    def _run_batch(self, items: list[_Item]) -> None:
-        """Run one taken batch on this thread and hand each request its result."""
-        started = time.monotonic_ns()
-        try:
-            results = self._run(items)
-        except Exception as exc:  # Fail this batch's requests, keep the batcher alive.
-            failure = errors.ExecutionError(f"model execution failed: {exc}")
-            with self._lock:
-                self._finish(items, time.monotonic_ns() - started)
-            for item in items:
-                _fail(item, failure)
-            return
-        with self._lock:
-            self._on_batch(results[0][1])  # Once per execution, for the batch stats.
-            self._finish(items, time.monotonic_ns() - started)
-        for item, result in zip(items, results, strict=True):
-            _resolve(item, result)
-
-    def _finish(self, items: list[_Item], elapsed_ns: int) -> None:
-        """Book a finished batch (lock held) and pass the turn on to a worker if work waits."""
-        recent = self._recent_ns
-        self._recent_ns = elapsed_ns if recent is None else 0.8 * recent + 0.2 * elapsed_ns
-        self._busy -= 1
-        self._executing -= len(items)
-        if self._queue:
-            self._wakeup.notify()
-
     def _run(self, items: list[_Item]) -> list[tuple[Tensors, Timings]]:
-        """Concatenate, run, split. Returns one (outputs, timings) per item."""
+        """Worker thread: concatenate, run, split. Returns one (outputs, timings) per item."""
         started = time.monotonic_ns()
         if len(items) == 1:
             inputs: Mapping[str, npt.NDArray[Any]] = items[0].inputs
@@ -316,27 +302,3 @@ class DynamicBatcher:
             )
             for item, part in zip(items, parts, strict=True)
         ]
-
-
-def _set_result(future: asyncio.Future[tuple[Tensors, Timings]], result: Any) -> None:
-    if not future.done():  # done() when the client went away and its handler was cancelled.
-        future.set_result(result)
-
-
-def _set_exception(future: asyncio.Future[tuple[Tensors, Timings]], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _resolve(item: _Item, result: tuple[Tensors, Timings]) -> None:
-    if item.thread == threading.get_ident():  # Ran inline, on the submitter's own loop.
-        _set_result(item.future, result)
-    else:
-        item.loop.call_soon_threadsafe(_set_result, item.future, result)
-
-
-def _fail(item: _Item, error: BaseException) -> None:
-    if item.thread == threading.get_ident():
-        _set_exception(item.future, error)
-    else:
-        item.loop.call_soon_threadsafe(_set_exception, item.future, error)
