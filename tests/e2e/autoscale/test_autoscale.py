@@ -110,6 +110,14 @@ def test_scales_up_under_load_and_back_down(
 
         result = asyncio.run(load_and_watch())
         first_up = next((t for t, r in history if r > 1), None)
+        assert first_up is not None, (
+            history,
+            [
+                (e.reason, e.message)
+                for e in cluster.core.list_namespaced_event(namespace).items
+                if e.source and e.source.component == "kubeinfer"
+            ],
+        )
         peak = max(r for _, r in history)
         # Load gone: wait for the scale-down after the stabilization delay.
         wait_for(lambda: replicas(cluster, namespace, "auto") == 1, 120, "scale back to 1")
@@ -129,7 +137,10 @@ def test_scales_up_under_load_and_back_down(
         f"failed={result.failed}; scale events up={len(ups)} down={len(downs)}; "
         f"learned cold start {obj['status']['autoscaler']['coldStartSeconds']} s"
     )
-    assert first_up is not None and first_up < 15, history
+    assert first_up is not None and first_up < 15, [
+        (d["time"], d["reason"], d["desired"], d["inputs"].get("stable"), d["inputs"].get("panic"))
+        for d in decisions
+    ]
     assert peak >= 2
     assert result.failed == 0, result.errors[:5]
     assert result.ok > 100
