@@ -8,6 +8,8 @@ Steps (each printed as it runs):
 5. send a burst of inference requests, watch the autoscaler scale up, then back down;
 6. show `kubectl describe kisvc quickstart` with the autoscaler's decisions.
 Everything started here is stopped at the end (KEEP=1 keeps the cluster for exploring).
+KUBEINFER_INSTALL=helm installs CRDs, runtimes and RBAC with the chart and runs the operator
+with the chart's ServiceAccount identity.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration" / "runtime")]
 
+import yaml  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from runtime_models import build_mlp  # noqa: E402
 
-from kubeinfer.cluster import run  # noqa: E402
+from kubeinfer.cluster import build, run  # noqa: E402
 from tests.e2e.load import run_load  # noqa: E402
 from tests.e2e.pod_servers import PodServers  # noqa: E402
 from tests.operator_process import OperatorProcess, install, python_env  # noqa: E402
@@ -35,6 +39,63 @@ from tests.operator_process import OperatorProcess, install, python_env  # noqa:
 
 def step(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
+
+
+def _install_with_helm(
+    cluster: run.Cluster, env: dict[str, str], kubectl: Any, work: pathlib.Path
+) -> OperatorProcess:
+    """Install the chart (CRDs, runtimes, RBAC, ServiceAccount, the operator Deployment), then
+    run the operator as a local process *with the chart's ServiceAccount identity*: kwok runs
+    no containers, so the Deployment's pod is a stand-in while the process does the work."""
+    step("Installing with Helm: helm install kubeinfer charts/kubeinfer")
+    tools = build.ensure_tools(with_helm=True)
+    assert tools.helm is not None
+    out = subprocess.run(
+        [
+            str(tools.helm),
+            "install",
+            "kubeinfer",
+            str(REPO / "charts" / "kubeinfer"),
+            "-n",
+            "kubeinfer-system",
+            "--create-namespace",
+        ],
+        env=env,
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout
+    print(out)
+    account = kubectl(
+        "get",
+        "sa",
+        "-n",
+        "kubeinfer-system",
+        "-l",
+        "app.kubernetes.io/instance=kubeinfer",
+        "-o",
+        "name",
+    ).split()[0]
+    account = account.split("/", 1)[1]
+    token = kubectl("create", "token", account, "-n", "kubeinfer-system", "--duration=2h")
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = admin["clusters"][0]["cluster"]
+    sa_config = work / "sa-kubeconfig"
+    sa_config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [{"name": "c", "cluster": server}],
+                "users": [{"name": "sa", "user": {"token": token.strip()}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+            }
+        )
+    )
+    sa_config.chmod(0o600)
+    print(f"operator runs as system:serviceaccount:kubeinfer-system:{account}")
+    return OperatorProcess(python_env(dict(env, KUBECONFIG=str(sa_config))), work)
 
 
 def main() -> int:
@@ -67,8 +128,11 @@ def main() -> int:
                 "INTERNAL-IP:.status.addresses[0].address,POD-CIDR:.spec.podCIDR",
             )
         )
-        step("Installing CRDs and runtimes; starting the operator")
-        install(cluster.tools.kubectl, env)
+        if os.environ.get("KUBEINFER_INSTALL") == "helm":
+            operator = _install_with_helm(cluster, env, kubectl, work)
+        else:
+            step("Installing CRDs and runtimes; starting the operator")
+            install(cluster.tools.kubectl, env)
         operator.start()
         print(kubectl("get", "inferenceruntimes"))
         step("Applying examples/quickstart.yaml (an ONNX model on 1 GPU, 1-4 replicas)")
