@@ -147,7 +147,7 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
                 create(name)
 
             list(pool.map(one, names))
-        wait_all(rec, names, timeout=600)
+        wait_all(rec, names, timeout=300)
         rec.stop()
         return summarize(created, rec)
 
@@ -197,7 +197,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
     args = parser.parse_args()
-    cluster = run.up("bench-reconcile", tie_to_parent=True)
+    # 8 nodes x 110 pods: room for N=500 serving pods (4 nodes hold only 440).
+    cluster = run.up("bench-reconcile", nodes=run.NodeSpec(count=8), tie_to_parent=True)
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     operator = OperatorProcess(python_env(env), pathlib.Path(tempfile.mkdtemp()))
     try:
