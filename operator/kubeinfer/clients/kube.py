@@ -1,14 +1,13 @@
 """The only module that talks to the Kubernetes API (the official ``kubernetes`` client).
 
 Owns: server-side apply with a named field manager, reads as plain dicts, status and scale
-writes, Events, and a count of every write (so tests and benchmarks can prove that an operator
-restart writes nothing). Synchronous by design: kopf runs sync handlers in its thread pool, and
-async code calls in through ``asyncio.to_thread``.
+writes, Events, and a count of every write (metric kubeinfer_api_writes_total, so tests and
+benchmarks can prove that an operator restart writes nothing). Synchronous by design: kopf
+runs sync handlers in its thread pool, and async code calls in through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
 import json
@@ -40,23 +39,12 @@ _PATHS = {
     (api.API_VERSION, "InferenceRuntime"): f"/apis/{api.API_VERSION}/inferenceruntimes",
 }
 
-_writes: collections.Counter[str] = collections.Counter()
-_writes_lock = threading.Lock()
-
 
 class Conflict(Exception):
     """Another field manager owns a field we tried to apply."""
 
 
-def writes() -> dict[str, int]:
-    """Writes made by this process, by ``VERB kind`` (a snapshot)."""
-    with _writes_lock:
-        return dict(_writes)
-
-
 def _count(verb: str, kind: str, namespace: str | None = None) -> None:
-    with _writes_lock:
-        _writes[f"{verb} {kind}"] += 1
     telemetry.API_WRITES.labels(verb=verb, kind=kind, namespace=namespace or "").inc()
 
 

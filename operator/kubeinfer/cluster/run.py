@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -548,13 +548,3 @@ def env_exports(name: str = DEFAULT_NAME) -> str:
     tools = build.ensure_tools(with_helm=True)
     path = ":".join(str(d) for d in tools.bin_dirs)
     return f"export KUBECONFIG={kubeconfig_path(name)}\nexport PATH={path}:$PATH\n"
-
-
-@contextlib.contextmanager
-def running(name: str, *, nodes: NodeSpec | None = None) -> Iterator[Cluster]:
-    """A cluster for the duration of a with-block, tied to this process's life."""
-    cluster = up(name, nodes=nodes, tie_to_parent=True)
-    try:
-        yield cluster
-    finally:
-        cluster.down()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
-import time
 from typing import Any
 
 import pydantic
@@ -284,18 +283,3 @@ def reconcile_by_name(
 ) -> Outcome:
     """Reconcile by key (children's watch events carry only the child)."""
     return reconcile({"metadata": {"namespace": namespace, "name": name}}, runtimes=runtimes)
-
-
-def wait_ready(namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
-    """Poll until Ready=True (used by the demo and tests); returns the InferenceService."""
-    deadline = time.monotonic() + timeout
-    isvc: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        isvc = kube.get(api.API_VERSION, "InferenceService", namespace, name)
-        ready = status.ready_condition((isvc or {}).get("status") or {})
-        if ready and ready["status"] == "True":
-            return isvc or {}
-        time.sleep(0.5)
-    raise TimeoutError(
-        f"{namespace}/{name} not Ready after {timeout} s: {(isvc or {}).get('status')}"
-    )
