@@ -1,8 +1,10 @@
 """The only module that talks to the Kubernetes API (the official ``kubernetes`` client).
 
 Owns: server-side apply with a named field manager, reads as plain dicts, status and scale
-writes, Events, and a count of every write (metric kubeinfer_api_writes_total, so tests and
-benchmarks can prove that an operator restart writes nothing). Synchronous by design: kopf
+writes, Events, keeping the watch-fed store (``clients.store``) current with what every write
+returns, cached reads that fall back to a GET on a miss, and a count of every write (metric
+kubeinfer_api_writes_total, so tests and benchmarks can prove that an operator restart writes
+nothing). Synchronous by design: kopf
 runs sync handlers in its thread pool, and async code calls in through ``asyncio.to_thread``.
 """
 
@@ -19,7 +21,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kubeinfer import telemetry
-from kubeinfer.core import api
+from kubeinfer.clients.store import STORE
+from kubeinfer.core import api, builders
 
 RECONCILER_MANAGER = "kubeinfer-reconciler"
 SCALER_MANAGER = "kubeinfer-autoscaler"
@@ -121,6 +124,40 @@ def list_objects(
     return items
 
 
+
+def list_collection(
+    api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """(items, the listing's resourceVersion); namespace None lists across the cluster."""
+    base = _PATHS[(api_version, kind)]
+    path = base.format(ns=namespace) if namespace else base.replace("/namespaces/{ns}", "")
+    query = [("labelSelector", label_selector)] if label_selector else []
+    out: dict[str, Any] = _request("GET", path, query=query)
+    try:
+        rv: int | None = int((out.get("metadata") or {}).get("resourceVersion") or "")
+    except ValueError:
+        rv = None
+    return out.get("items", []), rv
+
+
+def cached_get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """From the store; a miss is read from the API once and remembered (absent included)."""
+    known, obj = STORE.lookup(kind, namespace, name)
+    if known:
+        return obj
+    obj = get(api_version, kind, namespace, name)
+    STORE.remember(kind, namespace, name, obj)
+    return obj
+
+
+def cached_pods(namespace: str, isvc: str) -> list[dict[str, Any]]:
+    """The service's pods from the store, or from the API until the store has been primed."""
+    if STORE.pods_primed:
+        return STORE.pods(namespace, isvc)
+    owner = builders.Owner(name=isvc, namespace=namespace, uid="")
+    return list_objects("v1", "Pod", namespace, builders.selector_string(owner))
+
+
 def apply(obj: dict[str, Any], *, field_manager: str = RECONCILER_MANAGER) -> dict[str, Any]:
     """Server-side apply; ``force`` takes back fields a human changed by hand (drift repair)."""
     meta = obj["metadata"]
@@ -138,6 +175,7 @@ def apply(obj: dict[str, Any], *, field_manager: str = RECONCILER_MANAGER) -> di
         if exc.status == 409:
             raise Conflict(str(exc.body)) from exc
         raise
+    STORE.observe(result)
     return result
 
 
@@ -151,8 +189,12 @@ def delete(api_version: str, kind: str, namespace: str | None, name: str) -> boo
         )
     except ApiException as exc:
         if exc.status == 404:
+            STORE.remember_absent(kind, namespace or "", name)
             return False
         raise
+    STORE.observe(
+        {"kind": kind, "metadata": {"namespace": namespace or "", "name": name}}, deleted=True
+    )
     return True
 
 
@@ -167,6 +209,7 @@ def patch_status(
         body={"status": status},
         content_type="application/merge-patch+json",
     )
+    STORE.observe(result)
     return result
 
 
@@ -185,13 +228,26 @@ def set_scale(
 ) -> None:
     """Write replicas through the scale subresource: the one path that owns spec.replicas."""
     _count("scale", "Deployment", namespace)
-    _request(
+    scale = _request(
         "PATCH",
         _path("apps/v1", "Deployment", namespace, deployment) + "/scale",
         query=[("fieldManager", field_manager)],
         body={"spec": {"replicas": replicas}},
         content_type="application/merge-patch+json",
     )
+    # The Scale carries the Deployment's new resourceVersion: keep the cached Deployment in
+    # step so the next read (the autoscaler's next tick) does not see the old count.
+    known, held = STORE.lookup("Deployment", namespace, deployment)
+    if known and held is not None:
+        updated = {
+            **held,
+            "metadata": {
+                **held["metadata"],
+                "resourceVersion": (scale.get("metadata") or {}).get("resourceVersion"),
+            },
+            "spec": {**(held.get("spec") or {}), "replicas": replicas},
+        }
+        STORE.observe(updated)
 
 
 def emit_event(

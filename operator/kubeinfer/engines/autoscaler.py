@@ -26,6 +26,7 @@ import pydantic
 
 from kubeinfer import telemetry
 from kubeinfer.clients import kube, scrape
+from kubeinfer.clients.store import STORE
 from kubeinfer.core import api, builders, metrics
 from kubeinfer.core.scaling import cold_start, decide, policy, signals, window
 from kubeinfer.core.scaling import state as memory
@@ -86,12 +87,25 @@ def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def classify_pods(
-    pods: list[dict[str, Any]],
-) -> tuple[dict[str, str], int, int, list[tuple[float, float]]]:
-    """({ready pod: IP}, starting, unschedulable, (created, ready) pairs for cold starts)."""
+@dataclasses.dataclass(frozen=True)
+class PodCensus:
+    """The service's live pods, sorted by what they mean for capacity."""
+
+    ready: dict[str, str]  # pod name -> IP, the pods to scrape
+    starting: int  # placed on a node, not Ready yet
+    unschedulable: int  # the scheduler said no (PodScheduled=False)
+    unplaced: int  # the scheduler has not answered yet
+    # (created, ready) timestamps of Ready pods, oldest Ready first, for the cold start.
+    cold_starts: list[tuple[float, float]]
+
+    @property
+    def live(self) -> int:
+        return len(self.ready) + self.starting + self.unschedulable + self.unplaced
+
+
+def classify_pods(pods: list[dict[str, Any]]) -> PodCensus:
     ready: dict[str, str] = {}
-    starting = unschedulable = 0
+    starting = unschedulable = unplaced = 0
     pairs: list[tuple[float, float]] = []
     for pod in pods:
         meta, st = pod["metadata"], pod.get("status") or {}
@@ -99,18 +113,21 @@ def classify_pods(
             continue
         conds = {c.get("type"): c for c in st.get("conditions") or []}
         is_ready = conds.get("Ready", {}).get("status") == "True"
+        scheduled = conds.get("PodScheduled", {}).get("status")
         if is_ready and st.get("podIP"):
             ready[meta["name"]] = st["podIP"]
             created = _parse_time(meta.get("creationTimestamp"))
             became = _parse_time(conds["Ready"].get("lastTransitionTime"))
             if created is not None and became is not None:
                 pairs.append((created, became))
-        elif conds.get("PodScheduled", {}).get("status") == "False":
+        elif scheduled == "False":
             unschedulable += 1
-        else:
+        elif scheduled == "True" or (pod.get("spec") or {}).get("nodeName"):
             starting += 1
+        else:
+            unplaced += 1
     pairs.sort(key=lambda p: p[1])
-    return ready, starting, unschedulable, pairs
+    return PodCensus(ready, starting, unschedulable, unplaced, pairs)
 
 
 def _numeric(inputs: dict[str, Any]) -> dict[str, float]:
@@ -245,13 +262,22 @@ class Autoscaler:
         ns, name = key
         owner = builders.Owner(name=name, namespace=ns, uid="")
         deployment_name = builders.child_name(owner)
-        pods, current = await asyncio.gather(
-            asyncio.to_thread(kube.list_objects, "v1", "Pod", ns, builders.selector_string(owner)),
-            asyncio.to_thread(kube.get_scale, ns, deployment_name),
-        )
-        if current is None:
+        # Both from the watch-fed store: no API read per service per tick. Only a store miss
+        # (before the start-up listing, or a Deployment never seen) reads the API, off the loop.
+        known, deployment = STORE.lookup("Deployment", ns, deployment_name)
+        if not known:
+            deployment = await asyncio.to_thread(
+                kube.cached_get, "apps/v1", "Deployment", ns, deployment_name
+            )
+        if STORE.pods_primed:
+            pods = STORE.pods(ns, name)
+        else:
+            pods = await asyncio.to_thread(kube.cached_pods, ns, name)
+        if deployment is None:
             return  # the reconciler has not created the Deployment yet
-        ready, starting, unschedulable, pairs = classify_pods(pods)
+        current = int((deployment.get("spec") or {}).get("replicas") or 0)
+        census = classify_pods(pods)
+        ready = census.ready
         runtime_name = (tracked.isvc.get("status") or {}).get("runtime") or ""
         runtime = self._runtimes.get(runtime_name)
         port = runtime.ports.metrics if runtime else 8002
@@ -287,7 +313,7 @@ class Autoscaler:
         if sample is not None:
             tracked.window.record(sample=sample)
         tracked.window.prune(now=now)
-        learned = cold_start.learn(pairs=pairs, previous_s=tracked.state.cold_start_s)
+        learned = cold_start.learn(pairs=census.cold_starts, previous_s=tracked.state.cold_start_s)
         st = dataclasses.replace(tracked.state, cold_start_s=learned)
         result = decide.decide(
             policy=tracked.policy,
@@ -295,7 +321,12 @@ class Autoscaler:
             state=st,
             now=now,
             replicas=decide.Replicas(
-                current=current, ready=len(ready), starting=starting, unschedulable=unschedulable
+                current=current,
+                ready=len(ready),
+                starting=census.starting,
+                unschedulable=census.unschedulable,
+                # Pods the Deployment controller has yet to create are not placed either.
+                placing=census.unplaced + max(0, current - census.live),
             ),
             scraped=sample is not None,
         )

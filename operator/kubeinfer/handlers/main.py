@@ -7,7 +7,7 @@ import logging
 import kopf
 from prometheus_client import start_http_server
 
-from kubeinfer.handlers import operator  # noqa: F401  (registers the handlers)
+from kubeinfer.handlers import operator  # registers the handlers
 
 
 def run(
@@ -18,6 +18,7 @@ def run(
     )
     # kopf logs every successful handler call at INFO; our Events and metrics say what matters.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    operator.namespaces = list(namespaces)
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_address)
     kopf.run(

@@ -1,9 +1,12 @@
 """Watch InferenceServices, their children and the runtime catalogue; hand each event to the
 reconciler.
 
-Only event handlers and one startup task are used: no kopf change handlers, daemons or
-finalizers, so kopf itself never writes annotations, status or finalizers to user objects and a
-restarted operator makes no writes to objects that are already right. Handlers return None.
+Every event is first taken into the watch-fed store (``clients.store``) that the reconciler
+and the autoscaler read from; the store is primed from a full listing before the watches start
+and re-listed by the periodic resync. Only event handlers and one startup task are used: no
+kopf change handlers, daemons or finalizers, so kopf itself never writes annotations, status or
+finalizers to user objects and a restarted operator makes no writes to objects that are already
+right. Handlers return None.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import kopf
 
 from kubeinfer import telemetry
+from kubeinfer.clients import kube
+from kubeinfer.clients.store import STORE
 from kubeinfer.core import api, builders
 from kubeinfer.engines import autoscaler
 from kubeinfer.reconcilers import inferenceservice
@@ -24,6 +29,32 @@ _runtimes: dict[str, api.InferenceRuntimeSpec] | None = None
 _known: set[tuple[str, str]] = set()
 _engine: autoscaler.Autoscaler | None = None
 _tasks: list[asyncio.Task[None]] = []
+# The namespaces the operator watches; empty means the whole cluster (set by handlers.main).
+namespaces: list[str] = []
+
+# What the store holds, listed at start-up and on each resync. Children carry our label.
+_CACHED_KINDS = [
+    (api.API_VERSION, "InferenceService", None),
+    ("apps/v1", "Deployment", builders.LABEL_ISVC),
+    ("v1", "Service", builders.LABEL_ISVC),
+    ("v1", "ConfigMap", builders.LABEL_ISVC),
+    ("policy/v1", "PodDisruptionBudget", builders.LABEL_ISVC),
+    ("v1", "Pod", builders.LABEL_ISVC),
+]
+
+
+def relist() -> None:
+    """Take a full listing of every cached kind into the store (informer-style replace)."""
+    for api_version, kind, selector in _CACHED_KINDS:
+        items: list[dict[str, Any]] = []
+        newest: int | None = None
+        scopes: list[str | None] = list(namespaces) or [None]
+        for ns in scopes:
+            found, rv = kube.list_collection(api_version, kind, ns, selector)
+            items.extend(found)
+            # Several namespaces: the oldest listing bounds what may be dropped.
+            newest = rv if newest is None or rv is None else min(newest, rv)
+        STORE.replace(api_version, kind, items, newest)
 
 
 def _catalogue() -> dict[str, api.InferenceRuntimeSpec]:
@@ -44,6 +75,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 32
     # kopf would otherwise post its own Events for handler errors; ours carry the real reason.
     settings.posting.level = logging.WARNING
+    try:
+        await asyncio.to_thread(relist)
+    except Exception:
+        # Reads fall back to the API until the resync lists successfully.
+        log.warning("could not prime the store; reading from the API until the next resync")
     _engine = autoscaler.Autoscaler()
     loop = asyncio.get_running_loop()
     _tasks.append(loop.create_task(_engine.run()))
@@ -70,9 +106,12 @@ def runtime_event(**_: Any) -> None:
 @kopf.on.event(api.GROUP, api.VERSION, "inferenceservices")
 def isvc_event(type: str, body: kopf.Body, **_: Any) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    STORE.observe(dict(body), deleted=type == "DELETED")
     if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
         # Children go with the owner through garbage collection.
         _known.discard(key)
+        if type == "DELETED":
+            STORE.forget_service(*key)
         if _engine is not None:
             _engine.forget(key)
         telemetry.MANAGED.set(len(_known))
@@ -85,7 +124,8 @@ def isvc_event(type: str, body: kopf.Body, **_: Any) -> None:
         _engine.track(isvc)
 
 
-def _child_event(body: kopf.Body) -> None:
+def _child_event(type: str, body: kopf.Body) -> None:
+    STORE.observe(dict(body), deleted=type == "DELETED")
     owner = body["metadata"].get("labels", {}).get(builders.LABEL_ISVC)
     namespace = body["metadata"].get("namespace")
     if not owner or not namespace or (namespace, owner) not in _known:
@@ -98,36 +138,42 @@ LABELS = {builders.LABEL_ISVC: kopf.PRESENT}
 
 @kopf.on.event("apps", "v1", "deployments", labels=LABELS)
 def deployment_event(type: str, body: kopf.Body, **_: Any) -> None:
-    _child_event(body)
+    _child_event(type, body)
 
 
 @kopf.on.event("", "v1", "services", labels=LABELS)
 def service_event(type: str, body: kopf.Body, **_: Any) -> None:
-    _child_event(body)
+    _child_event(type, body)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=LABELS)
 def configmap_event(type: str, body: kopf.Body, **_: Any) -> None:
-    _child_event(body)
+    _child_event(type, body)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=LABELS)
 def pdb_event(type: str, body: kopf.Body, **_: Any) -> None:
-    _child_event(body)
+    _child_event(type, body)
 
 
 @kopf.on.event("", "v1", "pods", labels=LABELS)
 def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
     if _engine is not None:
         _engine.observe_pod(dict(body), deleted=type == "DELETED")
-    _child_event(body)
+    _child_event(type, body)
 
 
 async def _resync_forever(interval: float = 60) -> None:
-    """A periodic safety net for anything a missed watch event would leave stale. Not a kopf
-    timer: kopf would add a finalizer to every InferenceService to stop it."""
+    """A periodic safety net for anything a missed watch event would leave stale: re-list into
+    the store (a watch broken by an API server restart never reports deletions it missed),
+    then reconcile everything from memory. Not a kopf timer: kopf would add a finalizer to
+    every InferenceService to stop it."""
     while True:
         await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(relist)
+        except Exception:
+            log.warning("resync listing failed; the store keeps its last state", exc_info=True)
         for namespace, name in sorted(_known):
             try:
                 await asyncio.to_thread(inferenceservice.reconcile_by_name, namespace, name)

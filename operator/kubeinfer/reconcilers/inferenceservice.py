@@ -3,7 +3,9 @@
 Owns: the order of operations and the "write only what differs" rule. Every child is compared
 with what the API server holds before it is applied, so an operator restart (or a watch event
 caused by our own status write) makes zero writes for objects that are already right. Builders
-and status rules are pure (``kubeinfer.core``); all API calls go through ``clients.kube``.
+and status rules are pure (``kubeinfer.core``); all API calls go through ``clients.kube``, and
+reads come from its watch-fed store (``clients.store``), so a reconcile's only API calls are
+the writes it needs.
 """
 
 from __future__ import annotations
@@ -102,9 +104,12 @@ def _reconcile_locked(
     meta = isvc["metadata"]
     with telemetry.reconcile_timer():
         try:
-            # Watch events can be stale by the time a worker runs (our own status write may
-            # already be stored); comparing against a fresh read keeps writes and Events exact.
-            fresh = kube.get(api.API_VERSION, "InferenceService", meta["namespace"], meta["name"])
+            # The event that brought us here can be stale by the time a worker runs (our own
+            # status write may already be stored); the store holds the newest copy seen from
+            # watches and from our writes, which keeps writes and Events exact.
+            fresh = kube.cached_get(
+                api.API_VERSION, "InferenceService", meta["namespace"], meta["name"]
+            )
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return Outcome()
             return _reconcile(fresh, runtimes)
@@ -157,9 +162,11 @@ def _reconcile(
     ):
         deployment = _apply_children(isvc, owner, spec, runtime_name, runtime, outcome)
     else:
-        deployment = kube.get("apps/v1", "Deployment", owner.namespace, builders.child_name(owner))
+        deployment = kube.cached_get(
+            "apps/v1", "Deployment", owner.namespace, builders.child_name(owner)
+        )
 
-    pods = kube.list_objects("v1", "Pod", owner.namespace, builders.selector_string(owner))
+    pods = kube.cached_pods(owner.namespace, owner.name)
     observed = status.Observed(
         generation=int(meta.get("generation") or 0),
         runtime_name=runtime_name,
@@ -197,7 +204,7 @@ def _apply_children(
     created = False
     for desired in children:
         name = desired["metadata"]["name"]
-        live = kube.get(desired["apiVersion"], desired["kind"], owner.namespace, name)
+        live = kube.cached_get(desired["apiVersion"], desired["kind"], owner.namespace, name)
         if desired["kind"] == "Deployment":
             created = live is None
         if live is None or not contains(desired, live):
@@ -211,7 +218,7 @@ def _apply_children(
             deployment = live
     if pdb is None:
         name = builders.child_name(owner)
-        if kube.get("policy/v1", "PodDisruptionBudget", owner.namespace, name) is not None:
+        if kube.cached_get("policy/v1", "PodDisruptionBudget", owner.namespace, name) is not None:
             kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, name)
             outcome.deleted.append("PodDisruptionBudget")
     if deployment is not None:

@@ -67,6 +67,7 @@ class Case:
     ready: int | None = None
     starting: int = 0
     unschedulable: int = 0
+    placing: int = 0
     gpu: float | None = None
     scraped: bool = True
     policy: policy.ScalingPolicy = dataclasses.field(default_factory=policy.ScalingPolicy)
@@ -274,6 +275,26 @@ CASES = [
         unschedulable=1,
     ),
     Case(
+        "pods the scheduler has not placed yet hold scale-up",
+        [160.0] * 30,
+        current=10,
+        ready=4,
+        desired=10,
+        reason=R.AWAITING_PLACEMENT,
+        clamps=(C.CAPACITY,),
+        placing=6,
+    ),
+    Case(
+        "pods not placed yet allow scale-down",
+        [1.0] * 30,
+        current=4,
+        ready=2,
+        desired=2,
+        reason=R.SCALE_DOWN,
+        clamps=(C.SCALE_DOWN_RATE,),
+        placing=2,
+    ),
+    Case(
         "pods waiting for GPUs allow scale-down",
         [16.0] * 30,
         current=4,
@@ -339,6 +360,7 @@ def test_decide_rules(case: Case) -> None:
             ready=case.current if case.ready is None else case.ready,
             starting=case.starting,
             unschedulable=case.unschedulable,
+            placing=case.placing,
         ),
     )
     assert (result.desired, result.reason, result.clamps) == (

@@ -14,7 +14,9 @@ then persists ``result.state``. The rules, in order:
    during a rise could not come back within a cold start. For QueueDepth the trend is fitted
    to the request rate (counter deltas, far less noisy than the pending gauge) and turned
    into queue depth by Little's law (depth per request/s in the stable window).
-4. Tolerance, scale-up rate limit, capacity block (pods waiting for GPUs), scale-down
+4. Tolerance, scale-up rate limit, capacity block (pods waiting for GPUs, or pods the
+   scheduler has not answered for yet: adding more before it has would pile pending pods
+   onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window), scale-down rate limit, the
    trend floor, scale-down hysteresis, the GPU veto on scale-down, then min/max.
 """
@@ -42,6 +44,7 @@ class Reason(enum.StrEnum):
     NO_DATA = "NoData"
     FALLBACK = "Fallback"
     BLOCKED_BY_CAPACITY = "BlockedByCapacity"
+    AWAITING_PLACEMENT = "AwaitingPlacement"
     GPU_VETO = "GPUVeto"
     STABILIZING = "Stabilizing"
     AT_MAX = "AtMax"
@@ -77,6 +80,9 @@ class Replicas:
     starting: int = 0
     # Pending because no node has a free GPU (WaitingForGPUCapacity).
     unschedulable: int = 0
+    # Asked for (spec.replicas) but not placed yet: not created by the Deployment controller
+    # or not answered by the scheduler. Capacity on its way, unless the cluster is full.
+    placing: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,6 +100,7 @@ class Inputs:
     ready: int
     starting: int
     unschedulable: int
+    placing: int
     recommended: int
     panicking: bool
     scraped: bool
@@ -114,6 +121,7 @@ class Inputs:
             "ready": self.ready,
             "starting": self.starting,
             "unschedulable": self.unschedulable,
+            "placing": self.placing,
             "recommended": self.recommended,
             "panicking": self.panicking,
             "scraped": self.scraped,
@@ -221,7 +229,8 @@ def decide(
     stable = window.average(series=series, now=now, span_s=policy.stable_window_s)
     panic = window.average(series=series, now=now, span_s=policy.panic_window_s)
     gpu = window.average(series=window_.GPU, now=now, span_s=policy.panic_window_s)
-    capacity = max(replicas.ready + replicas.starting, 1)
+    on_the_way = replicas.starting + replicas.placing
+    capacity = max(replicas.ready + on_the_way, 1)
     clamps: list[Clamp] = []
     trend_per_s: float | None = None
     panic_until = state.panic_until
@@ -264,6 +273,7 @@ def decide(
             ready=replicas.ready,
             starting=replicas.starting,
             unschedulable=replicas.unschedulable,
+            placing=replicas.placing,
             recommended=recommended,
             panicking=panic_until is not None,
             scraped=scraped,
@@ -320,7 +330,7 @@ def decide(
                 # extrapolate into an overshoot. The tolerance applies to the look-ahead too: a
                 # trend projecting a few percent more than we have is noise on a flat load.
                 rise = current == 0 or projected / current - 1 > policy.tolerance
-                if replicas.starting == 0 and rise and ahead > max(recommended, current):
+                if on_the_way == 0 and rise and ahead > max(recommended, current):
                     recommended = ahead
                     reason = Reason.EARLY_SCALE_UP
 
@@ -336,6 +346,9 @@ def decide(
         if replicas.unschedulable > 0 and current >= policy.min_replicas:
             clamps.append(Clamp.CAPACITY)
             return finish(current, Reason.BLOCKED_BY_CAPACITY, recommended)
+        if replicas.placing > 0 and current >= policy.min_replicas:
+            clamps.append(Clamp.CAPACITY)
+            return finish(current, Reason.AWAITING_PLACEMENT, recommended)
         if desired > policy.max_replicas and current >= policy.max_replicas:
             clamps.append(Clamp.MAX_REPLICAS)
             return finish(current, Reason.AT_MAX, recommended)
@@ -411,6 +424,10 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
         Reason.BLOCKED_BY_CAPACITY: (
             f"Holding {current} replicas although {inputs.recommended} are wanted: "
             f"{inputs.unschedulable} pods are waiting for GPU capacity."
+        ),
+        Reason.AWAITING_PLACEMENT: (
+            f"Holding {current} replicas although {inputs.recommended} are wanted: "
+            f"{inputs.placing} pods are not placed by the scheduler yet."
         ),
         Reason.GPU_VETO: (
             f"Holding {current} replicas: GPU utilization {(inputs.gpu_utilization or 0):.0%} "

@@ -1,0 +1,189 @@
+"""A watch-fed cache of the objects kubeinfer reads: its InferenceServices and their children
+(Deployments, Services, ConfigMaps, PodDisruptionBudgets, pods).
+
+Owns: keeping the newest copy of each object seen, from three sources - the watch events kopf
+hands the handlers, the objects our own writes return (write-through, so a reconcile never
+reads back something older than what it just wrote), and a full listing at start-up and on
+each resync (which also drops objects whose deletion a broken watch never reported).
+
+Why: at N=500 the reconciler's GETs (~8 per reconcile) and the autoscaler's pod list and
+scale read (2 per service every 2 s) were most of the API traffic and most of the operator's
+time. Reads now come from memory; the API server sees writes, watches and one listing a
+minute. "Newest" is decided by resourceVersion, compared as integers: the API documents it
+as opaque, but every kube-apiserver backed by etcd issues increasing integers, and when one
+is not an integer the incoming copy simply wins.
+
+A key the store has never seen is a miss (``lookup`` says so) and the caller falls back to a
+GET; a GET that finds nothing is remembered as absent until a watch event says otherwise.
+Objects handed out are shared: callers must not mutate them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from kubeinfer.core import builders
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def _rv(obj: dict[str, Any] | None) -> int | None:
+    if obj is None:
+        return None
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or "")
+    except ValueError:
+        return None
+
+
+class Store:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # None = known absent (a GET found nothing, or we deleted it).
+        self._objects: dict[Key, dict[str, Any] | None] = {}
+        # Pods by (namespace, InferenceService name), then pod name.
+        self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        # Whether a full pod listing has been taken in: until then an empty pod list could
+        # just mean "not seen yet", and the callers list from the API instead.
+        self.pods_primed = False
+        # The resourceVersion at which each deleted key went away: an older copy arriving late
+        # (a slow GET, a delayed event) must not resurrect it.
+        self._tombstones: dict[Key, int] = {}
+
+    # ---- writes into the cache ------------------------------------------------------------
+    def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> None:
+        """A watch event or the result of our own write."""
+        meta = obj.get("metadata") or {}
+        kind, ns, name = obj.get("kind") or "", meta.get("namespace") or "", meta.get("name")
+        if not kind or not name:
+            return
+        with self._lock:
+            if kind == "Pod":
+                self._observe_pod(obj, ns, name, deleted=deleted)
+            else:
+                self._observe_object((kind, ns, name), obj, deleted=deleted)
+
+    def remember_absent(self, kind: str, namespace: str, name: str) -> None:
+        """A GET found nothing (or we deleted it): absent until a watch event says otherwise."""
+        with self._lock:
+            key = (kind, namespace, name)
+            if self._objects.get(key) is None:
+                self._objects[key] = None
+
+    def remember(self, kind: str, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
+        """The result of a fallback GET, kept unless something newer arrived meanwhile."""
+        if obj is None:
+            self.remember_absent(kind, namespace, name)
+        else:
+            self.observe(obj)
+
+    def replace(
+        self, api_version: str, kind: str, items: Iterable[dict[str, Any]], list_rv: int | None
+    ) -> None:
+        """A full listing of ``kind``: objects not in it (and not newer than it) are gone."""
+        listed = list(items)
+        with self._lock:
+            if list_rv is not None:
+                # The listing is newer than these deletions: nothing older can arrive now.
+                self._tombstones = {
+                    k: rv for k, rv in self._tombstones.items() if k[0] != kind or rv > list_rv
+                }
+        for obj in listed:
+            # List items come without their type; callers compare whole objects.
+            obj.setdefault("apiVersion", api_version)
+            obj.setdefault("kind", kind)
+            self.observe(obj)
+        seen = {
+            ((o.get("metadata") or {}).get("namespace") or "", o["metadata"]["name"])
+            for o in listed
+        }
+        with self._lock:
+            if kind == "Pod":
+                for pods in self._pods.values():
+                    for name, pod in list(pods.items()):
+                        ns = pod["metadata"].get("namespace") or ""
+                        if (ns, name) not in seen and self._older_than(pod, list_rv):
+                            del pods[name]
+                self.pods_primed = True
+                return
+            for key, held in list(self._objects.items()):
+                if key[0] != kind or held is None or (key[1], key[2]) in seen:
+                    continue
+                if self._older_than(held, list_rv):
+                    del self._objects[key]
+
+    def forget_service(self, namespace: str, name: str) -> None:
+        """An InferenceService is gone: its pods' entries go too (their own events may lag)."""
+        with self._lock:
+            self._pods.pop((namespace, name), None)
+
+    # ---- reads ----------------------------------------------------------------------------
+    def lookup(self, kind: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """(known, object): known False is a miss; known True with None is a known absence."""
+        with self._lock:
+            key = (kind, namespace, name)
+            if key in self._objects:
+                return True, self._objects[key]
+            return False, None
+
+    def pods(self, namespace: str, isvc: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._pods.get((namespace, isvc), {}).values())
+
+    def size(self) -> int:
+        with self._lock:
+            return sum(1 for o in self._objects.values() if o is not None) + sum(
+                len(p) for p in self._pods.values()
+            )
+
+    # ---- internals (lock held) ------------------------------------------------------------
+    @staticmethod
+    def _older_than(obj: dict[str, Any], list_rv: int | None) -> bool:
+        rv = _rv(obj)
+        return list_rv is None or rv is None or rv <= list_rv
+
+    def _is_stale(self, key: Key, incoming: dict[str, Any], held: dict[str, Any] | None) -> bool:
+        new = _rv(incoming)
+        if new is None:
+            return False
+        gone_at = self._tombstones.get(key)
+        if gone_at is not None and new <= gone_at:
+            return True
+        old = _rv(held)
+        return old is not None and new < old
+
+    def _observe_object(self, key: Key, obj: dict[str, Any], *, deleted: bool) -> None:
+        held = self._objects.get(key)
+        if deleted:
+            rv = _rv(obj)
+            if rv is not None:
+                self._tombstones[key] = rv
+            self._objects[key] = None
+            return
+        if self._is_stale(key, obj, held):
+            return
+        self._tombstones.pop(key, None)
+        self._objects[key] = obj
+
+    def _observe_pod(self, pod: dict[str, Any], ns: str, name: str, *, deleted: bool) -> None:
+        owner = (pod["metadata"].get("labels") or {}).get(builders.LABEL_ISVC)
+        if not owner:
+            return
+        pods = self._pods.setdefault((ns, owner), {})
+        key = ("Pod", ns, name)
+        if deleted:
+            rv = _rv(pod)
+            if rv is not None:
+                self._tombstones[key] = rv
+            pods.pop(name, None)
+            return
+        if self._is_stale(key, pod, pods.get(name)):
+            return
+        self._tombstones.pop(key, None)
+        pods[name] = pod
+
+
+# The operator's one store: the handlers feed it, the reconciler and the autoscaler read it.
+STORE = Store()

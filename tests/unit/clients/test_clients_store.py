@@ -1,0 +1,92 @@
+"""The watch-fed store: newest copy wins, deletions stick, listings drop what is gone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeinfer.clients.store import Store
+from kubeinfer.core import builders
+
+
+def obj(kind: str, name: str, rv: int, *, isvc: str = "svc", **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "resourceVersion": str(rv),
+            "labels": {builders.LABEL_ISVC: isvc},
+        },
+        **extra,
+    }
+
+
+def test_a_miss_is_not_an_absence() -> None:
+    store = Store()
+    assert store.lookup("Deployment", "ns", "a") == (False, None)
+    store.remember_absent("Deployment", "ns", "a")
+    assert store.lookup("Deployment", "ns", "a") == (True, None)
+
+
+def test_an_older_copy_never_replaces_a_newer_one() -> None:
+    store = Store()
+    store.observe(obj("Deployment", "a", 20, spec={"replicas": 3}))
+    store.observe(obj("Deployment", "a", 12, spec={"replicas": 1}))  # a late event
+    held = store.lookup("Deployment", "ns", "a")[1]
+    assert held is not None and held["spec"]["replicas"] == 3
+    store.observe(obj("Deployment", "a", 21, spec={"replicas": 5}))
+    held = store.lookup("Deployment", "ns", "a")[1]
+    assert held is not None and held["spec"]["replicas"] == 5
+
+
+def test_a_fallback_get_does_not_undo_a_known_object() -> None:
+    store = Store()
+    store.observe(obj("Service", "a", 7))
+    store.remember("Service", "ns", "a", None)  # a GET that raced a create
+    assert store.lookup("Service", "ns", "a")[1] is not None
+
+
+def test_deleted_objects_stay_deleted_against_late_copies() -> None:
+    store = Store()
+    store.observe(obj("ConfigMap", "a", 5))
+    store.observe(obj("ConfigMap", "a", 9), deleted=True)
+    store.observe(obj("ConfigMap", "a", 8))  # older than the deletion
+    assert store.lookup("ConfigMap", "ns", "a") == (True, None)
+    store.observe(obj("ConfigMap", "a", 10))  # re-created
+    assert store.lookup("ConfigMap", "ns", "a")[1] is not None
+
+
+def test_pods_are_grouped_by_their_service() -> None:
+    store = Store()
+    store.observe(obj("Pod", "p1", 1, isvc="one"))
+    store.observe(obj("Pod", "p2", 2, isvc="one"))
+    store.observe(obj("Pod", "q1", 3, isvc="two"))
+    store.observe({"kind": "Pod", "metadata": {"name": "x", "namespace": "ns"}})  # not ours
+    assert sorted(p["metadata"]["name"] for p in store.pods("ns", "one")) == ["p1", "p2"]
+    store.observe(obj("Pod", "p1", 4, isvc="one"), deleted=True)
+    assert [p["metadata"]["name"] for p in store.pods("ns", "one")] == ["p2"]
+    store.forget_service("ns", "two")
+    assert store.pods("ns", "two") == []
+
+
+def test_a_listing_drops_what_a_broken_watch_never_reported() -> None:
+    store = Store()
+    store.observe(obj("Pod", "gone", 3))
+    store.observe(obj("Pod", "kept", 4))
+    store.observe(obj("Pod", "newer", 60))  # created after the listing was taken
+    store.observe(obj("Deployment", "gone", 5))
+    assert not store.pods_primed
+    store.replace("v1", "Pod", [obj("Pod", "kept", 4)], list_rv=50)
+    store.replace("apps/v1", "Deployment", [], list_rv=50)
+    assert store.pods_primed
+    assert sorted(p["metadata"]["name"] for p in store.pods("ns", "svc")) == ["kept", "newer"]
+    assert store.lookup("Deployment", "ns", "gone") == (False, None)
+    assert store.size() == 2
+
+
+def test_listed_items_get_their_type_back() -> None:
+    store = Store()
+    item = {"metadata": {"name": "a", "namespace": "ns", "resourceVersion": "3"}}
+    store.replace("apps/v1", "Deployment", [item], list_rv=3)
+    held = store.lookup("Deployment", "ns", "a")[1]
+    assert held is not None and (held["apiVersion"], held["kind"]) == ("apps/v1", "Deployment")
