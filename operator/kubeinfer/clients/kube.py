@@ -124,7 +124,6 @@ def list_objects(
     return items
 
 
-
 def list_collection(
     api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
 ) -> tuple[list[dict[str, Any]], int | None]:

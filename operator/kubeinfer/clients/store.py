@@ -15,6 +15,8 @@ is not an integer the incoming copy simply wins.
 
 A key the store has never seen is a miss (``lookup`` says so) and the caller falls back to a
 GET; a GET that finds nothing is remembered as absent until a watch event says otherwise.
+Once a kind has been listed in full, a key it does not hold is absent: the watch reports
+everything created after the listing, and our own creates are written through.
 Objects handed out are shared: callers must not mutate them.
 """
 
@@ -48,6 +50,8 @@ class Store:
         # Whether a full pod listing has been taken in: until then an empty pod list could
         # just mean "not seen yet", and the callers list from the API instead.
         self.pods_primed = False
+        # Kinds listed in full: for these a key not held is known to be absent.
+        self._primed: set[str] = set()
         # The resourceVersion at which each deleted key went away: an older copy arriving late
         # (a slow GET, a delayed event) must not resurrect it.
         self._tombstones: dict[Key, int] = {}
@@ -56,6 +60,11 @@ class Store:
     def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> None:
         """A watch event or the result of our own write."""
         meta = obj.get("metadata") or {}
+        if "managedFields" in meta:
+            # Often half an object's size and never read here: at N=500 the held copies
+            # were most of the operator's memory.
+            meta = {k: v for k, v in meta.items() if k != "managedFields"}
+            obj = {**obj, "metadata": meta}
         kind, ns, name = obj.get("kind") or "", meta.get("namespace") or "", meta.get("name")
         if not kind or not name:
             return
@@ -108,6 +117,7 @@ class Store:
                             del pods[name]
                 self.pods_primed = True
                 return
+            self._primed.add(kind)
             for key, held in list(self._objects.items()):
                 if key[0] != kind or held is None or (key[1], key[2]) in seen:
                     continue
@@ -126,7 +136,7 @@ class Store:
             key = (kind, namespace, name)
             if key in self._objects:
                 return True, self._objects[key]
-            return False, None
+            return kind in self._primed, None
 
     def pods(self, namespace: str, isvc: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -202,6 +202,7 @@ def _apply_children(
         children.append(pdb)
     deployment: dict[str, Any] | None = None
     created = False
+    changes: dict[str, list[str]] = {}
     for desired in children:
         name = desired["metadata"]["name"]
         live = kube.cached_get(desired["apiVersion"], desired["kind"], owner.namespace, name)
@@ -211,11 +212,12 @@ def _apply_children(
             live = kube.apply(desired)
             verb = "Created" if live.get("metadata", {}).get("generation", 1) == 1 else "Updated"
             outcome.applied.append(desired["kind"])
-            kube.emit_event(
-                isvc, type_="Normal", reason=verb, message=f"{verb} {desired['kind']} {name}."
-            )
+            changes.setdefault(verb, []).append(f"{desired['kind']} {name}")
         if desired["kind"] == "Deployment":
             deployment = live
+    # One Event per verb, not per child: at N=500 Events were a third of the writes.
+    for verb, what in changes.items():
+        kube.emit_event(isvc, type_="Normal", reason=verb, message=f"{verb} {', '.join(what)}.")
     if pdb is None:
         name = builders.child_name(owner)
         if kube.cached_get("policy/v1", "PodDisruptionBudget", owner.namespace, name) is not None:

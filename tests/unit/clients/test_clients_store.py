@@ -80,7 +80,9 @@ def test_a_listing_drops_what_a_broken_watch_never_reported() -> None:
     store.replace("apps/v1", "Deployment", [], list_rv=50)
     assert store.pods_primed
     assert sorted(p["metadata"]["name"] for p in store.pods("ns", "svc")) == ["kept", "newer"]
-    assert store.lookup("Deployment", "ns", "gone") == (False, None)
+    # Listed in full: what the listing lacks is known to be absent.
+    assert store.lookup("Deployment", "ns", "gone") == (True, None)
+    assert store.lookup("Service", "ns", "never-listed") == (False, None)
     assert store.size() == 2
 
 
@@ -90,3 +92,13 @@ def test_listed_items_get_their_type_back() -> None:
     store.replace("apps/v1", "Deployment", [item], list_rv=3)
     held = store.lookup("Deployment", "ns", "a")[1]
     assert held is not None and (held["apiVersion"], held["kind"]) == ("apps/v1", "Deployment")
+
+
+def test_managed_fields_are_not_held() -> None:
+    store = Store()
+    big = obj("Deployment", "a", 3)
+    big["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    store.observe(big)
+    held = store.lookup("Deployment", "ns", "a")[1]
+    assert held is not None and "managedFields" not in held["metadata"]
+    assert "managedFields" in big["metadata"]  # the caller's copy is left alone
