@@ -197,8 +197,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
     args = parser.parse_args()
-    # 8 nodes x 110 pods: room for N=500 serving pods (4 nodes hold only 440).
-    cluster = run.up("bench-reconcile", nodes=run.NodeSpec(count=8), tie_to_parent=True)
+    # 10 nodes x 110 pods: room for the floor's 500 pods and ours at once (the floor's
+    # namespace is deleted only after both phases; with 8 nodes 120 of ours never fit).
+    cluster = run.up("bench-reconcile", nodes=run.NodeSpec(count=10), tie_to_parent=True)
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     operator = OperatorProcess(python_env(env), pathlib.Path(tempfile.mkdtemp()))
     try:

@@ -7,13 +7,13 @@ import each other by bare name); they are loaded from there, never copied.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import pathlib
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,8 @@ if str(RUNTIME_TESTS) not in sys.path:
     sys.path.insert(0, str(RUNTIME_TESTS))
 
 import runtime_models  # noqa: E402  (found through the path entry above)
+
+from tests import waiting  # noqa: E402
 
 
 def _load_runtime_helpers() -> Any:
@@ -51,19 +53,8 @@ def rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # the API server may be restarting; keep asking
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last={last!r}")
+# Reliability checks poll through API server restarts.
+wait_for = functools.partial(waiting.wait_for, tolerate_errors=True)
 
 
 class Figures:

@@ -16,6 +16,7 @@ from tests.conftest import ClusterHandle
 from tests.e2e.load import run_load
 from tests.e2e.pod_servers import PodServers
 from tests.operator_process import OperatorProcess
+from tests.waiting import wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "integration" / "runtime"))
 import itertools
@@ -63,16 +64,6 @@ def get(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
 
 def replicas(cluster: ClusterHandle, ns: str, name: str) -> int:
     return int(cluster.apps.read_namespaced_deployment(f"{name}-predictor", ns).spec.replicas)
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_scales_up_under_load_and_back_down(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-import time
-from collections.abc import Callable
 
 import pytest
 import yaml
@@ -14,17 +12,9 @@ from kubernetes.client.rest import ApiException
 
 from kubeinfer.cluster import run
 from tests.conftest import ClusterHandle
+from tests.waiting import wait_for
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gpu_deployment(name: str, replicas: int, gpus: int) -> client.V1Deployment:

@@ -14,9 +14,8 @@ import base64
 import json
 import pathlib
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from tests.conftest import ClusterHandle
 from tests.integration.helm.conftest import CHART, Helm
 from tests.operator_process import OperatorProcess, install, python_env
+from tests.waiting import wait_for
 
 GROUP, VERSION = "kubeinfer.io", "v1alpha1"
 RELEASE = "kubeinfer"
@@ -34,17 +34,6 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 def kubectl(cluster: ClusterHandle, *args: str, check: bool = True) -> str:

@@ -6,7 +6,6 @@ import json
 import pathlib
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,19 +16,9 @@ from kubernetes.client.rest import ApiException
 from kubeinfer.cluster import run
 from tests.conftest import ClusterHandle
 from tests.operator_process import REPO, OperatorProcess
+from tests.waiting import wait_for
 
 GROUP, VERSION, PLURAL = "kubeinfer.io", "v1alpha1", "inferenceservices"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 40, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 def kubectl(
