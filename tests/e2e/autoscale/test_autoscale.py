@@ -169,11 +169,14 @@ def test_gpu_exhaustion_blocks_runaway_pending_pods(
     repo = tmp_path / "repo"
     build_mlp(repo / "mlp" / "1" / "model.onnx")
     (tmp_path / "logs").mkdir()
-    # 8 GPUs per replica: a node each; the cluster has 4 such nodes, the policy allows 12.
-    # Target 1 in flight per replica, so the load asks for far more than fits.
+    # 8 GPUs per replica: a node each; the cluster has 4 such nodes, the policy allows 40.
+    # Target 1 in flight per replica, so the load asks for far more than fits. The autoscaler
+    # cannot know the cluster is full before a step fails to schedule (1 -> 2 fits, so a next
+    # step to 20 is fair), but once pods wait for GPUs it must add none: without that block a
+    # 10x step rate would reach 40 within a few ticks.
     subprocess.run(
         [str(cluster.tools.kubectl), "apply", "-n", namespace, "-f", "-"],
-        input=manifest("greedy", gpus=8, max_replicas=12, target=1),
+        input=manifest("greedy", gpus=8, max_replicas=40, target=1),
         text=True,
         env=cluster.env,
         check=True,
@@ -236,13 +239,16 @@ def test_gpu_exhaustion_blocks_runaway_pending_pods(
     # decision already in flight): no runaway of pending pods however high the load.
     settled = [r for t, r, _ in samples if t >= blocked_at + 2.5]
     assert settled and max(settled) == settled[0], samples
-    assert replicas(cluster, namespace, "greedy") < 12, (samples, decisions)
+    assert replicas(cluster, namespace, "greedy") < 40, (samples, decisions)
+    # The autoscaler itself saw the pods waiting (its signal, not only the scheduler's).
+    # Whether it still wanted more by then depends on how much load 2 cores can drive, so
+    # the block is asserted through its effect above, not through a decision reason.
     assert (
         operator.metric(
-            "kubeinfer_autoscaler_decisions_total",
+            "kubeinfer_autoscaler_signal",
             namespace=namespace,
             inferenceservice="greedy",
-            reason="BlockedByCapacity",
+            signal="unschedulable",
         )
-        >= 1
+        > 0
     ), decisions
