@@ -137,14 +137,18 @@ def main() -> int:
         print(kubectl("get", "inferenceruntimes"))
         step("Applying examples/quickstart.yaml (an ONNX model on 1 GPU, 1-4 replicas)")
         print(kubectl("apply", "-f", str(REPO / "examples" / "quickstart.yaml")))
-        # Short windows so the demo shows a scale-down within a minute.
+        # Short windows so the demo shows a scale-down within a minute, and target 1 in flight:
+        # the demo's MLP answers in microseconds, so 24 clients on a laptop keep only about
+        # one request in flight per server, and the example's target of 4 would (rightly)
+        # hold at one replica.
         kubectl(
             "patch",
             "kisvc",
             "quickstart",
             "--type=merge",
             "-p",
-            '{"spec": {"scaling": {"stableWindowSeconds": 12, "scaleDownDelaySeconds": 10}}}',
+            '{"spec": {"scaling": {"stableWindowSeconds": 12, "scaleDownDelaySeconds": 10,'
+            ' "target": 1}}}',
         )
         kubectl("wait", "kisvc/quickstart", "--for=condition=Ready", "--timeout=120s")
         print(kubectl("get", "kisvc,deploy,pods", "-o", "wide"))
