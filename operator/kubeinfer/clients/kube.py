@@ -4,8 +4,8 @@ Owns: server-side apply with a named field manager, reads as plain dicts, status
 writes, Events, keeping the watch-fed store (``clients.store``) current with what every write
 returns, cached reads that fall back to a GET on a miss, and a count of every write (metric
 kubeinfer_api_writes_total, so tests and benchmarks can prove that an operator restart writes
-nothing). Synchronous by design: kopf
-runs sync handlers in its thread pool, and async code calls in through ``asyncio.to_thread``.
+nothing). Synchronous by design: kopf runs sync handlers in its thread pool, and async code
+calls in through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kubeinfer import telemetry
-from kubeinfer.clients.store import STORE
+from kubeinfer.clients.store import STORE, resource_version
 from kubeinfer.core import api, builders
 
 RECONCILER_MANAGER = "kubeinfer-reconciler"
@@ -118,10 +118,7 @@ def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[s
 def list_objects(
     api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
 ) -> list[dict[str, Any]]:
-    query = [("labelSelector", label_selector)] if label_selector else []
-    out: dict[str, Any] = _request("GET", _path(api_version, kind, namespace), query=query)
-    items: list[dict[str, Any]] = out.get("items", [])
-    return items
+    return list_collection(api_version, kind, namespace, label_selector)[0]
 
 
 def list_collection(
@@ -132,11 +129,7 @@ def list_collection(
     path = base.format(ns=namespace) if namespace else base.replace("/namespaces/{ns}", "")
     query = [("labelSelector", label_selector)] if label_selector else []
     out: dict[str, Any] = _request("GET", path, query=query)
-    try:
-        rv: int | None = int((out.get("metadata") or {}).get("resourceVersion") or "")
-    except ValueError:
-        rv = None
-    return out.get("items", []), rv
+    return out.get("items", []), resource_version(out)
 
 
 def cached_get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -210,16 +203,6 @@ def patch_status(
     )
     STORE.observe(result)
     return result
-
-
-def get_scale(namespace: str, deployment: str) -> int | None:
-    try:
-        out = _request("GET", _path("apps/v1", "Deployment", namespace, deployment) + "/scale")
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return int(out.get("spec", {}).get("replicas") or 0)
 
 
 def set_scale(

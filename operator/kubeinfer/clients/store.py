@@ -31,7 +31,8 @@ from kubeinfer.core import builders
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
-def _rv(obj: dict[str, Any] | None) -> int | None:
+def resource_version(obj: dict[str, Any] | None) -> int | None:
+    """metadata.resourceVersion as an integer; None when absent or not an integer."""
     if obj is None:
         return None
     try:
@@ -142,32 +143,26 @@ class Store:
         with self._lock:
             return list(self._pods.get((namespace, isvc), {}).values())
 
-    def size(self) -> int:
-        with self._lock:
-            return sum(1 for o in self._objects.values() if o is not None) + sum(
-                len(p) for p in self._pods.values()
-            )
-
     # ---- internals (lock held) ------------------------------------------------------------
     @staticmethod
     def _older_than(obj: dict[str, Any], list_rv: int | None) -> bool:
-        rv = _rv(obj)
+        rv = resource_version(obj)
         return list_rv is None or rv is None or rv <= list_rv
 
     def _is_stale(self, key: Key, incoming: dict[str, Any], held: dict[str, Any] | None) -> bool:
-        new = _rv(incoming)
+        new = resource_version(incoming)
         if new is None:
             return False
         gone_at = self._tombstones.get(key)
         if gone_at is not None and new <= gone_at:
             return True
-        old = _rv(held)
+        old = resource_version(held)
         return old is not None and new < old
 
     def _observe_object(self, key: Key, obj: dict[str, Any], *, deleted: bool) -> None:
         held = self._objects.get(key)
         if deleted:
-            rv = _rv(obj)
+            rv = resource_version(obj)
             if rv is not None:
                 self._tombstones[key] = rv
             self._objects[key] = None
@@ -184,7 +179,7 @@ class Store:
         pods = self._pods.setdefault((ns, owner), {})
         key = ("Pod", ns, name)
         if deleted:
-            rv = _rv(pod)
+            rv = resource_version(pod)
             if rv is not None:
                 self._tombstones[key] = rv
             pods.pop(name, None)
