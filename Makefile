@@ -5,8 +5,10 @@ SHELL := /bin/bash
 PY_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-KUBEINFER := $(VENV)/bin/kubeinfer
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+CLUSTER := $(VENV)/bin/kubeinfer-cluster
+# Reinstall when any package's dependencies change.
+DEPS := requirements-dev.txt operator/pyproject.toml runtimes/onnxruntime/pyproject.toml cluster/pyproject.toml
+STAMP := $(VENV)/.installed-$(shell cat $(DEPS) | sha1sum | cut -c1-12)
 # In CI (root) the cluster and every test that uses it run in a network namespace that has
 # only loopback, so a stray dial fails instead of leaving the machine.
 ifeq ($(CI),true)
@@ -22,10 +24,10 @@ help:
 	@echo "make test    - lint + unit + integration + e2e (builds the cluster once, cached)"
 	@echo "make cluster / cluster-down / crds / images / bench-*"
 
-$(STAMP): pyproject.toml
+$(STAMP): $(DEPS)
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -34,10 +36,10 @@ venv: $(STAMP)
 # $${KUBEINFER_CACHE:-~/.cache/kubeinfer}; a warm run takes well under a second.
 tools: venv
 	@command -v go >/dev/null || { echo "Go is required to build the local cluster: apt install golang (>= 1.24)"; exit 2; }
-	$(KUBEINFER) cluster build
+	$(CLUSTER) build
 
 lint: venv
-	$(VENV)/bin/ruff check operator runtimes tests bench
+	$(VENV)/bin/ruff check operator runtimes cluster tests bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -56,17 +58,19 @@ test-e2e: venv tools
 test-reliability: venv tools
 	$(PYTEST) tests/reliability -q
 
-test: lint test-unit test-integration test-e2e test-reliability
+# Every tier runs even when one before it failed; the summary at the end names each result.
+test: venv
+	$(PY) tests/run_tiers.py
 
 # The failure-mode suite at full size (100 InferenceServices x 20 operator crashes).
 soak: venv tools
 	$(IN_NETNS) env KUBEINFER_SOAK=1 $(VENV)/bin/pytest tests/reliability/test_operator_crashes.py -q -s
 
 cluster: tools
-	$(KUBEINFER) cluster up
+	$(CLUSTER) up
 
 cluster-down: venv
-	$(KUBEINFER) cluster down
+	$(CLUSTER) down
 
 demo: tools
 	$(PY) examples/demo.py

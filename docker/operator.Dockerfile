@@ -14,10 +14,9 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md ./
+COPY VERSION ./
 COPY operator ./operator
-COPY runtimes/onnxruntime/kubeinfer_onnx ./runtimes/onnxruntime/kubeinfer_onnx
-RUN pip install . \
+RUN pip install ./operator \
  && kubeinfer --help >/dev/null \
  && python -c "import kubeinfer.handlers.main"
 

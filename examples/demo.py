@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from runtime_models import build_mlp  # noqa: E402
 
-from kubeinfer.cluster import build, run  # noqa: E402
+from kubeinfer_cluster import build, run  # noqa: E402
 from tests.e2e.load import run_load  # noqa: E402
 from tests.e2e.pod_servers import PodServers  # noqa: E402
 from tests.operator_process import OperatorProcess, install, python_env  # noqa: E402
@@ -205,8 +205,8 @@ def main() -> int:
         if keep:
             print(
                 "\nKEEP=1: the cluster stays up. Use it with:\n"
-                '  eval "$(kubeinfer cluster env --name demo)"; kubectl get kisvc\n'
-                "Stop it with: kubeinfer cluster down --name demo"
+                '  eval "$(kubeinfer-cluster env --name demo)"; kubectl get kisvc\n'
+                "Stop it with: kubeinfer-cluster down --name demo"
             )
     finally:
         operator.stop()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
-from kubeinfer.cluster import build, run
+from kubeinfer_cluster import build, run
 from tests.operator_process import OperatorProcess, install, python_env
 
 

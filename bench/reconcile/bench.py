@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
-from kubeinfer.cluster import run  # noqa: E402
 from kubeinfer.core import api, builders  # noqa: E402
+from kubeinfer_cluster import run  # noqa: E402
 from tests.operator_process import OperatorProcess, install, python_env  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parent

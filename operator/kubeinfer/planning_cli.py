@@ -1,4 +1,4 @@
-"""``kubeinfer plan``: read a profile result file and print the plan as a table.
+"""``kubeinfer plan``: read a kubeinfer-onnx-profile report and print the plan as a table.
 
 Owns the file reading and printing around the pure ``core.planning``.
 """
@@ -17,9 +17,12 @@ from kubeinfer.core import planning
 def plan_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubeinfer plan",
-        description="Replicas and batching to start with, from a `kubeinfer profile` result.",
+        description="Replicas and batching to start with, from a kubeinfer-onnx-profile report.",
     )
-    parser.add_argument("profile", type=pathlib.Path, help="profile result JSON file")
+    parser.add_argument("profile", type=pathlib.Path, help="kubeinfer-onnx-profile JSON report")
+    parser.add_argument(
+        "--precision", default="fp32", help="which run of the report to plan from (fp32, int8)"
+    )
     parser.add_argument("--rps", type=float, required=True, help="target requests per second")
     parser.add_argument("--p99-ms", type=float, required=True, help="p99 latency target (ms)")
     parser.add_argument(
@@ -30,7 +33,9 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        rows = planning.parse_profile(json.loads(args.profile.read_text()))
+        rows = planning.parse_profile(
+            json.loads(args.profile.read_text()), precision=args.precision
+        )
         result = planning.plan(
             profile=rows,
             target_rps=args.rps,

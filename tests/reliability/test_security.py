@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubeinfer.cluster import build
+from kubeinfer_cluster import build
 from tests.conftest import ClusterHandle
 from tests.operator_process import REPO, OperatorProcess
 from tests.reliability import kube

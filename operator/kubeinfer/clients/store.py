@@ -1,5 +1,5 @@
 """A watch-fed cache of the objects kubeinfer reads: its InferenceServices and their children
-(Deployments, Services, ConfigMaps, PodDisruptionBudgets, pods).
+(Deployments, Services, ConfigMaps, PodDisruptionBudgets, pods), and the InferenceRuntimes.
 
 Owns: keeping the newest copy of each object seen, from three sources - the watch events kopf
 hands the handlers, the objects our own writes return (write-through, so a reconcile never
@@ -138,6 +138,13 @@ class Store:
             if key in self._objects:
                 return True, self._objects[key]
             return kind in self._primed, None
+
+    def objects(self, kind: str) -> list[dict[str, Any]] | None:
+        """Every object of ``kind`` held; None until the kind has been listed in full."""
+        with self._lock:
+            if kind not in self._primed:
+                return None
+            return [o for k, o in self._objects.items() if k[0] == kind and o is not None]
 
     def pods(self, namespace: str, isvc: str) -> list[dict[str, Any]]:
         with self._lock:

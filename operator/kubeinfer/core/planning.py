@@ -1,17 +1,17 @@
-"""Plan a starting point from a ``kubeinfer profile`` result: replicas and batching settings.
+"""Plan a starting point from a ``kubeinfer-onnx-profile`` report: replicas and batching.
 
-Owns: parsing the profile JSON into typed rows (tolerantly) and the sizing arithmetic. Pure:
-``planning_cli.py`` reads the file and prints.
+Owns: reading the profile report into typed rows and the sizing arithmetic; the one place that
+recommends batching from measurements. Pure: ``planning_cli.py`` reads the file and prints.
 
-Expected profile shape (extra keys are ignored)::
+The report is what ``kubeinfer-onnx-profile`` writes (extra keys are ignored)::
 
-    {"model": "resnet50",
-     "results": [
-       {"batch": 1, "latency_ms": {"p50": 8.6, "p99": 12.9}, "throughput_rps": 116.3},
-       {"batch": 8, "latency_ms": {"p50": 12.8, "p99": 19.2}, "throughput_rps": 625.0}]}
+    {"model": "resnet50.onnx",
+     "runs": [{"precision": "fp32",
+               "points": [{"batch_size": 1, "p50_ms": 8.6, "p99_ms": 12.9, "throughput": 116.3},
+                          {"batch_size": 8, "p50_ms": 12.8, "p99_ms": 19.2, "throughput": 625.0}]},
+              {"precision": "int8", "points": [...]}]}
 
-Also accepted: a bare list of rows; ``batches`` instead of ``results``; ``batch_size`` for
-``batch``; flat ``p50_ms``/``p99_ms`` or ``latency_p50_ms``/``latency_p99_ms``; ``throughput``.
+``throughput`` is inferences (rows) per second at that batch size, one batch at a time.
 """
 
 from __future__ import annotations
@@ -49,43 +49,36 @@ class Plan:
     meets_p99: bool
 
 
-def _number(row: Mapping[str, Any], *keys: str) -> float | None:
-    for key in keys:
-        value = row.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
+def parse_profile(report: Any, *, precision: str = "fp32") -> list[ProfileRow]:
+    """Typed rows of one precision's run, sorted by batch size.
 
-
-def parse_profile(data: Any) -> list[ProfileRow]:
-    """Typed rows sorted by batch size. Raises ValueError when no usable row is present."""
-    rows_data = data
-    if isinstance(data, Mapping):
-        rows_data = data.get("results", data.get("batches", []))
-    if not isinstance(rows_data, list):
-        raise ValueError("profile has no list of results")
+    Raises ValueError naming what is missing, so ``kubeinfer plan`` can say why it cannot plan.
+    """
+    runs = report.get("runs") if isinstance(report, Mapping) else None
+    if not isinstance(runs, list):
+        raise ValueError("not a kubeinfer-onnx-profile report: no 'runs' list")
+    run = next(
+        (r for r in runs if isinstance(r, Mapping) and r.get("precision") == precision), None
+    )
+    if run is None:
+        found = [r.get("precision") for r in runs if isinstance(r, Mapping)]
+        raise ValueError(f"the profile has no {precision!r} run (it has {found})")
     rows: list[ProfileRow] = []
-    for raw in rows_data:
-        if not isinstance(raw, Mapping):
-            continue
-        latency = raw.get("latency_ms")
-        latency = latency if isinstance(latency, Mapping) else {}
-        batch = _number(raw, "batch", "batch_size")
-        p50 = _number(latency, "p50") or _number(raw, "p50_ms", "latency_p50_ms")
-        p99 = _number(latency, "p99") or _number(raw, "p99_ms", "latency_p99_ms")
-        rps = _number(raw, "throughput_rps", "throughput")
-        if batch is None or p99 is None or rps is None or batch < 1 or rps <= 0:
-            continue
-        rows.append(
-            ProfileRow(
-                batch=int(batch),
-                p50_ms=p50 if p50 is not None else p99,
-                p99_ms=p99,
-                throughput_rps=rps,
+    for point in run.get("points") or []:
+        try:
+            row = ProfileRow(
+                batch=int(point["batch_size"]),
+                p50_ms=float(point["p50_ms"]),
+                p99_ms=float(point["p99_ms"]),
+                throughput_rps=float(point["throughput"]),
             )
-        )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"profile point {point!r}: {exc!r}") from exc
+        if row.batch < 1 or row.throughput_rps <= 0 or row.p99_ms <= 0:
+            raise ValueError(f"profile point {point!r}: batch, p99 and throughput must be > 0")
+        rows.append(row)
     if not rows:
-        raise ValueError("profile has no row with batch, p99 latency and throughput")
+        raise ValueError(f"the profile's {precision!r} run has no points")
     return sorted(rows, key=lambda r: r.batch)
 
 

@@ -25,12 +25,11 @@ import aiohttp
 import pydantic
 
 from kubeinfer import telemetry
-from kubeinfer.clients import kube, scrape
+from kubeinfer.clients import catalogue, kube, scrape
 from kubeinfer.clients.store import STORE
 from kubeinfer.core import api, builders, metrics
 from kubeinfer.core.scaling import cold_start, decide, policy, signals, window
 from kubeinfer.core.scaling import state as memory
-from kubeinfer.reconcilers import inferenceservice
 
 log = logging.getLogger("kubeinfer.autoscaler")
 PERSIST_EVERY_S = 30.0
@@ -153,8 +152,6 @@ class Autoscaler:
         self.clock = clock
         self._tracked: dict[tuple[str, str], Tracked] = {}
         self._stopped = asyncio.Event()
-        self._runtimes: dict[str, api.InferenceRuntimeSpec] = {}
-        self._runtimes_loaded = 0.0
 
     # ---- fed by the handlers -------------------------------------------------------------
     def track(self, isvc: dict[str, Any]) -> None:
@@ -232,21 +229,12 @@ class Autoscaler:
         async with aiohttp.ClientSession() as session:
             while not self._stopped.is_set():
                 started = time.monotonic()
-                await self._refresh_runtimes()
                 await asyncio.gather(
                     *(self._tick_safely(session, key) for key in list(self._tracked))
                 )
                 delay = max(0.0, self.interval_s - (time.monotonic() - started))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=delay)
-
-    async def _refresh_runtimes(self) -> None:
-        if time.monotonic() - self._runtimes_loaded > 30:
-            try:
-                self._runtimes = await asyncio.to_thread(inferenceservice.load_runtimes)
-                self._runtimes_loaded = time.monotonic()
-            except Exception:  # the catalogue may be briefly unreadable; keep the last one
-                log.warning("could not refresh the runtime catalogue", exc_info=True)
 
     async def _tick_safely(self, session: aiohttp.ClientSession, key: tuple[str, str]) -> None:
         try:
@@ -279,7 +267,7 @@ class Autoscaler:
         census = classify_pods(pods)
         ready = census.ready
         runtime_name = (tracked.isvc.get("status") or {}).get("runtime") or ""
-        runtime = self._runtimes.get(runtime_name)
+        runtime = (await asyncio.to_thread(catalogue.runtimes)).get(runtime_name)
         port = runtime.ports.metrics if runtime else 8002
         names = metric_names(runtime)
         texts = await scrape.scrape_all(

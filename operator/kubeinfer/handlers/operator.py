@@ -27,7 +27,6 @@ from kubeinfer.engines import autoscaler
 from kubeinfer.reconcilers import inferenceservice
 
 log = logging.getLogger("kubeinfer")
-_runtimes: dict[str, api.InferenceRuntimeSpec] | None = None
 _known: set[tuple[str, str]] = set()
 _engine: autoscaler.Autoscaler | None = None
 _tasks: list[asyncio.Task[None]] = []
@@ -37,6 +36,7 @@ namespaces: list[str] = []
 # What the store holds, listed at start-up and on each resync. Children carry our label.
 _CACHED_KINDS = [
     (api.API_VERSION, "InferenceService", None),
+    (api.API_VERSION, "InferenceRuntime", None),
     ("apps/v1", "Deployment", builders.LABEL_ISVC),
     ("v1", "Service", builders.LABEL_ISVC),
     ("v1", "ConfigMap", builders.LABEL_ISVC),
@@ -74,13 +74,6 @@ def relist() -> None:
         STORE.replace(api_version, kind, items, newest)
 
 
-def _catalogue() -> dict[str, api.InferenceRuntimeSpec]:
-    global _runtimes
-    if _runtimes is None:
-        _runtimes = inferenceservice.load_runtimes()
-    return _runtimes
-
-
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _engine
@@ -113,12 +106,11 @@ async def stop(**_: Any) -> None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "inferenceruntimes")
-def runtime_event(**_: Any) -> None:
-    global _runtimes
-    _runtimes = inferenceservice.load_runtimes()
+def runtime_event(type: str, body: kopf.Body, **_: Any) -> None:
+    STORE.observe(dict(body), deleted=type == "DELETED")
     # A runtime that appears or changes may resolve services that were waiting for one.
     for namespace, name in sorted(_known):
-        inferenceservice.reconcile_by_name(namespace, name, _catalogue())
+        inferenceservice.reconcile_by_name(namespace, name)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "inferenceservices")
@@ -137,7 +129,7 @@ def isvc_event(type: str, body: kopf.Body, **_: Any) -> None:
     _known.add(key)
     telemetry.MANAGED.set(len(_known))
     isvc = dict(body)
-    inferenceservice.reconcile(isvc, runtimes=_catalogue())
+    inferenceservice.reconcile(isvc)
     if _engine is not None:
         _engine.track(isvc)
 
@@ -162,7 +154,7 @@ async def _refresh(key: tuple[str, str]) -> None:
     try:
         await loop.run_in_executor(
             _refresh_pool,
-            functools.partial(inferenceservice.reconcile_by_name, *key, runtimes=_catalogue()),
+            functools.partial(inferenceservice.reconcile_by_name, *key),
         )
     except Exception:  # logged here: nothing awaits this task
         log.exception("reconcile of %s/%s after a child event failed", *key)

@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 
 from kubeinfer import telemetry
-from kubeinfer.clients import kube
+from kubeinfer.clients import catalogue, kube
 from kubeinfer.core import api, builders, status
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -63,26 +63,13 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def load_runtimes() -> dict[str, api.InferenceRuntimeSpec]:
-    """The runtime catalogue; an invalid entry is skipped, never fatal for other services."""
-    runtimes: dict[str, api.InferenceRuntimeSpec] = {}
-    for item in kube.list_objects(api.API_VERSION, "InferenceRuntime", None):
-        try:
-            runtimes[item["metadata"]["name"]] = api.parse_runtime(item.get("spec", {}))
-        except pydantic.ValidationError:
-            continue
-    return runtimes
-
-
 def _describe_validation(exc: pydantic.ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"spec.{where}: {first['msg']}" if where else first["msg"]
 
 
-def reconcile(
-    isvc: dict[str, Any], *, runtimes: dict[str, api.InferenceRuntimeSpec] | None = None
-) -> Outcome:
+def reconcile(isvc: dict[str, Any]) -> Outcome:
     meta = isvc["metadata"]
     key = (meta["namespace"], meta["name"])
     with _locks_guard:
@@ -95,12 +82,10 @@ def reconcile(
     with lock:
         with _locks_guard:
             _waiting.discard(key)
-        return _reconcile_locked(isvc, runtimes)
+        return _reconcile_locked(isvc)
 
 
-def _reconcile_locked(
-    isvc: dict[str, Any], runtimes: dict[str, api.InferenceRuntimeSpec] | None
-) -> Outcome:
+def _reconcile_locked(isvc: dict[str, Any]) -> Outcome:
     meta = isvc["metadata"]
     with telemetry.reconcile_timer():
         try:
@@ -112,15 +97,13 @@ def _reconcile_locked(
             )
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return Outcome()
-            return _reconcile(fresh, runtimes)
+            return _reconcile(fresh)
         except Exception:
             telemetry.RECONCILE_ERRORS.inc()
             raise
 
 
-def _reconcile(
-    isvc: dict[str, Any], runtimes: dict[str, api.InferenceRuntimeSpec] | None
-) -> Outcome:
+def _reconcile(isvc: dict[str, Any]) -> Outcome:
     meta = isvc["metadata"]
     owner = builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     outcome = Outcome()
@@ -137,9 +120,7 @@ def _reconcile(
         )
     if spec is not None:
         try:
-            runtime_name, runtime = builders.choose_runtime(
-                spec, runtimes if runtimes is not None else load_runtimes()
-            )
+            runtime_name, runtime = builders.choose_runtime(spec, catalogue.runtimes())
         except builders.RuntimeResolutionError as exc:
             runtime_problem = status.Problem(
                 status.ConditionType.RUNTIME_RESOLVED, exc.reason, str(exc)
@@ -287,8 +268,6 @@ def _write_status(isvc: dict[str, Any], observed: status.Observed, outcome: Outc
         )
 
 
-def reconcile_by_name(
-    namespace: str, name: str, runtimes: dict[str, api.InferenceRuntimeSpec] | None = None
-) -> Outcome:
+def reconcile_by_name(namespace: str, name: str) -> Outcome:
     """Reconcile by key (children's watch events carry only the child)."""
-    return reconcile({"metadata": {"namespace": namespace, "name": name}}, runtimes=runtimes)
+    return reconcile({"metadata": {"namespace": namespace, "name": name}})

@@ -1,10 +1,11 @@
-"""`kubeinfer profile MODEL.onnx`: latency, throughput and memory per batch size and precision,
-and the maxBatchSize / queue delay to serve it with for a p99 target.
+"""`kubeinfer-onnx-profile MODEL.onnx`: latency, throughput and memory per batch size and precision.
 
 Owns the measurement (each precision in a fresh child process, so one session's memory never
-hides in another's numbers), the pure recommendation (`recommend`), and the table and JSON
-output. It runs the model directly with onnxruntime, not through the server, so the figures
-are the model's own cost; the serving overhead on top is what bench/runtime measures.
+hides in another's numbers) and the table and JSON output. It runs the model directly with
+onnxruntime, not through the server, so the figures are the model's own cost; the serving
+overhead on top is what bench/runtime measures. It recommends nothing: the JSON it writes is
+the input of `kubeinfer plan` (the operator's ``core.planning``), the one place that turns a
+profile into replicas, batching and a scaling target.
 """
 
 from __future__ import annotations
@@ -54,47 +55,6 @@ class Run:
     model_bytes: int
     memory_mb: float  # Resident set growth from loading the session to after the sweep.
     points: list[Point]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Recommendation:
-    max_batch_size: int
-    max_queue_delay_microseconds: int
-    expected_p99_ms: float
-    reason: str
-
-
-def recommend(points: Sequence[Point], *, p99_target_ms: float) -> Recommendation:
-    """Pick the batch size and queue delay for a p99 target from measured points. Pure.
-
-    Under load a request can wait for the batch already running and then run in its own, so
-    its p99 is about twice the batch's p99: keep the batch size whose 2 x p99 fits the target
-    with the best throughput. Extra queue delay only helps when batches would otherwise start
-    half empty; give it what is left of the target, capped at half that batch's p50, since
-    beyond one execution time a running batch fills the queue anyway (Triton's guidance: start
-    at 0 and raise it only if batches stay small).
-    """
-    fitting = [p for p in points if 2 * p.p99_ms <= p99_target_ms]
-    if not fitting:
-        smallest = min(points, key=lambda p: p.batch_size)
-        return Recommendation(
-            max_batch_size=smallest.batch_size,
-            max_queue_delay_microseconds=0,
-            expected_p99_ms=2 * smallest.p99_ms,
-            reason=f"no batch size meets p99 <= {p99_target_ms:g} ms even unbatched "
-            f"(batch {smallest.batch_size} p99 {smallest.p99_ms:.2f} ms): "
-            "add replicas or a faster accelerator",
-        )
-    best = max(fitting, key=lambda p: (p.throughput, -p.batch_size))
-    headroom_ms = p99_target_ms - 2 * best.p99_ms
-    delay_ms = 0.0 if best.batch_size == 1 else min(headroom_ms, best.p50_ms / 2)
-    return Recommendation(
-        max_batch_size=best.batch_size,
-        max_queue_delay_microseconds=int(delay_ms * 1000),
-        expected_p99_ms=2 * best.p99_ms + delay_ms,
-        reason=f"batch {best.batch_size} gives the most throughput ({best.throughput:.0f}/s) "
-        f"with 2 x p99 = {2 * best.p99_ms:.2f} ms within {p99_target_ms:g} ms",
-    )
 
 
 def _rss_mb() -> float:
@@ -178,9 +138,8 @@ def measure(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from kubeinfer_onnx.server import default_threads
 
-    parser = argparse.ArgumentParser(prog="kubeinfer profile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="kubeinfer-onnx-profile", description=__doc__)
     parser.add_argument("model", type=pathlib.Path, help="an .onnx file")
-    parser.add_argument("--p99-target-ms", type=float, default=100.0)
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     parser.add_argument("--seconds", type=float, default=1.0, help="time per batch size")
     parser.add_argument("--min-iterations", type=int, default=10)
@@ -218,12 +177,6 @@ def render_table(report: dict[str, Any]) -> str:
         )
     if report.get("fp16") is None:
         lines.append("fp16: not measured (no GPU execution provider)")
-    rec = report["recommendation"]
-    lines.append(
-        f"recommendation for p99 <= {report['p99_target_ms']:g} ms: maxBatchSize "
-        f"{rec['max_batch_size']}, maxQueueDelayMicroseconds "
-        f"{rec['max_queue_delay_microseconds']} ({rec['reason']})"
-    )
     return "\n".join(lines)
 
 
@@ -232,7 +185,7 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     if not args.model.is_file():
-        print(f"kubeinfer profile: {args.model} is not a file", file=sys.stderr)
+        print(f"kubeinfer-onnx-profile: {args.model} is not a file", file=sys.stderr)
         return 2
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     precisions = [p for p in args.precisions.split(",") if p]
@@ -252,24 +205,23 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
                     args.min_iterations,
                 ).result()
             )
-    fp32 = next((r for r in runs if r.precision == "fp32"), runs[0])
-    recommendation = recommend(fp32.points, p99_target_ms=args.p99_target_ms)
     report = {
         "model": str(args.model),
         "threads": args.threads,
         "providers": ["CPUExecutionProvider"],
         "available_providers": list(ort.get_available_providers()),
-        "p99_target_ms": args.p99_target_ms,
         "runs": [dataclasses.asdict(run) for run in runs],
         "fp16": None,  # Only meaningful with a GPU execution provider; CPU FP16 is emulated.
-        "recommendation": dataclasses.asdict(recommendation),
     }
     print(render_table(report))
     output = args.output or args.model.with_suffix(".profile.json")
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {output}")
+    print(f"next: kubeinfer plan {output} --rps REQUESTS_PER_S --p99-ms P99_TARGET_MS")
     return 0
 
+
+main = profile_main
 
 if __name__ == "__main__":
     sys.exit(profile_main())

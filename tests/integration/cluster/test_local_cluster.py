@@ -10,7 +10,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubeinfer.cluster import run
+from kubeinfer_cluster import run
 from tests.conftest import ClusterHandle
 from tests.waiting import wait_for
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubeinfer.cluster import build
+from kubeinfer_cluster import build
 from tests.conftest import ClusterHandle
 from tests.integration.helm import kubeconform_schemas
 from tests.operator_process import REPO

@@ -142,7 +142,7 @@ def write(kubectl: pathlib.Path, env: dict[str, str], out_dir: pathlib.Path) -> 
 def main(argv: list[str]) -> int:
     import os
 
-    from kubeinfer.cluster import build
+    from kubeinfer_cluster import build
 
     kubeconfig, out_dir = argv
     env = dict(os.environ, KUBECONFIG=kubeconfig)

@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubeinfer.cluster import run
+from kubeinfer_cluster import run
 from tests.conftest import ClusterHandle
 from tests.operator_process import REPO, OperatorProcess
 from tests.waiting import wait_for

@@ -1,5 +1,5 @@
 """The optional extras, each showing its effect: the response cache, INT8 quantization, and
-`kubeinfer profile`."""
+`kubeinfer-onnx-profile` feeding `kubeinfer plan`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from conftest import Server
+from kubeinfer import planning_cli
 from kubeinfer_onnx import profile, quantize
 
 # INT8 dynamic quantization of the heavy model: every output within 5 % of the largest FP32
@@ -72,15 +73,13 @@ def test_profile_reports_sane_numbers(
             "3",
             "--batch-sizes",
             "1,8,32,128",
-            "--p99-target-ms",
-            "1000",
             "--output",
             str(output),
         ]
     )
     assert code == 0
     table = capsys.readouterr().out
-    assert "recommendation for p99 <= 1000 ms" in table
+    assert f"kubeinfer plan {output}" in table
     report = json.loads(output.read_text())
     fp32, int8 = report["runs"]
     assert [p["batch_size"] for p in fp32["points"]] == [1, 8, 32, 128]
@@ -93,6 +92,7 @@ def test_profile_reports_sane_numbers(
     # A bigger batch costs more per run but buys more rows per second.
     assert fp32["points"][-1]["p50_ms"] > fp32["points"][0]["p50_ms"]
     assert fp32["points"][-1]["throughput"] > fp32["points"][0]["throughput"]
-    rec = report["recommendation"]
-    assert rec["max_batch_size"] in (1, 8, 32, 128)
-    assert 0 <= rec["max_queue_delay_microseconds"] <= 500_000
+    # The README's workflow: the profile is `kubeinfer plan`'s input, as written.
+    assert planning_cli.plan_main([str(output), "--rps", "2000", "--p99-ms", "1000"]) == 0
+    planned = capsys.readouterr().out
+    assert "<- planned" in planned and "replicas" in planned

@@ -12,13 +12,24 @@ from kubeinfer import planning_cli
 from kubeinfer.core import planning
 from kubeinfer.core.scaling import cold_start, decide, policy, state, window
 
+
+def _point(batch: int, p50: float, p99: float, rps: float) -> dict[str, float]:
+    return {"batch_size": batch, "p50_ms": p50, "p99_ms": p99, "throughput": rps}
+
+
+# The shape kubeinfer-onnx-profile writes (tests/integration/runtime checks the round trip).
 PROFILE = {
     "model": "resnet50",
-    "results": [
-        {"batch": 1, "latency_ms": {"p50": 8.6, "p99": 12.9}, "throughput_rps": 116.3},
-        {"batch": 8, "latency_ms": {"p50": 12.8, "p99": 19.2}, "throughput_rps": 625.0},
-        {"batch": 16, "latency_ms": {"p50": 17.6, "p99": 26.4}, "throughput_rps": 909.1},
-        {"batch": 32, "latency_ms": {"p50": 27.2, "p99": 40.8}, "throughput_rps": 1176.5},
+    "runs": [
+        {
+            "precision": "fp32",
+            "points": [
+                _point(1, 8.6, 12.9, 116.3),
+                _point(8, 12.8, 19.2, 625.0),
+                _point(16, 17.6, 26.4, 909.1),
+                _point(32, 27.2, 40.8, 1176.5),
+            ],
+        }
     ],
 }
 
@@ -133,13 +144,18 @@ def test_plan_when_nothing_fits_uses_smallest_batch() -> None:
     assert result.max_queue_delay_us == 0
 
 
-def test_parse_profile_tolerates_shapes() -> None:
-    flat = [{"batch_size": 4, "p50_ms": 10, "p99_ms": 15, "throughput": 400}, {"junk": 1}]
-    assert planning.parse_profile(flat) == [
-        planning.ProfileRow(batch=4, p50_ms=10, p99_ms=15, throughput_rps=400)
-    ]
-    with pytest.raises(ValueError):
-        planning.parse_profile({"results": [{"batch": 1}]})
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        ({"results": []}, "no 'runs' list"),
+        ({"runs": [{"precision": "int8", "points": []}]}, "no 'fp32' run"),
+        ({"runs": [{"precision": "fp32", "points": [{"batch_size": 1}]}]}, "p50_ms"),
+        ({"runs": [{"precision": "fp32", "points": []}]}, "has no points"),
+    ],
+)
+def test_parse_profile_names_what_is_wrong(report: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        planning.parse_profile(report)
 
 
 def test_plan_main_prints_a_table(

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from kubeinfer.cluster import build
+from kubeinfer_cluster import build
 
 DEFAULT_NAME = "default"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -299,7 +299,7 @@ def up(
 
     With ``tie_to_parent`` the components die with the calling process (test sessions).
     """
-    say = log or (lambda msg: print(f"[kubeinfer cluster] {msg}", file=sys.stderr, flush=True))
+    say = log or (lambda msg: print(f"[kubeinfer-cluster] {msg}", file=sys.stderr, flush=True))
     nodes = nodes or NodeSpec()
     tools = build.ensure_tools(with_helm=False)
     state = state_dir(name)
@@ -544,7 +544,7 @@ def status(name: str = DEFAULT_NAME) -> dict[str, bool]:
 
 
 def env_exports(name: str = DEFAULT_NAME) -> str:
-    """Shell exports so ``eval "$(kubeinfer cluster env)"`` gives a plain working kubectl."""
+    """Shell exports so ``eval "$(kubeinfer-cluster env)"`` gives a plain working kubectl."""
     tools = build.ensure_tools(with_helm=True)
     path = ":".join(str(d) for d in tools.bin_dirs)
     return f"export KUBECONFIG={kubeconfig_path(name)}\nexport PATH={path}:$PATH\n"
