@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from kubeinfer_cluster import build
+from kubeinfer_cluster.kubelet import plan
 
 DEFAULT_NAME = "default"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -259,14 +260,17 @@ def _write_kubeconfig(
     path.chmod(0o600)
 
 
-COLD_START_ANNOTATION = "kubeinfer.io/simulated-cold-start"
-
-
 def _kwok_config(tools: build.Tools, state: pathlib.Path) -> pathlib.Path:
-    """kwok's stages, plus a cold start: a pod annotated ``kubeinfer.io/simulated-cold-start:
-    "5s"`` becomes Ready only after that delay (model download and load, simulated)."""
+    """kwok's stages, minus the pods the local kubelet runs, plus a cold start: a pod annotated
+    ``kubeinfer.io/simulated-cold-start: "5s"`` becomes Ready only after that delay (model
+    download and load, simulated)."""
     docs = [yaml.safe_load(f.read_text()) for f in sorted(tools.kwok_stages.glob("*.yaml"))]
-    annotation = f'.metadata.annotations["{COLD_START_ANNOTATION}"]'
+    annotation = f'.metadata.annotations["{plan.COLD_START_ANNOTATION}"]'
+    for doc in docs:
+        if doc["spec"]["resourceRef"]["kind"] == "Pod":
+            doc["spec"]["selector"]["matchExpressions"].append(
+                {"key": f'.metadata.labels["{plan.RUN_LABEL}"]', "operator": "DoesNotExist"}
+            )
     for doc in list(docs):
         if doc["metadata"]["name"] != "pod-ready":
             continue
@@ -393,9 +397,22 @@ def up(
             f"--kubeconfig={kubeconfig}",
             f"--config={_kwok_config(tools, state)}",
             "--manage-all-nodes=true",
+            # Heartbeats through node leases, renewed every 10 s (a quarter of the duration).
+            # Without them kwok reports a node only through its status every few minutes, and
+            # the node lifecycle controller marks every pod NotReady whenever one report comes
+            # later than its grace period.
+            "--node-lease-duration-seconds=40",
             f"--cidr={KWOK_CIDR}",
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{_free_port()}",
+        ],
+        # Runs the pods labelled cluster.kubeinfer.io/run=true as real processes.
+        "kubelet": [
+            sys.executable,
+            "-m",
+            "kubeinfer_cluster.kubelet",
+            f"--kubeconfig={kubeconfig}",
+            f"--state={state / 'kubelet'}",
         ],
     }
     (state / "args.json").write_text(json.dumps(args, indent=2))
@@ -426,7 +443,7 @@ def up(
             pid=pids["kube-apiserver"],
         )
         _write_kubeconfig(kubeconfig, server, token, name, ca=state / "pki" / "apiserver.crt")
-        for component in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        for component in ("kube-controller-manager", "kube-scheduler", "kwok", "kubelet"):
             pids[component] = _spawn(state, component, args[component], tie=tie_to_parent)
             _save_pids(state, pids)
         say("creating GPU nodes")

@@ -275,9 +275,14 @@ class RuntimePorts(_Model):
 class RuntimeProbes(_Model):
     readiness_path: str = "/v2/health/ready"
     liveness_path: str = "/v2/health/live"
-    startup_failure_threshold: Annotated[
-        int, Field(ge=1, le=1000, description="x 5 s: how long a model may take to load.")
-    ] = 120
+    startup_timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=7200,
+            description="How long a model may take to load before the container is restarted.",
+        ),
+    ] = 600
 
 
 class BatchingConfigKind(enum.StrEnum):

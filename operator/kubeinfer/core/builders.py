@@ -289,10 +289,13 @@ def build_deployment(
             {"name": "grpc", "containerPort": ports.grpc, "protocol": "TCP"},
             {"name": "metrics", "containerPort": ports.metrics, "protocol": "TCP"},
         ],
+        # Probed every second while the model loads: a new replica takes traffic (and counts
+        # as capacity for the autoscaler) within a second of being ready, not up to a period
+        # later; a local HTTP GET a second is nothing next to a model load.
         "startupProbe": {
             "httpGet": {"path": runtime.probes.readiness_path, "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": runtime.probes.startup_failure_threshold,
+            "periodSeconds": 1,
+            "failureThreshold": runtime.probes.startup_timeout_seconds,
         },
         "readinessProbe": {
             "httpGet": {"path": runtime.probes.readiness_path, "port": "http"},

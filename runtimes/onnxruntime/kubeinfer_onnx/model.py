@@ -75,6 +75,8 @@ class ServerOptions:
     max_queue_size: int
     providers: Sequence[str]
     spin: bool = False
+    # Every execution takes at least this long (see --emulate-device-ms); 0 is off.
+    emulate_device_s: float = 0.0
 
 
 def choose_providers(available: Iterable[str]) -> list[str]:
@@ -152,6 +154,7 @@ class ServedModel:
             on_batch=self._record_batch,
         )
         self.stats.pending = lambda: self.batcher.pending
+        self._device_s = options.emulate_device_s
         self.latency: Any = None  # The histogram child, set by attach_metrics.
 
     def attach_metrics(self, registry: metrics.Metrics) -> None:
@@ -159,7 +162,13 @@ class ServedModel:
         self.latency = registry.latency.labels(model=self.name, version=self.version)
 
     def _execute(self, inputs: Mapping[str, npt.NDArray[Any]]) -> batching.Tensors:
+        started = time.monotonic()
         results = self.session.run(self._output_names, dict(inputs))
+        if self._device_s:
+            # An emulated accelerator: the host waits for the "kernel" without using a core,
+            # so N replicas serve N times one replica's rate however few cores the host has.
+            # Runs in a batcher worker thread (an execution this long never runs inline).
+            time.sleep(max(0.0, started + self._device_s - time.monotonic()))
         return dict(zip(self._output_names, results, strict=True))
 
     def validate(self, inputs: Mapping[str, npt.NDArray[Any]]) -> int:

@@ -91,6 +91,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "when cores are to spare, wasted CPU when they are not)",
     )
     parser.add_argument(
+        "--emulate-device-ms",
+        type=float,
+        default=0.0,
+        help="make every model execution (one batch) take at least this long, sleeping off "
+        "what onnxruntime did not use: emulates an accelerator's kernel time on a CPU-only "
+        "host, so demos and tests get a service time that does not depend on the host's "
+        "speed or on how busy its cores are (default 0: off)",
+    )
+    parser.add_argument(
         "--max-queue-size",
         type=int,
         default=256,
@@ -146,6 +155,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         inter_op_threads=args.inter_op_threads,
         max_queue_size=args.max_queue_size,
         spin=args.allow_spinning,
+        emulate_device_s=args.emulate_device_ms / 1000.0,
         providers=model.choose_providers(ort.get_available_providers()),
     )
     entries = repository.scan(args.model_repository)

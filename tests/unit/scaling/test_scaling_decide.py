@@ -275,6 +275,25 @@ CASES = [
         unschedulable=1,
     ),
     Case(
+        "a cluster full within the stable window: scale-up by the additive step only",
+        [160.0] * 30,  # 20 wanted; 10x from 4 would allow 40
+        current=4,
+        desired=8,
+        reason=R.PANIC_SCALE_UP,
+        clamps=(C.CAPACITY,),
+        policy=WIDE,
+        state=state.ScalerState(last_unschedulable_time=NOW - 30),
+    ),
+    Case(
+        "a cluster full longer ago than the stable window: the full rate again",
+        [160.0] * 30,
+        current=4,
+        desired=20,
+        reason=R.PANIC_SCALE_UP,
+        policy=WIDE,
+        state=state.ScalerState(last_unschedulable_time=NOW - 61),
+    ),
+    Case(
         "pods the scheduler has not placed yet hold scale-up",
         [160.0] * 30,
         current=10,

@@ -14,7 +14,8 @@ then persists ``result.state``. The rules, in order:
    during a rise could not come back within a cold start. For QueueDepth the trend is fitted
    to the request rate (counter deltas, far less noisy than the pending gauge) and turned
    into queue depth by Little's law (depth per request/s in the stable window).
-4. Tolerance, scale-up rate limit, capacity block (pods waiting for GPUs, or pods the
+4. Tolerance, scale-up rate limit (only the additive step while the cluster was full within
+   the stable window), capacity block (pods waiting for GPUs, or pods the
    scheduler has not answered for yet: adding more before it has would pile pending pods
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window), scale-down rate limit, the
@@ -236,6 +237,11 @@ def decide(
     panic_until = state.panic_until
     if panic_until is not None and now >= panic_until:
         panic_until = None
+    full_at = now if replicas.unschedulable > 0 else state.last_unschedulable_time
+    # The cluster could not place pods within the last stable window: capacity freed since
+    # (a pod that left) is probably small, so a step from here is bounded by the additive step
+    # rather than the multiplicative rate, and pending pods never pile up by the dozen.
+    recently_full = full_at is not None and now - full_at < policy.stable_window_s
 
     def finish(desired: int, reason: Reason, recommended: int) -> ScaleResult:
         bounded = min(max(desired, policy.min_replicas), policy.max_replicas)
@@ -260,6 +266,7 @@ def decide(
             consecutive_failures=failures,
             cold_start_s=state.cold_start_s,
             panic_until=panic_until,
+            last_unschedulable_time=full_at,
         )
         inputs = Inputs(
             metric=policy.metric,
@@ -340,6 +347,9 @@ def decide(
         limit = max(
             math.ceil(current * policy.scale_up_max_rate), current + policy.scale_up_max_step
         )
+        if recently_full and desired > current + policy.scale_up_max_step:
+            desired = current + policy.scale_up_max_step
+            clamps.append(Clamp.CAPACITY)
         if desired > limit:
             desired = limit
             clamps.append(Clamp.SCALE_UP_RATE)

@@ -29,6 +29,9 @@ class ScalerState:
     cold_start_s: float | None = None
     # Panic mode lasts until this time; None when not panicking.
     panic_until: float | None = None
+    # When pods last waited for capacity (the scheduler could not place them): a cluster that
+    # was full a moment ago is probably nearly full now, so scale-up then adds small steps.
+    last_unschedulable_time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class ScalerState:
             "consecutiveFailures": self.consecutive_failures,
             "coldStartSeconds": self.cold_start_s,
             "panicUntil": self.panic_until,
+            "lastUnschedulableTime": self.last_unschedulable_time,
         }
 
     @classmethod
@@ -47,6 +51,7 @@ class ScalerState:
             consecutive_failures=int(data.get("consecutiveFailures", 0)),
             cold_start_s=_opt_float(data.get("coldStartSeconds")),
             panic_until=_opt_float(data.get("panicUntil")),
+            last_unschedulable_time=_opt_float(data.get("lastUnschedulableTime")),
         )
 
 

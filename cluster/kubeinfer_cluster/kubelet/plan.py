@@ -1,0 +1,294 @@
+"""What a pod's containers become on this host: a pure translation, no I/O.
+
+Owns: the table of container entrypoints the local kubelet knows how to run as host processes
+(kubeinfer's own images and Triton), Kubernetes' ``$(VAR)`` expansion of args, the mapping of
+each volume mount to a folder in the pod's sandbox directory (mount paths in args become host
+paths), the listen address (a container binding 0.0.0.0 binds the pod's loopback IP here), and
+the dev cluster's per-pod emulation knobs (annotations). ``kubelet.py`` does the I/O.
+
+A host process is not a container: it sees the host's filesystem and network. What keeps the
+translation honest is that every path and address the process is given comes from the pod
+spec the operator generated, rewritten only where a container and a host differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+# Pods carrying this label are run by the local kubelet (init containers, then the serving
+# container as real processes on the pod's IP, probes decide Ready); kwok only fakes the rest.
+RUN_LABEL = "cluster.kubeinfer.io/run"
+# Time the main container waits before it starts: a model download and load, emulated.
+COLD_START_ANNOTATION = "kubeinfer.io/simulated-cold-start"
+# An emulated accelerator: every model execution of kubeinfer's ONNX server takes this long
+# (its --emulate-device-ms), so one replica serves a known rate whatever the host's speed.
+DEVICE_MS_ANNOTATION = "cluster.kubeinfer.io/device-ms"
+
+# Container entrypoint -> the host command that is that program. Images name their default
+# entrypoint in IMAGE_ENTRYPOINTS; a container's own `command[0]` wins.
+HOST_COMMANDS: dict[str, list[str]] = {
+    "kubeinfer": [sys.executable, "-m", "kubeinfer.cli"],
+    "kubeinfer-onnx-server": [sys.executable, "-m", "kubeinfer_onnx.server"],
+}
+# The last path element of an image repository -> its ENTRYPOINT (docker/*.Dockerfile).
+IMAGE_ENTRYPOINTS = {"operator": "kubeinfer", "onnx-server": "kubeinfer-onnx-server"}
+
+
+class Unsupported(ValueError):
+    """The pod asks for something this host cannot run; the message says what."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    path: str
+    port: int
+    period_s: float
+    failure_threshold: int
+    initial_delay_s: float
+    timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerPlan:
+    name: str
+    image: str
+    argv: list[str]
+    env: dict[str, str]
+    # Files to write before the container starts: host path -> content (configMap items).
+    files: dict[pathlib.Path, str]
+    startup: Probe | None = None
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    fallback_to_logs: bool = False
+    # preStop sleep, then SIGTERM; SIGKILL after the grace period.
+    pre_stop_s: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PodPlan:
+    init: list[ContainerPlan]
+    main: list[ContainerPlan]
+    cold_start_s: float
+    grace_s: float
+
+
+def parse_duration(text: str) -> float:
+    """'3s', '500ms', '2m' or a bare number of seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
+    if not match:
+        raise Unsupported(f"not a duration: {text!r} (use e.g. 3s, 500ms, 2m)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: defined variables are replaced, $$ escapes a $, an
+    undefined reference stays as written."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, text)
+
+
+def entrypoint(container: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(host command, remaining args from `command`) for a container, or Unsupported."""
+    command = list(container.get("command") or [])
+    if command:
+        program, rest = command[0], command[1:]
+    else:
+        image = str(container.get("image") or "")
+        repository = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+        program, rest = IMAGE_ENTRYPOINTS.get(repository, ""), []
+        if not program:
+            raise Unsupported(
+                f"image {image!r}: this local kubelet runs only "
+                f"{', '.join(sorted(IMAGE_ENTRYPOINTS))} images or the commands "
+                f"{', '.join(sorted(HOST_COMMANDS))}"
+            )
+    host = HOST_COMMANDS.get(program)
+    if host is None:
+        raise Unsupported(
+            f"command {program!r}: this local kubelet runs only {', '.join(sorted(HOST_COMMANDS))}"
+        )
+    return list(host), rest
+
+
+def _port(container: Mapping[str, Any], port: Any) -> int:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise Unsupported(f"container {container.get('name')}: no port named {port!r}")
+
+
+def _probe(container: Mapping[str, Any], key: str) -> Probe | None:
+    spec = container.get(key)
+    if not spec:
+        return None
+    http = spec.get("httpGet")
+    if not http:
+        raise Unsupported(f"container {container.get('name')}: {key} must be an httpGet probe")
+    return Probe(
+        path=str(http.get("path") or "/"),
+        port=_port(container, http.get("port")),
+        period_s=float(spec.get("periodSeconds", 10)),
+        failure_threshold=int(spec.get("failureThreshold", 3)),
+        initial_delay_s=float(spec.get("initialDelaySeconds", 0)),
+        timeout_s=float(spec.get("timeoutSeconds", 1)),
+    )
+
+
+def volume_dirs(pod: Mapping[str, Any], sandbox: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Volume name -> its folder in the pod's sandbox (emptyDir and configMap volumes)."""
+    dirs: dict[str, pathlib.Path] = {}
+    for volume in pod["spec"].get("volumes") or []:
+        name = volume["name"]
+        if "emptyDir" in volume or "configMap" in volume or "secret" in volume:
+            dirs[name] = sandbox / "volumes" / name
+        else:
+            kinds = sorted(k for k in volume if k != "name")
+            raise Unsupported(f"volume {name!r}: {', '.join(kinds)} volumes are not supported here")
+    return dirs
+
+
+def mounts(
+    container: Mapping[str, Any],
+    volumes: Mapping[str, pathlib.Path],
+    contents: Mapping[str, Mapping[str, str]],
+) -> tuple[list[tuple[str, pathlib.Path]], dict[pathlib.Path, str]]:
+    """(container path -> host path, longest first; files to write) for a container's mounts.
+
+    A subPath mount of a configMap key inside another mount (the model config file mounted
+    into the model repository) becomes that file written into the enclosing mount's folder.
+    """
+    table: list[tuple[str, pathlib.Path]] = []
+    subpaths: list[tuple[str, str, str]] = []
+    for mount in container.get("volumeMounts") or []:
+        path, name = str(mount["mountPath"]).rstrip("/") or "/", mount["name"]
+        if name not in volumes:
+            raise Unsupported(f"volumeMount {path}: volume {name!r} is not defined")
+        if mount.get("subPath"):
+            subpaths.append((path, name, str(mount["subPath"])))
+        else:
+            table.append((path, volumes[name]))
+    table.sort(key=lambda entry: len(entry[0]), reverse=True)
+    files: dict[pathlib.Path, str] = {}
+    for path, name, key in subpaths:
+        data = contents.get(name, {})
+        if key not in data:
+            raise Unsupported(f"volumeMount {path}: subPath {key!r} is not in volume {name!r}")
+        host = to_host(path, table)
+        if host is None:
+            raise Unsupported(f"volumeMount {path}: a subPath mount outside every other mount")
+        files[host] = data[key]
+    return table, files
+
+
+def to_host(path: str, table: list[tuple[str, pathlib.Path]]) -> pathlib.Path | None:
+    """The host path of a container path, through the longest mount that contains it."""
+    for mount_path, host in table:
+        if path == mount_path:
+            return host
+        if path.startswith(mount_path.rstrip("/") + "/"):
+            return host / path[len(mount_path.rstrip("/")) + 1 :]
+    return None
+
+
+def rewrite_arg(arg: str, table: list[tuple[str, pathlib.Path]], ip: str) -> str:
+    """Mount paths in an argument become host paths; a wildcard bind address the pod's IP."""
+    prefix, eq, value = arg.partition("=")
+    candidate = value if eq else arg
+    if candidate == "0.0.0.0":
+        candidate = ip
+    elif candidate.startswith("/"):
+        host = to_host(candidate, table)
+        if host is not None:
+            candidate = str(host)
+    return f"{prefix}={candidate}" if eq else candidate
+
+
+def container_plan(
+    container: Mapping[str, Any],
+    *,
+    ip: str,
+    volumes: Mapping[str, pathlib.Path],
+    contents: Mapping[str, Mapping[str, str]],
+    secrets: Mapping[str, Mapping[str, str]],
+    annotations: Mapping[str, str],
+    sandbox: pathlib.Path,
+) -> ContainerPlan:
+    name = str(container["name"])
+    host, command_args = entrypoint(container)
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        ref = str((source.get("secretRef") or source.get("configMapRef") or {}).get("name"))
+        if ref not in secrets:
+            raise Unsupported(f"container {name}: envFrom {ref!r} is not available")
+        env.update(secrets[ref])
+    for item in container.get("env") or []:
+        if "value" not in item:
+            raise Unsupported(f"container {name}: env {item.get('name')} must have a value")
+        env[item["name"]] = expand(str(item["value"]), env)
+    table, files = mounts(container, volumes, contents)
+    tmp = to_host("/tmp", table) or sandbox / "tmp" / name
+    env.setdefault("TMPDIR", str(tmp))
+    args = [expand(str(a), env) for a in [*command_args, *(container.get("args") or [])]]
+    argv = host + [rewrite_arg(a, table, ip) for a in args]
+    device_ms = annotations.get(DEVICE_MS_ANNOTATION)
+    if device_ms and host == HOST_COMMANDS["kubeinfer-onnx-server"]:
+        argv.append(f"--emulate-device-ms={float(device_ms):g}")
+    pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+    return ContainerPlan(
+        name=name,
+        image=str(container.get("image") or ""),
+        argv=argv,
+        env=env,
+        files=files,
+        startup=_probe(container, "startupProbe"),
+        readiness=_probe(container, "readinessProbe"),
+        liveness=_probe(container, "livenessProbe"),
+        fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+        pre_stop_s=float(pre_stop.get("seconds", 0)),
+    )
+
+
+def pod_plan(
+    pod: Mapping[str, Any],
+    *,
+    ip: str,
+    sandbox: pathlib.Path,
+    contents: Mapping[str, Mapping[str, str]],
+    secrets: Mapping[str, Mapping[str, str]],
+) -> PodPlan:
+    """The whole pod, or Unsupported naming the first thing this host cannot do."""
+    annotations = pod["metadata"].get("annotations") or {}
+    volumes = volume_dirs(pod, sandbox)
+    spec = pod["spec"]
+
+    def plan(container: Mapping[str, Any]) -> ContainerPlan:
+        return container_plan(
+            container,
+            ip=ip,
+            volumes=volumes,
+            contents=contents,
+            secrets=secrets,
+            annotations=annotations,
+            sandbox=sandbox,
+        )
+
+    cold = annotations.get(COLD_START_ANNOTATION)
+    return PodPlan(
+        init=[plan(c) for c in spec.get("initContainers") or []],
+        main=[plan(c) for c in spec.get("containers") or []],
+        cold_start_s=parse_duration(cold) if cold else 0.0,
+        grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
+    )

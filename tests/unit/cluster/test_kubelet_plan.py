@@ -1,0 +1,148 @@
+"""The local kubelet's translation of a pod spec into host processes, on the operator's own pods."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from kubeinfer.core import api, builders
+from kubeinfer_cluster.kubelet import plan, podstatus
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+SANDBOX = pathlib.Path("/sandbox")
+IP = "127.3.1.2"
+
+
+def onnx_pod(uri: str = "file:///models/mlp.onnx", **annotations: str) -> dict[str, Any]:
+    """The pod the operator's Deployment would create for an ONNX InferenceService."""
+    runtime = api.parse_runtime(
+        yaml.safe_load((REPO / "runtimes/defaults/onnxruntime.yaml").read_text())["spec"]
+    )
+    spec = api.parse_spec(
+        {
+            "model": {"name": "mlp", "format": "onnx", "storageUri": uri},
+            "podMetadata": {"annotations": annotations},
+        }
+    )
+    owner = builders.Owner(name="q", namespace="ns", uid="u")
+    deployment = builders.build_deployment(owner, spec, "onnxruntime", runtime)
+    template = deployment["spec"]["template"]
+    return {"metadata": {"name": "q-1", "namespace": "ns", **template["metadata"]}, **template}
+
+
+def config_contents(pod: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {v["name"]: {"config.json": "{}"} for v in pod["spec"]["volumes"] if "configMap" in v}
+
+
+def test_the_operators_onnx_pod_becomes_host_processes() -> None:
+    pod = onnx_pod()
+    result = plan.pod_plan(pod, ip=IP, sandbox=SANDBOX, contents=config_contents(pod), secrets={})
+    repo = SANDBOX / "volumes" / builders.MODELS_VOLUME
+    [init] = result.init
+    assert init.argv[:3] == [sys.executable, "-m", "kubeinfer.cli"]
+    assert init.argv[3:6] == ["storage-init", "file:///models/mlp.onnx", str(repo)]
+    [server] = result.main
+    assert server.argv[:3] == [sys.executable, "-m", "kubeinfer_onnx.server"]
+    # $(VAR) expanded, the mount path mapped into the sandbox, 0.0.0.0 bound to the pod IP.
+    assert f"--model-repository={repo}" in server.argv
+    assert "--http-port=8000" in server.argv
+    assert f"--address={IP}" in server.argv
+    # The ConfigMap's key, mounted by subPath into the model folder, is written there.
+    assert server.files == {repo / "mlp" / "config.json": "{}"}
+    assert server.startup is not None and server.startup.port == 8000
+    assert server.readiness is not None and server.readiness.path == "/v2/health/ready"
+    assert server.pre_stop_s == 5
+    assert server.env["TMPDIR"] == str(SANDBOX / "volumes" / "tmp")
+
+
+def test_annotations_emulate_a_device_and_a_cold_start() -> None:
+    pod = onnx_pod(**{plan.DEVICE_MS_ANNOTATION: "40", plan.COLD_START_ANNOTATION: "1500ms"})
+    result = plan.pod_plan(pod, ip=IP, sandbox=SANDBOX, contents=config_contents(pod), secrets={})
+    assert result.main[0].argv[-1] == "--emulate-device-ms=40"
+    assert result.cold_start_s == 1.5
+    assert "--emulate-device-ms=40" not in result.init[0].argv
+
+
+def test_credentials_reach_the_init_container_only() -> None:
+    pod = onnx_pod()
+    pod["spec"]["initContainers"][0]["envFrom"] = [{"secretRef": {"name": "creds"}}]
+    secrets = {"creds": {"AWS_ACCESS_KEY_ID": "k"}}
+    result = plan.pod_plan(
+        pod, ip=IP, sandbox=SANDBOX, contents=config_contents(pod), secrets=secrets
+    )
+    assert result.init[0].env["AWS_ACCESS_KEY_ID"] == "k"
+    assert "AWS_ACCESS_KEY_ID" not in result.main[0].env
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda p: p["spec"]["volumes"].append(
+                {"name": "x", "persistentVolumeClaim": {"claimName": "c"}}
+            ),
+            "persistentVolumeClaim volumes are not supported",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0].update(command=["bash"]),
+            "command 'bash'",
+        ),
+        (
+            lambda p: p["spec"]["initContainers"][0].update(image="busybox:1"),
+            "image 'busybox:1'",
+        ),
+    ],
+)
+def test_what_cannot_run_here_is_named(change: Any, message: str) -> None:
+    pod = onnx_pod()
+    change(pod)
+    with pytest.raises(plan.Unsupported, match=message):
+        plan.pod_plan(pod, ip=IP, sandbox=SANDBOX, contents=config_contents(pod), secrets={})
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "out"),
+    [
+        ("$(A)/x", {"A": "1"}, "1/x"),
+        ("$(B)", {}, "$(B)"),
+        ("$$(A)", {"A": "1"}, "$(A)"),
+    ],
+)
+def test_expand_follows_kubernetes(text: str, env: dict[str, str], out: str) -> None:
+    assert plan.expand(text, env) == out
+
+
+def test_status_follows_the_containers() -> None:
+    init = [podstatus.Container("storage-initializer", "img")]
+    main = [podstatus.Container("server", "img")]
+    pending = podstatus.build(ip=IP, host_ip="127.0.1.1", init=init, main=main, started_at="t")
+    assert pending["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in pending["conditions"]}["Ready"] == "False"
+    init[0].running()
+    init[0].terminated(0, "")
+    main[0].running()
+    main[0].started = main[0].ready = True
+    ready = podstatus.build(ip=IP, host_ip="127.0.1.1", init=init, main=main, started_at="t")
+    assert ready["phase"] == "Running" and ready["podIP"] == IP
+    assert {c["type"]: c["status"] for c in ready["conditions"]}["Ready"] == "True"
+    main[0].terminated(1, "model failed to load")
+    main[0].restarting(10)
+    crashed = podstatus.build(ip=IP, host_ip="127.0.1.1", init=init, main=main, started_at="t")
+    [record] = crashed["containerStatuses"]
+    assert record["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert record["lastState"]["terminated"]["message"] == "model failed to load"
+    assert record["restartCount"] == 1
+    stamped = podstatus.stamp(crashed, podstatus.stamp(ready, {}, "t1"), "t2")
+    times = {c["type"]: c["lastTransitionTime"] for c in stamped["conditions"]}
+    assert times["Initialized"] == "t1" and times["Ready"] == "t2"
+
+
+def test_termination_message_is_the_log_tail() -> None:
+    log = "".join(f"line {i}\n" for i in range(200))
+    message = podstatus.termination_message(log)
+    assert message.endswith("line 199") and "line 119\n" not in message
+    assert len(message.encode()) <= podstatus.TAIL_BYTES
