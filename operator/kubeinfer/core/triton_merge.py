@@ -125,24 +125,22 @@ def _value_end(text: str, pos: int) -> int:
 
 
 def _block_end(text: str, pos: int) -> int:
-    stack = [_CLOSING[text[pos]]]
+    opened = [pos]  # where each open bracket is, to name the one never closed
     pos += 1
-    while stack:
+    while opened:
         pos = _skip(text, pos)
         if pos >= len(text):
-            raise ConfigSyntaxError(f"{_where(text, pos)}: {stack[-1]!r} is missing")
+            where = opened[-1]
+            raise ConfigSyntaxError(f"{_where(text, where)}: {text[where]!r} is never closed")
         char = text[pos]
         if char in "\"'":
             pos = _string_end(text, pos)
-        elif char in _CLOSING:
-            stack.append(_CLOSING[char])
-            pos += 1
-        elif char in "}>]":
-            if char != stack.pop():
-                raise ConfigSyntaxError(f"{_where(text, pos)}: unbalanced {char!r}")
-            pos += 1
-        else:
-            pos += 1
+            continue
+        if char in _CLOSING:
+            opened.append(pos)
+        elif char in "}>]" and char != _CLOSING[text[opened.pop()]]:
+            raise ConfigSyntaxError(f"{_where(text, pos)}: unbalanced {char!r}")
+        pos += 1
     return pos
 
 

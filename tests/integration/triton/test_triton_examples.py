@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 from typing import Any
 
 import numpy as np
@@ -20,44 +19,16 @@ import onnxruntime
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-import yaml
 from tritonclient.utils import np_to_triton_dtype
 
-from kubeinfer.core import api, builders, triton
-from kubeinfer.storage.main import storage_init_main
+from kubeinfer.core import api, triton
 from tests import triton_server
-from tests.integration.triton import standin
+from tests.integration.triton import pod_repository, standin
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
-RUNTIMES = {
-    doc["metadata"]["name"]: api.parse_runtime(doc["spec"])
-    for path in sorted((REPO / "runtimes" / "defaults").glob("*.yaml"))
-    for doc in yaml.safe_load_all(path.read_text())
-}
-# A model directory as its authors might ship it: a config.pbtxt of their own (which the
-# generated one must not hide) beside the version directory.
-SHIPPED_CONFIG = """\
-name: "whatever-the-authors-called-it"
-max_batch_size: 4
-instance_group [ { kind: KIND_GPU, count: 1 } ]  # every visible GPU: not what the pod has
-parameters { key: "shipped_by", value: { string_value: "the model's authors" } }
-"""
-# Metrics the autoscaler scrapes that only exist with a GPU (NVML); tests/device checks them.
+# Metrics the autoscaler scrapes that Triton exports only when NVML finds a GPU: this machine
+# has none, so they are left to a check on a GPU machine.
 NEEDS_GPU = {"gpu_utilization"}
-
-
-def _triton_examples() -> list[Any]:
-    found = []
-    for path in sorted((REPO / "examples").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "InferenceService":
-                spec = api.parse_spec(doc["spec"])
-                if builders.choose_runtime(spec, RUNTIMES)[0] == "triton":
-                    found.append(pytest.param(doc, id=path.name))
-    return found
-
-
-TRITON_EXAMPLES = _triton_examples()
+TRITON_EXAMPLES = [pytest.param(doc, id=name) for name, doc in pod_repository.triton_examples()]
 
 
 def test_examples_exercise_every_triton_path() -> None:
@@ -70,87 +41,36 @@ def test_examples_exercise_every_triton_path() -> None:
 def test_example_loads_in_real_triton_and_serves(
     doc: dict[str, Any], triton_install: triton_server.Installation, tmp_path: pathlib.Path
 ) -> None:
-    spec = api.parse_spec(doc["spec"])
-    runtime_name, runtime = builders.choose_runtime(spec, RUNTIMES)
-    owner = builders.Owner(name=doc["metadata"]["name"], namespace="default", uid="u")
-    config_map = builders.build_config_map(owner, spec, runtime_name, runtime)
-    pod = builders.build_deployment(owner, spec, runtime_name, runtime)["spec"]["template"]
-    pod_spec = pod["spec"]
-    reference = standin.build_standin_onnx(spec.model, tmp_path / "reference.onnx")
-
-    # The init container, with its own arguments: the URI points at a local copy of what the
-    # store would hold, the paths at this test's directories.
-    generated = tmp_path / "generated"
-    generated.mkdir()
-    for name, content in config_map["data"].items():
-        (generated / name).write_text(content)
-    repository = tmp_path / "repository"
-    init_args = _local_init_args(
-        pod_spec["initContainers"][0]["args"],
-        uri=_model_source(spec, reference, tmp_path / "store"),
-        repository=repository,
-        generated=generated,
-    )
-    assert storage_init_main(init_args) == 0
-    model_dir = repository / spec.model.name
-    version_dir = model_dir / str(spec.model.version)
-    assert (version_dir / triton.model_file_name(spec.model.format)).is_file(), sorted(
-        p.name for p in version_dir.iterdir()
+    pod = pod_repository.build(doc, tmp_path)
+    spec = pod.spec
+    # Triton opens this name in the version directory; a URL's own name would not load.
+    assert (pod.version_dir / triton.model_file_name(spec.model.format)).is_file(), sorted(
+        p.name for p in pod.version_dir.iterdir()
     )
 
-    config = model_dir / "config.pbtxt"
+    config = pod.model_dir / "config.pbtxt"
     config.write_text(standin.swap_for_cpu_standin(config.read_text()))
     if spec.model.format is not api.ModelFormat.PYTHON:
-        standin.install_standin_code(version_dir)
+        standin.install_standin_code(pod.version_dir)
 
-    server = pod_spec["containers"][0]
-    assert server["command"] == ["tritonserver"]
+    assert pod.server["command"] == ["tritonserver"]
     process = triton_server.TritonProcess(
-        triton_install, repository, server["args"], tmp_path / "tritonserver.log"
+        triton_install, pod.root, pod.server["args"], tmp_path / "tritonserver.log"
     )
     try:
         process.wait_ready()
-        _check_loaded_config(process, spec)
-        _check_answers(process, spec, reference)
-        _check_metrics(process, spec, runtime)
+        _check_loaded_config(process, pod)
+        _check_answers(process, spec, pod.reference)
+        _check_metrics(process, spec, pod.runtime)
     finally:
         process.stop()
 
 
-def _local_init_args(
-    args: list[str], *, uri: str, repository: pathlib.Path, generated: pathlib.Path
-) -> list[str]:
-    command, _, _, *options = args
-    assert command == "storage-init"
-    local = [option.replace(builders.GENERATED_CONFIG_DIR, str(generated)) for option in options]
-    return [uri, str(repository), *local]
-
-
-def _model_source(spec: api.InferenceServiceSpec, onnx_model: pathlib.Path, store: Any) -> str:
-    """What the example's storageUri holds, as a local file:// URI."""
-    store.mkdir()
-    uri = spec.model.storage_uri
-    if not uri.endswith("/"):
-        # One object, named as in its URL; the storage initializer renames it.
-        single = store / uri.rsplit("/", 1)[-1]
-        shutil.copyfile(onnx_model, single)
-        return single.as_uri()
-    if spec.model.format is api.ModelFormat.PYTHON:
-        # A version directory: the user's model.py and what it loads.
-        shutil.copyfile(standin.STANDIN_MODEL, store / "model.py")
-        shutil.copyfile(onnx_model, store / "model.onnx")
-        return store.as_uri()
-    version = store / str(spec.model.version)
-    version.mkdir()
-    shutil.copyfile(onnx_model, version / triton.model_file_name(spec.model.format))
-    (store / "config.pbtxt").write_text(SHIPPED_CONFIG)
-    return store.as_uri()
-
-
 def _check_loaded_config(
-    process: triton_server.TritonProcess, spec: api.InferenceServiceSpec
+    process: triton_server.TritonProcess, pod: pod_repository.PodRepository
 ) -> None:
     """Triton's view of the model is the spec's (after the CPU swap)."""
+    spec = pod.spec
     status, body = process.get(f"/v2/models/{spec.model.name}/config")
     assert status == 200, body
     loaded = json.loads(body)
@@ -167,7 +87,7 @@ def _check_loaded_config(
     assert [t["name"] for t in loaded["input"]] == [t.name for t in spec.model.inputs] or (
         not spec.model.inputs
     )
-    if spec.model.storage_uri.endswith("/") and spec.model.format is not api.ModelFormat.PYTHON:
+    if pod.ships_config:
         # Merged, not hidden: the shipped file's parameters survive, the spec's fields win.
         assert loaded["parameters"]["shipped_by"]["string_value"] == "the model's authors"
 
