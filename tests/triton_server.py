@@ -15,6 +15,7 @@ message when it is missing, since in CI they run where the network is out of rea
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import pathlib
 import shutil
@@ -95,6 +96,14 @@ def require() -> Installation:
 def install() -> Installation:
     """Create the virtualenv and the backends directory once; a finished install is kept."""
     target = installation()
+    target.root.parent.mkdir(parents=True, exist_ok=True)
+    # The cache is shared by every checkout on the machine: one installer at a time.
+    with open(target.root.parent / f"{target.root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install(target)
+
+
+def _install(target: Installation) -> Installation:
     if target.stamp.is_file() and target.stamp.read_text().strip() == PYTRITON:
         return target
     shutil.rmtree(target.root, ignore_errors=True)
