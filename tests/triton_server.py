@@ -5,11 +5,12 @@ Triton comes from the ``nvidia-pytriton`` wheel, the one place PyPI ships a work
 tritonclient, which clash with the project's, so it lives in its own virtualenv in the shared
 cache (``$KUBEINFER_CACHE/triton-2.51``, default ``~/.cache/kubeinfer``), never in the
 repository. ``make triton`` (a prerequisite of the integration tier) creates it with
-``python tests/triton_server.py install``; tests only read it, and fail with that command in the
+``python -m tests.triton_server install``; tests only read it, and fail with that command in the
 message when it is missing, since in CI they run where the network is out of reach.
 
 ``TritonProcess`` starts the server the way a pod would (the runtime's own arguments), on
-127.0.0.1 with free ports, waits for readiness by polling, and stops only its own pid.
+loopback (127.0.0.1 and free ports by default), waits for readiness by polling, and stops only
+its own pid.
 """
 
 from __future__ import annotations
@@ -130,7 +131,11 @@ def free_port() -> int:
 
 
 class TritonProcess:
-    """One tritonserver on 127.0.0.1; ``args`` are the runtime's, with $(VARS) expanded here."""
+    """One tritonserver; ``runtime_args`` are the runtime's, with $(VARS) expanded here.
+
+    It listens on ``address`` (loopback; a kwok pod's 127.x IP for the e2e harness) on the
+    given ports, or on free ones.
+    """
 
     def __init__(
         self,
@@ -138,8 +143,16 @@ class TritonProcess:
         repository: pathlib.Path,
         runtime_args: list[str],
         log_path: pathlib.Path,
+        *,
+        address: str = "127.0.0.1",
+        ports: tuple[int, int, int] | None = None,
     ) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.address = address
+        self.http_port, self.grpc_port, self.metrics_port = ports or (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
         variables = {
             "MODEL_REPOSITORY": str(repository),
             "HTTP_PORT": str(self.http_port),
@@ -150,10 +163,10 @@ class TritonProcess:
         self.command = [
             str(found.server),
             *args,
-            # Only what a laptop needs beyond a pod: loopback addresses and the wheel's backends.
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
+            # Only what this machine needs beyond a pod: the address and the wheel's backends.
+            f"--http-address={address}",
+            f"--grpc-address={address}",
+            f"--metrics-address={address}",
             f"--backend-directory={found.backends}",
         ]
         self.log_path = log_path
@@ -164,17 +177,17 @@ class TritonProcess:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.address}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.address}:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str, port: int | None = None) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{port or self.http_port}{path}"
+        url = f"http://{self.address}:{port or self.http_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 return int(response.status), response.read()
@@ -223,7 +236,7 @@ def _expand(arg: str, variables: dict[str, str]) -> str:
 
 def main(argv: list[str]) -> int:
     if argv != ["install"]:
-        print("usage: python tests/triton_server.py install", file=sys.stderr)
+        print("usage: python -m tests.triton_server install", file=sys.stderr)
         return 2
     found = install()
     print(f"Triton {TRITON_VERSION} ({PYTRITON}) ready in {found.root}")
