@@ -16,7 +16,7 @@ IN_NETNS := bash .ci/netns-exec
 endif
 PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
-.PHONY: help venv tools lint crds crds-check test test-unit test-integration test-e2e test-reliability soak \
+.PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e test-reliability soak \
         demo cluster cluster-down images bench-reconcile bench-runtime bench-autoscaling clean
 
 help:
@@ -38,6 +38,11 @@ tools: venv
 	@command -v go >/dev/null || { echo "Go is required to build the local cluster: apt install golang (>= 1.24)"; exit 2; }
 	$(CLUSTER) build
 
+# Real Triton 2.51 (the nvidia-pytriton wheel) for the Triton tests, in its own virtualenv in
+# the same cache: its numpy<2 pin clashes with ours. About 300 MB once; a warm run is instant.
+triton: venv
+	$(PY) -m tests.triton_server install
+
 lint: venv
 	$(VENV)/bin/ruff check operator runtimes cluster tests bench examples
 	$(VENV)/bin/mypy
@@ -49,7 +54,7 @@ crds: venv
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit -q
 
-test-integration: venv tools
+test-integration: venv tools triton
 	$(PYTEST) tests/integration -q
 
 test-e2e: venv tools

@@ -47,6 +47,30 @@ class ModelFormat(enum.StrEnum):
     PYTHON = "python"
 
 
+class TensorDatatype(enum.StrEnum):
+    """The v2 inference protocol's tensor datatypes (what requests carry)."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BF16 = "BF16"
+    BYTES = "BYTES"
+
+
+class GPUParallelism(enum.StrEnum):
+    DATA = "Data"  # each of the replica's GPUs holds a whole copy of the model
+    MODEL = "Model"  # one copy spread over all of the replica's GPUs (the model shards itself)
+
+
 class VersionPolicyKind(enum.StrEnum):
     LATEST = "Latest"
     ALL = "All"
@@ -78,7 +102,58 @@ class VersionPolicy(_Model):
     versions: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=16)] = []
 
 
+class TensorSpec(_Model):
+    """One input or output tensor of the model: name, datatype and shape."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.dims.all(d, d == -1 || d >= 1)",
+                "dims entries must be -1 (any size) or positive",
+            ),
+        )
+    )
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+    datatype: TensorDatatype
+    dims: Annotated[
+        list[Annotated[int, Field(ge=-1, le=2_147_483_647)]],
+        Field(
+            min_length=1,
+            max_length=8,
+            description="Shape of one request's tensor without the batch dimension when "
+            "batching.maxBatchSize > 0; -1 for a dimension of any size.",
+        ),
+    ]
+
+    @pydantic.field_validator("dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if 0 in dims:
+            raise ValueError("dims entries must be -1 (any size) or positive")
+        return dims
+
+
+# Formats whose runtime cannot read the tensor signature from the model file (Triton's
+# pytorch and python backends), so the spec must state it.
+FORMATS_NEEDING_SIGNATURE = frozenset({ModelFormat.PYTORCH, ModelFormat.PYTHON})
+
+
 class ModelSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!(self.format in ['pytorch', 'python']) || "
+                "(size(self.inputs) > 0 && size(self.outputs) > 0)",
+                "model.inputs and model.outputs are required for model.format pytorch and "
+                "python: Triton cannot read them from the model",
+            ),
+            (
+                "self.format != 'tensorflow' || !self.storageUri.startsWith('http')",
+                "model.storageUri must be a directory (s3://, pvc://, file://) for model.format "
+                "tensorflow: a SavedModel is a directory, an http(s) URL is one file",
+            ),
+        )
+    )
     name: Annotated[
         str,
         Field(
@@ -109,6 +184,29 @@ class ModelSpec(_Model):
             "HTTP_AUTHORIZATION, passed to the storage initializer only.",
         ),
     ] = None
+    inputs: Annotated[
+        list[TensorSpec],
+        Field(
+            max_length=64,
+            description="The model's input tensors, written into Triton's config. Required "
+            "for formats pytorch and python; ONNX and TensorRT models describe themselves.",
+        ),
+    ] = []
+    outputs: Annotated[list[TensorSpec], Field(max_length=64)] = []
+
+    @pydantic.model_validator(mode="after")
+    def _signature(self) -> ModelSpec:
+        if self.format in FORMATS_NEEDING_SIGNATURE and not (self.inputs and self.outputs):
+            raise ValueError(
+                "model.inputs and model.outputs are required for model.format "
+                f"{self.format.value}: Triton cannot read them from the model"
+            )
+        if self.format is ModelFormat.TENSORFLOW and self.storage_uri.startswith("http"):
+            raise ValueError(
+                "model.storageUri must be a directory (s3://, pvc://, file://) for "
+                "model.format tensorflow"
+            )
+        return self
 
 
 class GPUSpec(_Model):
@@ -120,6 +218,13 @@ class GPUSpec(_Model):
         str | None,
         Field(max_length=128, description="nvidia.com/gpu.product node label to require."),
     ] = None
+    parallelism: Annotated[
+        GPUParallelism,
+        Field(
+            description="Data: one whole copy of the model per GPU of the replica. Model: one "
+            "copy that places itself across all of them (tensor parallel; format python)."
+        ),
+    ] = GPUParallelism.DATA
 
 
 class ResourceList(_Model):
@@ -223,6 +328,15 @@ class InferenceServiceSpec(_Model):
                 "!self.gpu.resourceName.startsWith('nvidia.com/mig-') || self.gpu.count <= 7",
                 "gpu.count must be at most 7 for a MIG profile",
             ),
+            (
+                "self.gpu.parallelism != 'Model' || self.model.format == 'python'",
+                "gpu.parallelism Model needs model.format python: only a model that places "
+                "itself on its GPUs can shard",
+            ),
+            (
+                "self.gpu.parallelism != 'Model' || self.gpu.count >= 2",
+                "gpu.parallelism Model needs gpu.count of at least 2",
+            ),
         )
     )
     model: ModelSpec
@@ -258,6 +372,12 @@ class InferenceServiceSpec(_Model):
             )
         if self.model.format is ModelFormat.TENSORRT and self.gpu.count < 1:
             raise ValueError("gpu.count must be at least 1 for model.format tensorrt")
+        if self.gpu.parallelism is GPUParallelism.MODEL and (
+            self.model.format is not ModelFormat.PYTHON or self.gpu.count < 2
+        ):
+            raise ValueError(
+                "gpu.parallelism Model needs model.format python and gpu.count of at least 2"
+            )
         return self
 
 

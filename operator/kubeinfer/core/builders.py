@@ -16,13 +16,15 @@ import hashlib
 import json
 from typing import Any
 
-from kubeinfer.core import api
+from kubeinfer.core import api, triton
 
 LABEL_ISVC = "kubeinfer.io/inferenceservice"
 LABEL_RUNTIME = "kubeinfer.io/runtime"
 MODELS_VOLUME = "model-repository"
 CONFIG_VOLUME = "model-config"
 INIT_IMAGE = "ghcr.io/kubeinfer/operator:0.1.0"
+# Where the storage initializer reads the generated config.pbtxt, outside the repository.
+GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,29 +133,7 @@ def build_model_config(
     """(file name, content) of the per-model config that carries batching to the runtime."""
     b = spec.batching
     if runtime.batching_config is api.BatchingConfigKind.TRITON_PBTXT:
-        platform = {
-            api.ModelFormat.ONNX: "onnxruntime_onnx",
-            api.ModelFormat.TENSORRT: "tensorrt_plan",
-            api.ModelFormat.PYTORCH: "pytorch_libtorch",
-            api.ModelFormat.TENSORFLOW: "tensorflow_savedmodel",
-        }.get(spec.model.format)
-        lines = [f'name: "{spec.model.name}"']
-        lines.append(f'platform: "{platform}"' if platform else 'backend: "python"')
-        lines.append(f"max_batch_size: {b.max_batch_size}")
-        if b.max_batch_size > 0:
-            lines.append("dynamic_batching {")
-            lines.extend(f"  preferred_batch_size: {size}" for size in b.preferred_batch_sizes)
-            lines.append(f"  max_queue_delay_microseconds: {b.max_queue_delay_microseconds}")
-            lines.append("}")
-        kind = "KIND_GPU" if spec.gpu.count > 0 else "KIND_CPU"
-        lines.append(f"instance_group [{{ kind: {kind}, count: 1 }}]")
-        policy = spec.model.version_policy
-        if policy.policy is api.VersionPolicyKind.ALL:
-            lines.append("version_policy: { all: {} }")
-        elif policy.policy is api.VersionPolicyKind.SPECIFIC:
-            versions = ", ".join(str(v) for v in policy.versions)
-            lines.append(f"version_policy: {{ specific: {{ versions: [{versions}] }} }}")
-        return "config.pbtxt", "\n".join(lines) + "\n"
+        return "config.pbtxt", triton.render_config(spec)
     config = {
         "max_batch_size": b.max_batch_size,
         "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
@@ -206,8 +186,10 @@ def _storage(
     """(volumes, init containers, runtime container mounts) that put the model in place.
 
     The repository root is always an emptyDir; the version directory is either a read-only
-    PVC mount (pvc://, no copy) or filled by the storage initializer; the batching config is
-    a ConfigMap file mounted beside it.
+    PVC mount (pvc://, no copy) or filled by the storage initializer. The generated config is a
+    ConfigMap file: mounted at ``<model>/<file>`` for a claim (nothing else can be there), but
+    for a fetched model the storage initializer installs it, merged over a config.pbtxt the
+    model ships, so the mount never hides the user's file.
     """
     repo = runtime.model_repository_path
     model_dir = f"{repo}/{spec.model.name}"
@@ -220,15 +202,19 @@ def _storage(
     mounts: list[dict[str, Any]] = [
         {"name": MODELS_VOLUME, "mountPath": repo},
         {"name": "tmp", "mountPath": "/tmp"},
-        {
-            "name": CONFIG_VOLUME,
-            "mountPath": f"{model_dir}/{filename}",
-            "subPath": filename,
-            "readOnly": True,
-        },
     ]
     init: list[dict[str, Any]] = []
     uri = spec.model.storage_uri
+    merge_config = filename == "config.pbtxt" and not uri.startswith("pvc://")
+    if not merge_config:
+        mounts.append(
+            {
+                "name": CONFIG_VOLUME,
+                "mountPath": f"{model_dir}/{filename}",
+                "subPath": filename,
+                "readOnly": True,
+            }
+        )
     if uri.startswith("pvc://"):
         claim, _, sub_path = uri.removeprefix("pvc://").partition("/")
         volumes.append(
@@ -248,6 +234,7 @@ def _storage(
             repo,
             f"--model-name={spec.model.name}",
             f"--version={spec.model.version}",
+            f"--file-name={triton.model_file_name(spec.model.format)}",
         ],
         "volumeMounts": [
             {"name": MODELS_VOLUME, "mountPath": repo},
@@ -256,6 +243,11 @@ def _storage(
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": _RESTRICTED_CONTAINER,
     }
+    if merge_config:
+        container["args"].append(f"--config={GENERATED_CONFIG_DIR}/{filename}")
+        container["volumeMounts"].append(
+            {"name": CONFIG_VOLUME, "mountPath": GENERATED_CONFIG_DIR, "readOnly": True}
+        )
     if spec.model.credentials_secret:
         # Only the init container sees the credentials; the serving container never does.
         container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
@@ -309,6 +301,9 @@ def build_deployment(
         },
         # Endpoints drop the pod while it sleeps, then SIGTERM lets the server drain.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        # A server that exits on a bad model leaves its log tail (Triton's load error) in
+        # lastState.terminated.message, which status quotes (core.runtime_failures).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
         "securityContext": _RESTRICTED_CONTAINER,
     }

@@ -12,6 +12,8 @@ import dataclasses
 import enum
 from typing import Any
 
+from kubeinfer.core import runtime_failures
+
 
 class ConditionType(enum.StrEnum):
     READY = "Ready"
@@ -117,16 +119,31 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[Problem]:
                 waiting = state.get("waiting") or {}
                 terminated = state.get("terminated") or {}
                 reason = waiting.get("reason") or ""
+                # The runtime's own words when it exited on a model it could not load.
+                load_error = runtime_failures.model_load_error(
+                    terminated.get("message") or last.get("message") or ""
+                )
                 if reason in FAILING_WAIT_REASONS:
                     detail = waiting.get("message") or last.get("reason") or ""
                     if reason == "CrashLoopBackOff" and last.get("reason") == "OOMKilled":
                         reason = "OOMKilled"
+                    if reason == "CrashLoopBackOff" and load_error:
+                        reason, detail = runtime_failures.MODEL_LOAD_FAILED, load_error
                     problems.append(
                         Problem(
                             ConditionType.PODS_HEALTHY,
                             reason,
                             f"Pod {name} {kind} {cs.get('name')}: {reason}"
                             f"{': ' + detail if detail else ''}.",
+                        )
+                    )
+                elif load_error and terminated.get("exitCode", 0) != 0:
+                    problems.append(
+                        Problem(
+                            ConditionType.PODS_HEALTHY,
+                            runtime_failures.MODEL_LOAD_FAILED,
+                            f"Pod {name} {kind} {cs.get('name')}: "
+                            f"{runtime_failures.MODEL_LOAD_FAILED}: {load_error}.",
                         )
                     )
                 elif terminated.get("reason") in FAILING_TERMINATED_REASONS and (

@@ -34,3 +34,9 @@ class ChecksumMismatch(StorageError):
 
 class TransientError(StorageError):
     """Worth another attempt: connection errors, timeouts, 5xx, 429, truncated bodies."""
+
+
+class InvalidModelConfig(StorageError):
+    """The config.pbtxt shipped with the model (or the generated one) cannot be read."""
+
+    exit_code = 6

@@ -49,10 +49,14 @@ def fetch(
     credentials: credentials_.Credentials,
     model_name: str = DEFAULT_MODEL_NAME,
     version: str = DEFAULT_VERSION,
+    file_name: str | None = None,
     retry: retrying.RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FetchResult:
     """Fetch ``source`` into the repository at ``dest``.
+
+    ``file_name`` is the name a single downloaded file is installed under (the runtime opens
+    ``model.onnx``, ``model.plan``... whatever the URL called it); trees keep their names.
 
     Raises ``ValueError`` for a malformed URI, model name or version (before any I/O) and a
     ``errors.StorageError`` subclass for everything the store or the filesystem refuses.
@@ -60,6 +64,8 @@ def fetch(
     parsed = uri.parse_storage_uri(source) if isinstance(source, str) else source
     layout.validate_model_name(model_name)
     layout.validate_version(version)
+    if file_name is not None:
+        layout.validate_model_name(file_name)
     policy = retry or retrying.RetryPolicy()
 
     if isinstance(parsed, uri.PvcUri):
@@ -85,7 +91,7 @@ def fetch(
             )
         except ValueError as err:
             raise errors.ObjectNotFound(f"{parsed.display}: {err}") from None
-        installed = _install(staging, dest, placement, files)
+        installed = _install(staging, dest, placement, files, file_name)
     except OSError as err:
         raise errors.StorageError(
             f"{parsed.display}: writing into {dest} failed: {err.strerror or err}"
@@ -156,12 +162,16 @@ def _copy_local(parsed: uri.FileUri, staging: pathlib.Path) -> tuple[bool, tuple
 
 
 def _install(
-    staging: pathlib.Path, dest: pathlib.Path, placement: layout.Layout, files: tuple[str, ...]
+    staging: pathlib.Path,
+    dest: pathlib.Path,
+    placement: layout.Layout,
+    files: tuple[str, ...],
+    file_name: str | None,
 ) -> tuple[pathlib.Path, ...]:
     if placement.kind is layout.LayoutKind.SINGLE_FILE:
         target_dir = dest / placement.target
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / files[0]
+        target = target_dir / (file_name or files[0])
         os.replace(staging / files[0], target)
         return (target,)
     if placement.kind is layout.LayoutKind.REPOSITORY:

@@ -2,8 +2,9 @@
 
 Owns: argument parsing, logging setup for the duration of one run, and the exit-code contract
 (0 success; 1 storage or transient failure; 2 usage or malformed URI; 3 missing object;
-4 bad credentials; 5 checksum mismatch). On failure it prints exactly one line to stderr,
-passed through ``Credentials.redact`` so no secret reaches the pod's termination message.
+4 bad credentials; 5 checksum mismatch; 6 unreadable model config). On failure it prints
+exactly one line to stderr, passed through ``Credentials.redact`` so no secret reaches the
+pod's termination message.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Iterator
 
 from kubeinfer.storage import credentials as credentials_
-from kubeinfer.storage import errors, fetch, retrying
+from kubeinfer.storage import errors, fetch, model_config, retrying
 
 PROG = "kubeinfer storage-init"
 USAGE_EXIT_CODE = 2
@@ -44,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--version", default=fetch.DEFAULT_VERSION, help="model version (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--file-name",
+        help="name a single downloaded file is installed under, e.g. model.onnx "
+        "(default: the URL's last segment)",
+    )
+    parser.add_argument(
+        "--config",
+        type=pathlib.Path,
+        help="a generated per-model config to install as DEST/<model-name>/<its name>, merged "
+        "over a config.pbtxt the model ships",
     )
     parser.add_argument(
         "--retries",
@@ -87,8 +99,11 @@ def storage_init_main(argv: list[str] | None = None) -> int:
                 credentials=credentials,
                 model_name=args.model_name,
                 version=args.version,
+                file_name=args.file_name,
                 retry=retrying.RetryPolicy(attempts=args.retries + 1, base_delay=args.backoff),
             )
+            if args.config is not None:
+                model_config.install_config(args.config, args.dest, model_name=args.model_name)
     except ValueError as err:
         _fail(credentials, str(err))
         return USAGE_EXIT_CODE

@@ -140,6 +140,7 @@ def test_quickstart_becomes_ready_with_children(
         ("onnx-cpu.yaml", "onnx-cpu"),
         ("mig.yaml", "embedder-mig"),
         ("tensor-parallel.yaml", "llm-tp4"),
+        ("triton-pytorch.yaml", "ranker"),
     ],
 )
 def test_every_example_becomes_ready(
@@ -240,6 +241,36 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
         (
             {"batching": {"maxBatchSize": 4, "preferredBatchSizes": [8]}},
             "preferredBatchSizes must not exceed maxBatchSize",
+        ),
+        (
+            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://b/k"}},
+            "model.inputs and model.outputs are required for model.format pytorch and python",
+        ),
+        (
+            {"gpu": {"count": 2, "parallelism": "Model"}},
+            "gpu.parallelism Model needs model.format python",
+        ),
+        (
+            {
+                "model": {
+                    "name": "m",
+                    "format": "onnx",
+                    "storageUri": "s3://b/k",
+                    "inputs": [{"name": "x", "datatype": "FP32", "dims": [0]}],
+                }
+            },
+            "spec.model.inputs[0]",
+        ),
+        (
+            {
+                "model": {
+                    "name": "m",
+                    "format": "onnx",
+                    "storageUri": "s3://b/k",
+                    "outputs": [{"name": "y", "datatype": "STRING", "dims": [1]}],
+                }
+            },
+            "spec.model.outputs[0].datatype",
         ),
     ],
 )

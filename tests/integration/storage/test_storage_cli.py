@@ -169,3 +169,71 @@ def test_file_tree_and_single_file(
     code, _, err = _run(capsys, f"file://{source}/absent", str(repo))
     assert code == 3
     assert f"file://{source}/absent: no such file or directory" in err
+
+
+def test_single_file_lands_under_the_name_the_runtime_opens(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Triton looks for <version>/model.onnx; a URL's own name would leave the model LOADING.
+    (tmp_path / "resnet50.onnx").write_bytes(MODEL)
+    repo = tmp_path / "repo"
+    args = ["--model-name", "resnet", "--file-name", "model.onnx"]
+    code, _, _ = _run(capsys, f"file://{tmp_path}/resnet50.onnx", str(repo), *args)
+    assert code == 0
+    assert [p.name for p in (repo / "resnet/1").iterdir()] == ["model.onnx"]
+    # A tree keeps its names: it may hold several files, and the runtime's name among them.
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/weights.bin").write_bytes(MODEL)
+    code, _, _ = _run(capsys, f"file://{tmp_path}/tree", str(repo), *args)
+    assert code == 0
+    assert [p.name for p in (repo / "resnet/1").iterdir()] == ["weights.bin"]
+
+
+def test_generated_config_is_merged_over_the_shipped_one(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generated = tmp_path / "generated" / "config.pbtxt"
+    generated.parent.mkdir()
+    generated.write_text(
+        'name: "resnet"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 32\n'
+        "instance_group [ { kind: KIND_GPU, count: 1, gpus: [ 0 ] } ]\n"
+    )
+    source = tmp_path / "src"
+    (source / "1").mkdir(parents=True)
+    (source / "1/model.onnx").write_bytes(MODEL)
+    (source / "config.pbtxt").write_text(
+        'name: "r"\nmax_batch_size: 4\nparameters { key: "k" value: { string_value: "v" } }\n'
+    )
+    repo = tmp_path / "repo"
+    args = ["--model-name", "resnet", f"--config={generated}"]
+    for _ in range(2):  # a restarted init container writes the same file
+        assert _run(capsys, f"file://{source}", str(repo), *args)[0] == 0
+        text = (repo / "resnet/config.pbtxt").read_text()
+        assert text.startswith(generated.read_text())
+        assert 'parameters { key: "k" value: { string_value: "v" } }' in text
+        assert "max_batch_size: 4" not in text
+    # Nothing shipped: the generated config as it is.
+    (source / "config.pbtxt").unlink()
+    assert _run(capsys, f"file://{source}", str(repo), *args)[0] == 0
+    assert (repo / "resnet/config.pbtxt").read_text() == generated.read_text()
+
+
+def test_a_broken_shipped_config_fails_with_its_position(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generated = tmp_path / "config.pbtxt"
+    generated.write_text('name: "resnet"\n')
+    source = tmp_path / "src"
+    (source / "1").mkdir(parents=True)
+    (source / "1/model.onnx").write_bytes(MODEL)
+    (source / "config.pbtxt").write_text('name: "resnet"\ninput [ { name: "x" \n')
+    code, _, err = _run(
+        capsys,
+        f"file://{source}",
+        str(tmp_path / "repo"),
+        "--model-name=resnet",
+        f"--config={generated}",
+    )
+    assert code == 6
+    assert "config.pbtxt shipped with model 'resnet' is not valid text format" in err
+    assert "line 2" in err and len(err.strip().splitlines()) == 1

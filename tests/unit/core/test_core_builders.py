@@ -57,7 +57,15 @@ def test_choose_runtime(
         ({"runtime": "nope"}, {"triton": TRITON}, "RuntimeNotFound"),
         ({"runtime": "cpu", "gpu": {"count": 1}}, {"cpu": CPU_ONLY}, "GPUNotSupported"),
         (
-            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://b/k"}},
+            {
+                "model": {
+                    "name": "m",
+                    "format": "pytorch",
+                    "storageUri": "s3://b/k",
+                    "inputs": [{"name": "x", "datatype": "FP32", "dims": [4]}],
+                    "outputs": [{"name": "y", "datatype": "FP32", "dims": [2]}],
+                }
+            },
             {"onnxruntime": ONNX_RT},
             "NoRuntimeForFormat",
         ),
@@ -104,23 +112,6 @@ def test_pvc_mounts_read_only_without_copy() -> None:
         "readOnly": True,
         "subPath": "a/b",
     }
-
-
-def test_triton_config_carries_batching() -> None:
-    name, text = builders.build_model_config(
-        spec(
-            batching={
-                "maxBatchSize": 64,
-                "preferredBatchSizes": [16, 32],
-                "maxQueueDelayMicroseconds": 100,
-            },
-            gpu={"count": 1},
-        ),
-        TRITON,
-    )
-    assert name == "config.pbtxt"
-    assert "max_batch_size: 64" in text and "preferred_batch_size: 16" in text
-    assert "max_queue_delay_microseconds: 100" in text and "KIND_GPU" in text
 
 
 def test_pdb_only_with_two_replicas_promised() -> None:
