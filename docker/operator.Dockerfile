@@ -30,12 +30,16 @@ RUN --mount=type=secret,id=pip_ca \
  && pip install -q -r /tmp/requirements.txt
 COPY VERSION ./
 COPY operator ./operator
-# Unchecked-hash bytecode: valid whatever the file times after COPY, so the interpreter never
-# tries (and fails, on a read-only root) to rewrite a .pyc. pip and setuptools do not ship.
+# Size: kubernetes' asyncio twin of its client (kubernetes/aio, ~70 MB) is never imported
+# (kubeinfer uses the sync client, kopf its own). Unchecked-hash bytecode: valid whatever the
+# file times after COPY, so the interpreter never tries (and fails, on a read-only root) to
+# rewrite a .pyc. pip and setuptools do not ship.
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && pip install -q --no-deps ./operator \
  && pip uninstall -q -y pip setuptools \
+ && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && rm -rf "$site/kubernetes/aio" \
  && find /opt/venv -depth -type d -name __pycache__ -exec rm -rf {} + \
  && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
  && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \

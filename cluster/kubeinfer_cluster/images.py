@@ -198,7 +198,9 @@ def stage_context(spec: ImageSpec, dest: pathlib.Path, repo: pathlib.Path = REPO
     for rel in (spec.dockerfile, *spec.inputs):
         src = repo / rel
         if src.is_dir():
-            shutil.copytree(src, dest / rel, ignore=lambda d, names: _ignore_names(names))
+            shutil.copytree(
+                src, dest / rel, ignore=lambda d, names: _ignore_names(names), dirs_exist_ok=True
+            )
         else:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
@@ -350,6 +352,9 @@ def build_images(
             chosen, pull = baseimage.BASE_REF, "never"
         else:
             chosen, pull, base_id = qualify(python_image), "true", ""
+        # Under the lock no build is running: any working container is a killed build's
+        # leftover (they hold whatever its RUN steps wrote, easily gigabytes).
+        buildah("rm", "--all", check=False)
         _trim_storage()
         for spec in IMAGES:
             if names and spec.name not in names:

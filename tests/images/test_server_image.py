@@ -71,16 +71,13 @@ def served(imageset: Images, model_repo: pathlib.Path) -> Iterator[Served]:
     http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
     spec = serving_container(http, grpc, metrics)
     filename, content = spec["model_config"]  # type: ignore[misc]
-    config_file = model_repo.parent / filename
+    # Where the Deployment's ConfigMap subPath mount puts it. Written into the repository
+    # itself: a mount point inside a read-only bind mount cannot be created.
+    config_file = model_repo / MODEL / filename
     config_file.write_text(content)
     config_file.chmod(0o644)
     env = {e["name"]: e["value"] for e in spec["env"]}  # type: ignore[attr-defined]
-    repo_path = env["MODEL_REPOSITORY"]
-    mounts = [
-        containers.Mount(repo_path, model_repo, readonly=True),
-        # The ConfigMap's subPath mount beside the versions, as the Deployment mounts it.
-        containers.Mount(f"{repo_path}/{MODEL}/{filename}", config_file, readonly=True),
-    ]
+    mounts = [containers.Mount(env["MODEL_REPOSITORY"], model_repo, readonly=True)]
     container = imageset.container(
         "onnx-server",
         "server",

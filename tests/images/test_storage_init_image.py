@@ -78,10 +78,12 @@ class HttpsModels:
 def https_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsModels]:
     """An HTTPS file server on loopback with a model and its .sha256 sidecar."""
     root = tmp_path_factory.mktemp("https-root")
-    model_path = runtime_models.build_mlp(root / "models" / "mlp.onnx", seed=5)
+    # Named model.onnx, as in examples/quickstart.yaml: a single-file URI keeps its file name,
+    # and the server (like Triton) loads <model>/<version>/model.onnx.
+    model_path = runtime_models.build_mlp(root / "mlp" / "model.onnx", seed=5)
     model = model_path.read_bytes()
-    (root / "models" / "mlp.onnx.sha256").write_text(
-        f"{hashlib.sha256(model).hexdigest()}  mlp.onnx\n"
+    (root / "mlp" / "model.onnx.sha256").write_text(
+        f"{hashlib.sha256(model).hexdigest()}  model.onnx\n"
     )
     ca_dir = tmp_path_factory.mktemp("https-ca") / "ca"
     cert, key = _self_signed(ca_dir)
@@ -156,15 +158,15 @@ def test_https_fetch_then_serve(
     code, output = run_init(
         imageset,
         "init-https",
-        f"{https_models.base}/models/mlp.onnx",
+        f"{https_models.base}/mlp/model.onnx",
         models,
         # How a pod trusts a private CA: a mounted bundle named by SSL_CERT_FILE.
         {"SSL_CERT_FILE": f"{CA_DIR}/ca.crt"},
         [containers.Mount(CA_DIR, https_models.ca_dir)],
     )
     assert code == 0, output
-    assert "sha256 verified" in output or "fetched" in output, output
-    fetched = next((models / "mlp" / "1").iterdir())
+    assert "sha256 verified" in output, output
+    fetched = models / "mlp" / "1" / "model.onnx"
     assert fetched.read_bytes() == https_models.model
     assert fetched.stat().st_uid == pods.UID  # written by the pod's user, not root
 
@@ -199,7 +201,7 @@ def test_https_without_the_ca_fails_with_one_line(
     """The image trusts only public CAs by default: a private store needs its CA mounted."""
     models = pods.empty_dir(tmp_path / "model-repository")
     code, output = run_init(
-        imageset, "init-noca", f"{https_models.base}/models/mlp.onnx", models, {}, []
+        imageset, "init-noca", f"{https_models.base}/mlp/model.onnx", models, {}, []
     )
     assert code == 1, output
     assert "CERTIFICATE_VERIFY_FAILED" in output or "certificate" in output.lower(), output

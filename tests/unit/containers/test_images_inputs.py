@@ -61,6 +61,15 @@ def test_name_and_base_change_the_digest(tmp_path: pathlib.Path, change: str, va
     assert images.inputs_digest(ctx, **{**args, change: value}) != before
 
 
+def test_a_dockerfile_inside_an_input_folder_is_staged_once(tmp_path: pathlib.Path) -> None:
+    repo = checkout(tmp_path / "repo")
+    (repo / "pkg" / "Dockerfile").write_text("FROM scratch\n")
+    spec = images.ImageSpec("demo", "pkg/Dockerfile", ("VERSION", "pkg"))
+    images.stage_context(spec, tmp_path / "ctx", repo)
+    assert (tmp_path / "ctx" / "pkg" / "Dockerfile").read_text() == "FROM scratch\n"
+    assert (tmp_path / "ctx" / "pkg" / "demo" / "__init__.py").exists()
+
+
 def test_executable_bit_changes_the_digest(tmp_path: pathlib.Path) -> None:
     repo = checkout(tmp_path / "repo")
     before = images.tree_digest(repo)
