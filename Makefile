@@ -17,7 +17,7 @@ endif
 PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
 .PHONY: help venv tools lint crds crds-check test test-unit test-integration test-e2e test-reliability test-images soak \
-        demo cluster cluster-down images bench-reconcile bench-runtime bench-autoscaling clean
+        demo cluster cluster-down images bench-reconcile bench-runtime bench-images bench-autoscaling clean
 
 help:
 	@echo "make demo    - local cluster, operator, an InferenceService under load, scaling"
@@ -89,6 +89,10 @@ bench-reconcile: tools
 
 bench-runtime: venv
 	$(PY) bench/runtime/bench.py
+
+# Image sizes and container start-to-ready, ours vs Triton (bench/runtime/IMAGES.md).
+bench-images: venv images
+	$(PY) bench/runtime/images.py
 
 bench-autoscaling: venv
 	$(PY) bench/autoscaling/simulate.py

@@ -205,6 +205,7 @@ def unpack(archive: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
     done = target / "unpacked"
     with _locked(cache / f"{key}.lock"):
         if done.exists():
+            done.touch()  # recently used: kept by prune()
             return rootfs
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
@@ -219,6 +220,22 @@ def unpack(archive: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
             )
         done.touch()
     return rootfs
+
+
+def prune(cache: pathlib.Path, *, keep: set[str], unused_for_s: float = 86400) -> None:
+    """Remove unpacked root filesystems whose manifest digest is not in ``keep`` and that no
+    ``unpack()`` returned for ``unused_for_s`` (a container may still run on a recent one)."""
+    if not cache.exists():
+        return
+    now = time.time()
+    for marker in cache.glob("*/unpacked"):
+        target = marker.parent
+        digest = target.name.replace("-", ":", 1)
+        if digest in keep or now - marker.stat().st_mtime < unused_for_s:
+            continue
+        with _locked(cache / f"{target.name}.lock"):
+            shutil.rmtree(target, ignore_errors=True)
+        (cache / f"{target.name}.lock").unlink(missing_ok=True)
 
 
 def _tag_layout(layout: pathlib.Path, digest: str) -> str:

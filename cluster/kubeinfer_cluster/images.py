@@ -33,6 +33,9 @@ from kubeinfer_cluster import baseimage, build, containers, hosttools
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY = "ghcr.io/kubeinfer"
 
+# Archives kept per image (one per inputs digest, most recently used first).
+KEEP_BUILDS = 3
+
 # buildah's layer cache keeps every earlier build's layers; past this size they are pruned.
 STORAGE_CAP_BYTES = int(float(os.environ.get("KUBEINFER_IMAGES_STORAGE_GB", "12")) * 1e9)
 
@@ -100,12 +103,29 @@ def rootfs_cache() -> pathlib.Path:
     return images_root() / "rootfs"
 
 
-def archive_path(name: str) -> pathlib.Path:
+def archive_path(name: str, digest: str) -> pathlib.Path:
+    """One archive per image and inputs digest: worktrees that share the cache but hold
+    different sources never overwrite each other's image (or the one a test is running)."""
+    return images_root() / f"{name}-{digest[:12]}.oci.tar"
+
+
+def latest_path(name: str) -> pathlib.Path:
+    """``<name>.oci.tar``: a link to the archive built last here (what docs/images.md pushes)."""
     return images_root() / f"{name}.oci.tar"
 
 
-def record_path(name: str) -> pathlib.Path:
-    return images_root() / f"{name}.json"
+def _mark_latest(built: Built) -> None:
+    record_path(built.name).write_text(json.dumps(built.to_json(), indent=2) + "\n")
+    link = latest_path(built.name)
+    tmp = link.with_suffix(".link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(built.archive.name)
+    tmp.replace(link)  # atomic: a reader sees the old archive or the new one
+
+
+def record_path(name: str, digest: str | None = None) -> pathlib.Path:
+    """The record of one build, or (no digest) of the latest build of ``name`` here."""
+    return images_root() / (f"{name}-{digest[:12]}.json" if digest else f"{name}.json")
 
 
 def image_ref(name: str, registry: str = DEFAULT_REGISTRY, tag: str | None = None) -> str:
@@ -113,9 +133,9 @@ def image_ref(name: str, registry: str = DEFAULT_REGISTRY, tag: str | None = Non
     return f"{registry.rstrip('/')}/{name}:{version}"
 
 
-def load_record(name: str) -> Built | None:
-    """The last build of ``name``, when its archive is still there."""
-    path = record_path(name)
+def load_record(name: str, digest: str | None = None) -> Built | None:
+    """The build of ``name`` with these inputs (or the latest), when its archive is there."""
+    path = record_path(name, digest)
     if not path.exists():
         return None
     built = Built.from_json(json.loads(path.read_text()))
@@ -124,7 +144,7 @@ def load_record(name: str) -> Built | None:
 
 def find_archive(ref: str) -> pathlib.Path | None:
     """The archive built for an image reference such as ``ghcr.io/kubeinfer/operator:0.1.0``
-    (what a pod spec names), or None when this machine has not built it."""
+    (what a pod spec names): the latest one built on this machine, or None."""
     for spec in IMAGES:
         built = load_record(spec.name)
         if built is not None and built.ref == ref:
@@ -273,8 +293,10 @@ def _build_one(
     context = root / "context" / spec.name
     stage_context(spec, context)
     digest = inputs_digest(context, ref=ref, python_image=python_image, base_id=base_id)
-    previous = load_record(spec.name)
-    if previous is not None and previous.inputs_digest == digest and not force:
+    previous = load_record(spec.name, digest)
+    if previous is not None and not force:
+        previous.archive.touch()  # recently used: kept by _prune
+        _mark_latest(previous)
         return previous, False
     started = time.monotonic()
     hosttools.say(f"building {ref} from {spec.dockerfile} (buildah, chroot isolation)")
@@ -299,7 +321,7 @@ def _build_one(
         step=spec.name,
         show=("STEP ", "COMMIT", "Error", "error:"),
     )
-    archive = archive_path(spec.name)
+    archive = archive_path(spec.name, digest)
     partial = archive.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     hosttools.say(f"{spec.name}: writing {archive} (gzip layers, as a registry stores them)")
@@ -322,8 +344,23 @@ def _build_one(
         build_seconds=round(time.monotonic() - started, 1),
         built_at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    record_path(spec.name).write_text(json.dumps(built.to_json(), indent=2) + "\n")
+    record_path(spec.name, digest).write_text(json.dumps(built.to_json(), indent=2) + "\n")
+    _mark_latest(built)
+    _prune(spec.name)
     return built, True
+
+
+def _prune(name: str) -> None:
+    """Keep the KEEP_BUILDS most recently used archives of ``name`` (other worktrees may
+    use the older ones) and drop the rest with their records."""
+    archives = sorted(
+        (p for p in images_root().glob(f"{name}-*.oci.tar") if not p.is_symlink()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in archives[KEEP_BUILDS:]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name.removesuffix(".oci.tar") + ".json").unlink(missing_ok=True)
 
 
 def build_images(
@@ -370,6 +407,12 @@ def build_images(
             if report is not None:
                 report(built, fresh)
             out.append(built)
+        kept = {
+            containers.read_archive(path).manifest_digest
+            for path in images_root().glob("*-*.oci.tar")
+            if not path.is_symlink()
+        }
+        containers.prune(rootfs_cache(), keep=kept)
     return out
 
 
