@@ -529,6 +529,56 @@ def clean_state(state_root: pathlib.Path) -> None:
             Container(entry.name, state_root, state_root).delete()
 
 
+# runc's error -> what to do about it, for the failures seen on machines of this project's kind.
+_REMEDIES = (
+    (
+        "no cgroup mount found",
+        "/sys/fs/cgroup is not mounted in this mount namespace (`ip netns exec` remounts /sys: "
+        "enter a network namespace with `nsenter --net=/run/netns/NAME` instead)",
+    ),
+    (
+        "operation not permitted",
+        "runc needs root with CAP_SYS_ADMIN: run on a VM or host, not in an unprivileged "
+        "container (or give that container --privileged)",
+    ),
+    (
+        "permission denied",
+        "runc needs root with CAP_SYS_ADMIN and a state directory it can write",
+    ),
+    (
+        "cgroup",
+        "runc could not create the container's cgroup: check that /sys/fs/cgroup is mounted "
+        "read-write (cgroup v1, v2 or hybrid all work)",
+    ),
+)
+
+
+def diagnose(output: str) -> str:
+    """What to do about a runc failure, from its error output (pure)."""
+    lowered = output.lower()
+    for needle, remedy in _REMEDIES:
+        if needle in lowered:
+            return remedy
+    return "see runc's error above; `runc --version` and `uname -r` help a bug report"
+
+
+def smoke(rootfs: pathlib.Path, work: pathlib.Path, state_root: pathlib.Path) -> None:
+    """Run one trivial container of ``rootfs`` (uid 1000, read-only root, as the tests do);
+    ContainerError with runc's exact error and what to do when it cannot run here."""
+    directory = bundle(work / "smoke", rootfs, args=["/bin/sh", "-c", "exit 0"], env=["PATH=/bin"])
+    container = Container(f"ki-smoke-{os.getpid()}", directory, state_root).run()
+    try:
+        code = container.wait(timeout=60)
+    finally:
+        container.delete()
+    if code != 0:
+        output = container.output().strip()
+        raise ContainerError(
+            f"runc could not run a container here (exit {code}):\n{output}\n"
+            f"what to do: {diagnose(output)}"
+        )
+
+
 def preflight(state_root: pathlib.Path) -> None:
     """Raise ContainerError with the exact reason when runc cannot run a container here."""
     if os.geteuid() != 0:

@@ -20,16 +20,20 @@ def built() -> dict[str, images.Built]:
     try:
         return {b.name: b for b in images.build_images()}
     except (images.ImageError, hosttools.HostToolError) as exc:
-        pytest.fail(f"the images could not be built (see `make images`):\n{exc}", pytrace=False)
+        problem = f"the images could not be built (see `make images`):\n{exc}"
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def runc_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     state = tmp_path_factory.mktemp("runc-state")
+    problem = None
     try:
         containers.preflight(state)
     except containers.ContainerError as exc:
-        pytest.fail(f"runc cannot run containers here: {exc}", pytrace=False)
+        problem = f"runc cannot run containers here: {exc}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     yield state
     containers.clean_state(state)
 
@@ -40,4 +44,14 @@ def imageset(
     runc_state: pathlib.Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Images:
-    return Images(built=built, work=tmp_path_factory.mktemp("bundles"), state=runc_state)
+    images_ = Images(built=built, work=tmp_path_factory.mktemp("bundles"), state=runc_state)
+    problem = None
+    try:
+        # One trivial container first: when runc cannot run here, every test would fail the
+        # same way; this fails once, with runc's exact error and what to do.
+        containers.smoke(images_.rootfs("operator"), images_.work, runc_state)
+    except containers.ContainerError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return images_

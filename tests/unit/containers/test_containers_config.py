@@ -141,3 +141,16 @@ def test_process_args_follow_kubernetes(
 )
 def test_expand_like_the_kubelet(value: str, expected: str) -> None:
     assert containers.expand(value, {"REPO": "/mnt/models", "NAME": "mlp"}) == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        ('level=error msg="runc run failed: no cgroup mount found in mountinfo"', "nsenter"),
+        ("mount proc: operation not permitted", "CAP_SYS_ADMIN"),
+        ("open /run/runc: permission denied", "state directory"),
+        ("something new", "runc's error above"),
+    ],
+)
+def test_runc_errors_say_what_to_do(error: str, advice: str) -> None:
+    assert advice in containers.diagnose(error)

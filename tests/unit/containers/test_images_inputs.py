@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from kubeinfer_cluster import baseimage, containers, images
+from kubeinfer_cluster import baseimage, containers, hosttools, images
 
 SPEC = images.ImageSpec("demo", "Dockerfile", ("VERSION", "pkg"))
 
@@ -134,3 +134,21 @@ def test_oci_index_names_the_image_and_chains_digests() -> None:
     parsed = json.loads(manifest)
     assert parsed["config"]["digest"] == "sha256:" + hashlib.sha256(config).hexdigest()
     assert parsed["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+
+
+def test_missing_tools_without_apt_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosttools.shutil, "which", lambda name: None)
+    with pytest.raises(hosttools.HostToolError) as err:
+        hosttools.ensure_host_tools(["buildah", "runc"])
+    message = str(err.value)
+    assert "no apt-get" in message
+    assert "apt-get install --no-install-recommends buildah runc" in message
+
+
+def test_missing_tools_as_a_user_say_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        hosttools.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
+    )
+    monkeypatch.setattr(hosttools.os, "geteuid", lambda: 1000)
+    with pytest.raises(hosttools.HostToolError, match="sudo apt-get install"):
+        hosttools.ensure_host_tools(["umoci"])
