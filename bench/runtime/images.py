@@ -17,7 +17,8 @@ Sizes: ours from the OCI archives `make images` wrote (uncompressed layers, and 
 a registry stores them); Triton's from NVIDIA's published figures (cited in the output), and
 the measured size of the server-plus-python-backend tree the wheel ships.
 
-Writes images.json and IMAGES.md next to this file.
+The three alternate round by round (runc, process, Triton, then again), so a busy neighbour on
+a shared machine slows each alike. Writes images.json and IMAGES.md next to this file.
 """
 
 from __future__ import annotations
@@ -117,100 +118,112 @@ def model_repository(work: pathlib.Path, config: tuple[str, str]) -> pathlib.Pat
     return repo
 
 
-def measure_ours_runc(
-    imageset: pods.Images, repo: pathlib.Path, runs: int
-) -> list[dict[str, float]]:
-    out = []
-    for i in range(runs):
-        http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
-        spec, _ = quickstart(http, grpc, metrics)
-        env = {e["name"]: e["value"] for e in spec["env"]}
-        container = imageset.container(
-            "onnx-server",
-            f"bench-{i}",
-            command=spec["command"],
-            args=spec["args"],
-            env=env,
-            mounts=[containers.Mount(env["MODEL_REPOSITORY"], repo)],
-        )
-        t0 = time.monotonic()
-        container.create()
-        t1 = time.monotonic()
-        try:
-            container.start()
-            t2 = wait_ready(http, lambda c=container: c.status() == "running", "container")
-        finally:
-            container.stop(timeout=10)
-        out.append({"create_s": t1 - t0, "start_to_ready_s": t2 - t1, "total_s": t2 - t0})
-        say(f"ours in runc: create {t1 - t0:.3f} s, start -> ready {t2 - t1:.3f} s")
-    return out
-
-
-def measure_ours_process(repo: pathlib.Path, runs: int) -> list[dict[str, float]]:
-    out = []
-    server = ROOT / ".venv" / "bin" / "kubeinfer-onnx-server"
-    for _ in range(runs):
-        http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [str(server), "--model-repository", str(repo), "--http-port", str(http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            t1 = wait_ready(http, lambda p=proc: p.poll() is None, "kubeinfer-onnx-server")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        out.append({"start_to_ready_s": t1 - t0})
-        say(f"ours as a process: start -> ready {t1 - t0:.3f} s")
-    return out
-
-
-def measure_triton(work: pathlib.Path, runs: int) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    server, backends, env = runtime_bench.ensure_triton()
-    repo = work / "triton"
-    (repo / MODEL / "1").mkdir(parents=True)
-    runtime_models.build_mlp(repo / MODEL / "1" / "model.onnx")
-    (repo / MODEL / "1" / "model.py").write_text((HERE / "triton_model.py").read_text())
-    # The quick-start's batching (max batch 32), one CPU instance, 1 onnxruntime thread.
-    (repo / MODEL / "config.pbtxt").write_text(
-        f'name: "{MODEL}"\nbackend: "python"\nmax_batch_size: 32\n'
-        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 64 ] } ]\n'
-        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 10 ] } ]\n'
-        "dynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
-        'parameters { key: "threads" value: { string_value: "1" } }\n'
+def start_ours_runc(imageset: pods.Images, repo: pathlib.Path, i: int) -> dict[str, float]:
+    """One start of the server image in runc: create, then start -> ready."""
+    http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
+    spec, _ = quickstart(http, grpc, metrics)
+    env = {e["name"]: e["value"] for e in spec["env"]}
+    container = imageset.container(
+        "onnx-server",
+        f"bench-{i}",
+        command=spec["command"],
+        args=spec["args"],
+        env=env,
+        mounts=[containers.Mount(env["MODEL_REPOSITORY"], repo)],
     )
-    out = []
-    for _ in range(runs):
+    t0 = time.monotonic()
+    container.create()
+    t1 = time.monotonic()
+    try:
+        container.start()
+        t2 = wait_ready(http, lambda: container.status() == "running", "container")
+    finally:
+        container.stop(timeout=10)
+    say(f"ours in runc: create {t1 - t0:.3f} s, start -> ready {t2 - t1:.3f} s")
+    return {"create_s": t1 - t0, "start_to_ready_s": t2 - t1, "total_s": t2 - t0}
+
+
+def import_seconds(imageset: pods.Images, i: int) -> dict[str, float]:
+    """How long the server's imports take inside the image (one container, no model)."""
+    code = (
+        "import time; t = time.perf_counter(); "
+        "import kubeinfer_onnx.server, kubeinfer_onnx.model; print(time.perf_counter() - t)"
+    )
+    container = imageset.container("onnx-server", f"imports-{i}", command=["python", "-c", code])
+    container.run()
+    try:
+        assert container.wait(timeout=60) == 0, container.output()
+    finally:
+        container.stop(timeout=5)
+    return {"imports_s": float(container.output().split()[-1])}
+
+
+def start_process(args: list[str], http: int, what: str, **popen: Any) -> dict[str, float]:
+    """One start of a server process: exec -> /v2/health/ready 200, then SIGTERM."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        t1 = wait_ready(http, lambda: proc.poll() is None, what)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    say(f"{what} as a process: start -> ready {t1 - t0:.3f} s")
+    return {"start_to_ready_s": t1 - t0}
+
+
+def start_ours_process(repo: pathlib.Path) -> dict[str, float]:
+    http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
+    server = ROOT / ".venv" / "bin" / "kubeinfer-onnx-server"
+    return start_process(
+        [str(server), "--model-repository", str(repo), "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+        http,
+        "kubeinfer-onnx-server",
+    )  # fmt: skip
+
+
+class Triton:
+    """Real Triton 2.51 (bench.py's install) serving the MLP through its python backend."""
+
+    def __init__(self, work: pathlib.Path) -> None:
+        self.server, self.backends, self.env = runtime_bench.ensure_triton()
+        self.repo = work / "triton"
+        (self.repo / MODEL / "1").mkdir(parents=True)
+        runtime_models.build_mlp(self.repo / MODEL / "1" / "model.onnx")
+        (self.repo / MODEL / "1" / "model.py").write_text((HERE / "triton_model.py").read_text())
+        # The quick-start's batching (max batch 32), one CPU instance, 1 onnxruntime thread.
+        (self.repo / MODEL / "config.pbtxt").write_text(
+            f'name: "{MODEL}"\nbackend: "python"\nmax_batch_size: 32\n'
+            'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 64 ] } ]\n'
+            'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 10 ] } ]\n'
+            "dynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
+            'parameters { key: "threads" value: { string_value: "1" } }\n'
+        )
+
+    def start(self) -> dict[str, float]:
         http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
-        log = work / "triton.log"
-        t0 = time.monotonic()
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [str(server), f"--model-repository={repo}", f"--backend-directory={backends}",
-                 "--http-address=127.0.0.1", f"--http-port={http}",
-                 "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
-                 f"--metrics-port={metrics}", "--log-info=false"],
-                env=env, stdout=fh, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
-            t1 = wait_ready(http, lambda p=proc: p.poll() is None, "tritonserver")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-        out.append({"start_to_ready_s": t1 - t0})
-        say(f"Triton as a process: start -> ready {t1 - t0:.3f} s")
-    tree = server.parents[1]
-    du = subprocess.run(["du", "-sb", str(tree)], capture_output=True, text=True, check=True)
-    libs = tree.parents[1] / "nvidia_pytriton.libs"
-    du_libs = subprocess.run(["du", "-sb", str(libs)], capture_output=True, text=True, check=True)
-    wheel = {
-        "tritonserver_tree_bytes": int(du.stdout.split()[0]) + int(du_libs.stdout.split()[0]),
-        "what": "pytriton/tritonserver (server, python backend, stubs) + nvidia_pytriton.libs, "
-        "no CUDA, no other backend, no OS",
-    }
-    return out, wheel
+        return start_process(
+            [str(self.server), f"--model-repository={self.repo}",
+             f"--backend-directory={self.backends}",
+             "--http-address=127.0.0.1", f"--http-port={http}",
+             "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
+             f"--metrics-port={metrics}", "--log-info=false"],
+            http,
+            "Triton",
+            env=self.env,
+        )  # fmt: skip
+
+    def installed_size(self) -> dict[str, Any]:
+        tree = self.server.parents[1]
+        total = 0
+        for path in (tree, tree.parents[1] / "nvidia_pytriton.libs"):
+            du = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True)
+            total += int(du.stdout.split()[0])
+        return {
+            "tritonserver_tree_bytes": total,
+            "what": "pytriton/tritonserver (server, python backend, stubs) + "
+            "nvidia_pytriton.libs, no CUDA, no other backend, no OS",
+        }
 
 
 def summary(rows: list[dict[str, float]], key: str) -> dict[str, float]:
@@ -231,7 +244,9 @@ def render(report: dict[str, Any]) -> str:
         "# Images: size and start-to-ready (kubeinfer-onnx-server vs Triton)",
         "",
         f"- Machine: {report['machine']['cpus']} CPUs, Linux {report['machine']['kernel']}, no "
-        "GPU, shared with other builds (start times move +-30 % run to run).",
+        "GPU, shared with other builds (load average "
+        f"{report['machine']['load_average_1m_at_end']} at the end; start times move +-30 % "
+        "run to run). The three alternate round by round.",
         f"- Images built here by `make images` (buildah, base: {server['python_image']}); "
         f"runc {report['versions']['runc']}; Triton 2.51 from nvidia-pytriton==0.7.0.",
         f"- Model: the quick-start MLP (64-256-10, runtime_models.build_mlp), max batch 32; "
@@ -266,6 +281,7 @@ def render(report: dict[str, Any]) -> str:
         ("ours in runc: `runc create` (namespaces, mounts)", runc["create_s"]),
         ("ours in runc: create + start -> ready", runc["total_s"]),
         ("ours as a process (no container)", process["start_to_ready_s"]),
+        ("ours: Python imports alone, in the image", report["ours_imports"]["imports_s"]),
         ("Triton as a process: exec -> /v2/health/ready 200", triton["start_to_ready_s"]),
     ]
     for label, s in rows:
@@ -281,7 +297,11 @@ def render(report: dict[str, Any]) -> str:
         f"{server['compressed_bytes'] / mb:.0f} MB to pull).",
         f"- Start to ready <= {GOAL_READY_S:.0f} s for the quick-start model: "
         f"{'met' if ready_ok else 'NOT met'} (median {runc['start_to_ready_s']['median']:.2f} s "
-        f"from `runc start`; Triton {triton['start_to_ready_s']['median']:.2f} s).",
+        f"from `runc start`, fastest {runc['start_to_ready_s']['min']:.2f} s; Triton "
+        f"{triton['start_to_ready_s']['median']:.2f} s). What bounds it: the server's Python "
+        f"imports (onnxruntime, numpy, aiohttp, grpc) take "
+        f"{report['ours_imports']['imports_s']['median']:.2f} s of it on these cores; the rest "
+        "is loading the model, opening three listeners, and CPU shared with the neighbours.",
         "- Not measured here: pulling. A node pulls the gzip layers once per image version; at "
         "1 Gbit/s that is about 1 s for ours and about 2 min for a 15 GB Triton image.",
         "",
@@ -305,15 +325,26 @@ def main(argv: list[str] | None = None) -> int:
         imageset.rootfs("onnx-server")  # unpacked once, before any timing
         _, config = quickstart(8000, 8001, 8002)  # ports unused: only the config is read
         repo = model_repository(work / "ours", config)
+        triton = Triton(work)
+        runc_rows, process_rows, triton_rows, import_rows = [], [], [], []
         try:
-            runc_rows = measure_ours_runc(imageset, repo, args.runs)
+            # Rounds alternate the three, so a busy neighbour on this shared machine slows
+            # each of them alike rather than one block of runs.
+            for i in range(args.runs):
+                runc_rows.append(start_ours_runc(imageset, repo, i))
+                process_rows.append(start_ours_process(repo))
+                triton_rows.append(triton.start())
+                import_rows.append(import_seconds(imageset, i))
         finally:
             containers.clean_state(state)
-        process_rows = measure_ours_process(repo, args.runs)
-        triton_rows, wheel = measure_triton(work, args.runs)
+        wheel = triton.installed_size()
     runc_version = subprocess.run(["runc", "--version"], capture_output=True, text=True)
     report = {
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        },
         "versions": {"runc": runc_version.stdout.split()[2], "python": platform.python_version()},
         "runs": args.runs,
         "images": {name: b.to_json() for name, b in built.items()},
@@ -321,10 +352,16 @@ def main(argv: list[str] | None = None) -> int:
             k: summary(runc_rows, k) for k in ("create_s", "start_to_ready_s", "total_s")
         },
         "ours_process": {"start_to_ready_s": summary(process_rows, "start_to_ready_s")},
+        "ours_imports": {"imports_s": summary(import_rows, "imports_s")},
         "triton": {"start_to_ready_s": summary(triton_rows, "start_to_ready_s")},
         "triton_wheel": wheel,
         "triton_published": TRITON_PUBLISHED,
-        "raw": {"ours_runc": runc_rows, "ours_process": process_rows, "triton": triton_rows},
+        "raw": {
+            "ours_runc": runc_rows,
+            "ours_process": process_rows,
+            "triton": triton_rows,
+            "ours_imports": import_rows,
+        },
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "images.json").write_text(json.dumps(report, indent=2) + "\n")
