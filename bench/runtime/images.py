@@ -246,7 +246,7 @@ def render(report: dict[str, Any]) -> str:
         f"- Machine: {report['machine']['cpus']} CPUs, Linux {report['machine']['kernel']}, no "
         "GPU, shared with other builds (load average "
         f"{report['machine']['load_average_1m_at_end']} at the end; start times move +-30 % "
-        "run to run). The three alternate round by round.",
+        "run to run). The measurements alternate round by round.",
         f"- Images built here by `make images` (buildah, base: {server['python_image']}); "
         f"runc {report['versions']['runc']}; Triton 2.51 from nvidia-pytriton==0.7.0.",
         f"- Model: the quick-start MLP (64-256-10, runtime_models.build_mlp), max batch 32; "
@@ -270,6 +270,11 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         f"| Triton 2.51 server + python backend only (the wheel's tree) | "
         f"{wheel['tritonserver_tree_bytes'] / mb:.0f} MB | | measured; {wheel['what']} |",
+        "",
+        "Triton's figures are NVIDIA's own words about its images (the chart's default is "
+        "`nvcr.io/nvidia/tritonserver:24.10-py3`; the NGC catalog page listing each tag's size, "
+        "https://catalog.ngc.nvidia.com/orgs/nvidia/containers/tritonserver/tags, could not be "
+        "read from this workplace, so the 24.10 tag's own figure is not quoted).",
         "",
         "## Start to ready (s)",
         "",
