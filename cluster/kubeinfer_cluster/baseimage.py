@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from kubeinfer_cluster import containers, hosttools
+from kubeinfer_cluster import hosttools, oci
 
 # The Debian-made base: bookworm's python3 is 3.11, the official slim image's minor.
 DEBIAN_SUITE = "bookworm"
@@ -111,7 +111,7 @@ def build_oci_index(
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "digest": _digest(manifest),
                     "size": len(manifest),
-                    "annotations": {containers.REF_ANNOTATION: ref},
+                    "annotations": {oci.REF_ANNOTATION: ref},
                 }
             ],
         }

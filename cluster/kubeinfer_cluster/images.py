@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from kubeinfer_cluster import baseimage, build, containers, hosttools
+from kubeinfer_cluster import baseimage, build, hosttools, oci
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY = "ghcr.io/kubeinfer"
@@ -182,7 +182,7 @@ def _image_id(ref: str) -> str | None:
 
 def import_base(archive: pathlib.Path) -> str:
     """Make the base archive the local image ``baseimage.BASE_REF``; its image id."""
-    wanted = containers.read_archive(archive).manifest_digest
+    wanted = oci.read_archive(archive).manifest_digest
     marker = images_root() / "base" / "imported"
     current = _image_id(baseimage.BASE_REF)
     if current and marker.exists() and marker.read_text() == f"{wanted} {current}":
@@ -331,7 +331,7 @@ def _build_one(
     if old_id and old_id != new_id:
         # The previous build is now untagged: drop it, or every rebuild keeps ~0.5 GB.
         buildah("rmi", old_id, check=False)
-    info = containers.read_archive(archive)
+    info = oci.read_archive(archive)
     built = Built(
         name=spec.name,
         ref=ref,
@@ -339,7 +339,7 @@ def _build_one(
         manifest_digest=info.manifest_digest,
         inputs_digest=digest,
         python_image=python_image,
-        size_bytes=containers.uncompressed_bytes(archive),
+        size_bytes=oci.uncompressed_bytes(archive),
         compressed_bytes=info.compressed_bytes,
         build_seconds=round(time.monotonic() - started, 1),
         built_at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -408,11 +408,11 @@ def build_images(
                 report(built, fresh)
             out.append(built)
         kept = {
-            containers.read_archive(path).manifest_digest
+            oci.read_archive(path).manifest_digest
             for path in images_root().glob("*-*.oci.tar")
             if not path.is_symlink()
         }
-        containers.prune(rootfs_cache(), keep=kept)
+        oci.prune(rootfs_cache(), keep=kept)
     return out
 
 

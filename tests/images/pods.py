@@ -24,7 +24,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 
-from kubeinfer_cluster import containers, images
+from kubeinfer_cluster import containers, images, oci
 
 UID = GID = 1000  # the chart's and the InferenceRuntime's runAsUser / runAsGroup / fsGroup
 POD_ADDRESS = "127.0.0.1"
@@ -68,11 +68,11 @@ class Images:
     work: pathlib.Path
     state: pathlib.Path
 
-    def config(self, image: str) -> containers.ImageConfig:
-        return containers.read_archive(self.built[image].archive).config
+    def config(self, image: str) -> oci.ImageConfig:
+        return oci.read_archive(self.built[image].archive).config
 
     def rootfs(self, image: str) -> pathlib.Path:
-        return containers.unpack(self.built[image].archive, images.rootfs_cache())
+        return oci.unpack(self.built[image].archive, images.rootfs_cache())
 
     def container(
         self,

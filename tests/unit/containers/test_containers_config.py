@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubeinfer_cluster import containers
+from kubeinfer_cluster import containers, oci
 
 SPEC = json.loads((pathlib.Path(__file__).parent / "fixtures" / "runc-1.1.5-spec.json").read_text())
 ROOTFS = pathlib.Path("/cache/rootfs/sha256-abc/rootfs")
@@ -91,7 +91,7 @@ def test_empty_args_refused() -> None:
 
 
 def test_env_pod_values_win_over_the_image() -> None:
-    image = containers.ImageConfig.from_oci(
+    image = oci.ImageConfig.from_oci(
         {"config": {"Env": ["PATH=/opt/venv/bin:/usr/bin", "PYTHONUNBUFFERED=1"]}}
     )
     assert containers.env_for(image, {"PYTHONUNBUFFERED": "0", "HOME": "/tmp"}) == [
@@ -102,12 +102,12 @@ def test_env_pod_values_win_over_the_image() -> None:
 
 
 def test_image_config_from_oci_defaults() -> None:
-    image = containers.ImageConfig.from_oci({"config": {"Entrypoint": ["kubeinfer"]}})
+    image = oci.ImageConfig.from_oci({"config": {"Entrypoint": ["kubeinfer"]}})
     assert image.entrypoint == ("kubeinfer",)
     assert (image.cmd, image.user, image.workdir) == ((), "", "/")
 
 
-IMAGE = containers.ImageConfig.from_oci(
+IMAGE = oci.ImageConfig.from_oci(
     {"config": {"Entrypoint": ["kubeinfer-onnx-server", "--address", "0.0.0.0"], "Cmd": ["-m"]}}
 )
 

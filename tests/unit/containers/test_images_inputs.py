@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from kubeinfer_cluster import baseimage, containers, hosttools, images
+from kubeinfer_cluster import baseimage, hosttools, images, oci
 
 SPEC = images.ImageSpec("demo", "Dockerfile", ("VERSION", "pkg"))
 
@@ -130,7 +130,7 @@ def test_oci_index_names_the_image_and_chains_digests() -> None:
     )
     entry = json.loads(index)["manifests"][0]
     assert entry["digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
-    assert entry["annotations"][containers.REF_ANNOTATION] == baseimage.BASE_REF
+    assert entry["annotations"][oci.REF_ANNOTATION] == baseimage.BASE_REF
     parsed = json.loads(manifest)
     assert parsed["config"]["digest"] == "sha256:" + hashlib.sha256(config).hexdigest()
     assert parsed["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
@@ -152,3 +152,20 @@ def test_missing_tools_as_a_user_say_sudo(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(hosttools.os, "geteuid", lambda: 1000)
     with pytest.raises(hosttools.HostToolError, match="sudo apt-get install"):
         hosttools.ensure_host_tools(["umoci"])
+
+
+def test_base_archive_round_trip(tmp_path: pathlib.Path) -> None:
+    """The Debian base's archive writer and the archive reader agree (no mmdebstrap needed)."""
+    rootfs_tar = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs_tar, "w") as tar:
+        _member(tar, "./usr/bin/python3.11")
+        _member(tar, "./dev/null", tarfile.CHRTYPE)
+    out = tmp_path / "base.oci.tar"
+    baseimage._write_base_archive(rootfs_tar, out, "2026-01-01T00:00:00Z")
+    info = oci.read_archive(out)
+    assert info.ref == baseimage.BASE_REF
+    assert info.config.cmd == ("python3",)
+    assert "LANG=C.UTF-8" in info.config.env
+    ((_, size, media_type),) = info.layers
+    assert media_type == "application/vnd.oci.image.layer.v1.tar"
+    assert oci.uncompressed_bytes(out) == size == info.compressed_bytes
