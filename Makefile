@@ -16,12 +16,13 @@ IN_NETNS := bash .ci/netns-exec
 endif
 PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
-.PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e test-reliability soak \
-        demo cluster cluster-down images bench-reconcile bench-runtime bench-autoscaling clean
+.PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e \
+        test-reliability test-images soak demo cluster cluster-down images bench-reconcile \
+        bench-runtime bench-images bench-autoscaling clean
 
 help:
 	@echo "make demo    - local cluster, operator, an InferenceService under load, scaling"
-	@echo "make test    - lint + unit + integration + e2e (builds the cluster once, cached)"
+	@echo "make test    - lint + unit + integration + e2e + reliability + images (all cached)"
 	@echo "make cluster / cluster-down / crds / images / bench-*"
 
 $(STAMP): $(DEPS)
@@ -63,6 +64,11 @@ test-e2e: venv tools
 test-reliability: venv tools
 	$(PYTEST) tests/reliability -q
 
+# The built images run in runc as the chart runs them (tests/images); `make images` first, so a
+# fresh clone builds them (a few minutes once, then skipped while the sources are unchanged).
+test-images: venv tools images
+	$(PYTEST) tests/images -q
+
 # Every tier runs even when one before it failed; the summary at the end names each result.
 test: venv
 	$(PY) tests/run_tiers.py
@@ -80,7 +86,8 @@ cluster-down: venv
 demo: tools
 	$(PY) examples/demo.py
 
-images:
+# The operator and ONNX-server images, built here into OCI archives (docs/images.md).
+images: venv
 	@bash .ci/images
 
 bench-reconcile: tools
@@ -88,6 +95,10 @@ bench-reconcile: tools
 
 bench-runtime: venv
 	$(PY) bench/runtime/bench.py
+
+# Image sizes and container start-to-ready, ours vs Triton (bench/runtime/IMAGES.md).
+bench-images: venv images
+	$(PY) bench/runtime/images.py
 
 bench-autoscaling: venv
 	$(PY) bench/autoscaling/simulate.py

@@ -1,7 +1,9 @@
-# kubeinfer operator image: the `kubeinfer` package (operator, storage initializer, CLI).
+# kubeinfer operator image: the `kubeinfer` package (operator, storage initializer, CLI). No
+# model runtime: no onnxruntime, no tritonclient (operator/pyproject.toml lists what it carries).
 #
 # Build from the repository root:   docker build -f docker/operator.Dockerfile -t kubeinfer-operator .
-# (`make images` builds it and the ONNX Runtime server image when a container builder exists.)
+# `make images` builds it here with buildah on a Python base made from Debian packages
+# (docs/images.md); PYTHON_IMAGE chooses the base, so this file stays valid for `docker build`.
 #
 # Base image: python:3.11-slim on Debian bookworm, pinned by tag; pin it by digest too where a
 # registry is reachable (none is from this workplace, so no digest is made up here):
@@ -9,16 +11,40 @@
 #   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> ...
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a wheel of the package and its dependencies in a venv; no build tools ship ----
+# ---- build: the package and its dependencies in a venv; no build tools ship ----
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# python3, not python: Debian's interpreter has no `python` alias (the official image has both).
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_PROGRESS_BAR=off
+# Dependencies first, from pyproject.toml alone: a source change then reuses this layer.
+# The optional `pip_ca` build secret is a CA bundle for pip behind a TLS-inspecting proxy
+# (`make images` passes the host's); it is mounted for the step only, never stored in a layer.
+# A current pip first: Debian's 23.0 backtracks for minutes over boto3/botocore versions.
+COPY operator/pyproject.toml ./operator/
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('operator/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && pip install -q --upgrade pip \
+ && pip install -q -r /tmp/requirements.txt
 COPY VERSION ./
 COPY operator ./operator
-RUN pip install ./operator \
+# Size: kubernetes' asyncio twin of its client (kubernetes/aio, ~70 MB) is never imported
+# (kubeinfer uses the sync client, kopf its own). Unchecked-hash bytecode: valid whatever the
+# file times after COPY, so the interpreter never tries (and fails, on a read-only root) to
+# rewrite a .pyc. pip and setuptools do not ship.
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && pip install -q --no-deps ./operator \
+ && pip uninstall -q -y pip setuptools \
+ && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && rm -rf "$site/kubernetes/aio" \
+ && find /opt/venv -depth -type d -name __pycache__ -exec rm -rf {} + \
+ && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
+ && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
  && kubeinfer --help >/dev/null \
- && python -c "import kubeinfer.handlers.main"
+ && python -c "import kubeinfer.handlers.main, kubeinfer.storage.main"
 
 # ---- runtime: the venv only, as uid 1000 (the chart's runAsUser), read-only root friendly ----
 FROM ${PYTHON_IMAGE}
@@ -27,7 +53,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 RUN groupadd --gid 1000 kubeinfer \
- && useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin kubeinfer
+ && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin kubeinfer
 USER 1000:1000
 # 8080: kopf liveness (/healthz); 8081: Prometheus /metrics.
 EXPOSE 8080 8081

@@ -1,11 +1,12 @@
-"""The ``kubeinfer-cluster`` command: up, down, status, env and build of the local cluster."""
+"""The ``kubeinfer-cluster`` command: up, down, status, env and build of the local cluster, and
+``images`` (build kubeinfer's container images here: ``make images``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from kubeinfer_cluster import build, run
+from kubeinfer_cluster import build, hosttools, images, run
 
 
 def _name_flag(name: str) -> str:
@@ -48,7 +49,38 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {"up": _up, "down": _down, "status": _status, "env": _env, "build": _build}
+def _images(args: argparse.Namespace) -> int:
+    print(f"{'image':<48}{'size':>10}{'pull':>10}  {'':<8}archive")
+
+    def report(built: images.Built, fresh: bool) -> None:
+        state = f"built {built.build_seconds:.0f}s" if fresh else "cached"
+        print(
+            f"{built.ref:<48}{built.size_bytes / 1e6:>8.0f}MB{built.compressed_bytes / 1e6:>8.0f}MB"
+            f"  {state:<8} {built.archive}",
+            flush=True,
+        )
+
+    images.build_images(
+        names=args.only,
+        registry=args.registry,
+        tag=args.tag or None,
+        python_image=args.python_image or None,
+        force=args.force,
+        refresh_base=args.refresh_base,
+        report=report,
+    )
+    print("size: uncompressed layers (`docker images`); pull: gzip layers (what a node downloads)")
+    return 0
+
+
+ACTIONS = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "env": _env,
+    "build": _build,
+    "images": _images,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,10 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="default")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu per node")
+    group = parser.add_argument_group("images", "options of `kubeinfer-cluster images`")
+    group.add_argument("--only", action="append", default=[], help="build only this image")
+    group.add_argument("--registry", default=images.DEFAULT_REGISTRY)
+    group.add_argument("--tag", default="", help="default: the VERSION file")
+    group.add_argument(
+        "--python-image",
+        default="",
+        help="base image (e.g. python:3.11-slim-bookworm); default: one made from Debian packages",
+    )
+    group.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    group.add_argument("--refresh-base", action="store_true", help="rebuild the Debian base")
     args = parser.parse_args(argv)
     try:
         return ACTIONS[args.action](args)
-    except (build.BuildError, run.ClusterError) as exc:
+    except (build.BuildError, run.ClusterError, images.ImageError, hosttools.HostToolError) as exc:
         print(f"kubeinfer-cluster {args.action}: {exc}", file=sys.stderr)
         return 2
 
