@@ -292,48 +292,33 @@ def _kwok_config(tools: build.Tools, state: pathlib.Path) -> pathlib.Path:
     return out
 
 
-def up(
-    name: str = DEFAULT_NAME,
-    *,
-    nodes: NodeSpec | None = None,
-    tie_to_parent: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> Cluster:
-    """Build what is missing, start every component, create the GPU nodes, return the cluster.
+@dataclasses.dataclass(frozen=True)
+class _Ports:
+    etcd: int
+    etcd_peer: int
+    api: int
 
-    With ``tie_to_parent`` the components die with the calling process (test sessions).
-    """
-    say = log or (lambda msg: print(f"[kubeinfer-cluster] {msg}", file=sys.stderr, flush=True))
-    nodes = nodes or NodeSpec()
-    tools = build.ensure_tools(with_helm=False)
-    state = state_dir(name)
-    if state.exists():
-        say(f"stopping leftovers of cluster {name!r}")
-        _stop_pids(state, _read_pids(state))
-        shutil.rmtree(state)
-    for sub in ("logs", "pki", "etcd"):
-        (state / sub).mkdir(parents=True, exist_ok=True)
-    if tie_to_parent:
-        (state / "tied").touch()
-    started = time.monotonic()
-    token = secrets.token_hex(16)
-    (state / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
-    sa_key, sa_pub = _service_account_keys(state / "pki")
-    etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
-    server = f"https://127.0.0.1:{api_port}"
-    kubeconfig = state / "kubeconfig"
-    _write_kubeconfig(kubeconfig, server, token, name)
-    etcd_url = f"http://127.0.0.1:{etcd_port}"
-    args: dict[str, list[str]] = {
+
+def _component_args(
+    tools: build.Tools,
+    state: pathlib.Path,
+    ports: _Ports,
+    kubeconfig: pathlib.Path,
+    sa_key: pathlib.Path,
+    sa_pub: pathlib.Path,
+) -> dict[str, list[str]]:
+    """Each component's command line, in start order; recorded so one can be restarted."""
+    etcd_url = f"http://127.0.0.1:{ports.etcd}"
+    return {
         "etcd": [
             str(tools.etcd),
             "--name=kubeinfer",
             f"--data-dir={state / 'etcd'}",
             f"--listen-client-urls={etcd_url}",
             f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-            f"--initial-cluster=kubeinfer=http://127.0.0.1:{etcd_peer}",
+            f"--listen-peer-urls=http://127.0.0.1:{ports.etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ports.etcd_peer}",
+            f"--initial-cluster=kubeinfer=http://127.0.0.1:{ports.etcd_peer}",
             "--unsafe-no-fsync=true",
             "--log-level=warn",
         ],
@@ -342,7 +327,7 @@ def up(
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
+            f"--secure-port={ports.api}",
             # Endpoints reject loopback addresses; with no reconciler the API server does not
             # try to publish its own.
             "--endpoint-reconciler-type=none",
@@ -415,6 +400,42 @@ def up(
             f"--state={state / 'kubelet'}",
         ],
     }
+
+
+def up(
+    name: str = DEFAULT_NAME,
+    *,
+    nodes: NodeSpec | None = None,
+    tie_to_parent: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Cluster:
+    """Build what is missing, start every component, create the GPU nodes, return the cluster.
+
+    With ``tie_to_parent`` the components die with the calling process (test sessions).
+    """
+    say = log or (lambda msg: print(f"[kubeinfer-cluster] {msg}", file=sys.stderr, flush=True))
+    nodes = nodes or NodeSpec()
+    tools = build.ensure_tools(with_helm=False)
+    state = state_dir(name)
+    if state.exists():
+        say(f"stopping leftovers of cluster {name!r}")
+        _stop_pids(state, _read_pids(state))
+        shutil.rmtree(state)
+    for sub in ("logs", "pki", "etcd"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    if tie_to_parent:
+        (state / "tied").touch()
+    started = time.monotonic()
+    token = secrets.token_hex(16)
+    (state / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
+    sa_key, sa_pub = _service_account_keys(state / "pki")
+    etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfig = state / "kubeconfig"
+    _write_kubeconfig(kubeconfig, server, token, name)
+    ports = _Ports(etcd=etcd_port, etcd_peer=etcd_peer, api=api_port)
+    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    args = _component_args(tools, state, ports, kubeconfig, sa_key, sa_pub)
     (state / "args.json").write_text(json.dumps(args, indent=2))
     pids: dict[str, int] = {}
     try:

@@ -37,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     operator.add_argument(
         "--metrics-address", default="127.0.0.1", help="0.0.0.0 in a pod, so it can be scraped"
     )
+    operator.add_argument(
+        "--init-image",
+        help="the storage initializer's image (default: the operator image at this version)",
+    )
+    operator.add_argument(
+        "--image-pull-secret",
+        action="append",
+        default=[],
+        help="a Secret serving pods pull their images with (repeatable)",
+    )
     sub.add_parser("crds", help="print the CustomResourceDefinitions generated from the models")
     sub.add_parser("storage-init", help="fetch a model into the model repository")
     sub.add_parser("plan", help="replicas and batching to start with, from a profile")
@@ -48,10 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         print(crdgen.render_all(), end="")
         return 0
     if args.command == "operator":
+        from kubeinfer import version
+        from kubeinfer.core.config import OperatorConfig, default_init_image
         from kubeinfer.handlers import main as operator_main
 
+        config = OperatorConfig(
+            namespaces=tuple(args.namespace),
+            init_image=args.init_image or default_init_image(version.VERSION),
+            image_pull_secrets=tuple(args.image_pull_secret),
+        )
         return operator_main.run(
-            namespaces=args.namespace,
+            config,
             liveness=args.liveness,
             metrics_port=args.metrics_port,
             metrics_address=args.metrics_address,

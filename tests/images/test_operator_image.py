@@ -60,9 +60,7 @@ class Release:
 
 
 @pytest.fixture(scope="module")
-def release(
-    cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
+def release(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     """The chart installed (CRDs, runtimes, RBAC, ServiceAccount) with replicas=0: the
     container below is its operator, so kwok's stand-in pod must not exist."""
     helm_binary = build.ensure_tools(with_helm=True).helm
@@ -74,9 +72,7 @@ def release(
         "--set", "replicas=0", "--wait=false",
     )  # fmt: skip
     manifest = helm("get", "manifest", RELEASE, "-n", namespace).stdout
-    deployment = next(
-        d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment"
-    )
+    deployment = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment")
     try:
         yield Release(namespace, deployment)
     finally:
@@ -175,8 +171,10 @@ def test_operator_container_reconciles_with_the_charts_identity(
     ns = f"t-img-{uuid.uuid4().hex[:6]}"
     try:
         wait_for(
-            lambda: pods.http_status(f"http://127.0.0.1:{live}/healthz") == 200
-            or container.exit_code() is not None,
+            lambda: (
+                pods.http_status(f"http://127.0.0.1:{live}/healthz") == 200
+                or container.exit_code() is not None
+            ),
             90,
             "the operator container's liveness endpoint",
         )

@@ -89,8 +89,10 @@ def served(imageset: Images, model_repo: pathlib.Path) -> Iterator[Served]:
     container.run()
     try:
         wait_for(
-            lambda: pods.http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
-            or container.exit_code() is not None,
+            lambda: (
+                pods.http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
+                or container.exit_code() is not None
+            ),
             60,
             "the server container to be ready",
         )
@@ -175,8 +177,10 @@ def test_sigterm_drains_and_exits_zero(imageset: Images, model_repo: pathlib.Pat
     container.run()
     try:
         wait_for(
-            lambda: pods.http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
-            or container.exit_code() is not None,
+            lambda: (
+                pods.http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
+                or container.exit_code() is not None
+            ),
             60,
             "the second server container to be ready",
         )

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kubeinfer.core import builders
+from kubeinfer.core import api, builders, config
 from kubeinfer_cluster import containers
 from tests.images import pods
 from tests.images.pods import Images
@@ -110,30 +110,32 @@ def https_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsMode
 
 def init_args(uri: str) -> list[str]:
     """The storage initializer's args, exactly as kubeinfer's builder writes them."""
-    container = builders.INIT_IMAGE  # the operator image serves as the init image
-    assert container.startswith("ghcr.io/kubeinfer/operator:")
-    _, init, _ = builders._storage(
-        builders.Owner("m", "ns", "uid"),
-        *_quickstart_with(uri),
-    )
-    args: list[str] = init[0]["args"]
+    spec, runtime = _quickstart_with(uri)
+    deployment = builders.build_deployment(builders.Owner("m", "ns", "uid"), spec, "o", runtime)
+    [init] = deployment["spec"]["template"]["spec"]["initContainers"]
+    # The operator image serves as the init image.
+    assert init["image"].startswith(f"{config.OPERATOR_IMAGE_REPOSITORY}:")
+    args: list[str] = init["args"]
     return args
 
 
-def _quickstart_with(uri: str) -> tuple[object, object, str]:
+def _quickstart_with(uri: str) -> tuple[api.InferenceServiceSpec, api.InferenceRuntimeSpec]:
     import yaml
 
-    from kubeinfer.core import api
     from tests.operator_process import REPO
 
     doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     doc["spec"]["model"]["storageUri"] = uri
     runtime = yaml.safe_load((REPO / "runtimes" / "defaults" / "onnxruntime.yaml").read_text())
-    return api.parse_spec(doc["spec"]), api.parse_runtime(runtime["spec"]), "config.json"
+    return api.parse_spec(doc["spec"]), api.parse_runtime(runtime["spec"])
 
 
 def run_init(
-    imageset: Images, name: str, uri: str, models: pathlib.Path, env: dict[str, str],
+    imageset: Images,
+    name: str,
+    uri: str,
+    models: pathlib.Path,
+    env: dict[str, str],
     extra: list[containers.Mount],
 ) -> tuple[int, str]:
     container = imageset.container(
@@ -183,8 +185,10 @@ def test_https_fetch_then_serve(
         mounts=[containers.Mount(env["MODEL_REPOSITORY"], models, readonly=False)],
     ) as server:
         wait_for(
-            lambda: pods.http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
-            or server.exit_code() is not None,
+            lambda: (
+                pods.http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
+                or server.exit_code() is not None
+            ),
             60,
             "the server to serve the fetched model",
         )

@@ -66,7 +66,7 @@ values = st.one_of(
 VALID: dict[str, list[Any]] = {
     "model.name": ["m", "a-b-1", "x" * 63],
     "model.format": ["onnx", "pytorch", "python"],
-    "model.storageUri": ["s3://b/k", "pvc://claim/path", "http://127.0.0.1:9/" + "p" * 2000],
+    "model.storageUri": ["s3://bucket/k", "pvc://claim/path", "http://127.0.0.1:9/" + "p" * 2000],
     "model.version": [1, 1_000_000],
     "model.credentialsSecret": ["missing", "s" * 253],
     "model.versionPolicy": [{"policy": "All"}, {"policy": "Specific", "versions": [1, 2]}],

@@ -1,11 +1,14 @@
-"""End to end on the local cluster: a serving process is killed (kill -9) and its pod deleted
-while a load generator with client retries runs. Counted: requests failed after retries (the
-promise is zero), seconds until a replacement pod's server is ready, the autoscaler's reaction.
+"""End to end on the local cluster: a serving process is killed (kill -9) under open-loop load.
+
+The local kubelet runs the pods for real, so the kill is seen the way a kubelet sees it: the
+container exits, the pod turns NotReady at once (its endpoints drop it), the container is
+restarted after the kubelet's back-off and the pod turns Ready again once its probe passes.
+Counted: requests failed after client retries (the promise is zero), seconds until the pod
+serves again, and what the autoscaler did meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
 import signal
@@ -13,11 +16,12 @@ import threading
 import time
 
 from tests.conftest import ClusterHandle
-from tests.e2e.load import LoadResult, run_load
-from tests.e2e.pod_servers import PodServers
+from tests.e2e import load, scenario
 from tests.operator_process import OperatorProcess
-from tests.reliability import kube
-from tests.reliability.conftest import Figures, runtime_models, wait_for
+from tests.reliability.conftest import Figures, wait_for
+
+LOAD_FACTOR = 0.5  # of the two replicas' measured capacity: the survivor can take it all
+LOAD_S = 30.0
 
 
 def test_replica_killed_under_load_loses_nothing(
@@ -27,62 +31,68 @@ def test_replica_killed_under_load_loses_nothing(
     tmp_path: pathlib.Path,
     figures: Figures,
 ) -> None:
-    repo = tmp_path / "repo"
-    runtime_models.build_mlp(repo / "mlp" / "1" / "model.onnx")
-    (tmp_path / "logs").mkdir()
-    body = kube.isvc(
-        "victim",
-        gpu={"count": 1},
-        scaling={"minReplicas": 2, "maxReplicas": 3, "target": 4, "stableWindowSeconds": 12},
+    scenario.apply(
+        cluster,
+        namespace,
+        scenario.manifest(
+            "victim",
+            uri=scenario.model_uri(tmp_path),
+            gpus=1,
+            max_batch=4,
+            device_ms=80,
+            scaling={"minReplicas": 2, "maxReplicas": 3, "target": 4, "stableWindowSeconds": 12},
+            cold_start="0s",
+        ),
     )
-    kube.create(cluster, namespace, body)
-    selector = f"{kube.LABEL}=victim"
-    with PodServers(cluster.core, namespace, selector, repo, tmp_path / "logs") as servers:
-        wait_for(lambda: len(servers.ready_ips()) == 2, 90, "two servers ready")
-        result: list[LoadResult] = []
-        load = threading.Thread(
-            target=lambda: result.append(
-                asyncio.run(run_load(servers.ready_ips, concurrency=8, duration_s=14, retries=10))
-            )
+    selector = f"{scenario.LABEL}=victim"
+    with load.Endpoints(cluster.core, namespace, selector) as endpoints:
+        wait_for(lambda: len(endpoints()) == 2, 90, "two replicas Ready")
+        capacity = load.run(load.measure_capacity(endpoints()[0]))
+        result = load.LoadResult()
+        thread = threading.Thread(
+            target=load.run,
+            args=(
+                load.open_loop(
+                    endpoints, rate=LOAD_FACTOR * 2 * capacity, duration_s=LOAD_S, result=result
+                ),
+            ),
         )
-        load.start()
-        time.sleep(4)
-        with servers._lock:  # the harness's own table of pod -> (ip, process)
-            pod, (_ip, proc) = sorted(servers.procs.items())[0]
-        os.kill(proc.pid, signal.SIGKILL)
+        thread.start()
+        wait_for(lambda: result.ok >= 100, 30, "the load to be flowing", every=0.1)
+        victim = endpoints()[0]
+        os.kill(scenario.server_pid(victim), signal.SIGKILL)
         killed = time.monotonic()
-        cluster.core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
-
-        def replaced() -> bool:
-            with servers._lock:
-                names = set(servers.procs)
-            return pod not in names and len(names) >= 2 and len(servers.ready_ips()) >= 2
-
-        wait_for(replaced, 90, "a replacement server ready", every=0.1)
-        replace_s = time.monotonic() - killed
-        replicas_seen = []
-        while load.is_alive():
-            replicas_seen.append(
-                cluster.apps.read_namespaced_deployment("victim-predictor", namespace).spec.replicas
-            )
-            time.sleep(0.5)
-        load.join()
-    outcome = result[0]
+        wait_for(
+            lambda: victim not in endpoints(), 10, "the killed pod out of the endpoints", every=0.05
+        )
+        dropped_s = time.monotonic() - killed
+        wait_for(lambda: victim in endpoints(), 60, "the restarted server Ready again", every=0.1)
+        back_s = time.monotonic() - killed
+        thread.join()
+    pod = next(
+        p
+        for p in cluster.core.list_namespaced_pod(namespace, label_selector=selector).items
+        if p.status.pod_ip == victim
+    )
+    [container] = pod.status.container_statuses
     decisions = (
-        (kube.get_isvc(cluster, namespace, "victim").get("status") or {})
+        (scenario.get(cluster, namespace, "victim").get("status") or {})
         .get("autoscaler", {})
         .get("decisions", [])
     )
     figures.record(
         "replica_failure",
-        requests_ok=outcome.ok,
-        retried_503=outcome.rejected_503,
-        failed_after_retries=outcome.failed,
-        replacement_ready_s=round(replace_s, 1),
-        servers_started=servers.started_total,
-        replicas_after_kill=sorted(set(replicas_seen)),
+        requests_ok=result.ok,
+        retried_503=result.rejected_503,
+        failed_after_retries=result.failed,
+        out_of_endpoints_s=round(dropped_s, 2),
+        serving_again_s=round(back_s, 1),
+        restart_count=container.restart_count,
         autoscaler_decisions=[d.get("reason") for d in decisions][-5:],
     )
-    assert outcome.failed == 0, outcome.errors[:5]
-    assert outcome.ok > 100
-    assert replace_s < 60
+    assert result.failed == 0, result.errors[:5]
+    assert result.ok == result.sent
+    # The kubelet saw the exit, restarted the container and reported it.
+    assert container.restart_count == 1
+    assert container.last_state.terminated.exit_code == 128 + signal.SIGKILL
+    assert back_s < 60

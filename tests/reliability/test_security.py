@@ -27,7 +27,15 @@ def rendered_rbac() -> list[dict[str, Any]]:
     tools = build.ensure_tools(with_helm=True)
     assert tools.helm, "helm is needed to render the chart (make tools builds it)"
     out = subprocess.run(
-        [str(tools.helm), "template", "sec", str(CHART), "--namespace", "kubeinfer-system"],
+        [
+            str(tools.helm),
+            "template",
+            "sec",
+            str(CHART),
+            "--namespace",
+            "kubeinfer-system",
+            f"--kube-version={tools.kubernetes_version}",
+        ],
         capture_output=True,
         text=True,
     )

@@ -78,10 +78,6 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# Secrets: only to check that a model's credentialsSecret exists; never listed or watched.
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get]
 # Events on InferenceServices (scaling decisions, missing runtimes, conflicts).
 - apiGroups: [""]
   resources: [events]

@@ -98,7 +98,7 @@ class Process:
             )
 
     def exited(self) -> int | None:
-        return self.popen.poll()
+        return _exit_code(self.popen.poll())
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -108,10 +108,10 @@ class Process:
         """SIGTERM, then SIGKILL after ``grace_s``; returns the exit code."""
         self.signal(signal.SIGTERM)
         try:
-            return self.popen.wait(timeout=grace_s)
+            return _exit_code(self.popen.wait(timeout=grace_s)) or 0
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
-            return self.popen.wait()
+            return _exit_code(self.popen.wait()) or 0
 
     def message(self) -> str:
         if not self.plan.fallback_to_logs:
@@ -120,6 +120,11 @@ class Process:
             return podstatus.termination_message(self.log_path.read_text(errors="replace"))
         except FileNotFoundError:
             return ""
+
+
+def _exit_code(code: int | None) -> int | None:
+    """As a container runtime reports it: death by signal N is 128 + N (SIGKILL: 137)."""
+    return 128 - code if code is not None and code < 0 else code
 
 
 def _host_env() -> dict[str, str]:
@@ -266,21 +271,23 @@ class PodWorker(threading.Thread):
         self.ip = self.kubelet.addresses.take(node_index)
         for sub in ("logs", "volumes", "tmp"):
             (self.sandbox / sub).mkdir(parents=True, exist_ok=True)
-        try:
-            contents, secrets = self.kubelet.volume_contents(self.pod)
-            plan = plan_.pod_plan(
-                self.pod, ip=self.ip, sandbox=self.sandbox, contents=contents, secrets=secrets
-            )
-        except (plan_.Unsupported, ApiException) as exc:
-            reason = getattr(exc, "reason", None) if isinstance(exc, ApiException) else None
-            message = str(reason or exc)
-            containers = self.pod["spec"].get("containers") or []
-            records = [podstatus.Container(c["name"], c.get("image", "")) for c in containers]
-            for record in records:
-                record.waiting("CreateContainerConfigError", message)
-            self._write(main=records)
-            self.deleting.wait()
-            return
+        while True:
+            try:
+                contents, secrets = self.kubelet.volume_contents(self.pod)
+                plan = plan_.pod_plan(
+                    self.pod, ip=self.ip, sandbox=self.sandbox, contents=contents, secrets=secrets
+                )
+                break
+            except plan_.Unsupported as exc:
+                # As the kubelet does: the pod waits, and starts once the Secret or ConfigMap
+                # it needs exists (anything else this host cannot run stays waiting).
+                containers = self.pod["spec"].get("containers") or []
+                records = [podstatus.Container(c["name"], c.get("image", "")) for c in containers]
+                for record in records:
+                    record.waiting("CreateContainerConfigError", str(exc))
+                self._write(main=records)
+                if self.deleting.wait(2.0):
+                    return
         self._write_volumes(contents)
         self.init = [podstatus.Container(name=p.name, image=p.image) for p in plan.init]
         self.main = [MainContainer(p, self.sandbox, plan.grace_s) for p in plan.main]
@@ -405,8 +412,7 @@ class Kubelet:
         contents: dict[str, dict[str, str]] = {}
         for volume in pod["spec"].get("volumes") or []:
             if "configMap" in volume:
-                cm = self.core.read_namespaced_config_map(volume["configMap"]["name"], ns)
-                contents[volume["name"]] = dict(cm.data or {})
+                contents[volume["name"]] = self._config_map(ns, volume["configMap"]["name"])
             elif "secret" in volume:
                 contents[volume["name"]] = self._secret(ns, volume["secret"]["secretName"])
         sources: dict[str, dict[str, str]] = {}
@@ -418,13 +424,25 @@ class Kubelet:
                     sources[name] = self._secret(ns, name)
                 elif "configMapRef" in source:
                     name = source["configMapRef"]["name"]
-                    cm = self.core.read_namespaced_config_map(name, ns)
-                    sources[name] = dict(cm.data or {})
+                    sources[name] = self._config_map(ns, name)
         return contents, sources
 
     def _secret(self, namespace: str, name: str) -> dict[str, str]:
-        secret = self.core.read_namespaced_secret(name, namespace)
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise plan_.Unsupported(f'secret "{name}" not found') from exc
+            raise
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    def _config_map(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as exc:
+            if exc.status == 404:
+                raise plan_.Unsupported(f'configmap "{name}" not found') from exc
+            raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         try:

@@ -18,6 +18,8 @@ import pydantic
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kubeinfer.core import storage_uri
+
 GROUP = "kubeinfer.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -148,6 +150,12 @@ class ModelSpec(_Model):
                 "python: Triton cannot read them from the model",
             ),
             (
+                "!self.storageUri.startsWith('http://') || "
+                "self.storageUri.matches('^http://(127\\\\.[0-9.]+|localhost)([:/]|$)')",
+                "model.storageUri: http:// is accepted for loopback hosts only; use https:// "
+                "(the storage initializer refuses to fetch a model over plain HTTP)",
+            ),
+            (
                 "self.format != 'tensorflow' || !self.storageUri.startsWith('http')",
                 "model.storageUri must be a directory (s3://, pvc://, file://) for model.format "
                 "tensorflow: a SavedModel is a directory, an http(s) URL is one file",
@@ -193,6 +201,13 @@ class ModelSpec(_Model):
         ),
     ] = []
     outputs: Annotated[list[TensorSpec], Field(max_length=64)] = []
+
+    @pydantic.field_validator("storage_uri")
+    @classmethod
+    def _fetchable(cls, value: str) -> str:
+        # The storage initializer's own grammar: a URI it would refuse never reaches a pod.
+        storage_uri.parse_storage_uri(value)
+        return value
 
     @pydantic.model_validator(mode="after")
     def _signature(self) -> ModelSpec:
@@ -411,10 +426,22 @@ class BatchingConfigKind(enum.StrEnum):
 
 
 class RuntimeMetricNames(_Model):
+    """Which metric family carries which signal on the runtime's /metrics (Triton's names by
+    default; both kubeinfer's ONNX server and Triton export them). Counters without _total."""
+
+    # Requests queued and not yet executing (a gauge): the fastest honest queue signal.
     queue_depth: str = "nv_inference_pending_request_count"
+    # Cumulative microseconds requests spent queued, and in the server in all.
     queue_time: str = "nv_inference_queue_duration_us"
+    request_duration: str = "nv_inference_request_duration_us"
+    # Completed and failed requests.
     request_count: str = "nv_inference_request_success"
+    request_failure: str = "nv_inference_request_failure"
     gpu_utilization: str = "nv_gpu_utilization"
+    gpu_utilization_scale: Annotated[
+        float,
+        Field(gt=0, le=1, description="Multiplier to 0..1: 1 for Triton, 0.01 for DCGM (0-100)."),
+    ] = 1.0
 
 
 class InferenceRuntimeSpec(_Model):
@@ -448,7 +475,13 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+# Decisions status keeps (the newest); every decision is counted in the operator's metrics.
+DECISION_HISTORY = 10
+
+
 class DecisionRecord(_Model):
+    """One autoscaler decision as status shows it: when, from what, to what, and why."""
+
     time: str
     desired: int
     current: int
@@ -463,7 +496,7 @@ class AutoscalerStatus(_Model):
     signals: dict[str, float] = {}
     cold_start_seconds: float | None = None
     last_scale_time: str | None = None
-    decisions: Annotated[list[DecisionRecord], Field(max_length=10)] = []
+    decisions: Annotated[list[DecisionRecord], Field(max_length=DECISION_HISTORY)] = []
     state: Annotated[
         str | None,
         Field(

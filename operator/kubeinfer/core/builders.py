@@ -16,13 +16,14 @@ import hashlib
 import json
 from typing import Any
 
-from kubeinfer.core import api, triton
+from kubeinfer.core import api, storage_uri, triton
+from kubeinfer.core.config import OperatorConfig
 
 LABEL_ISVC = "kubeinfer.io/inferenceservice"
 LABEL_RUNTIME = "kubeinfer.io/runtime"
-MODELS_VOLUME = "model-repository"
+MODELS_VOLUME = storage_uri.MODEL_VOLUME_NAME
+DEFAULT_CONFIG = OperatorConfig()
 CONFIG_VOLUME = "model-config"
-INIT_IMAGE = "ghcr.io/kubeinfer/operator:0.1.0"
 # Where the storage initializer reads the generated config.pbtxt, outside the repository.
 GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
 
@@ -181,65 +182,56 @@ _RESTRICTED_CONTAINER = {
 
 
 def _storage(
-    owner: Owner, spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec, filename: str
+    owner: Owner,
+    spec: api.InferenceServiceSpec,
+    runtime: api.InferenceRuntimeSpec,
+    filename: str,
+    config: OperatorConfig,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, init containers, runtime container mounts) that put the model in place.
 
-    The repository root is always an emptyDir; the version directory is either a read-only
-    PVC mount (pvc://, no copy) or filled by the storage initializer. The generated config is a
-    ConfigMap file: mounted at ``<model>/<file>`` for a claim (nothing else can be there), but
-    for a fetched model the storage initializer installs it, merged over a config.pbtxt the
-    model ships, so the mount never hides the user's file.
+    ``storage_uri.build_storage_plan`` decides: a read-only claim mount (pvc://, no copy) or
+    the storage initializer filling an emptyDir. Added here: the init image and its limits, a
+    writable /tmp, and the generated config. That is a ConfigMap file, mounted at
+    ``<model>/<file>`` for a claim (nothing else can be there); for a fetched model the storage
+    initializer installs it, merged over a config.pbtxt the model ships, so the mount never
+    hides the user's file.
     """
     repo = runtime.model_repository_path
-    model_dir = f"{repo}/{spec.model.name}"
-    version_dir = f"{model_dir}/{spec.model.version}"
+    plan = storage_uri.build_storage_plan(
+        spec.model.storage_uri,
+        model_name=spec.model.name,
+        version=spec.model.version,
+        repository_path=repo,
+        credentials_secret=spec.model.credentials_secret,
+    )
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
     volumes: list[dict[str, Any]] = [
-        {"name": MODELS_VOLUME, "emptyDir": {}},
+        *plan.volumes,
         {"name": "tmp", "emptyDir": {}},
         {"name": CONFIG_VOLUME, "configMap": {"name": f"{owner.name}-model-config"}},
     ]
-    mounts: list[dict[str, Any]] = [
-        {"name": MODELS_VOLUME, "mountPath": repo},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    init: list[dict[str, Any]] = []
-    uri = spec.model.storage_uri
-    merge_config = filename == "config.pbtxt" and not uri.startswith("pvc://")
+    mounts: list[dict[str, Any]] = [*plan.runtime_volume_mounts, tmp]
+    merge_config = filename == "config.pbtxt" and plan.init_container is not None
     if not merge_config:
         mounts.append(
             {
                 "name": CONFIG_VOLUME,
-                "mountPath": f"{model_dir}/{filename}",
+                "mountPath": f"{repo}/{spec.model.name}/{filename}",
                 "subPath": filename,
                 "readOnly": True,
             }
         )
-    if uri.startswith("pvc://"):
-        claim, _, sub_path = uri.removeprefix("pvc://").partition("/")
-        volumes.append(
-            {"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        )
-        mount: dict[str, Any] = {"name": "model-pvc", "mountPath": version_dir, "readOnly": True}
-        if sub_path:
-            mount["subPath"] = sub_path
-        mounts.append(mount)
-        return volumes, init, mounts
+    if plan.init_container is None:
+        return volumes, [], mounts
     container: dict[str, Any] = {
-        "name": "storage-initializer",
-        "image": INIT_IMAGE,
+        **plan.init_container,
+        "image": config.init_image,
         "args": [
-            "storage-init",
-            uri,
-            repo,
-            f"--model-name={spec.model.name}",
-            f"--version={spec.model.version}",
+            *plan.init_container["args"],
             f"--file-name={triton.model_file_name(spec.model.format)}",
         ],
-        "volumeMounts": [
-            {"name": MODELS_VOLUME, "mountPath": repo},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": [*plan.init_container["volumeMounts"], tmp],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": _RESTRICTED_CONTAINER,
     }
@@ -248,23 +240,16 @@ def _storage(
         container["volumeMounts"].append(
             {"name": CONFIG_VOLUME, "mountPath": GENERATED_CONFIG_DIR, "readOnly": True}
         )
-    if spec.model.credentials_secret:
-        # Only the init container sees the credentials; the serving container never does.
-        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
-    init.append(container)
-    return volumes, init, mounts
+    return volumes, [container], mounts
 
 
-def build_deployment(
-    owner: Owner,
+def _server_container(
     spec: api.InferenceServiceSpec,
-    runtime_name: str,
     runtime: api.InferenceRuntimeSpec,
+    mounts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    filename, content = build_model_config(spec, runtime)
-    volumes, init, mounts = _storage(owner, spec, runtime, filename)
+    """The serving container: the runtime's image and args, ports, probes, drain, resources."""
     ports = runtime.ports
-    pod_labels = labels(owner, runtime_name)
     container: dict[str, Any] = {
         "name": "server",
         "image": runtime.image,
@@ -312,6 +297,11 @@ def build_deployment(
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
+    return container
+
+
+def _placement(owner: Owner, spec: api.InferenceServiceSpec) -> dict[str, Any]:
+    """Where the pods may run: node selector (GPU product), tolerations, spread, priority."""
     node_selector = dict(spec.scheduling.node_selector)
     tolerations = [
         t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations
@@ -322,8 +312,36 @@ def build_deployment(
         # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule by the GPU operator.
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     spread = spec.scheduling.topology_spread
+    out: dict[str, Any] = {
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": spread.max_skew,
+                "topologyKey": spread.topology_key,
+                "whenUnsatisfiable": spread.when_unsatisfiable,
+                "labelSelector": {"matchLabels": selector(owner)},
+            }
+        ],
+    }
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if spec.scheduling.priority_class_name:
+        out["priorityClassName"] = spec.scheduling.priority_class_name
+    return out
+
+
+def build_deployment(
+    owner: Owner,
+    spec: api.InferenceServiceSpec,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+    config: OperatorConfig = DEFAULT_CONFIG,
+) -> dict[str, Any]:
+    filename, content = build_model_config(spec, runtime)
+    volumes, init, mounts = _storage(owner, spec, runtime, filename, config)
     pod_spec: dict[str, Any] = {
-        "containers": [container],
+        "containers": [_server_container(spec, runtime, mounts)],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,
@@ -335,26 +353,15 @@ def build_deployment(
             "fsGroup": runtime.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": spread.max_skew,
-                "topologyKey": spread.topology_key,
-                "whenUnsatisfiable": spread.when_unsatisfiable,
-                "labelSelector": {"matchLabels": selector(owner)},
-            }
-        ],
+        **_placement(owner, spec),
     }
     if init:
         pod_spec["initContainers"] = init
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
     annotations = {
         "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(ports.metrics),
+        "prometheus.io/port": str(runtime.ports.metrics),
         "prometheus.io/path": "/metrics",
         # A config change must roll the pods, since a mounted ConfigMap file is not reloaded.
         "kubeinfer.io/model-config-hash": _hash(content),
@@ -371,7 +378,7 @@ def build_deployment(
             },
             "template": {
                 "metadata": {
-                    "labels": {**spec.pod_metadata.labels, **pod_labels},
+                    "labels": {**spec.pod_metadata.labels, **labels(owner, runtime_name)},
                     "annotations": {**spec.pod_metadata.annotations, **annotations},
                 },
                 "spec": pod_spec,

@@ -1,8 +1,9 @@
 """Parse a serving pod's Prometheus text into raw counters, and two scrapes into PodSignals.
 
-Owns: which metric names carry which signal (Triton's by default, overridable per runtime from
-the runtime catalogue), summing across models and versions, and the counter arithmetic (deltas
-over the interval, counter resets). No I/O: the scraping client hands the text in.
+Owns: reading a runtime's metric families (their names come from the runtime catalogue,
+``api.RuntimeMetricNames``, Triton's by default), summing across models and versions, and the
+counter arithmetic (deltas over the interval, counter resets). No I/O: the scraping client
+hands the text in.
 """
 
 from __future__ import annotations
@@ -11,25 +12,8 @@ import dataclasses
 
 from prometheus_client import parser
 
+from kubeinfer.core import api
 from kubeinfer.core.scaling import signals
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MetricNames:
-    """Metric family names per signal; counters are given without a ``_total`` suffix."""
-
-    pending_requests: str = "nv_inference_pending_request_count"
-    queue_duration_us: str = "nv_inference_queue_duration_us"
-    request_duration_us: str = "nv_inference_request_duration_us"
-    request_success: str = "nv_inference_request_success"
-    request_failure: str = "nv_inference_request_failure"
-    inference_count: str = "nv_inference_count"
-    gpu_utilization: str = "nv_gpu_utilization"
-    # Multiplier to 0..1: 1.0 for Triton, 0.01 for DCGM's DCGM_FI_DEV_GPU_UTIL (0-100).
-    gpu_utilization_scale: float = 1.0
-
-
-TRITON = MetricNames()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,7 +25,6 @@ class RawScrape:
     request_duration_us: float = 0.0
     request_success: float = 0.0
     request_failure: float = 0.0
-    inference_count: float = 0.0
     # Mean over the pod's GPUs, 0..1; None when the pod exports no GPU metric.
     gpu_utilization: float | None = None
 
@@ -51,18 +34,21 @@ def _family_name(name: str) -> str:
     return name.removesuffix("_total")
 
 
-def parse_metrics(text: str, *, names: MetricNames = TRITON) -> RawScrape:
-    """Parse Prometheus text exposition; absent metrics read as zero (GPU: None).
+TRITON = api.RuntimeMetricNames()
+
+
+def parse_metrics(text: str, *, names: api.RuntimeMetricNames = TRITON) -> RawScrape:
+    """Parse Prometheus text exposition with a runtime's metric names; absent metrics read as
+    zero (GPU: None).
 
     Raises ValueError on text the Prometheus parser rejects.
     """
     wanted = {
-        _family_name(names.pending_requests): "pending_requests",
-        _family_name(names.queue_duration_us): "queue_duration_us",
-        _family_name(names.request_duration_us): "request_duration_us",
-        _family_name(names.request_success): "request_success",
+        _family_name(names.queue_depth): "pending_requests",
+        _family_name(names.queue_time): "queue_duration_us",
+        _family_name(names.request_duration): "request_duration_us",
+        _family_name(names.request_count): "request_success",
         _family_name(names.request_failure): "request_failure",
-        _family_name(names.inference_count): "inference_count",
     }
     gpu_family = _family_name(names.gpu_utilization)
     sums: dict[str, float] = dict.fromkeys(wanted.values(), 0.0)

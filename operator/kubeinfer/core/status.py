@@ -1,9 +1,12 @@
 """Truthful status: what the cluster shows -> conditions, replica counts and the URL. Pure.
 
 Owns: the condition types and reasons, and the rule that Ready is True only when the runtime is
-resolved, the Deployment is available and no pod is failing or waiting for GPUs. Inputs are the
-raw objects the API returned (dicts), so the reconciler stays a thin reader and this module is
-table-tested without a cluster.
+resolved, the Deployment is available and no pod is failing or unschedulable. A failure is
+named by its real cause: the scheduler's reason for a pod it cannot place (GPUs, CPU, memory,
+a selector, taints), the termination message of a container that exited (the storage
+initializer's one-line error, the runtime's model-load error). Inputs are the raw objects the
+API returned (dicts); the output is ``api.InferenceServiceStatus``, the model the CRD's schema
+is generated from, so what is written is what the schema publishes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import enum
 from typing import Any
 
-from kubeinfer.core import runtime_failures
+from kubeinfer.core import api, census, runtime_failures, storage_uri
 
 
 class ConditionType(enum.StrEnum):
@@ -20,6 +23,7 @@ class ConditionType(enum.StrEnum):
     RUNTIME_RESOLVED = "RuntimeResolved"
     DEPLOYMENT_AVAILABLE = "DeploymentAvailable"
     WAITING_FOR_GPU = "WaitingForGPUCapacity"
+    PODS_SCHEDULED = "PodsScheduled"
     PODS_HEALTHY = "PodsHealthy"
 
 
@@ -36,12 +40,23 @@ FAILING_WAIT_REASONS = frozenset(
     }
 )
 FAILING_TERMINATED_REASONS = frozenset({"OOMKilled", "Error", "ContainerCannotRun"})
-
+STORAGE_INIT_FAILED = "StorageInitFailed"
+# Condition reasons for a pod the scheduler refused, by what it lacks.
+_UNSCHEDULABLE_REASONS = {
+    "gpu": "InsufficientGPU",
+    "cpu": "InsufficientCPU",
+    "memory": "InsufficientMemory",
+    "selector": "NodeSelectorMismatch",
+    "taints": "UntoleratedTaint",
+    "affinity": "AffinityMismatch",
+    "other": "Unschedulable",
+}
 
 _PRIORITY = [
     ConditionType.READY,
     ConditionType.RUNTIME_RESOLVED,
     ConditionType.WAITING_FOR_GPU,
+    ConditionType.PODS_SCHEDULED,
     ConditionType.PODS_HEALTHY,
     ConditionType.DEPLOYMENT_AVAILABLE,
 ]
@@ -75,209 +90,185 @@ class Observed:
 
 def _condition(
     ctype: ConditionType, ok: bool, reason: str, message: str, generation: int
-) -> dict[str, Any]:
-    return {
-        "type": ctype.value,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-    }
+) -> api.Condition:
+    return api.Condition(
+        type=ctype.value,
+        status="True" if ok else "False",
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+    )
 
 
-def gpu_waiting(pods: list[dict[str, Any]], gpu_resource: str) -> list[tuple[str, str]]:
-    """(pod name, scheduler message) of pods the scheduler cannot place for lack of GPUs."""
-    waiting = []
-    for pod in pods:
-        if pod.get("metadata", {}).get("deletionTimestamp"):
-            continue
-        for cond in pod.get("status", {}).get("conditions") or []:
-            message = cond.get("message") or ""
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-                and f"Insufficient {gpu_resource}" in message
-            ):
-                waiting.append((pod["metadata"]["name"], message))
-    return waiting
+def _last_line(message: str) -> str:
+    """The last non-empty line: a program's one-line error ends its log tail."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _container_problem(pod: str, kind: str, cs: dict[str, Any]) -> Problem | None:
+    """What a failing container tells a user, in its own words where it left any."""
+    state = cs.get("state") or {}
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+    said = terminated.get("message") or last.get("message") or ""
+    where = f"Pod {pod} {kind} {cs.get('name')}"
+    load_error = runtime_failures.model_load_error(said)
+    reason = waiting.get("reason") or ""
+    crashed = reason in FAILING_WAIT_REASONS or (
+        terminated.get("reason") in FAILING_TERMINATED_REASONS
+        and (kind == "init container" or terminated.get("exitCode", 0) != 0)
+    )
+    if load_error and (crashed or terminated.get("exitCode", 0) != 0):
+        reason, detail = runtime_failures.MODEL_LOAD_FAILED, load_error
+    elif not crashed:
+        return None
+    elif cs.get("name") == storage_uri.INIT_CONTAINER_NAME and _last_line(said):
+        reason, detail = STORAGE_INIT_FAILED, _last_line(said)
+    elif last.get("reason") == "OOMKilled" or terminated.get("reason") == "OOMKilled":
+        reason, detail = "OOMKilled", _last_line(said)
+    elif reason in FAILING_WAIT_REASONS:
+        detail = _last_line(said) or waiting.get("message") or last.get("reason") or ""
+    else:
+        reason = str(terminated.get("reason"))
+        detail = f"exit code {terminated.get('exitCode')}" + (
+            f": {_last_line(said)}" if _last_line(said) else ""
+        )
+    return Problem(
+        ConditionType.PODS_HEALTHY, reason, f"{where}: {reason}{': ' + detail if detail else ''}."
+    )
 
 
 def pod_failures(pods: list[dict[str, Any]]) -> list[Problem]:
-    """Failures a user must act on, with the kubelet's reason (CrashLoopBackOff, OOMKilled...)."""
+    """Failures a user must act on, with their cause (StorageInitFailed, ModelLoadFailed...)."""
     problems = []
     for pod in pods:
         name = pod.get("metadata", {}).get("name", "?")
-        status = pod.get("status", {})
+        status = pod.get("status") or {}
         for kind, key in (
             ("init container", "initContainerStatuses"),
             ("container", "containerStatuses"),
         ):
             for cs in status.get(key) or []:
-                state = cs.get("state") or {}
-                last = (cs.get("lastState") or {}).get("terminated") or {}
-                waiting = state.get("waiting") or {}
-                terminated = state.get("terminated") or {}
-                reason = waiting.get("reason") or ""
-                # The runtime's own words when it exited on a model it could not load.
-                load_error = runtime_failures.model_load_error(
-                    terminated.get("message") or last.get("message") or ""
-                )
-                if reason in FAILING_WAIT_REASONS:
-                    detail = waiting.get("message") or last.get("reason") or ""
-                    if reason == "CrashLoopBackOff" and last.get("reason") == "OOMKilled":
-                        reason = "OOMKilled"
-                    if reason == "CrashLoopBackOff" and load_error:
-                        reason, detail = runtime_failures.MODEL_LOAD_FAILED, load_error
-                    problems.append(
-                        Problem(
-                            ConditionType.PODS_HEALTHY,
-                            reason,
-                            f"Pod {name} {kind} {cs.get('name')}: {reason}"
-                            f"{': ' + detail if detail else ''}.",
-                        )
-                    )
-                elif load_error and terminated.get("exitCode", 0) != 0:
-                    problems.append(
-                        Problem(
-                            ConditionType.PODS_HEALTHY,
-                            runtime_failures.MODEL_LOAD_FAILED,
-                            f"Pod {name} {kind} {cs.get('name')}: "
-                            f"{runtime_failures.MODEL_LOAD_FAILED}: {load_error}.",
-                        )
-                    )
-                elif terminated.get("reason") in FAILING_TERMINATED_REASONS and (
-                    kind == "init container" or terminated.get("exitCode", 0) != 0
-                ):
-                    problems.append(
-                        Problem(
-                            ConditionType.PODS_HEALTHY,
-                            "InitContainerFailed"
-                            if kind == "init container"
-                            else str(terminated["reason"]),
-                            f"Pod {name} {kind} {cs.get('name')} terminated: "
-                            f"{terminated.get('reason')} (exit code {terminated.get('exitCode')})"
-                            f"{': ' + terminated['message'] if terminated.get('message') else ''}.",
-                        )
-                    )
+                problem = _container_problem(name, kind, cs)
+                if problem is not None:
+                    problems.append(problem)
     return problems
 
 
-def build_status(obs: Observed) -> dict[str, Any]:
-    """The status subresource (camelCase) for what was observed; lastTransitionTime is added by
-    :func:`merge_conditions`, which knows the previous status."""
+def _runtime_condition(obs: Observed) -> api.Condition | None:
+    if obs.runtime_problem:
+        p = obs.runtime_problem
+        return _condition(
+            ConditionType.RUNTIME_RESOLVED, False, p.reason, p.message, obs.generation
+        )
+    if obs.runtime_name:
+        return _condition(
+            ConditionType.RUNTIME_RESOLVED,
+            True,
+            "RuntimeResolved",
+            f"Served by InferenceRuntime {obs.runtime_name}.",
+            obs.generation,
+        )
+    return None
+
+
+def _deployment_condition(obs: Observed, ready: int, replicas: int) -> api.Condition:
+    gen = obs.generation
+    conditions = (obs.deployment or {}).get("status", {}).get("conditions") or []
+    available = any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+    if obs.deployment is None:
+        reason, message, ok = "DeploymentMissing", "The Deployment has not been created yet.", False
+    elif obs.stopped:
+        reason, message, ok = "Stopped", "Stopped: scaled to zero, GPUs released.", False
+    elif available and ready > 0:
+        reason, message, ok = (
+            "MinimumReplicasAvailable",
+            f"{ready} of {replicas} replicas ready.",
+            True,
+        )
+    else:
+        reason, message, ok = "ReplicasNotReady", f"{ready} of {replicas} replicas ready.", False
+    return _condition(ConditionType.DEPLOYMENT_AVAILABLE, ok, reason, message, gen)
+
+
+def _scheduling(obs: Observed) -> tuple[list[api.Condition], list[Problem]]:
+    """WaitingForGPUCapacity (GPU shortage only) and PodsScheduled (every reason, named)."""
+    gen = obs.generation
+    refused = census.unschedulable(obs.pods, obs.gpu_resource)
+    gpu = [u for u in refused if u.waits_for_gpu]
+    problems: list[Problem] = []
+    if gpu:
+        msg = (
+            f"{len(gpu)} pod(s) wait for {obs.gpu_resource} ({obs.gpus_per_replica} per "
+            f"replica); e.g. {gpu[0].pod}: {gpu[0].message}"
+        )
+        waiting = _condition(ConditionType.WAITING_FOR_GPU, True, "InsufficientGPU", msg, gen)
+        problems.append(Problem(ConditionType.WAITING_FOR_GPU, "WaitingForGPUCapacity", msg))
+    else:
+        waiting = _condition(
+            ConditionType.WAITING_FOR_GPU,
+            False,
+            "GPUCapacityAvailable",
+            "Every pod that needs a GPU has one.",
+            gen,
+        )
+    other = [u for u in refused if not u.waits_for_gpu]
+    if other:
+        first = other[0]
+        reason = _UNSCHEDULABLE_REASONS.get(first.reason) or (
+            "Insufficient" + first.reason.rsplit("/", 1)[-1].title().replace("-", "")
+        )
+        msg = f"{len(other)} pod(s) cannot be scheduled; e.g. {first.pod}: {first.message}"
+        scheduled = _condition(ConditionType.PODS_SCHEDULED, False, reason, msg, gen)
+        problems.append(Problem(ConditionType.PODS_SCHEDULED, reason, msg))
+    elif gpu:
+        scheduled = _condition(
+            ConditionType.PODS_SCHEDULED, False, "InsufficientGPU", waiting.message, gen
+        )
+    else:
+        scheduled = _condition(
+            ConditionType.PODS_SCHEDULED, True, "Scheduled", "Every pod has a node.", gen
+        )
+    return [waiting, scheduled], problems
+
+
+def _health(obs: Observed) -> tuple[api.Condition, list[Problem]]:
+    failures = pod_failures(obs.pods)
+    if failures:
+        message = " ".join(f.message for f in failures[:3])
+        cond = _condition(
+            ConditionType.PODS_HEALTHY, False, failures[0].reason, message, obs.generation
+        )
+        return cond, failures
+    ok = _condition(
+        ConditionType.PODS_HEALTHY, True, "PodsHealthy", "No pod is failing.", obs.generation
+    )
+    return ok, []
+
+
+def build_status(obs: Observed) -> api.InferenceServiceStatus:
+    """The status the reconciler writes (autoscaler keys aside); lastTransitionTime is added
+    by :func:`merge_conditions`, which knows the previous status."""
     gen = obs.generation
     deployment_status = (obs.deployment or {}).get("status", {})
     replicas = int(deployment_status.get("replicas") or 0)
     ready = int(deployment_status.get("readyReplicas") or 0)
-    conditions: list[dict[str, Any]] = []
-    problems: list[Problem] = []
-
-    if obs.spec_problem:
-        problems.append(obs.spec_problem)
-    if obs.runtime_problem:
-        problems.append(obs.runtime_problem)
-        conditions.append(
-            _condition(
-                ConditionType.RUNTIME_RESOLVED,
-                False,
-                obs.runtime_problem.reason,
-                obs.runtime_problem.message,
-                gen,
-            )
-        )
-    elif obs.runtime_name:
-        conditions.append(
-            _condition(
-                ConditionType.RUNTIME_RESOLVED,
-                True,
-                "RuntimeResolved",
-                f"Served by InferenceRuntime {obs.runtime_name}.",
-                gen,
-            )
-        )
-
-    available = any(
-        c.get("type") == "Available" and c.get("status") == "True"
-        for c in deployment_status.get("conditions") or []
-    )
-    if obs.deployment is None:
-        dep_cond = _condition(
-            ConditionType.DEPLOYMENT_AVAILABLE,
-            False,
-            "DeploymentMissing",
-            "The Deployment has not been created yet.",
-            gen,
-        )
-    elif obs.stopped:
-        dep_cond = _condition(
-            ConditionType.DEPLOYMENT_AVAILABLE,
-            False,
-            "Stopped",
-            "Stopped: scaled to zero, GPUs released.",
-            gen,
-        )
-    elif available and ready > 0:
-        dep_cond = _condition(
-            ConditionType.DEPLOYMENT_AVAILABLE,
-            True,
-            "MinimumReplicasAvailable",
-            f"{ready} of {replicas} replicas ready.",
-            gen,
-        )
-    else:
-        dep_cond = _condition(
-            ConditionType.DEPLOYMENT_AVAILABLE,
-            False,
-            "ReplicasNotReady",
-            f"{ready} of {replicas} replicas ready.",
-            gen,
-        )
-    conditions.append(dep_cond)
-    if obs.deployment is not None and not obs.stopped and dep_cond["status"] == "False":
+    problems = [p for p in (obs.spec_problem, obs.runtime_problem) if p is not None]
+    conditions: list[api.Condition] = []
+    runtime = _runtime_condition(obs)
+    if runtime is not None:
+        conditions.append(runtime)
+    deployment = _deployment_condition(obs, ready, replicas)
+    conditions.append(deployment)
+    if obs.deployment is not None and not obs.stopped and deployment.status == "False":
         problems.append(
-            Problem(ConditionType.DEPLOYMENT_AVAILABLE, dep_cond["reason"], dep_cond["message"])
+            Problem(ConditionType.DEPLOYMENT_AVAILABLE, deployment.reason, deployment.message)
         )
-
-    waiting = gpu_waiting(obs.pods, obs.gpu_resource)
-    if waiting:
-        first_pod, first_msg = waiting[0]
-        msg = (
-            f"{len(waiting)} pod(s) wait for {obs.gpu_resource} "
-            f"({obs.gpus_per_replica} per replica); e.g. {first_pod}: {first_msg}"
-        )
-        conditions.append(
-            _condition(ConditionType.WAITING_FOR_GPU, True, "InsufficientGPU", msg, gen)
-        )
-        problems.append(Problem(ConditionType.WAITING_FOR_GPU, "WaitingForGPUCapacity", msg))
-    else:
-        conditions.append(
-            _condition(
-                ConditionType.WAITING_FOR_GPU,
-                False,
-                "GPUCapacityAvailable",
-                "Every pod that needs a GPU has one.",
-                gen,
-            )
-        )
-
-    failures = pod_failures(obs.pods)
-    if failures:
-        conditions.append(
-            _condition(
-                ConditionType.PODS_HEALTHY,
-                False,
-                failures[0].reason,
-                " ".join(f.message for f in failures[:3]),
-                gen,
-            )
-        )
-        problems.extend(failures)
-    else:
-        conditions.append(
-            _condition(ConditionType.PODS_HEALTHY, True, "PodsHealthy", "No pod is failing.", gen)
-        )
-
+    scheduling, unplaced = _scheduling(obs)
+    health, failures = _health(obs)
+    conditions += [*scheduling, health]
+    problems += unplaced + failures
     if obs.stopped and not (obs.spec_problem or obs.runtime_problem):
         ready_cond = _condition(
             ConditionType.READY, False, "Stopped", "spec.stopped is true: no replicas run.", gen
@@ -285,10 +276,8 @@ def build_status(obs: Observed) -> dict[str, Any]:
     elif problems:
         # The most specific cause names Ready's reason: "WaitingForGPUCapacity" tells a user
         # more than the "ReplicasNotReady" it causes.
-        problems.sort(key=lambda p: _PRIORITY.index(p.condition))
-        ready_cond = _condition(
-            ConditionType.READY, False, problems[0].reason, problems[0].message, gen
-        )
+        first = min(problems, key=lambda p: _PRIORITY.index(p.condition))
+        ready_cond = _condition(ConditionType.READY, False, first.reason, first.message, gen)
     else:
         ready_cond = _condition(
             ConditionType.READY,
@@ -297,21 +286,22 @@ def build_status(obs: Observed) -> dict[str, Any]:
             f"{ready} of {replicas} replicas ready; serving at {obs.url}.",
             gen,
         )
-    conditions.insert(0, ready_cond)
+    return api.InferenceServiceStatus(
+        observed_generation=gen,
+        replicas=replicas,
+        ready_replicas=ready,
+        gpus=replicas * obs.gpus_per_replica,
+        selector=obs.selector,
+        url=obs.url,
+        runtime=obs.runtime_name,
+        conditions=[ready_cond, *conditions],
+    )
 
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "gpus": replicas * obs.gpus_per_replica,
-        "selector": obs.selector,
-        "conditions": conditions,
-    }
-    if obs.url:
-        status["url"] = obs.url
-    if obs.runtime_name:
-        status["runtime"] = obs.runtime_name
-    return status
+
+def to_dict(status: api.InferenceServiceStatus) -> dict[str, Any]:
+    """The status as the API stores it (camelCase, absent fields left out)."""
+    out: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return out
 
 
 def merge_conditions(

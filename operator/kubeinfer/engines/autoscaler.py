@@ -1,11 +1,12 @@
-"""The autoscaler loop: every tick, scrape each tracked InferenceService's Ready pods, decide,
-scale, explain.
+"""The autoscaler loop: every tick, for each tracked InferenceService, observe -> step -> act.
 
-Owns: time and I/O for scaling. The decision itself is ``core.scaling.decide.decide`` (pure,
-``now`` passed in); this module only gathers its inputs (pods and their metrics), acts on its
-result through the Deployment's scale subresource (field manager ``kubeinfer-autoscaler``),
-and reports it (status.autoscaler, Events, metrics). Its memory (windows, last scale time,
-learned cold start) is persisted in status.autoscaler.state, so an operator restart neither
+Owns: time and I/O for scaling. ``observe`` reads the service's Deployment and pods from the
+watch-fed store and scrapes the Ready pods' /metrics (concurrently, with a timeout), turning
+them into an ``Observation``; ``core.scaling.step.step`` (pure, ``now`` passed in) decides;
+``act`` writes the result: the Deployment's scale subresource (field manager
+``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler. The step's
+memory (window, last scale time, learned cold start) is persisted in status.autoscaler.state
+and the decision history in status.autoscaler.decisions, so an operator restart neither
 forgets a burst nor scales down on a fresh, empty window.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import time
@@ -27,38 +27,14 @@ import pydantic
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, kube, scrape
 from kubeinfer.clients.store import STORE
-from kubeinfer.core import api, builders, metrics
-from kubeinfer.core.scaling import cold_start, decide, policy, signals, window
-from kubeinfer.core.scaling import state as memory
+from kubeinfer.core import api, builders, census, metrics
+from kubeinfer.core.scaling import decide, policy, signals, step, window
+from kubeinfer.core.scaling import state as memory_
 
 log = logging.getLogger("kubeinfer.autoscaler")
 PERSIST_EVERY_S = 30.0
-
-
-def policy_from_spec(spec: api.ScalingSpec) -> policy.ScalingPolicy:
-    return policy.ScalingPolicy(
-        min_replicas=spec.min_replicas,
-        max_replicas=spec.max_replicas,
-        metric=policy.Metric(spec.metric.value),
-        target=spec.target,
-        stable_window_s=float(spec.stable_window_seconds),
-        scale_down_stabilization_s=float(spec.scale_down_delay_seconds),
-        gpu_veto_utilization=spec.gpu_utilization_veto,
-        fallback_replicas=spec.fallback_replicas,
-    )
-
-
-def metric_names(runtime: api.InferenceRuntimeSpec | None) -> metrics.MetricNames:
-    if runtime is None:
-        return metrics.TRITON
-    m = runtime.metrics
-    return dataclasses.replace(
-        metrics.TRITON,
-        pending_requests=m.queue_depth,
-        queue_duration_us=m.queue_time,
-        request_success=m.request_count,
-        gpu_utilization=m.gpu_utilization,
-    )
+# Window buckets kept in status (merged in runs when the window is longer): about 10 KB.
+PERSISTED_BUCKETS = 90
 
 
 @dataclasses.dataclass
@@ -68,75 +44,45 @@ class Tracked:
     isvc: dict[str, Any]
     spec: api.InferenceServiceSpec
     policy: policy.ScalingPolicy
-    window: window.SignalWindow
-    state: memory.ScalerState
-    history: tuple[memory.DecisionRecord, ...] = ()
+    memory: step.Memory
+    history: tuple[api.DecisionRecord, ...] = ()
+    # Each pod's last scrape, for counter deltas; not persisted (a restart starts afresh).
     previous: dict[str, tuple[metrics.RawScrape, float]] = dataclasses.field(default_factory=dict)
     last_persist: float = 0.0
     last_desired: int | None = None
 
 
-def _parse_time(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+def restore(
+    isvc: dict[str, Any], pol: policy.ScalingPolicy
+) -> tuple[step.Memory, tuple[api.DecisionRecord, ...]]:
+    """The step's memory and the decision history from status; fresh ones when unreadable."""
+    auto = (isvc.get("status") or {}).get("autoscaler") or {}
+    try:
+        history = tuple(api.DecisionRecord.model_validate(d) for d in auto.get("decisions", []))
+    except pydantic.ValidationError:
+        history = ()
+    try:
+        saved = json.loads(auto.get("state") or "{}")
+        win = window.SignalWindow.from_dict(saved["window"]) if "window" in saved else None
+        memory = step.Memory(
+            state=memory_.ScalerState.from_dict(saved.get("state", {})),
+            window=win if win is not None else window.SignalWindow.for_policy(pol),
+        )
+    except (ValueError, KeyError, TypeError):
+        memory = step.Memory.fresh(pol)
+    if memory.window.length_s != pol.stable_window_s:
+        memory = dataclasses.replace(memory, window=window.SignalWindow.for_policy(pol))
+    return memory, history
 
 
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclasses.dataclass(frozen=True)
-class PodCensus:
-    """The service's live pods, sorted by what they mean for capacity."""
-
-    ready: dict[str, str]  # pod name -> IP, the pods to scrape
-    starting: int  # placed on a node, not Ready yet
-    unschedulable: int  # the scheduler said no (PodScheduled=False)
-    unplaced: int  # the scheduler has not answered yet
-    # (created, ready) timestamps of Ready pods, oldest Ready first, for the cold start.
-    cold_starts: list[tuple[float, float]]
-
-    @property
-    def live(self) -> int:
-        return len(self.ready) + self.starting + self.unschedulable + self.unplaced
-
-
-def classify_pods(pods: list[dict[str, Any]]) -> PodCensus:
-    ready: dict[str, str] = {}
-    starting = unschedulable = unplaced = 0
-    pairs: list[tuple[float, float]] = []
-    for pod in pods:
-        meta, st = pod["metadata"], pod.get("status") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        conds = {c.get("type"): c for c in st.get("conditions") or []}
-        is_ready = conds.get("Ready", {}).get("status") == "True"
-        scheduled = conds.get("PodScheduled", {}).get("status")
-        if is_ready and st.get("podIP"):
-            ready[meta["name"]] = st["podIP"]
-            created = _parse_time(meta.get("creationTimestamp"))
-            became = _parse_time(conds["Ready"].get("lastTransitionTime"))
-            if created is not None and became is not None:
-                pairs.append((created, became))
-        elif scheduled == "False":
-            unschedulable += 1
-        elif scheduled == "True" or (pod.get("spec") or {}).get("nodeName"):
-            starting += 1
-        else:
-            unplaced += 1
-    pairs.sort(key=lambda p: p[1])
-    return PodCensus(ready, starting, unschedulable, unplaced, pairs)
-
-
-def _numeric(inputs: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in inputs.items():
-        if isinstance(value, bool):
-            out[key] = 1.0 if value else 0.0
-        elif isinstance(value, int | float):
-            out[key] = float(value)
-    return out
+def persisted_state(memory: step.Memory) -> str:
+    return json.dumps(
+        {
+            "state": memory.state.to_dict(),
+            "window": memory.window.to_dict(max_buckets=PERSISTED_BUCKETS),
+        },
+        separators=(",", ":"),
+    )
 
 
 class Autoscaler:
@@ -165,15 +111,17 @@ class Autoscaler:
         if spec.stopped or spec.scaling.mode is api.ScalingMode.OFF:
             self._tracked.pop(key, None)
             return
-        new_policy = policy_from_spec(spec.scaling)
+        new_policy = policy.from_spec(spec.scaling)
         current = self._tracked.get(key)
         if current is not None:
             current.isvc, current.spec = isvc, spec
             if current.policy != new_policy:
                 current.policy = new_policy
-                current.window = window.SignalWindow.for_policy(new_policy)
+                current.memory = step.Memory(
+                    state=current.memory.state, window=window.SignalWindow.for_policy(new_policy)
+                )
             return
-        restored_state, restored_window, history = self._restore(isvc, new_policy)
+        memory, history = restore(isvc, new_policy)
         auto = (isvc.get("status") or {}).get("autoscaler") or {}
         # Seeded from status, so a restarted operator that decides what it decided before
         # writes nothing.
@@ -183,8 +131,7 @@ class Autoscaler:
             isvc=isvc,
             spec=spec,
             policy=new_policy,
-            window=restored_window,
-            state=restored_state,
+            memory=memory,
             history=history,
             last_desired=auto.get("desiredReplicas"),
             last_persist=self.clock() if auto else 0.0,
@@ -205,24 +152,6 @@ class Autoscaler:
 
     def stop(self) -> None:
         self._stopped.set()
-
-    @staticmethod
-    def _restore(
-        isvc: dict[str, Any], pol: policy.ScalingPolicy
-    ) -> tuple[memory.ScalerState, window.SignalWindow, tuple[memory.DecisionRecord, ...]]:
-        auto = (isvc.get("status") or {}).get("autoscaler") or {}
-        try:
-            saved = json.loads(auto.get("state") or "{}")
-            st = memory.ScalerState.from_dict(saved.get("state", {}))
-            win = (
-                window.SignalWindow.from_dict(saved["window"])
-                if "window" in saved
-                else window.SignalWindow.for_policy(pol)
-            )
-            history = tuple(memory.DecisionRecord.from_dict(d) for d in saved.get("history", []))
-            return st, win, history
-        except (ValueError, KeyError, TypeError):
-            return memory.ScalerState(), window.SignalWindow.for_policy(pol), ()
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -247,9 +176,20 @@ class Autoscaler:
         tracked = self._tracked.get(key)
         if tracked is None:
             return
-        ns, name = key
-        owner = builders.Owner(name=name, namespace=ns, uid="")
-        deployment_name = builders.child_name(owner)
+        seen = await self.observe(session, tracked)
+        if seen is None:
+            return  # the reconciler has not created the Deployment yet
+        now = self.clock()
+        out = step.step(tracked.policy, seen, tracked.memory, now)
+        tracked.memory = out.memory
+        await self.act(tracked, out, now)
+
+    # ---- observe -------------------------------------------------------------------------
+    async def observe(
+        self, session: aiohttp.ClientSession, tracked: Tracked
+    ) -> step.Observation | None:
+        ns, name = tracked.namespace, tracked.name
+        deployment_name = builders.child_name(builders.Owner(name=name, namespace=ns, uid=""))
         # Both from the watch-fed store: no API read per service per tick. Only a store miss
         # (before the start-up listing, or a Deployment never seen) reads the API, off the loop.
         known, deployment = STORE.lookup("Deployment", ns, deployment_name)
@@ -262,30 +202,51 @@ class Autoscaler:
         else:
             pods = await asyncio.to_thread(kube.cached_pods, ns, name)
         if deployment is None:
-            return  # the reconciler has not created the Deployment yet
+            return None
         current = int((deployment.get("spec") or {}).get("replicas") or 0)
-        census = classify_pods(pods)
-        ready = census.ready
+        seen = census.classify_pods(pods, tracked.spec.gpu.resource_name)
         runtime_name = (tracked.isvc.get("status") or {}).get("runtime") or ""
         runtime = (await asyncio.to_thread(catalogue.runtimes)).get(runtime_name)
-        port = runtime.ports.metrics if runtime else 8002
-        names = metric_names(runtime)
+        port = runtime.ports.metrics if runtime else api.RuntimePorts().metrics
+        names = runtime.metrics if runtime else metrics.TRITON
         texts = await scrape.scrape_all(
-            session, {p: (ip, port) for p, ip in ready.items()}, timeout_s=self.scrape_timeout_s
+            session,
+            {p: (ip, port) for p, ip in seen.ready.items()},
+            timeout_s=self.scrape_timeout_s,
         )
-        now = self.clock()
-        pod_signals: list[signals.PodSignals] = []
+        return step.Observation(
+            replicas=decide.Replicas(
+                current=current,
+                ready=len(seen.ready),
+                starting=seen.starting,
+                unschedulable=seen.waiting_for_gpu,
+                # Pods the Deployment controller has yet to create are not placed either.
+                placing=seen.unplaced + max(0, current - seen.live),
+            ),
+            pods=self._pod_signals(tracked, texts, names, self.clock()),
+            cold_starts=seen.cold_starts,
+        )
+
+    @staticmethod
+    def _pod_signals(
+        tracked: Tracked,
+        texts: dict[str, str | None],
+        names: api.RuntimeMetricNames,
+        now: float,
+    ) -> list[signals.PodSignals]:
+        """Parse each answer and turn it into signals against the pod's previous scrape."""
+        labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
+        out: list[signals.PodSignals] = []
         for pod, text in texts.items():
-            if text is None:
-                telemetry.SCRAPE_FAILURES.labels(namespace=ns, inferenceservice=name).inc()
-                continue
             try:
-                raw = metrics.parse_metrics(text, names=names)
+                raw = metrics.parse_metrics(text, names=names) if text is not None else None
             except ValueError:
-                telemetry.SCRAPE_FAILURES.labels(namespace=ns, inferenceservice=name).inc()
+                raw = None
+            if raw is None:
+                telemetry.SCRAPE_FAILURES.labels(**labels).inc()
                 continue
             prev = tracked.previous.get(pod)
-            pod_signals.append(
+            out.append(
                 metrics.pod_signals(
                     pod=pod,
                     previous=prev[0] if prev else None,
@@ -295,105 +256,67 @@ class Autoscaler:
                 )
             )
             tracked.previous[pod] = (raw, now)
-        for gone in set(tracked.previous) - set(ready):
+        for gone in set(tracked.previous) - set(texts):
             tracked.previous.pop(gone, None)
-        sample = signals.aggregate(pods=pod_signals, ready_replicas=len(ready), now=now)
-        if sample is not None:
-            tracked.window.record(sample=sample)
-        tracked.window.prune(now=now)
-        learned = cold_start.learn(pairs=census.cold_starts, previous_s=tracked.state.cold_start_s)
-        st = dataclasses.replace(tracked.state, cold_start_s=learned)
-        result = decide.decide(
-            policy=tracked.policy,
-            window=tracked.window,
-            state=st,
-            now=now,
-            replicas=decide.Replicas(
-                current=current,
-                ready=len(ready),
-                starting=census.starting,
-                unschedulable=census.unschedulable,
-                # Pods the Deployment controller has yet to create are not placed either.
-                placing=census.unplaced + max(0, current - census.live),
-            ),
-            scraped=sample is not None,
-        )
-        tracked.state = result.state
-        self._report_metrics(tracked, result, sample)
+        return out
+
+    # ---- act -----------------------------------------------------------------------------
+    async def act(self, tracked: Tracked, out: step.Step, now: float) -> None:
+        result = out.result
+        self._report_metrics(tracked, result)
+        if tracked.spec.scaling.mode is api.ScalingMode.AUTO and result.changed:
+            await asyncio.to_thread(self._scale, tracked, result)
         record = result.record(now=now)
-        news = memory.is_news(tracked.history, record)
-        acting = tracked.spec.scaling.mode is api.ScalingMode.AUTO
-        if acting and result.changed:
-            await asyncio.to_thread(kube.set_scale, ns, deployment_name, result.desired)
-            verb = "ScaledUp" if result.desired > current else "ScaledDown"
-            await asyncio.to_thread(
-                kube.emit_event,
-                tracked.isvc,
-                type_="Normal",
-                reason=verb,
-                message=f"{current} -> {result.desired} replicas ({result.reason.value}): "
-                f"{result.message}",
-            )
+        news = memory_.is_news(tracked.history, record)
         if news:
-            tracked.history = memory.append_history(tracked.history, record)
+            tracked.history = memory_.append_history(tracked.history, record)
         if (
             news
             or tracked.last_desired != result.desired
-            or (sample is not None and now - tracked.last_persist > PERSIST_EVERY_S)
+            or (out.sample is not None and now - tracked.last_persist > PERSIST_EVERY_S)
         ):
-            await asyncio.to_thread(self._write_status, tracked, result, sample, now)
+            await asyncio.to_thread(self._write_status, tracked, result)
             tracked.last_persist = now
             tracked.last_desired = result.desired
 
     @staticmethod
-    def _report_metrics(
-        tracked: Tracked, result: decide.ScaleResult, sample: signals.TickSample | None
-    ) -> None:
+    def _scale(tracked: Tracked, result: decide.ScaleResult) -> None:
+        current = result.inputs.current
+        deployment = builders.child_name(
+            builders.Owner(name=tracked.name, namespace=tracked.namespace, uid="")
+        )
+        kube.set_scale(tracked.namespace, deployment, result.desired)
+        kube.emit_event(
+            tracked.isvc,
+            type_="Normal",
+            reason="ScaledUp" if result.desired > current else "ScaledDown",
+            message=f"{current} -> {result.desired} replicas ({result.reason.value}): "
+            f"{result.message}",
+        )
+
+    @staticmethod
+    def _report_metrics(tracked: Tracked, result: decide.ScaleResult) -> None:
         labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
         telemetry.SCALER_DESIRED.labels(**labels).set(result.desired)
         telemetry.SCALER_DECISIONS.labels(**labels, reason=result.reason.value).inc()
-        for key, value in _numeric(result.inputs.to_dict()).items():
+        for key, value in decide.numeric(result.inputs.to_dict()).items():
             telemetry.SCALER_SIGNAL.labels(**labels, signal=key).set(value)
 
-    def _write_status(
-        self,
-        tracked: Tracked,
-        result: decide.ScaleResult,
-        sample: signals.TickSample | None,
-        now: float,
-    ) -> None:
-        last_scale = tracked.state.last_scale_time
-        saved = {
-            "state": tracked.state.to_dict(),
-            "window": tracked.window.to_dict(),
-            "history": [r.to_dict() for r in tracked.history],
-        }
-        body: dict[str, Any] = {
-            "desiredReplicas": result.desired,
-            "signals": _numeric(result.inputs.to_dict()),
-            "coldStartSeconds": tracked.state.cold_start_s,
-            "lastScaleTime": _iso(last_scale) if last_scale else None,
-            "decisions": [
-                {
-                    "time": _iso(r.time),
-                    "desired": r.desired,
-                    "current": r.current,
-                    "reason": r.reason,
-                    "message": r.message,
-                    "clamps": list(r.clamps),
-                    "inputs": _numeric(r.inputs),
-                }
-                for r in tracked.history
-            ],
-            "state": json.dumps(saved, separators=(",", ":")),
-        }
-        if len(body["state"]) > 16000:  # keep the window's newest part only
-            saved["window"] = window.SignalWindow.for_policy(tracked.policy).to_dict()
-            body["state"] = json.dumps(saved, separators=(",", ":"))
+    @staticmethod
+    def _write_status(tracked: Tracked, result: decide.ScaleResult) -> None:
+        last_scale = tracked.memory.state.last_scale_time
+        body = api.AutoscalerStatus(
+            desired_replicas=result.desired,
+            signals=decide.numeric(result.inputs.to_dict()),
+            cold_start_seconds=tracked.memory.state.cold_start_s,
+            last_scale_time=decide.iso(last_scale) if last_scale else None,
+            decisions=list(tracked.history),
+            state=persisted_state(tracked.memory),
+        )
         kube.patch_status(
             api.API_VERSION,
             "InferenceService",
             tracked.namespace,
             tracked.name,
-            {"autoscaler": body},
+            {"autoscaler": body.model_dump(by_alias=True, exclude_none=False, mode="json")},
         )

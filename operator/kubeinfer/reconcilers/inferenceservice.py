@@ -1,11 +1,12 @@
-"""Reconcile one InferenceService: resolve its runtime, apply its children, report the truth.
+"""Reconcile one InferenceService: observe -> decide (pure) -> act, then report the truth.
 
-Owns: the order of operations and the "write only what differs" rule. Every child is compared
-with what the API server holds before it is applied, so an operator restart (or a watch event
-caused by our own status write) makes zero writes for objects that are already right. Builders
-and status rules are pure (``kubeinfer.core``); all API calls go through ``clients.kube``, and
-reads come from its watch-fed store (``clients.store``), so a reconcile's only API calls are
-the writes it needs.
+Owns: the order of operations and the "write only what differs" rule. ``_observe`` reads the
+newest object, the runtime catalogue and the children from the watch-fed store (no API reads);
+the decisions are pure (``core.builders`` for the children, ``core.children`` for what differs
+and what replicas to enforce, ``core.status`` for the status); ``_act`` applies exactly the
+children that differ (server-side apply), scales, and writes status and Events. So an operator
+restart (or a watch event caused by our own status write) makes zero writes for objects that
+are already right.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pydantic
 
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, kube
-from kubeinfer.core import api, builders, status
+from kubeinfer.core import api, builders, children, status
+from kubeinfer.core.config import OperatorConfig
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -42,21 +44,17 @@ class Outcome:
     ready: bool = False
 
 
-def contains(desired: Any, live: Any) -> bool:
-    """True when every field we set is already present in ``live`` with the same value."""
-    if isinstance(desired, dict):
-        return isinstance(live, dict) and all(contains(v, live.get(k)) for k, v in desired.items())
-    if isinstance(desired, list):
-        return (
-            isinstance(live, list)
-            and len(desired) == len(live)
-            and all(contains(d, x) for d, x in zip(desired, live, strict=True))
-        )
-    if isinstance(desired, bool) or isinstance(live, bool):
-        return bool(desired == live)
-    if isinstance(desired, int | float) and isinstance(live, int | float):
-        return bool(float(desired) == float(live))
-    return str(desired) == str(live) if live is not None else desired is None
+@dataclasses.dataclass(frozen=True)
+class _Seen:
+    """One InferenceService as observed: its spec (or why it is invalid) and its runtime."""
+
+    isvc: dict[str, Any]
+    owner: builders.Owner
+    spec: api.InferenceServiceSpec | None
+    runtime_name: str | None
+    runtime: api.InferenceRuntimeSpec | None
+    spec_problem: status.Problem | None
+    runtime_problem: status.Problem | None
 
 
 def _now() -> str:
@@ -69,7 +67,7 @@ def _describe_validation(exc: pydantic.ValidationError) -> str:
     return f"spec.{where}: {first['msg']}" if where else first["msg"]
 
 
-def reconcile(isvc: dict[str, Any]) -> Outcome:
+def reconcile(isvc: dict[str, Any], config: OperatorConfig) -> Outcome:
     meta = isvc["metadata"]
     key = (meta["namespace"], meta["name"])
     with _locks_guard:
@@ -78,173 +76,126 @@ def reconcile(isvc: dict[str, Any]) -> Outcome:
         if key in _waiting:
             return Outcome()
         _waiting.add(key)
-    lock = _lock(*key)
-    with lock:
+    with _lock(*key):
         with _locks_guard:
             _waiting.discard(key)
-        return _reconcile_locked(isvc)
+        with telemetry.reconcile_timer():
+            try:
+                # The event that brought us here can be stale by the time a worker runs (our
+                # own status write may already be stored); the store holds the newest copy
+                # seen from watches and from our writes, which keeps writes and Events exact.
+                fresh = kube.cached_get(api.API_VERSION, "InferenceService", *key)
+                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                    return Outcome()
+                return _reconcile(_observe(fresh), config)
+            except Exception:
+                telemetry.RECONCILE_ERRORS.inc()
+                raise
 
 
-def _reconcile_locked(isvc: dict[str, Any]) -> Outcome:
-    meta = isvc["metadata"]
-    with telemetry.reconcile_timer():
-        try:
-            # The event that brought us here can be stale by the time a worker runs (our own
-            # status write may already be stored); the store holds the newest copy seen from
-            # watches and from our writes, which keeps writes and Events exact.
-            fresh = kube.cached_get(
-                api.API_VERSION, "InferenceService", meta["namespace"], meta["name"]
-            )
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return Outcome()
-            return _reconcile(fresh)
-        except Exception:
-            telemetry.RECONCILE_ERRORS.inc()
-            raise
+def reconcile_by_name(namespace: str, name: str, config: OperatorConfig) -> Outcome:
+    """Reconcile by key (children's watch events carry only the child)."""
+    return reconcile({"metadata": {"namespace": namespace, "name": name}}, config)
 
 
-def _reconcile(isvc: dict[str, Any]) -> Outcome:
+def _observe(isvc: dict[str, Any]) -> _Seen:
     meta = isvc["metadata"]
     owner = builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
-    outcome = Outcome()
-    spec_problem: status.Problem | None = None
-    runtime_problem: status.Problem | None = None
-    runtime_name: str | None = None
-    runtime: api.InferenceRuntimeSpec | None = None
-    spec: api.InferenceServiceSpec | None = None
     try:
         spec = api.parse_spec(isvc.get("spec") or {})
     except pydantic.ValidationError as exc:
-        spec_problem = status.Problem(
+        problem = status.Problem(
             status.ConditionType.READY, "InvalidSpec", _describe_validation(exc)
         )
-    if spec is not None:
-        try:
-            runtime_name, runtime = builders.choose_runtime(spec, catalogue.runtimes())
-        except builders.RuntimeResolutionError as exc:
-            runtime_problem = status.Problem(
-                status.ConditionType.RUNTIME_RESOLVED, exc.reason, str(exc)
-            )
-        secret = spec.model.credentials_secret
-        if secret and kube.get("v1", "Secret", owner.namespace, secret) is None:
-            spec_problem = status.Problem(
-                status.ConditionType.READY,
-                "SecretNotFound",
-                f"Secret {secret!r} named in spec.model.credentialsSecret does not exist in "
-                f"namespace {owner.namespace}.",
-            )
+        return _Seen(isvc, owner, None, None, None, problem, None)
+    try:
+        runtime_name, runtime = builders.choose_runtime(spec, catalogue.runtimes())
+    except builders.RuntimeResolutionError as exc:
+        problem = status.Problem(status.ConditionType.RUNTIME_RESOLVED, exc.reason, str(exc))
+        return _Seen(isvc, owner, spec, None, None, None, problem)
+    return _Seen(isvc, owner, spec, runtime_name, runtime, None, None)
 
-    deployment: dict[str, Any] | None = None
-    if (
-        spec is not None
-        and runtime is not None
-        and runtime_name is not None
-        and spec_problem is None
-    ):
-        deployment = _apply_children(isvc, owner, spec, runtime_name, runtime, outcome)
+
+def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
+    outcome = Outcome()
+    owner, spec, runtime = seen.owner, seen.spec, seen.runtime
+    if spec is not None and runtime is not None and seen.runtime_name is not None:
+        deployment = _act_children(seen, spec, seen.runtime_name, runtime, config, outcome)
     else:
         deployment = kube.cached_get(
             "apps/v1", "Deployment", owner.namespace, builders.child_name(owner)
         )
-
-    pods = kube.cached_pods(owner.namespace, owner.name)
     observed = status.Observed(
-        generation=int(meta.get("generation") or 0),
-        runtime_name=runtime_name,
-        runtime_problem=runtime_problem,
-        spec_problem=spec_problem,
+        generation=int(seen.isvc["metadata"].get("generation") or 0),
+        runtime_name=seen.runtime_name,
+        runtime_problem=seen.runtime_problem,
+        spec_problem=seen.spec_problem,
         stopped=bool(spec and spec.stopped),
-        gpu_resource=spec.gpu.resource_name if spec else "nvidia.com/gpu",
+        gpu_resource=spec.gpu.resource_name if spec else api.GPUSpec().resource_name,
         gpus_per_replica=spec.gpu.count if spec else 0,
         url=builders.service_url(owner, spec, runtime) if spec and runtime else None,
         selector=builders.selector_string(owner),
         deployment=deployment,
-        pods=pods,
+        pods=kube.cached_pods(owner.namespace, owner.name),
     )
-    _write_status(isvc, observed, outcome)
+    _write_status(seen.isvc, status.build_status(observed), outcome)
     return outcome
 
 
-def _apply_children(
-    isvc: dict[str, Any],
-    owner: builders.Owner,
+def _act_children(
+    seen: _Seen,
     spec: api.InferenceServiceSpec,
     runtime_name: str,
     runtime: api.InferenceRuntimeSpec,
+    config: OperatorConfig,
     outcome: Outcome,
 ) -> dict[str, Any] | None:
-    children = [
-        builders.build_config_map(owner, spec, runtime_name, runtime),
-        builders.build_deployment(owner, spec, runtime_name, runtime),
-        builders.build_service(owner, runtime_name, runtime),
-    ]
-    pdb = builders.build_pdb(owner, spec, runtime_name)
-    if pdb is not None:
-        children.append(pdb)
-    deployment: dict[str, Any] | None = None
-    created = False
-    changes: dict[str, list[str]] = {}
-    for desired in children:
-        name = desired["metadata"]["name"]
-        live = kube.cached_get(desired["apiVersion"], desired["kind"], owner.namespace, name)
-        if desired["kind"] == "Deployment":
-            created = live is None
-        if live is None or not contains(desired, live):
-            live = kube.apply(desired)
-            verb = "Created" if live.get("metadata", {}).get("generation", 1) == 1 else "Updated"
-            outcome.applied.append(desired["kind"])
-            changes.setdefault(verb, []).append(f"{desired['kind']} {name}")
-        if desired["kind"] == "Deployment":
-            deployment = live
+    """Apply the children that differ from what the store holds; delete what is no longer
+    wanted; enforce the replica bounds. Returns the Deployment as it now is."""
+    owner, ns = seen.owner, seen.owner.namespace
+    wanted = children.build(owner, spec, runtime_name, runtime, config)
+    live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}
+    plan = children.differences(wanted, live)
+    verbs: dict[str, list[str]] = {}
+    for manifest in plan.apply:
+        result = kube.apply(manifest)
+        live[children.key_of(manifest)] = result
+        verb = "Created" if result.get("metadata", {}).get("generation", 1) == 1 else "Updated"
+        outcome.applied.append(manifest["kind"])
+        verbs.setdefault(verb, []).append(f"{manifest['kind']} {manifest['metadata']['name']}")
     # One Event per verb, not per child: at N=500 Events were a third of the writes.
-    for verb, what in changes.items():
-        kube.emit_event(isvc, type_="Normal", reason=verb, message=f"{verb} {', '.join(what)}.")
-    if pdb is None:
-        name = builders.child_name(owner)
-        if kube.cached_get("policy/v1", "PodDisruptionBudget", owner.namespace, name) is not None:
-            kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, name)
-            outcome.deleted.append("PodDisruptionBudget")
-    if deployment is not None:
-        deployment = _enforce_replicas(isvc, spec, deployment, outcome, created=created)
-    return deployment
-
-
-def _enforce_replicas(
-    isvc: dict[str, Any],
-    spec: api.InferenceServiceSpec,
-    deployment: dict[str, Any],
-    outcome: Outcome,
-    *,
-    created: bool,
-) -> dict[str, Any]:
-    """Keep replicas inside what the spec allows; the autoscaler moves them within it.
-
-    A Deployment created by this very reconcile starts at ``initial_replicas``; after that
-    only bounds, ``stopped`` and mode Off are enforced here, so a scaled count survives any
-    number of re-applies and operator restarts.
-    """
-    current = int(deployment.get("spec", {}).get("replicas") or 0)
-    target = builders.initial_replicas(spec) if created else builders.clamp_replicas(spec, current)
-    if target != current:
-        meta = deployment["metadata"]
-        kube.set_scale(meta["namespace"], meta["name"], target)
-        outcome.scaled_to = target
+    for verb, what in verbs.items():
         kube.emit_event(
-            isvc,
-            type_="Normal",
-            reason="Scaled",
-            message=f"Set replicas {current} -> {target} "
-            f"({'stopped' if spec.stopped else spec.scaling.mode.value}).",
+            seen.isvc, type_="Normal", reason=verb, message=f"{verb} {', '.join(what)}."
         )
-        deployment = dict(deployment)
-        deployment["spec"] = {**deployment.get("spec", {}), "replicas": target}
-    return deployment
+    for child in plan.delete:
+        kube.delete(child.api_version, child.kind, ns, child.name)
+        outcome.deleted.append(child.kind)
+    deployment = live.get(wanted.deployment_key)
+    if deployment is None:
+        return None
+    target = children.replicas(spec, deployment, created=plan.creates_deployment)
+    current = int((deployment.get("spec") or {}).get("replicas") or 0)
+    if target == current:
+        return deployment
+    kube.set_scale(ns, deployment["metadata"]["name"], target)
+    outcome.scaled_to = target
+    kube.emit_event(
+        seen.isvc,
+        type_="Normal",
+        reason="Scaled",
+        message=f"Set replicas {current} -> {target} "
+        f"({'stopped' if spec.stopped else spec.scaling.mode.value}).",
+    )
+    return {**deployment, "spec": {**(deployment.get("spec") or {}), "replicas": target}}
 
 
-def _write_status(isvc: dict[str, Any], observed: status.Observed, outcome: Outcome) -> None:
+def _write_status(
+    isvc: dict[str, Any], built: api.InferenceServiceStatus, outcome: Outcome
+) -> None:
     meta = isvc["metadata"]
     current = isvc.get("status") or {}
-    desired = status.build_status(observed)
+    desired = status.to_dict(built)
     desired["conditions"] = status.merge_conditions(
         desired["conditions"], current.get("conditions") or [], _now()
     )
@@ -266,8 +217,3 @@ def _write_status(isvc: dict[str, Any], observed: status.Observed, outcome: Outc
             reason=ready["reason"],
             message=ready["message"],
         )
-
-
-def reconcile_by_name(namespace: str, name: str) -> Outcome:
-    """Reconcile by key (children's watch events carry only the child)."""
-    return reconcile({"metadata": {"namespace": namespace, "name": name}})

@@ -4,7 +4,6 @@ It runs as the init container of every serving pod (``kubeinfer storage-init URI
 
 Modules, each with one job:
 
-- ``uri``: parse a ``storageUri`` into a typed value and build the pod's storage plan (pure).
 - ``layout``: decide where fetched files land in the repository (pure).
 - ``credentials``: read the Secret-provided environment and redact secrets from text.
 - ``errors``: the error classes and their exit codes.
@@ -13,6 +12,7 @@ Modules, each with one job:
 - ``fetch``: dispatch by scheme, stage, then install atomically into the repository.
 - ``main``: the command line.
 
-This ``__init__`` imports nothing on purpose: the pure pod builder imports ``storage.uri`` and
-must not pull boto3 or the network code in with it.
+What a ``storageUri`` means (its grammar and the pod's storage plan) is the pure core's
+``core.storage_uri``, shared by the pod builder and this initializer. This ``__init__`` imports
+nothing on purpose, so importing one module never pulls boto3 or the network code in.
 """

@@ -22,8 +22,9 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
+from kubeinfer.core import storage_uri as uri
 from kubeinfer.storage import credentials as credentials_
-from kubeinfer.storage import errors, http_source, layout, retrying, s3_source, uri
+from kubeinfer.storage import errors, http_source, layout, retrying, s3_source
 
 logger = logging.getLogger(__name__)
 

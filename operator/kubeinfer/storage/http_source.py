@@ -23,8 +23,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import IO
 
+from kubeinfer.core import storage_uri as uri
 from kubeinfer.storage import credentials as credentials_
-from kubeinfer.storage import errors, retrying, uri
+from kubeinfer.storage import errors, retrying
 
 logger = logging.getLogger(__name__)
 

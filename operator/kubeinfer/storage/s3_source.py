@@ -26,8 +26,9 @@ import botocore
 import botocore.config
 import botocore.exceptions
 
+from kubeinfer.core import storage_uri as uri
 from kubeinfer.storage import credentials as credentials_
-from kubeinfer.storage import errors, layout, retrying, uri
+from kubeinfer.storage import errors, layout, retrying
 
 logger = logging.getLogger(__name__)
 

@@ -87,8 +87,12 @@ def test_scales_up_under_load_and_back_down(
             except AssertionError as exc:
                 status = scenario.get(cluster, namespace, "auto")["status"]["autoscaler"]
                 pods = [
-                    (p.metadata.name, p.status.pod_ip, p.metadata.resource_version,
-                     [(c.type, c.status) for c in p.status.conditions or []])
+                    (
+                        p.metadata.name,
+                        p.status.pod_ip,
+                        p.metadata.resource_version,
+                        [(c.type, c.status) for c in p.status.conditions or []],
+                    )
                     for p in cluster.core.list_namespaced_pod(namespace).items
                 ]
                 raise AssertionError(

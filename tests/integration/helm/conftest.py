@@ -34,6 +34,11 @@ class Helm:
             self.env[var] = str(home / sub)
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args and args[0] == "template":
+            # Offline, helm assumes Kubernetes 1.20, below the chart's kubeVersion: render for
+            # the version the suite's cluster runs, as Argo CD or a live install would.
+            version = build.ensure_tools(with_helm=True).kubernetes_version
+            args = (*args, f"--kube-version={version}")
         proc = subprocess.run(
             [str(self.binary), *args], env=self.env, capture_output=True, text=True, timeout=300
         )

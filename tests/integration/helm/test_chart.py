@@ -86,9 +86,9 @@ def test_rbac_has_no_wildcards(helm_offline: Helm, values: list[str]) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
             assert not rule.get("nonResourceURLs"), rule
-            # Never read secrets wholesale: `get` by name is all the operator needs.
-            if "secrets" in rule["resources"]:
-                assert rule["verbs"] == ["get"], rule
+            # No access to Secrets at all: a missing credentialsSecret shows in the pod's
+            # own status, which the operator reads.
+            assert "secrets" not in rule["resources"], rule
             assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(
                 rule["verbs"]
             ), rule
@@ -119,7 +119,33 @@ def test_operator_deployment_shape(helm_offline: Helm) -> None:
     ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    assert container["image"] == "ghcr.io/kubeinfer/operator:0.1.0"
+    version = (REPO / "VERSION").read_text().strip()
+    assert container["image"] == f"ghcr.io/kubeinfer/operator:{version}"
+    # Serving pods' storage initializer is the operator's own image by default.
+    assert f"--init-image={container['image']}" in container["args"]
+
+
+def test_init_image_and_pull_secrets_reach_the_operator(helm_offline: Helm) -> None:
+    """Air-gapped clusters: the chart's image settings and pull secrets reach serving pods."""
+    (dep,) = _kinds(
+        helm_offline.template(
+            "--set",
+            "image.repository=registry.local/ml/operator",
+            "--set",
+            "imagePullSecrets[0].name=regcred",
+        )
+    )["Deployment"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    version = (REPO / "VERSION").read_text().strip()
+    assert f"--init-image=registry.local/ml/operator:{version}" in args
+    assert "--image-pull-secret=regcred" in args
+    (dep,) = _kinds(
+        helm_offline.template("--set", "storageInitializer.image=registry.local/ml/init:1")
+    )["Deployment"]
+    assert (
+        "--init-image=registry.local/ml/init:1"
+        in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
 
 
 def test_crds_in_chart_equal_generated(helm_offline: Helm) -> None:

@@ -287,6 +287,10 @@ def test_cluster_wide_rbac_sufficient_and_pods_restricted(
     # The serving namespace enforces `restricted`: the generated pods must pass admission.
     ns = make_namespace(cluster, "t-restricted", RESTRICTED)
     proc = run_as_account(cluster, release, RELEASE, chart_operator_args(helm), tmp_path)
+    account = f"system:serviceaccount:{release}:{RELEASE}"
+    # The whole suite's operator work runs without any access to Secrets.
+    for verb in ("get", "list", "watch"):
+        assert not can_i(cluster, account, verb, "secrets", ns), verb
     try:
         serve_and_check(cluster, proc, ns)
     finally:

@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from kubeinfer_cluster import run
 from tests.conftest import ClusterHandle
+from tests.e2e import scenario
 from tests.operator_process import REPO, OperatorProcess
 from tests.waiting import wait_for
 
@@ -231,19 +232,28 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
         ({"gpu": {"count": -1}}, "spec.gpu.count"),
         (
             {
-                "model": {"name": "m", "format": "tensorrt", "storageUri": "s3://b/k"},
+                "model": {"name": "m", "format": "tensorrt", "storageUri": "s3://bucket/k"},
                 "gpu": {"count": 0},
             },
             "gpu.count must be at least 1 for model.format tensorrt",
         ),
-        ({"model": {"name": "m", "format": "jax", "storageUri": "s3://b/k"}}, "spec.model.format"),
+        (
+            {"model": {"name": "m", "format": "jax", "storageUri": "s3://bucket/k"}},
+            "spec.model.format",
+        ),
+        (
+            # The storage initializer would refuse it: refused at admission instead of a
+            # pod crash-looping on it.
+            {"model": {"name": "m", "format": "onnx", "storageUri": "http://models.example/m"}},
+            "model.storageUri: http:// is accepted for loopback hosts only",
+        ),
         ({"gpu": {"count": 1, "resourceName": "amd.com/gpu"}}, "spec.gpu.resourceName"),
         (
             {"batching": {"maxBatchSize": 4, "preferredBatchSizes": [8]}},
             "preferredBatchSizes must not exceed maxBatchSize",
         ),
         (
-            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://b/k"}},
+            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://bucket/k"}},
             "model.inputs and model.outputs are required for model.format pytorch and python",
         ),
         (
@@ -255,7 +265,7 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
                 "model": {
                     "name": "m",
                     "format": "onnx",
-                    "storageUri": "s3://b/k",
+                    "storageUri": "s3://bucket/k",
                     "inputs": [{"name": "x", "datatype": "FP32", "dims": [0]}],
                 }
             },
@@ -266,7 +276,7 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
                 "model": {
                     "name": "m",
                     "format": "onnx",
-                    "storageUri": "s3://b/k",
+                    "storageUri": "s3://bucket/k",
                     "outputs": [{"name": "y", "datatype": "STRING", "dims": [1]}],
                 }
             },
@@ -296,24 +306,38 @@ def test_invalid_manifests_are_rejected_naming_the_field(
 
 
 def test_unknown_runtime_and_missing_secret_become_conditions(
-    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str, tmp_path: pathlib.Path
 ) -> None:
     apply_yaml(cluster, namespace, yaml.safe_dump(isvc("noruntime", runtime="nope")))
     cond = wait_condition(
         cluster, namespace, "noruntime", "RuntimeResolved", "False", "RuntimeNotFound"
     )
     assert "'nope'" in cond["message"]
-    body = isvc("nosecret")
-    body["spec"]["model"]["credentialsSecret"] = "missing"
-    apply_yaml(cluster, namespace, yaml.safe_dump(body))
-    cond = wait_condition(cluster, namespace, "nosecret", "Ready", "False", "SecretNotFound")
-    assert "'missing'" in cond["message"]
-    # Neither got a Deployment, and the operator keeps serving others.
-    assert not cluster.apps.list_namespaced_deployment(namespace).items
+    # A missing credentials Secret is reported the way a cluster reports it: the pod cannot
+    # start its storage initializer (the operator never reads Secrets: no RBAC for them).
+    body = scenario.manifest(
+        "nosecret",
+        uri=scenario.model_uri(tmp_path),
+        gpus=0,
+        max_batch=4,
+        device_ms=0,
+        scaling={},
+    )
+    spec = yaml.safe_load(body)
+    spec["spec"]["model"]["credentialsSecret"] = "missing"
+    apply_yaml(cluster, namespace, yaml.safe_dump(spec))
+    cond = wait_condition(
+        cluster, namespace, "nosecret", "Ready", "False", "CreateContainerConfigError"
+    )
+    assert 'secret "missing" not found' in cond["message"], cond
+    assert not cluster.apps.list_namespaced_deployment(
+        namespace, label_selector=f"{scenario.LABEL}=noruntime"
+    ).items
+    # The operator keeps serving others.
     apply_yaml(cluster, namespace, yaml.safe_dump(isvc("fine")))
     wait_condition(cluster, namespace, "fine", "Ready", "True")
     events = cluster.core.list_namespaced_event(namespace).items
-    assert any(e.reason == "SecretNotFound" and e.type == "Warning" for e in events)
+    assert any(e.reason == "CreateContainerConfigError" and e.type == "Warning" for e in events)
 
 
 def test_deletion_collects_every_child(

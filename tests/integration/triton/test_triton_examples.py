@@ -127,6 +127,6 @@ def _check_metrics(
 ) -> None:
     text = process.metrics()
     for field, name in runtime.metrics.model_dump().items():
-        if field in NEEDS_GPU:
-            continue
+        if field in NEEDS_GPU or not isinstance(name, str):
+            continue  # the GPU family needs a GPU; the scale is a number, not a name
         assert f'{name}{{model="{spec.model.name}"' in text, f"{field}: {name} not exported"

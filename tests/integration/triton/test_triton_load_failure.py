@@ -78,7 +78,8 @@ def test_load_failure_exits_and_status_quotes_triton(
         deployment={"status": {"replicas": 1, "readyReplicas": 0}},
         pods=[crash_looping],
     )
-    ready = next(c for c in status.build_status(observed)["conditions"] if c["type"] == "Ready")
+    built = status.to_dict(status.build_status(observed))
+    ready = next(c for c in built["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "ModelLoadFailed"
     assert (
         "container server: ModelLoadFailed: failed to load 'ranker' version 1: Invalid argument: "

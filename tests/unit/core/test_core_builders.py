@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubeinfer.core import api, builders
+from kubeinfer.core import api, builders, config
 
 OWNER = builders.Owner(name="m", namespace="ns", uid="u-1")
 ONNX_RT = api.InferenceRuntimeSpec(
@@ -61,7 +61,7 @@ def test_choose_runtime(
                 "model": {
                     "name": "m",
                     "format": "pytorch",
-                    "storageUri": "s3://b/k",
+                    "storageUri": "s3://bucket/k",
                     "inputs": [{"name": "x", "datatype": "FP32", "dims": [4]}],
                     "outputs": [{"name": "y", "datatype": "FP32", "dims": [2]}],
                 }
@@ -156,3 +156,16 @@ def test_cross_field_validation_in_python() -> None:
         spec(scaling={"minReplicas": 5, "maxReplicas": 2})
     with pytest.raises(ValueError, match="extra"):
         spec(unknownField=1)
+
+
+def test_the_operator_config_reaches_serving_pods() -> None:
+    """The init image and pull secrets come from the operator's configuration (chart values)."""
+    cfg = config.OperatorConfig(
+        init_image="registry.local/ml/operator:9", image_pull_secrets=("regcred",)
+    )
+    dep = builders.build_deployment(OWNER, spec(), "onnxruntime", ONNX_RT, cfg)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "registry.local/ml/operator:9"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    # The storage initializer's one-line error becomes its termination message (status).
+    assert pod["initContainers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -18,6 +18,11 @@ from kubeinfer.core import runtime_failures, status
 FIXTURES = pathlib.Path(__file__).with_name("fixtures")
 
 
+def built(obs: status.Observed) -> dict[str, Any]:
+    """The status as the reconciler writes it."""
+    return status.to_dict(status.build_status(obs))
+
+
 def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
 
@@ -120,7 +125,7 @@ LAST_EXIT = {"terminated": {"reason": "Error", "exitCode": 1, "message": ""}}
 def test_status_says_model_load_failed_with_tritons_words(
     container_status: dict[str, Any],
 ) -> None:
-    st = status.build_status(_observed(_pod(container_status)))
+    st = built(_observed(_pod(container_status)))
     conditions = {c["type"]: c for c in st["conditions"]}
     for ctype in ("PodsHealthy", "Ready"):
         assert conditions[ctype]["status"] == "False"

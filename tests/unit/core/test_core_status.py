@@ -17,6 +17,11 @@ AVAILABLE = {
 }
 
 
+def built(obs: status.Observed) -> dict[str, Any]:
+    """The status as the reconciler writes it."""
+    return status.to_dict(status.build_status(obs))
+
+
 def observed(**kw: Any) -> status.Observed:
     base: dict[str, Any] = dict(
         generation=3,
@@ -44,7 +49,7 @@ def pod(name: str, **status_: Any) -> dict[str, Any]:
 
 
 def test_ready_when_everything_is_right() -> None:
-    st = status.build_status(observed())
+    st = built(observed())
     assert cond(st, "Ready")["status"] == "True"
     assert st["readyReplicas"] == 2 and st["gpus"] == 2 and st["observedGeneration"] == 3
 
@@ -61,7 +66,7 @@ def test_gpu_starvation_names_the_reason() -> None:
             }
         ],
     )
-    st = status.build_status(observed(pods=[waiting], deployment={"status": {"replicas": 1}}))
+    st = built(observed(pods=[waiting], deployment={"status": {"replicas": 1}}))
     assert cond(st, "WaitingForGPUCapacity")["status"] == "True"
     ready = cond(st, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "WaitingForGPUCapacity")
@@ -92,33 +97,91 @@ def test_gpu_starvation_names_the_reason() -> None:
     ],
 )
 def test_pod_failures_surface(container_status: dict[str, Any], reason: str) -> None:
-    st = status.build_status(observed(pods=[pod("p", containerStatuses=[container_status])]))
+    st = built(observed(pods=[pod("p", containerStatuses=[container_status])]))
     assert cond(st, "PodsHealthy")["reason"] == reason
     assert cond(st, "Ready")["status"] == "False"
 
 
-def test_init_container_failure() -> None:
+def test_storage_initializer_failure_names_its_cause() -> None:
+    """Bad credentials: Ready says why (the initializer's one-line error), not only
+    CrashLoopBackOff."""
     failing = pod(
         "p",
         initContainerStatuses=[
             {
                 "name": "storage-initializer",
                 "state": {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": "back-off 20s restarting failed container",
+                    }
+                },
+                "lastState": {
+                    "terminated": {
+                        "reason": "Error",
+                        "exitCode": 4,
+                        "message": "INFO fetching s3://models/m.onnx\n"
+                        "kubeinfer storage-init: error: s3://models/m.onnx: AccessDenied\n",
+                    }
+                },
+            }
+        ],
+    )
+    st = built(observed(pods=[failing]))
+    assert cond(st, "PodsHealthy")["reason"] == "StorageInitFailed"
+    assert cond(st, "Ready")["reason"] == "StorageInitFailed"
+    assert cond(st, "Ready")["message"].endswith(
+        "StorageInitFailed: kubeinfer storage-init: error: s3://models/m.onnx: AccessDenied."
+    )
+
+
+def test_another_init_container_failure_keeps_the_kubelet_reason() -> None:
+    failing = pod(
+        "p",
+        initContainerStatuses=[
+            {
+                "name": "other",
+                "state": {
                     "terminated": {"reason": "Error", "exitCode": 3, "message": "object not found"}
                 },
             }
         ],
     )
-    st = status.build_status(observed(pods=[failing]))
-    assert cond(st, "PodsHealthy")["reason"] == "InitContainerFailed"
-    assert "object not found" in cond(st, "PodsHealthy")["message"]
+    st = built(observed(pods=[failing]))
+    assert cond(st, "PodsHealthy")["reason"] == "Error"
+    assert "exit code 3: object not found" in cond(st, "PodsHealthy")["message"]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("0/4 nodes are available: 4 Insufficient cpu.", "InsufficientCPU"),
+        ("0/4 nodes are available: 4 Insufficient memory.", "InsufficientMemory"),
+        (
+            "0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/selector.",
+            "NodeSelectorMismatch",
+        ),
+        ("0/4 nodes are available: 4 node(s) had untolerated taint {a: b}.", "UntoleratedTaint"),
+    ],
+)
+def test_every_unschedulable_reason_is_named_and_only_gpus_wait_for_gpus(
+    message: str, reason: str
+) -> None:
+    stuck = pod("p")
+    stuck["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    ]
+    st = built(observed(pods=[stuck], deployment={"status": {"replicas": 1}}))
+    assert cond(st, "PodsScheduled")["reason"] == reason
+    assert cond(st, "Ready")["reason"] == reason and message in cond(st, "Ready")["message"]
+    assert cond(st, "WaitingForGPUCapacity")["status"] == "False"
 
 
 def test_runtime_problem_and_stopped() -> None:
     problem = status.Problem(status.ConditionType.RUNTIME_RESOLVED, "NoRuntimeForFormat", "m")
-    st = status.build_status(observed(runtime_problem=problem, runtime_name=None))
+    st = built(observed(runtime_problem=problem, runtime_name=None))
     assert cond(st, "Ready")["reason"] == "NoRuntimeForFormat"
-    st = status.build_status(observed(stopped=True))
+    st = built(observed(stopped=True))
     assert cond(st, "Ready")["reason"] == "Stopped"
 
 

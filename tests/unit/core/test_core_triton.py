@@ -82,8 +82,8 @@ def test_the_tensor_parallel_example_is_one_sharded_instance() -> None:
         (spec(), lambda c: c.platform == "onnxruntime_onnx" and not c.backend),
         (spec("tensorrt", gpu={"count": 1}), lambda c: c.platform == "tensorrt_plan"),
         (spec("pytorch"), lambda c: c.platform == "pytorch_libtorch"),
-        (spec("tensorflow", "s3://b/m/"), lambda c: c.platform == "tensorflow_savedmodel"),
-        (spec("python", "s3://b/m/"), lambda c: c.backend == "python" and not c.platform),
+        (spec("tensorflow", "s3://bucket/m/"), lambda c: c.platform == "tensorflow_savedmodel"),
+        (spec("python", "s3://bucket/m/"), lambda c: c.backend == "python" and not c.platform),
         # CPU: one instance; batching does the rest.
         (spec(), lambda c: [(g.kind, g.count) for g in c.instance_group] == [(KIND.KIND_CPU, 1)]),
         # One copy per GPU of the pod, listed, never "every visible GPU" by omission.
@@ -100,7 +100,7 @@ def test_the_tensor_parallel_example_is_one_sharded_instance() -> None:
             lambda c: list(c.instance_group[0].gpus) == [0],
         ),
         (
-            spec("python", "s3://b/m/", gpu={"count": 8, "parallelism": "Model"}),
+            spec("python", "s3://bucket/m/", gpu={"count": 8, "parallelism": "Model"}),
             lambda c: [(g.kind, list(g.gpus)) for g in c.instance_group] == [(KIND.KIND_MODEL, [])],
         ),
         # No batching: no batcher, and Triton reads dims as the whole shape.
@@ -188,7 +188,7 @@ def test_model_file_name_is_the_one_triton_opens(fmt: str, name: str) -> None:
     "raw,message",
     [
         (
-            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://b/k"}},
+            {"model": {"name": "m", "format": "pytorch", "storageUri": "s3://bucket/k"}},
             "model.inputs and model.outputs are required for model.format pytorch",
         ),
         (
@@ -196,7 +196,7 @@ def test_model_file_name_is_the_one_triton_opens(fmt: str, name: str) -> None:
                 "model": {
                     "name": "m",
                     "format": "python",
-                    "storageUri": "s3://b/k/",
+                    "storageUri": "s3://bucket/k/",
                     "inputs": SIGNATURE["inputs"],
                 }
             },
@@ -204,14 +204,19 @@ def test_model_file_name_is_the_one_triton_opens(fmt: str, name: str) -> None:
         ),
         (
             {
-                "model": {"name": "m", "format": "onnx", "storageUri": "s3://b/k"},
+                "model": {"name": "m", "format": "onnx", "storageUri": "s3://bucket/k"},
                 "gpu": {"count": 2, "parallelism": "Model"},
             },
             "gpu.parallelism Model needs model.format python",
         ),
         (
             {
-                "model": {"name": "m", "format": "python", "storageUri": "s3://b/k", **SIGNATURE},
+                "model": {
+                    "name": "m",
+                    "format": "python",
+                    "storageUri": "s3://bucket/k",
+                    **SIGNATURE,
+                },
                 "gpu": {"count": 1, "parallelism": "Model"},
             },
             "gpu.count of at least 2",
@@ -221,7 +226,7 @@ def test_model_file_name_is_the_one_triton_opens(fmt: str, name: str) -> None:
                 "model": {
                     "name": "m",
                     "format": "onnx",
-                    "storageUri": "s3://b/k",
+                    "storageUri": "s3://bucket/k",
                     "inputs": [{"name": "x", "datatype": "FP32", "dims": [0]}],
                 }
             },
@@ -232,7 +237,7 @@ def test_model_file_name_is_the_one_triton_opens(fmt: str, name: str) -> None:
                 "model": {
                     "name": "m",
                     "format": "onnx",
-                    "storageUri": "s3://b/k",
+                    "storageUri": "s3://bucket/k",
                     "inputs": [{"name": 'x" platform: "evil', "datatype": "FP32", "dims": [1]}],
                 }
             },

@@ -15,7 +15,7 @@ KIND = model_config_pb2.ModelInstanceGroup
 
 
 def generated(**kw: Any) -> str:
-    model = {"name": "resnet", "format": "onnx", "storageUri": "s3://b/resnet/"}
+    model = {"name": "resnet", "format": "onnx", "storageUri": "s3://bucket/resnet/"}
     model.update(kw.pop("model", {}))
     return triton.render_config(api.parse_spec({"model": model, "gpu": {"count": 2}, **kw}))
 

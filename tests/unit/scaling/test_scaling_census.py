@@ -1,10 +1,12 @@
-"""classify_pods(): how the autoscaler reads the service's pods as capacity."""
+"""classify_pods(): how the autoscaler and status read the service's pods as capacity."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubeinfer.engines.autoscaler import classify_pods
+import pytest
+
+from kubeinfer.core import census
 
 
 def pod(
@@ -14,10 +16,12 @@ def pod(
     scheduled: str | None = None,
     node: str | None = None,
     deleting: bool = False,
+    why: str = "",
 ) -> dict[str, Any]:
-    conditions = []
+    conditions: list[dict[str, str]] = []
     if scheduled is not None:
-        conditions.append({"type": "PodScheduled", "status": scheduled})
+        refused = {"reason": "Unschedulable", "message": why} if scheduled == "False" else {}
+        conditions.append({"type": "PodScheduled", "status": scheduled, **refused})
     if ready:
         conditions.append(
             {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-29T10:00:07Z"}
@@ -32,18 +36,46 @@ def pod(
     }
 
 
+GPU = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available."
+CPU = "0/4 nodes are available: 4 Insufficient cpu."
+
+
 def test_each_pod_lands_in_one_bucket() -> None:
-    census = classify_pods(
+    seen = census.classify_pods(
         [
             pod("a", ready=True, scheduled="True", node="n1"),
             pod("b", scheduled="True", node="n1"),  # placed, starting
             pod("c", node="n2"),  # bound, kubelet has not reported yet: starting
-            pod("d", scheduled="False"),  # no node has room
+            pod("d", scheduled="False", why=GPU),  # no node has a free GPU
+            pod("g", scheduled="False", why=CPU),  # no node has room: not for lack of GPUs
             pod("e"),  # the scheduler has not answered
             pod("f", ready=True, scheduled="True", node="n1", deleting=True),
-        ]
+        ],
+        "nvidia.com/gpu",
     )
-    assert census.ready == {"a": "127.1.1.5"}
-    assert (census.starting, census.unschedulable, census.unplaced) == (2, 1, 1)
-    assert census.live == 5
-    assert census.cold_starts == [(census.cold_starts[0][0], census.cold_starts[0][0] + 7)]
+    assert seen.ready == {"a": "127.1.1.5"}
+    assert (seen.starting, seen.waiting_for_gpu, seen.stuck, seen.unplaced) == (2, 1, 1, 1)
+    assert seen.live == 6
+    assert seen.cold_starts == [(seen.cold_starts[0][0], seen.cold_starts[0][0] + 7)]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (GPU, "gpu"),
+        (CPU, "cpu"),
+        ("0/4 nodes are available: 2 Insufficient memory, 2 Insufficient nvidia.com/gpu.", "gpu"),
+        (
+            "0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/selector.",
+            "selector",
+        ),
+        ("0/4 nodes are available: 4 node(s) had untolerated taint {dedicated: infra}.", "taints"),
+        (
+            "0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.",
+            "nvidia.com/mig-1g.10gb",
+        ),
+        ("something new", "other"),
+    ],
+)
+def test_the_scheduler_reason_is_named(message: str, reason: str) -> None:
+    assert census.scheduling_reason(message, "nvidia.com/gpu") == reason

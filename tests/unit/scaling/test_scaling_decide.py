@@ -1,8 +1,9 @@
 """decide() rule by rule (table-driven, one decision each) and over series (a virtual loop).
 
 Virtual time only: each test builds a window with samples at chosen times and passes ``now``.
-Default policy: target 8 per replica, tolerance 0.1, stable 60 s, panic 6 s, threshold 2x,
-scale-up max(10x, +4), scale-down 2x, stabilization 120 s, GPU veto 0.8, cold start 60 s.
+The rules are tested on one stated policy, a default InferenceService's with max 10 replicas
+and a 120 s scale-down delay: target 8 per replica, tolerance 0.1, stable 60 s, panic 6 s,
+threshold 2x, scale-up max(10x, +4), scale-down 2x, GPU veto 0.8, cold start 60 s.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from collections.abc import Callable
 
 import pytest
 
+from kubeinfer.core import api
 from kubeinfer.core.scaling import decide, policy, signals, state, window
 
 NOW = 1000.0
+
+
+def make_policy(**knobs: object) -> policy.ScalingPolicy:
+    return policy.from_spec(**{"max_replicas": 10, "scale_down_stabilization_s": 120.0, **knobs})
+
+
 R = decide.Reason
 C = decide.Clamp
 
@@ -70,11 +78,11 @@ class Case:
     placing: int = 0
     gpu: float | None = None
     scraped: bool = True
-    policy: policy.ScalingPolicy = dataclasses.field(default_factory=policy.ScalingPolicy)
+    policy: policy.ScalingPolicy = dataclasses.field(default_factory=make_policy)
     state: state.ScalerState = dataclasses.field(default_factory=state.ScalerState)
 
 
-WIDE = policy.ScalingPolicy(max_replicas=50)
+WIDE = make_policy(max_replicas=50)
 CASES = [
     Case(
         "hold within tolerance",
@@ -129,7 +137,7 @@ CASES = [
         desired=4,
         reason=R.PANIC_SCALE_UP,
         clamps=(C.SCALE_UP_RATE,),
-        policy=policy.ScalingPolicy(min_replicas=0, max_replicas=50),
+        policy=make_policy(min_replicas=0, max_replicas=50),
     ),
     Case(
         "max trims a scale-up",
@@ -208,7 +216,7 @@ CASES = [
         desired=2,
         reason=R.AT_MIN,
         clamps=(C.MIN_REPLICAS,),
-        policy=policy.ScalingPolicy(min_replicas=2),
+        policy=make_policy(min_replicas=2),
     ),
     Case(
         "below min rises to min",
@@ -217,7 +225,7 @@ CASES = [
         desired=3,
         reason=R.SCALE_UP,
         clamps=(C.MIN_REPLICAS,),
-        policy=policy.ScalingPolicy(min_replicas=3),
+        policy=make_policy(min_replicas=3),
     ),
     Case(
         "no data holds",
@@ -252,7 +260,7 @@ CASES = [
         desired=6,
         reason=R.FALLBACK,
         scraped=False,
-        policy=policy.ScalingPolicy(fallback_replicas=6, failures_before_fallback=3),
+        policy=make_policy(fallback_replicas=6, failures_before_fallback=3),
         state=state.ScalerState(consecutive_failures=2),
     ),
     Case(
@@ -262,7 +270,7 @@ CASES = [
         desired=8,
         reason=R.FALLBACK,
         scraped=False,
-        policy=policy.ScalingPolicy(fallback_replicas=6, failures_before_fallback=3),
+        policy=make_policy(fallback_replicas=6, failures_before_fallback=3),
         state=state.ScalerState(consecutive_failures=2),
     ),
     Case(
@@ -407,7 +415,7 @@ def test_panic_sets_and_reports_panic_mode() -> None:
 def test_failures_are_counted_and_reset() -> None:
     s = state.ScalerState(consecutive_failures=3)
     failed = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=window_of([]),
         state=s,
         now=NOW,
@@ -416,7 +424,7 @@ def test_failures_are_counted_and_reset() -> None:
     )
     assert failed.state.consecutive_failures == 4
     ok = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=window_of([16.0] * 30),
         state=failed.state,
         now=NOW,
@@ -440,7 +448,7 @@ def test_early_scale_up_uses_cold_start_horizon(
     cold_start_s: float | None, starting: int, desired: int, reason: decide.Reason
 ) -> None:
     result = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=window_of(RAMP),
         state=state.ScalerState(cold_start_s=cold_start_s),
         now=NOW,
@@ -472,7 +480,7 @@ def test_trend_needs_half_its_window_of_points() -> None:
     # Three fresh points rising 5 per second (an operator that just started): no trend, so no
     # projection to 30 + 5 * 60 = 330; the stable average 20 -> 3 replicas decides.
     result = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=window_of([10.0, 20.0, 30.0]),
         state=state.ScalerState(),
         now=NOW,
@@ -486,7 +494,7 @@ def test_small_projected_rise_is_within_tolerance() -> None:
     # A perfect but slight rise, 0.01 per second: 32.28 + 0.6 -> 4.1 replicas of 4 is within the
     # 10 % tolerance, so no early scale-up on what is a flat load.
     result = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=window_of([32.0 + 0.02 * i for i in range(15)]),
         state=state.ScalerState(),
         now=NOW,
@@ -506,7 +514,7 @@ def test_queue_depth_trend_is_fitted_on_the_request_rate() -> None:
         sample = dataclasses.replace(tick(t, 30.0 + 4 * (i % 2)), request_rate_total=40.0 + 2 * i)
         w.record(sample=sample)
     result = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=w,
         state=state.ScalerState(),
         now=NOW,
@@ -520,7 +528,7 @@ def test_noisy_trend_is_not_trusted() -> None:
     rng = random.Random(7)
     noisy = [30.0 + rng.uniform(-8, 8) + 0.05 * i for i in range(15)]
     result = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=make_policy(),
         window=window_of(noisy),
         state=state.ScalerState(),
         now=NOW,
@@ -533,10 +541,10 @@ def test_noisy_trend_is_not_trusted() -> None:
 @pytest.mark.parametrize(
     ("metric", "target", "sample", "desired", "reason"),
     [
-        (policy.Metric.QUEUE_TIME, 50.0, {"qt": 75.0}, 6, R.SCALE_UP),  # 4 * 75 / 50
-        (policy.Metric.QUEUE_TIME, 50.0, {"qt": 100.0}, 8, R.PANIC_SCALE_UP),  # 2x capacity
-        (policy.Metric.REQUEST_RATE, 100.0, {"rate": 450.0}, 5, R.SCALE_UP),
-        (policy.Metric.REQUEST_RATE, 100.0, {"rate": 410.0}, 4, R.HOLD),
+        (api.ScalingMetric.QUEUE_TIME, 50.0, {"qt": 75.0}, 6, R.SCALE_UP),  # 4 * 75 / 50
+        (api.ScalingMetric.QUEUE_TIME, 50.0, {"qt": 100.0}, 8, R.PANIC_SCALE_UP),  # 2x capacity
+        (api.ScalingMetric.REQUEST_RATE, 100.0, {"rate": 450.0}, 5, R.SCALE_UP),
+        (api.ScalingMetric.REQUEST_RATE, 100.0, {"rate": 410.0}, 4, R.HOLD),
     ],
 )
 def test_selectable_metrics(
@@ -547,7 +555,7 @@ def test_selectable_metrics(
     reason: decide.Reason,
 ) -> None:
     result = decide.decide(
-        policy=policy.ScalingPolicy(metric=metric, target=target, early_scale_up=False),
+        policy=make_policy(metric=metric, target=target, early_scale_up=False),
         window=window_of([0.0] * 30, **sample),
         state=state.ScalerState(),
         now=NOW,
@@ -594,7 +602,7 @@ def changes(results: list[tuple[float, decide.ScaleResult]]) -> list[tuple[float
 
 
 def test_step_up_then_down() -> None:
-    scaling = policy.ScalingPolicy(max_replicas=20, early_scale_up=False)
+    scaling = make_policy(max_replicas=20, early_scale_up=False)
     out = run(lambda t: 80.0 if 100 <= t < 300 else 16.0, until=700, scaling=scaling, start=2)
     moves = changes(out)
     # Panic on the step's first tick, at full size two ticks later; no overshoot.
@@ -614,7 +622,7 @@ def test_step_up_then_down() -> None:
 
 
 def test_spike_is_met_and_released() -> None:
-    scaling = policy.ScalingPolicy(max_replicas=20)
+    scaling = make_policy(max_replicas=20)
     out = run(lambda t: 160.0 if 200 <= t < 220 else 16.0, until=600, scaling=scaling, start=2)
     assert max(r.desired for _, r in out) == 20  # 160 / 8, within 2 ticks of the spike
     assert next(t for t, r in out if r.desired == 20) <= 204
@@ -625,7 +633,7 @@ def test_ramp_scales_ahead_of_the_load() -> None:
     def ramp(t: float) -> float:
         return 16.0 + min(max(t - 100, 0), 400) * 0.2  # 16 -> 96 over 400 s
 
-    out = run(ramp, until=600, scaling=policy.ScalingPolicy(max_replicas=20), start=2)
+    out = run(ramp, until=600, scaling=make_policy(max_replicas=20), start=2)
     early = [t for t, r in out if r.reason is R.EARLY_SCALE_UP and r.changed]
     assert early, "a steady ramp should trigger early scale-ups"
     # Replicas reach what the peak needs (96 / 8 = 12) well before the ramp ends at t = 500.
@@ -637,7 +645,7 @@ def test_gradual_decline_scales_down_in_few_large_steps() -> None:
     def decline(t: float) -> float:
         return 96.0 - min(max(t - 100, 0), 200) * 0.4  # 96 -> 16 over 200 s
 
-    out = run(decline, until=700, scaling=policy.ScalingPolicy(max_replicas=20), start=12)
+    out = run(decline, until=700, scaling=make_policy(max_replicas=20), start=12)
     moves = changes(out)
     assert all(reason == "ScaleDown" for _, _, reason in moves)
     counts = [12] + [desired for _, desired, _ in moves]
@@ -650,13 +658,13 @@ def test_gradual_decline_scales_down_in_few_large_steps() -> None:
 def test_noisy_load_does_not_flap() -> None:
     rng = random.Random(42)
     noise = [40.0 * (1 + rng.uniform(-0.2, 0.2)) for _ in range(400)]
-    out = run(lambda t: noise[int(t) // 2], until=600, scaling=policy.ScalingPolicy(), start=5)
+    out = run(lambda t: noise[int(t) // 2], until=600, scaling=make_policy(), start=5)
     assert len(changes(out)) <= 2
     assert all(4 <= r.desired <= 7 for _, r in out)
 
 
 def test_missing_data_holds_then_falls_back() -> None:
-    scaling = policy.ScalingPolicy(fallback_replicas=6, failures_before_fallback=5)
+    scaling = make_policy(fallback_replicas=6, failures_before_fallback=5)
     out = run(lambda t: None if 100 <= t < 200 else 32.0, until=300, scaling=scaling, start=4)
     during = [(t, r) for t, r in out if 100 <= t < 200]
     assert all(r.desired >= 4 for _, r in during)

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from kubeinfer.core import metrics
+from kubeinfer.core import api, metrics
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -23,7 +23,6 @@ def test_parse_sums_across_models_and_versions() -> None:
         request_duration_us=27_500_000,
         request_success=2200,
         request_failure=5,
-        inference_count=2200,
         gpu_utilization=0.91,
     )
 
@@ -35,7 +34,9 @@ def test_parse_without_gpu_metric_reads_none_and_zeros() -> None:
 
 
 def test_parse_dcgm_with_configured_name_and_scale() -> None:
-    names = metrics.MetricNames(gpu_utilization="DCGM_FI_DEV_GPU_UTIL", gpu_utilization_scale=0.01)
+    names = api.RuntimeMetricNames(
+        gpu_utilization="DCGM_FI_DEV_GPU_UTIL", gpu_utilization_scale=0.01
+    )
     raw = metrics.parse_metrics(load("dcgm.prom"), names=names)
     assert raw.gpu_utilization == pytest.approx(0.60)
     assert raw.request_success == 0

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
 import pytest
 
 from kubeinfer import planning_cli
-from kubeinfer.core import planning
-from kubeinfer.core.scaling import cold_start, decide, policy, state, window
+from kubeinfer.core import api, planning
+from kubeinfer.core.scaling import cold_start, decide, policy, signals, state, window
 
 
 def _point(batch: int, p50: float, p99: float, rps: float) -> dict[str, float]:
@@ -48,7 +47,7 @@ def test_state_round_trips_through_json() -> None:
 
 def test_restart_with_persisted_state_causes_no_scale_down() -> None:
     # Before the restart: 8 replicas were recommended 30 s ago; the load has since dropped.
-    scaling = policy.ScalingPolicy()
+    scaling = policy.from_spec(max_replicas=10)
     w = window.SignalWindow.for_policy(scaling)
     persisted = json.dumps(
         {"state": state.ScalerState(recommendations=((970.0, 8),)).to_dict(), "window": w.to_dict()}
@@ -67,22 +66,90 @@ def test_restart_with_persisted_state_causes_no_scale_down() -> None:
 
 def test_decision_record_and_bounded_history() -> None:
     result = decide.decide(
-        policy=policy.ScalingPolicy(),
+        policy=policy.from_spec(),
         window=window.SignalWindow(length_s=60, granularity_s=2),
         state=state.ScalerState(),
         now=5.0,
         replicas=decide.Replicas(current=3, ready=3),
     )
     record = result.record(now=5.0)
-    assert record.reason == "NoData" and record.clamps == ("NoData",)
-    assert record.inputs["current"] == 3 and record.inputs["stable"] is None
-    assert state.DecisionRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
-    history: tuple[state.DecisionRecord, ...] = ()
+    assert record.reason == "NoData" and record.clamps == ["NoData"]
+    # Status keeps numbers only (the CRD's schema): no data is an absent key, not a null.
+    assert record.inputs["current"] == 3 and "stable" not in record.inputs
+    assert record.time == "1970-01-01T00:00:05Z"
+    assert api.DecisionRecord.model_validate(record.model_dump(by_alias=True)) == record
+    history: tuple[api.DecisionRecord, ...] = ()
     for i in range(15):
-        history = state.append_history(history, dataclasses.replace(record, time=float(i)))
-    assert len(history) == 10 and history[0].time == 5.0 and history[-1].time == 14.0
-    assert not state.is_news(history, record)
+        history = state.append_history(history, record.model_copy(update={"desired": i}))
+    assert len(history) == api.DECISION_HISTORY
+    assert [r.desired for r in history] == list(range(5, 15))
+    assert not state.is_news((record,), record)
     assert state.is_news((), record)
+
+
+@pytest.mark.parametrize("length_s", [6, 60, 600, 3600])
+def test_the_window_survives_a_restart_at_every_allowed_length(length_s: int) -> None:
+    """Persisted in status (16 KiB), restored after a restart, for every stable window the API
+    allows: averages over any span come back as they were."""
+    w = window.SignalWindow(length_s=length_s, granularity_s=2)
+    for t in range(0, length_s, 2):
+        w.record(
+            sample=signals.TickSample(
+                time=10_000.0 + t,
+                ready_replicas=4,
+                pods_scraped=4,
+                queue_depth_total=10.0 + (t % 7),
+                request_rate_total=100.0,
+                queue_time_ms=5.0,
+                gpu_utilization=0.5,
+            )
+        )
+    now = 10_000.0 + length_s - 2
+    saved = json.dumps(
+        {"state": state.ScalerState().to_dict(), "window": w.to_dict(max_buckets=90)},
+        separators=(",", ":"),
+    )
+    assert len(saved) < 16_384  # api.AutoscalerStatus.state's max length
+    back = window.SignalWindow.from_dict(json.loads(saved)["window"])
+    depth = api.ScalingMetric.QUEUE_DEPTH.value
+    for span in (6, length_s):
+        before = w.average(series=depth, now=now, span_s=span)
+        after = back.average(series=depth, now=now, span_s=span)
+        assert before is not None and after is not None
+        assert abs(after - before) <= 0.05 * before + (3.5 if span < 60 else 0.2), (span, before)
+
+
+def test_stabilization_history_stays_short_and_exact() -> None:
+    """Only recommendations that no later one outranks are kept: the maximum over any recent
+    span is the same as over the full list, and the list cannot grow past the replica range."""
+    p = policy.from_spec(max_replicas=100, scale_down_stabilization_s=3600)
+    st = state.ScalerState()
+    full: list[tuple[float, int]] = []
+    w = window.SignalWindow.for_policy(p)
+    for i in range(1800):
+        now = 2.0 * i
+        level = 50 + int(40 * ((i * 7919) % 97) / 97)  # jumpy, deterministic
+        w.record(
+            sample=signals.TickSample(
+                time=now,
+                ready_replicas=1,
+                pods_scraped=1,
+                queue_depth_total=level * 8.0,
+                request_rate_total=1.0,
+                queue_time_ms=None,
+                gpu_utilization=None,
+            )
+        )
+        result = decide.decide(
+            policy=p, window=w, state=st, now=now, replicas=decide.Replicas(current=50, ready=50)
+        )
+        st = result.state
+        full.append((now, result.inputs.recommended))
+    assert len(st.recommendations) <= 100
+    horizon = 2.0 * 1799 - 600
+    assert max(r for t, r in st.recommendations if t > horizon) == max(
+        r for t, r in full if t > horizon
+    )
 
 
 def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
@@ -110,11 +177,11 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
 )
 def test_policy_rejects_bad_knobs(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="invalid scaling policy"):
-        policy.ScalingPolicy(**kwargs)  # type: ignore[arg-type]
+        policy.from_spec(**kwargs)  # type: ignore[arg-type]
 
 
 def test_policy_defaults() -> None:
-    p = policy.ScalingPolicy()
+    p = policy.from_spec()
     assert (
         p.metric,
         p.stable_window_s,
@@ -122,9 +189,16 @@ def test_policy_defaults() -> None:
         p.panic_threshold,
         p.scrape_interval_s,
         p.gpu_veto_utilization,
-    ) == (policy.Metric.QUEUE_DEPTH, 60.0, 6.0, 2.0, 2.0, 0.8)
+    ) == (api.ScalingMetric.QUEUE_DEPTH, 60.0, 6.0, 2.0, 2.0, 0.8)
     assert (p.scale_down_min_fraction, p.trend_min_coverage) == (0.2, 0.5)
-    assert policy.Metric.QUEUE_TIME == "QueueTime"
+    # The knobs an InferenceService sets come from the API's defaults, not a copy of them.
+    spec = api.ScalingSpec()
+    assert (p.min_replicas, p.max_replicas, p.target) == (
+        spec.min_replicas,
+        spec.max_replicas,
+        spec.target,
+    )
+    assert p.scale_down_stabilization_s == spec.scale_down_delay_seconds
 
 
 def test_plan_picks_batch_replicas_and_delay() -> None:

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from kubeinfer.core.scaling import policy, signals, window
+from kubeinfer.core import api
+from kubeinfer.core.scaling import signals, window
 
-DEPTH = policy.Metric.QUEUE_DEPTH.value
+DEPTH = api.ScalingMetric.QUEUE_DEPTH.value
 
 
 def sample(t: float, depth: float, *, gpu: float | None = None) -> signals.TickSample:
@@ -34,7 +35,7 @@ def test_stable_and_panic_averages() -> None:
     w = filled([10.0] * 27 + [40.0] * 3)  # t = 0..58; the last 3 buckets at 40
     assert w.average(series=DEPTH, now=58, span_s=6) == pytest.approx(40.0)
     assert w.average(series=DEPTH, now=58, span_s=60) == pytest.approx((27 * 10 + 3 * 40) / 30)
-    assert w.average(series=policy.Metric.REQUEST_RATE.value, now=58, span_s=6) == 400.0
+    assert w.average(series=api.ScalingMetric.REQUEST_RATE.value, now=58, span_s=6) == 400.0
 
 
 def test_samples_in_one_bucket_are_averaged() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubeinfer.storage import uri
+from kubeinfer.core import storage_uri as uri
 
 REPOSITORY = {"name": "model-repository", "emptyDir": {}}
 REPOSITORY_MOUNT = {"name": "model-repository", "mountPath": "/mnt/models"}

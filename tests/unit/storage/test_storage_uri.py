@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubeinfer.storage import uri
+from kubeinfer.core import storage_uri as uri
 
 DIGEST = "ab" * 32
 

@@ -25,10 +25,12 @@ then persists ``result.state``. The rules, in order:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import math
 from typing import Any
 
+from kubeinfer.core import api
 from kubeinfer.core.scaling import policy as policy_
 from kubeinfer.core.scaling import state as state_
 from kubeinfer.core.scaling import window as window_
@@ -90,7 +92,7 @@ class Replicas:
 class Inputs:
     """What a decision was made from, for the status history."""
 
-    metric: policy_.Metric
+    metric: api.ScalingMetric
     target: float
     stable: float | None
     panic: float | None
@@ -143,16 +145,32 @@ class ScaleResult:
     def changed(self) -> bool:
         return self.desired != self.inputs.current
 
-    def record(self, *, now: float) -> state_.DecisionRecord:
-        return state_.DecisionRecord(
-            time=now,
+    def record(self, *, now: float) -> api.DecisionRecord:
+        """The decision as status shows it (numeric inputs only: the CRD's schema)."""
+        return api.DecisionRecord(
+            time=iso(now),
             current=self.inputs.current,
             desired=self.desired,
             reason=self.reason.value,
-            clamps=tuple(c.value for c in self.clamps),
-            inputs=self.inputs.to_dict(),
+            clamps=[c.value for c in self.clamps],
+            inputs=numeric(self.inputs.to_dict()),
             message=self.message,
         )
+
+
+def iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def numeric(inputs: dict[str, Any]) -> dict[str, float]:
+    """The numbers among a decision's inputs (booleans as 0/1), for status and metrics."""
+    out: dict[str, float] = {}
+    for key, value in inputs.items():
+        if isinstance(value, bool):
+            out[key] = 1.0 if value else 0.0
+        elif isinstance(value, int | float):
+            out[key] = float(value)
+    return out
 
 
 _UP = (Reason.SCALE_UP, Reason.PANIC_SCALE_UP, Reason.EARLY_SCALE_UP, Reason.FALLBACK)
@@ -160,7 +178,7 @@ _UP = (Reason.SCALE_UP, Reason.PANIC_SCALE_UP, Reason.EARLY_SCALE_UP, Reason.FAL
 
 def _wanted(*, policy: policy_.ScalingPolicy, value: float, ready: int) -> float:
     """Replicas (fractional) the metric value asks for."""
-    if policy.metric is policy_.Metric.QUEUE_TIME:
+    if policy.metric is api.ScalingMetric.QUEUE_TIME:
         # Queue time does not add up across pods: scale the ready count proportionally.
         return max(ready, 1) * value / policy.target
     return value / policy.target
@@ -194,17 +212,236 @@ def _rising_trend(
     need = max(3, math.ceil(policy.trend_min_coverage * held / window.granularity_s))
     scale = 1.0
     series = policy.metric.value
-    if policy.metric is policy_.Metric.QUEUE_DEPTH:
+    if policy.metric is api.ScalingMetric.QUEUE_DEPTH:
         rate = window.average(
-            series=policy_.Metric.REQUEST_RATE.value, now=now, span_s=policy.stable_window_s
+            series=api.ScalingMetric.REQUEST_RATE.value, now=now, span_s=policy.stable_window_s
         )
         if rate is not None and rate > 0:
-            series, scale = policy_.Metric.REQUEST_RATE.value, stable / rate
+            series, scale = api.ScalingMetric.REQUEST_RATE.value, stable / rate
     trend = window.trend(series=series, now=now, span_s=span)
     if trend is None or trend.points < need:
         return None
     per_s = trend.slope_per_s * scale
     return _Slope(per_s=per_s, confident=per_s > 0 and trend.r2 >= policy.trend_min_r2)
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Tick:
+    """What one decision reads and accumulates on its way to a result."""
+
+    policy: policy_.ScalingPolicy
+    state: state_.ScalerState
+    now: float
+    replicas: Replicas
+    scraped: bool
+    failures: int
+    cold_start_s: float
+    stable: float | None
+    panic: float | None
+    gpu: float | None
+    panic_until: float | None
+    # When pods last waited for capacity, this tick included.
+    full_at: float | None
+    trend_per_s: float | None = None
+    clamps: list[Clamp] = dataclasses.field(default_factory=list)
+
+    @property
+    def current(self) -> int:
+        return self.replicas.current
+
+
+def _read(
+    *,
+    policy: policy_.ScalingPolicy,
+    window: window_.SignalWindow,
+    state: state_.ScalerState,
+    now: float,
+    replicas: Replicas,
+    scraped: bool,
+) -> _Tick:
+    series = policy.metric.value
+    panic_until = state.panic_until
+    if panic_until is not None and now >= panic_until:
+        panic_until = None
+    return _Tick(
+        policy=policy,
+        state=state,
+        now=now,
+        replicas=replicas,
+        scraped=scraped,
+        failures=0 if scraped else state.consecutive_failures + 1,
+        cold_start_s=(
+            state.cold_start_s if state.cold_start_s is not None else policy.cold_start_default_s
+        ),
+        stable=window.average(series=series, now=now, span_s=policy.stable_window_s),
+        panic=window.average(series=series, now=now, span_s=policy.panic_window_s),
+        gpu=window.average(series=window_.GPU, now=now, span_s=policy.panic_window_s),
+        panic_until=panic_until,
+        full_at=now if replicas.unschedulable > 0 else state.last_unschedulable_time,
+    )
+
+
+def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> ScaleResult:
+    """Apply min/max, name the reason, and build the result with the state to persist."""
+    policy, current = tick.policy, tick.current
+    bounded = min(max(desired, policy.min_replicas), policy.max_replicas)
+    if bounded != desired:
+        tick.clamps.append(Clamp.MIN_REPLICAS if bounded > desired else Clamp.MAX_REPLICAS)
+        # Keep the reason when the bound only trimmed a move; name the bound when it stopped
+        # the move or turned it around.
+        if bounded == current:
+            reason = Reason.AT_MAX if desired > bounded else Reason.AT_MIN
+        elif bounded > current and reason not in _UP:
+            reason = Reason.SCALE_UP
+        elif bounded < current:
+            reason = Reason.SCALE_DOWN
+    horizon = tick.now - policy.scale_down_stabilization_s
+    history = [(t, r) for t, r in tick.state.recommendations if t > horizon]
+    if reason not in (Reason.NO_DATA, Reason.FALLBACK):
+        # Stabilization reads only the highest recommendation since a time, so one that a
+        # later, higher or equal one outranks can go: the list stays a short staircase however
+        # long the window (it is persisted in status), and every such maximum is exact.
+        while history and history[-1][1] <= recommended:
+            history.pop()
+        history.append((tick.now, recommended))
+    next_state = dataclasses.replace(
+        tick.state,
+        last_scale_time=tick.now if bounded != current else tick.state.last_scale_time,
+        recommendations=tuple(history),
+        consecutive_failures=tick.failures,
+        panic_until=tick.panic_until,
+        last_unschedulable_time=tick.full_at,
+    )
+    r = tick.replicas
+    inputs = Inputs(
+        metric=policy.metric,
+        target=policy.target,
+        stable=tick.stable,
+        panic=tick.panic,
+        gpu_utilization=tick.gpu,
+        trend_per_s=tick.trend_per_s,
+        cold_start_s=tick.cold_start_s,
+        current=current,
+        ready=r.ready,
+        starting=r.starting,
+        unschedulable=r.unschedulable,
+        placing=r.placing,
+        recommended=recommended,
+        panicking=tick.panic_until is not None,
+        scraped=tick.scraped,
+    )
+    return ScaleResult(
+        desired=bounded,
+        reason=reason,
+        clamps=tuple(tick.clamps),
+        inputs=inputs,
+        message=_message(reason=reason, current=current, desired=bounded, inputs=inputs),
+        state=next_state,
+    )
+
+
+def _recommend(tick: _Tick, stable: float, panic: float) -> tuple[int, Reason]:
+    """Stable and panic recommendations (Knative-like); panic mode never scales down."""
+    policy, current = tick.policy, tick.current
+    capacity = max(tick.replicas.ready + tick.replicas.starting + tick.replicas.placing, 1)
+    wanted_stable = _wanted(policy=policy, value=stable, ready=tick.replicas.ready)
+    wanted_panic = _wanted(policy=policy, value=panic, ready=tick.replicas.ready)
+    if wanted_panic >= policy.panic_threshold * capacity:
+        tick.panic_until = tick.now + policy.stable_window_s
+    if tick.panic_until is not None:
+        return max(math.ceil(wanted_panic), current), Reason.PANIC_SCALE_UP
+    if current > 0 and abs(wanted_stable / current - 1) <= policy.tolerance:
+        tick.clamps.append(Clamp.TOLERANCE)
+        return current, Reason.SCALE_UP
+    return math.ceil(wanted_stable), Reason.SCALE_UP
+
+
+def _look_ahead(
+    tick: _Tick, window: window_.SignalWindow, stable: float, panic: float
+) -> tuple[int, bool] | None:
+    """(replicas a confident rising trend asks for one cold start ahead, whether that is a
+    rise beyond the tolerance); None without a confident trend."""
+    policy = tick.policy
+    if not policy.early_scale_up:
+        return None
+    slope = _rising_trend(policy=policy, window=window, now=tick.now, stable=stable)
+    if slope is None:
+        return None
+    tick.trend_per_s = slope.per_s
+    if not slope.confident:
+        return None
+    projected = _wanted(
+        policy=policy, value=panic + slope.per_s * tick.cold_start_s, ready=tick.replicas.ready
+    )
+    # The tolerance applies to the look-ahead too: a trend projecting a few percent more than
+    # we have is noise on a flat load.
+    current = tick.current
+    rise = current == 0 or projected / current - 1 > policy.tolerance
+    return math.ceil(projected), rise
+
+
+def _scale_up(tick: _Tick, desired: int, reason: Reason, recommended: int) -> ScaleResult:
+    """Rate limits (tighter while the cluster was recently full), then the capacity blocks."""
+    policy, current, r = tick.policy, tick.current, tick.replicas
+    limit = max(math.ceil(current * policy.scale_up_max_rate), current + policy.scale_up_max_step)
+    # The cluster could not place pods within the last stable window: capacity freed since
+    # (a pod that left) is probably small, so a step from here is bounded by the additive
+    # step rather than the multiplicative rate, and pending pods never pile up by the dozen.
+    recently_full = tick.full_at is not None and tick.now - tick.full_at < policy.stable_window_s
+    if recently_full and desired > current + policy.scale_up_max_step:
+        desired = current + policy.scale_up_max_step
+        tick.clamps.append(Clamp.CAPACITY)
+    if desired > limit:
+        desired = limit
+        tick.clamps.append(Clamp.SCALE_UP_RATE)
+    if r.unschedulable > 0 and current >= policy.min_replicas:
+        tick.clamps.append(Clamp.CAPACITY)
+        return _finish(tick, current, Reason.BLOCKED_BY_CAPACITY, recommended)
+    if r.placing > 0 and current >= policy.min_replicas:
+        tick.clamps.append(Clamp.CAPACITY)
+        return _finish(tick, current, Reason.AWAITING_PLACEMENT, recommended)
+    if desired > policy.max_replicas and current >= policy.max_replicas:
+        tick.clamps.append(Clamp.MAX_REPLICAS)
+        return _finish(tick, current, Reason.AT_MAX, recommended)
+    return _finish(tick, desired, reason, recommended)
+
+
+def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) -> ScaleResult:
+    """Stabilization, rate limit, trend floor, hysteresis; never on a failed scrape, never
+    while the GPUs are busy."""
+    policy, current = tick.policy, tick.current
+    horizon = tick.now - policy.scale_down_stabilization_s
+    highest = max([r for t, r in tick.state.recommendations if t > horizon] + [recommended])
+    if highest > desired:
+        desired = min(highest, current)
+        tick.clamps.append(Clamp.STABILIZATION)
+    floor = math.floor(current / policy.scale_down_max_rate)
+    if desired < floor:
+        desired = floor
+        tick.clamps.append(Clamp.SCALE_DOWN_RATE)
+    # Replicas given back during a rise could not come back within a cold start.
+    if ahead is not None and desired < min(ahead, current):
+        desired = min(ahead, current)
+        tick.clamps.append(Clamp.TREND)
+    if desired < current and current - desired < max(1.0, policy.scale_down_min_fraction * current):
+        desired = current
+        tick.clamps.append(Clamp.HYSTERESIS)
+    if desired < current and desired < policy.min_replicas and current <= policy.min_replicas:
+        tick.clamps.append(Clamp.MIN_REPLICAS)
+        return _finish(tick, current, Reason.AT_MIN, recommended)
+    if desired < current and not tick.scraped:
+        tick.clamps.append(Clamp.NO_DATA)
+        return _finish(tick, current, Reason.NO_DATA, recommended)
+    veto = policy.gpu_veto_utilization
+    if desired < current and veto is not None and tick.gpu is not None and tick.gpu >= veto:
+        tick.clamps.append(Clamp.GPU_VETO)
+        return _finish(tick, current, Reason.GPU_VETO, recommended)
+    if desired == current:
+        held = Clamp.STABILIZATION in tick.clamps and not {Clamp.TREND, Clamp.HYSTERESIS} & set(
+            tick.clamps
+        )
+        return _finish(tick, current, Reason.STABILIZING if held else Reason.HOLD, recommended)
+    return _finish(tick, desired, Reason.SCALE_DOWN, recommended)
 
 
 def decide(
@@ -221,191 +458,42 @@ def decide(
     ``scraped`` is False when this tick's scrape produced no sample (every pod failed or none
     was Ready); the window then holds only older data.
     """
-    current = replicas.current
-    failures = 0 if scraped else state.consecutive_failures + 1
-    cold_start = (
-        state.cold_start_s if state.cold_start_s is not None else (policy.cold_start_default_s)
+    tick = _read(
+        policy=policy, window=window, state=state, now=now, replicas=replicas, scraped=scraped
     )
-    series = policy.metric.value
-    stable = window.average(series=series, now=now, span_s=policy.stable_window_s)
-    panic = window.average(series=series, now=now, span_s=policy.panic_window_s)
-    gpu = window.average(series=window_.GPU, now=now, span_s=policy.panic_window_s)
-    on_the_way = replicas.starting + replicas.placing
-    capacity = max(replicas.ready + on_the_way, 1)
-    clamps: list[Clamp] = []
-    trend_per_s: float | None = None
-    panic_until = state.panic_until
-    if panic_until is not None and now >= panic_until:
-        panic_until = None
-    full_at = now if replicas.unschedulable > 0 else state.last_unschedulable_time
-    # The cluster could not place pods within the last stable window: capacity freed since
-    # (a pod that left) is probably small, so a step from here is bounded by the additive step
-    # rather than the multiplicative rate, and pending pods never pile up by the dozen.
-    recently_full = full_at is not None and now - full_at < policy.stable_window_s
-
-    def finish(desired: int, reason: Reason, recommended: int) -> ScaleResult:
-        bounded = min(max(desired, policy.min_replicas), policy.max_replicas)
-        if bounded != desired:
-            clamps.append(Clamp.MIN_REPLICAS if bounded > desired else Clamp.MAX_REPLICAS)
-            # Keep the reason when the bound only trimmed a move; name the bound when it
-            # stopped the move or turned it around.
-            if bounded == current:
-                reason = Reason.AT_MAX if desired > bounded else Reason.AT_MIN
-            elif bounded > current and reason not in _UP:
-                reason = Reason.SCALE_UP
-            elif bounded < current:
-                reason = Reason.SCALE_DOWN
-        horizon = now - policy.scale_down_stabilization_s
-        history = tuple((t, r) for t, r in state.recommendations if t > horizon)
-        if reason not in (Reason.NO_DATA, Reason.FALLBACK):
-            history = (*history, (now, recommended))
-        next_state = dataclasses.replace(
-            state,
-            last_scale_time=now if bounded != current else state.last_scale_time,
-            recommendations=history,
-            consecutive_failures=failures,
-            cold_start_s=state.cold_start_s,
-            panic_until=panic_until,
-            last_unschedulable_time=full_at,
-        )
-        inputs = Inputs(
-            metric=policy.metric,
-            target=policy.target,
-            stable=stable,
-            panic=panic,
-            gpu_utilization=gpu,
-            trend_per_s=trend_per_s,
-            cold_start_s=cold_start,
-            current=current,
-            ready=replicas.ready,
-            starting=replicas.starting,
-            unschedulable=replicas.unschedulable,
-            placing=replicas.placing,
-            recommended=recommended,
-            panicking=panic_until is not None,
-            scraped=scraped,
-        )
-        return ScaleResult(
-            desired=bounded,
-            reason=reason,
-            clamps=tuple(clamps),
-            inputs=inputs,
-            message=_message(reason=reason, current=current, desired=bounded, inputs=inputs),
-            state=next_state,
-        )
-
+    current = replicas.current
     # 1. Missing data: fall back after N failures, otherwise hold.
-    if failures >= policy.failures_before_fallback and policy.fallback_replicas is not None:
+    if tick.failures >= policy.failures_before_fallback and policy.fallback_replicas is not None:
         # A dead metrics endpoint is no evidence of low load: fallback only ever raises.
         target = max(current, policy.fallback_replicas)
-        return finish(target, Reason.FALLBACK, target)
+        return _finish(tick, target, Reason.FALLBACK, target)
+    stable = tick.stable
     if stable is None:
-        clamps.append(Clamp.NO_DATA)
-        return finish(current, Reason.NO_DATA, current)
-    if panic is None:
-        panic = stable
-
+        tick.clamps.append(Clamp.NO_DATA)
+        return _finish(tick, current, Reason.NO_DATA, current)
+    panic = stable if tick.panic is None else tick.panic
+    tick.panic = panic
     # 2. Stable and panic recommendations.
-    wanted_stable = _wanted(policy=policy, value=stable, ready=replicas.ready)
-    wanted_panic = _wanted(policy=policy, value=panic, ready=replicas.ready)
-    if wanted_panic >= policy.panic_threshold * capacity:
-        panic_until = now + policy.stable_window_s
-    panicking = panic_until is not None
-    reason = Reason.SCALE_UP
-    if panicking:
-        recommended = max(math.ceil(wanted_panic), current)
-        reason = Reason.PANIC_SCALE_UP
-    elif current > 0 and abs(wanted_stable / current - 1) <= policy.tolerance:
-        recommended = current
-        clamps.append(Clamp.TOLERANCE)
-    else:
-        recommended = math.ceil(wanted_stable)
-
-    # 3. Look-ahead: project a confident rising trend one cold start ahead.
-    ahead: int | None = None
-    if policy.early_scale_up:
-        slope = _rising_trend(policy=policy, window=window, now=now, stable=stable)
-        if slope is not None:
-            trend_per_s = slope.per_s
-            if slope.confident:
-                projected = _wanted(
-                    policy=policy, value=panic + slope.per_s * cold_start, ready=replicas.ready
-                )
-                ahead = math.ceil(projected)
-                # Early scale-up, not while replicas are starting: they are the capacity the
-                # trend asked for, and the backlog that builds while they start would otherwise
-                # extrapolate into an overshoot. The tolerance applies to the look-ahead too: a
-                # trend projecting a few percent more than we have is noise on a flat load.
-                rise = current == 0 or projected / current - 1 > policy.tolerance
-                if on_the_way == 0 and rise and ahead > max(recommended, current):
-                    recommended = ahead
-                    reason = Reason.EARLY_SCALE_UP
-
-    desired = recommended
-    # 4a. Scale-up: rate limit, then the capacity block.
-    if desired > current:
-        limit = max(
-            math.ceil(current * policy.scale_up_max_rate), current + policy.scale_up_max_step
-        )
-        if recently_full and desired > current + policy.scale_up_max_step:
-            desired = current + policy.scale_up_max_step
-            clamps.append(Clamp.CAPACITY)
-        if desired > limit:
-            desired = limit
-            clamps.append(Clamp.SCALE_UP_RATE)
-        if replicas.unschedulable > 0 and current >= policy.min_replicas:
-            clamps.append(Clamp.CAPACITY)
-            return finish(current, Reason.BLOCKED_BY_CAPACITY, recommended)
-        if replicas.placing > 0 and current >= policy.min_replicas:
-            clamps.append(Clamp.CAPACITY)
-            return finish(current, Reason.AWAITING_PLACEMENT, recommended)
-        if desired > policy.max_replicas and current >= policy.max_replicas:
-            clamps.append(Clamp.MAX_REPLICAS)
-            return finish(current, Reason.AT_MAX, recommended)
-        return finish(desired, reason, recommended)
-
-    # 4b. Scale-down: stabilization, rate limit, GPU veto, never on a failed scrape.
-    if desired < current:
-        horizon = now - policy.scale_down_stabilization_s
-        highest = max([r for t, r in state.recommendations if t > horizon] + [recommended])
-        if highest > desired:
-            desired = min(highest, current)
-            clamps.append(Clamp.STABILIZATION)
-        floor = math.floor(current / policy.scale_down_max_rate)
-        if desired < floor:
-            desired = floor
-            clamps.append(Clamp.SCALE_DOWN_RATE)
-        if ahead is not None and desired < min(ahead, current):
-            desired = min(ahead, current)
-            clamps.append(Clamp.TREND)
-        if desired < current and current - desired < max(
-            1.0, policy.scale_down_min_fraction * current
-        ):
-            desired = current
-            clamps.append(Clamp.HYSTERESIS)
-        if desired < current and desired < policy.min_replicas and current <= policy.min_replicas:
-            clamps.append(Clamp.MIN_REPLICAS)
-            return finish(current, Reason.AT_MIN, recommended)
-        if desired < current and not scraped:
-            clamps.append(Clamp.NO_DATA)
-            return finish(current, Reason.NO_DATA, recommended)
-        veto = policy.gpu_veto_utilization
-        if desired < current and veto is not None and gpu is not None and gpu >= veto:
-            clamps.append(Clamp.GPU_VETO)
-            return finish(current, Reason.GPU_VETO, recommended)
-        if desired == current:
-            held = Clamp.STABILIZATION in clamps and not {Clamp.TREND, Clamp.HYSTERESIS} & set(
-                clamps
-            )
-            return finish(current, Reason.STABILIZING if held else Reason.HOLD, recommended)
-        return finish(desired, Reason.SCALE_DOWN, recommended)
-    return finish(current, Reason.HOLD, recommended)
+    recommended, reason = _recommend(tick, stable, panic)
+    # 3. Look-ahead: not while replicas are starting (they are the capacity the trend asked
+    # for, and the backlog that builds while they start would extrapolate into an overshoot).
+    look = _look_ahead(tick, window, stable, panic)
+    ahead = look[0] if look is not None else None
+    on_the_way = replicas.starting + replicas.placing
+    if look is not None and look[1] and on_the_way == 0 and look[0] > max(recommended, current):
+        recommended, reason = look[0], Reason.EARLY_SCALE_UP
+    # 4. Limits on the way to the desired count.
+    if recommended > current:
+        return _scale_up(tick, recommended, reason, recommended)
+    if recommended < current:
+        return _scale_down(tick, recommended, ahead, recommended)
+    return _finish(tick, current, Reason.HOLD, recommended)
 
 
 _UNITS = {
-    policy_.Metric.QUEUE_DEPTH: "requests queued or executing",
-    policy_.Metric.QUEUE_TIME: "ms queue time",
-    policy_.Metric.REQUEST_RATE: "requests per second",
+    api.ScalingMetric.QUEUE_DEPTH: "requests queued or executing",
+    api.ScalingMetric.QUEUE_TIME: "ms queue time",
+    api.ScalingMetric.REQUEST_RATE: "requests per second",
 }
 
 

@@ -1,42 +1,44 @@
-"""The scaling policy: every knob of the autoscaler, with defaults, in one frozen dataclass.
+"""The scaling policy: every knob of the autoscaler in one frozen dataclass.
 
-Owns: the names and defaults of the knobs and their validation. It does not decide anything;
-``decide.py`` reads a policy. The InferenceService spec maps onto these fields one to one.
+Owns: the engine's own knobs (windows, rates, trend fitting) with their defaults, and their
+validation. The knobs an InferenceService sets (bounds, metric, target, windows, veto,
+fallback) have no default here: ``from_spec`` takes them from ``api.ScalingSpec``, whose
+defaults are the ones the CRD publishes, so the operator, the simulator and the tests all run
+what a default InferenceService gets. It decides nothing; ``decide.py`` reads a policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
+from typing import Any
 
-
-class Metric(enum.StrEnum):
-    """Which per-replica signal drives the replica count."""
-
-    # Requests queued or executing per replica: Triton's pending-request gauge plus the requests
-    # executing (Little's law on the compute-time counters). Additive across pods, so the desired
-    # count is total / target, like Knative's concurrency.
-    QUEUE_DEPTH = "QueueDepth"
-    # Average time a request waits in the queue, in milliseconds. Not additive: the desired count
-    # is proportional (ready * value / target), like the HPA.
-    QUEUE_TIME = "QueueTime"
-    # Completed requests per second per replica. Additive.
-    REQUEST_RATE = "RequestRate"
+from kubeinfer.core import api
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScalingPolicy:
     """The autoscaler's knobs. Times are seconds; ``target`` is per replica in the metric's unit."""
 
-    min_replicas: int = 1
-    max_replicas: int = 10
-    metric: Metric = Metric.QUEUE_DEPTH
-    # Per replica: requests queued or executing (QueueDepth), milliseconds (QueueTime) or
-    # requests per second (RequestRate). `kubeinfer plan` suggests one from a profile.
-    target: float = 8.0
+    # From spec.scaling (api.ScalingSpec); see ``from_spec``.
+    min_replicas: int
+    max_replicas: int
+    # QueueDepth: requests queued or executing per replica, additive across pods (the desired
+    # count is total / target, like Knative's concurrency). QueueTime: mean milliseconds a
+    # request waits, not additive (ready * value / target, like the HPA). RequestRate:
+    # completed requests per second per replica, additive.
+    metric: api.ScalingMetric
+    target: float
+    stable_window_s: float
+    # Scale down only to the highest recommendation seen in this many seconds.
+    scale_down_stabilization_s: float
+    # GPU utilization (0..1) at or above which scale-down is vetoed. Never drives scale-up.
+    gpu_veto_utilization: float | None
+    # Replicas to hold at least after this many consecutive failed scrapes; None: just hold.
+    fallback_replicas: int | None
+
+    # The engine's own knobs.
     # Relative deviation from the target that is ignored, so noise does not move replicas.
     tolerance: float = 0.1
-    stable_window_s: float = 60.0
     panic_window_s: float = 6.0
     # Enter panic mode when the panic window wants this multiple of the capacity we have.
     panic_threshold: float = 2.0
@@ -45,14 +47,10 @@ class ScalingPolicy:
     scale_up_max_step: int = 4
     # Scale-down limit per decision: at most current / rate replicas remain (2.0 halves).
     scale_down_max_rate: float = 2.0
-    # Scale down only to the highest recommendation seen in this many seconds.
-    scale_down_stabilization_s: float = 120.0
     # Hysteresis: scale down only when the count would drop by at least this fraction of the
     # current count (always allowed by one replica). A load that falls gradually then moves in a
     # few larger steps instead of one replica per tick.
     scale_down_min_fraction: float = 0.2
-    # GPU utilization (0..1) at or above which scale-down is vetoed. Never drives scale-up.
-    gpu_veto_utilization: float | None = 0.8
     # Cold start (pod created -> Ready) assumed until one has been measured.
     cold_start_default_s: float = 60.0
     # Scale ahead of a rising trend by the cold-start horizon.
@@ -62,8 +60,6 @@ class ScalingPolicy:
     trend_window_s: float = 30.0
     trend_min_r2: float = 0.6
     trend_min_coverage: float = 0.5
-    # Replicas to hold at least after this many consecutive failed scrapes; None: just hold.
-    fallback_replicas: int | None = None
     failures_before_fallback: int = 5
     scrape_interval_s: float = 2.0
 
@@ -71,6 +67,23 @@ class ScalingPolicy:
         problems = validate(self)
         if problems:
             raise ValueError("invalid scaling policy: " + "; ".join(problems))
+
+
+def from_spec(spec: api.ScalingSpec | None = None, **overrides: Any) -> ScalingPolicy:
+    """The policy an InferenceService's ``spec.scaling`` asks for (a default one when None);
+    ``overrides`` replace any knob (benchmarks and tests)."""
+    spec = spec if spec is not None else api.ScalingSpec()
+    knobs: dict[str, Any] = {
+        "min_replicas": spec.min_replicas,
+        "max_replicas": spec.max_replicas,
+        "metric": spec.metric,
+        "target": spec.target,
+        "stable_window_s": float(spec.stable_window_seconds),
+        "scale_down_stabilization_s": float(spec.scale_down_delay_seconds),
+        "gpu_veto_utilization": spec.gpu_utilization_veto,
+        "fallback_replicas": spec.fallback_replicas,
+    }
+    return ScalingPolicy(**{**knobs, **overrides})
 
 
 def validate(policy: ScalingPolicy) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from kubeinfer.core.scaling import policy as policy_
+from kubeinfer.core import api
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,11 +55,11 @@ class TickSample:
     queue_time_ms: float | None
     gpu_utilization: float | None
 
-    def value(self, metric: policy_.Metric) -> float | None:
+    def value(self, metric: api.ScalingMetric) -> float | None:
         """The value the windows keep for a metric: a total, or the mean queue time."""
-        if metric is policy_.Metric.QUEUE_DEPTH:
+        if metric is api.ScalingMetric.QUEUE_DEPTH:
             return self.queue_depth_total
-        if metric is policy_.Metric.REQUEST_RATE:
+        if metric is api.ScalingMetric.REQUEST_RATE:
             return self.request_rate_total
         return self.queue_time_ms
 

@@ -1,8 +1,9 @@
-"""What the autoscaler remembers between decisions, and the decision records status shows.
+"""What the autoscaler remembers between decisions, and which decisions status keeps.
 
-Owns: ``ScalerState`` (persisted by the engine so an operator restart causes no scale-down),
-``DecisionRecord`` and the bounded history of the last decisions. Plain JSON via
-``to_dict``/``from_dict`` with camelCase keys, matching the status conventions.
+Owns: ``ScalerState`` (persisted by the engine so an operator restart causes no scale-down;
+plain JSON via ``to_dict``/``from_dict`` with camelCase keys, matching the status conventions)
+and the rule for the bounded history of decisions in status (``api.DecisionRecord``, the type
+the CRD publishes, is the one record type).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-HISTORY_LIMIT = 10
+from kubeinfer.core import api
 
 
 def _opt_float(value: Any) -> float | None:
@@ -55,50 +56,17 @@ class ScalerState:
         )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DecisionRecord:
-    """One decision as status reports it: when, from what, to what, and why."""
-
-    time: float
-    current: int
-    desired: int
-    reason: str
-    clamps: tuple[str, ...]
-    inputs: dict[str, Any]
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "current": self.current,
-            "desired": self.desired,
-            "reason": self.reason,
-            "clamps": list(self.clamps),
-            "inputs": dict(self.inputs),
-            "message": self.message,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DecisionRecord:
-        return cls(
-            time=float(data["time"]),
-            current=int(data["current"]),
-            desired=int(data["desired"]),
-            reason=str(data["reason"]),
-            clamps=tuple(str(c) for c in data.get("clamps", [])),
-            inputs=dict(data.get("inputs", {})),
-            message=str(data.get("message", "")),
-        )
-
-
 def append_history(
-    history: tuple[DecisionRecord, ...], record: DecisionRecord, *, limit: int = HISTORY_LIMIT
-) -> tuple[DecisionRecord, ...]:
+    history: tuple[api.DecisionRecord, ...],
+    record: api.DecisionRecord,
+    *,
+    limit: int = api.DECISION_HISTORY,
+) -> tuple[api.DecisionRecord, ...]:
     """The history with ``record`` appended, keeping the newest ``limit`` records."""
     return (*history, record)[-limit:] if limit > 0 else ()
 
 
-def is_news(history: tuple[DecisionRecord, ...], record: DecisionRecord) -> bool:
+def is_news(history: tuple[api.DecisionRecord, ...], record: api.DecisionRecord) -> bool:
     """Whether a record belongs in the history: a scale, or a reason unlike the last one.
 
     Steady holds every tick would push the decisions that explain the replica count out of a

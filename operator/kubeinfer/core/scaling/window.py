@@ -12,12 +12,13 @@ import dataclasses
 import math
 from typing import Any
 
+from kubeinfer.core import api
 from kubeinfer.core.scaling import policy as policy_
 from kubeinfer.core.scaling import signals
 
 # The series a window keeps: one per metric, plus GPU utilization for the scale-down veto.
 GPU = "GPUUtilization"
-SERIES: tuple[str, ...] = (*(m.value for m in policy_.Metric), GPU)
+SERIES: tuple[str, ...] = (*(m.value for m in api.ScalingMetric), GPU)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,7 +48,7 @@ class SignalWindow:
     def record(self, *, sample: signals.TickSample) -> None:
         """Add a tick's sample at its own time and forget buckets older than the window."""
         bucket = self.buckets.setdefault(self._index(sample.time), {})
-        values = {m.value: sample.value(m) for m in policy_.Metric}
+        values = {m.value: sample.value(m) for m in api.ScalingMetric}
         values[GPU] = sample.gpu_utilization
         for name, value in values.items():
             if value is None:
@@ -101,22 +102,46 @@ class SignalWindow:
         r2 = cov * cov / (var_t * var_v) if var_v > 0 else 0.0
         return Trend(slope_per_s=slope, r2=r2, points=n)
 
-    def to_dict(self) -> dict[str, Any]:
+    def copy(self) -> SignalWindow:
+        return SignalWindow(
+            length_s=self.length_s,
+            granularity_s=self.granularity_s,
+            buckets={index: dict(bucket) for index, bucket in self.buckets.items()},
+        )
+
+    def to_dict(self, *, max_buckets: int | None = None) -> dict[str, Any]:
+        """JSON for status. With ``max_buckets``, runs of ``coarse`` consecutive buckets are
+        merged so that a long window (an hour of 2 s buckets) still fits in the status field;
+        ``from_dict`` spreads each merged bucket's mean back over its run, so averages over a
+        span keep weighing time as before."""
+        coarse = 1
+        if max_buckets is not None and len(self.buckets) > max_buckets:
+            span = max(self.buckets) - min(self.buckets) + 1
+            coarse = math.ceil(span / max_buckets)
+        merged: dict[int, dict[str, tuple[float, int]]] = {}
+        for index, bucket in sorted(self.buckets.items()):
+            target = merged.setdefault(index - index % coarse, {})
+            for name, (total, count) in bucket.items():
+                old_total, old_count = target.get(name, (0.0, 0))
+                target[name] = (old_total + total, old_count + count)
         return {
             "lengthS": self.length_s,
             "granularityS": self.granularity_s,
+            "coarse": coarse,
             "buckets": {
-                str(index): {name: [total, count] for name, (total, count) in bucket.items()}
-                for index, bucket in sorted(self.buckets.items())
+                str(index): {name: [round(total, 4), count] for name, (total, count) in b.items()}
+                for index, b in merged.items()
             },
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SignalWindow:
-        buckets = {
-            int(index): {str(name): (float(pair[0]), int(pair[1])) for name, pair in bucket.items()}
-            for index, bucket in data.get("buckets", {}).items()
-        }
+        coarse = int(data.get("coarse", 1))
+        buckets: dict[int, dict[str, tuple[float, int]]] = {}
+        for index, bucket in data.get("buckets", {}).items():
+            means = {str(name): float(pair[0]) / int(pair[1]) for name, pair in bucket.items()}
+            for fine in range(int(index), int(index) + coarse):
+                buckets[fine] = {name: (mean, 1) for name, mean in means.items()}
         return cls(
             length_s=float(data["lengthS"]),
             granularity_s=float(data["granularityS"]),

@@ -4,8 +4,9 @@ Owns: the accepted schemes and their syntax (``pvc://``, ``https://``, ``http://
 only, ``s3://``, ``file://``), and the pod-level consequences of each (a read-only claim mount,
 or an init container that runs ``storage-init``), as ``StoragePlan``.
 
-Pure: no I/O here, no boto3, no network. The pod builder in the pure core imports this module,
-so everything in it must stay cheap to import and deterministic.
+Pure: no I/O here, no boto3, no network. The pod builder, the API's validation (a storageUri
+the initializer would refuse is refused at admission) and the storage initializer all read
+this one grammar.
 """
 
 from __future__ import annotations

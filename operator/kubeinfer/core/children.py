@@ -1,0 +1,112 @@
+"""The reconciler's decisions about children, pure: which to apply, which to delete, and the
+replica count the reconciler enforces.
+
+Owns: the set of children an InferenceService wants (from the builders), the rule "apply only
+what differs" (``contains``: every field we set is already live with the same value), and the
+replica rule (a Deployment created now starts at ``initial_replicas``; afterwards only bounds,
+``stopped`` and mode Off are enforced, so a scaled count survives any number of re-applies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from kubeinfer.core import api, builders
+from kubeinfer.core.config import OperatorConfig
+
+Key = tuple[str, str, str]  # (apiVersion, kind, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Child:
+    api_version: str
+    kind: str
+    name: str
+
+    @property
+    def key(self) -> Key:
+        return (self.api_version, self.kind, self.name)
+
+
+def key_of(manifest: Mapping[str, Any]) -> Key:
+    return (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    """The children an InferenceService should have, and those it should not."""
+
+    apply: list[dict[str, Any]]
+    absent: list[Child]
+    deployment_key: Key
+
+    def children(self) -> list[Key]:
+        """Every child this decision reads the live copy of."""
+        return [key_of(m) for m in self.apply] + [c.key for c in self.absent]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    apply: list[dict[str, Any]]
+    delete: list[Child]
+    creates_deployment: bool
+
+
+def build(
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+    config: OperatorConfig,
+) -> Wanted:
+    manifests = [
+        builders.build_config_map(owner, spec, runtime_name, runtime),
+        builders.build_deployment(owner, spec, runtime_name, runtime, config),
+        builders.build_service(owner, runtime_name, runtime),
+    ]
+    pdb = builders.build_pdb(owner, spec, runtime_name)
+    absent: list[Child] = []
+    name = builders.child_name(owner)
+    if pdb is not None:
+        manifests.append(pdb)
+    else:
+        absent.append(Child("policy/v1", "PodDisruptionBudget", name))
+    return Wanted(apply=manifests, absent=absent, deployment_key=("apps/v1", "Deployment", name))
+
+
+def differences(wanted: Wanted, live: Mapping[Key, dict[str, Any] | None]) -> Plan:
+    """What to write: children missing or differing from the live copy; unwanted ones present."""
+    changed = [m for m in wanted.apply if not contains(m, live.get(key_of(m)))]
+    return Plan(
+        apply=changed,
+        delete=[c for c in wanted.absent if live.get(c.key) is not None],
+        creates_deployment=live.get(wanted.deployment_key) is None,
+    )
+
+
+def contains(desired: Any, live: Any) -> bool:
+    """True when every field we set is already present in ``live`` with the same value."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(contains(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(contains(d, x) for d, x in zip(desired, live, strict=True))
+        )
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return bool(desired == live)
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return bool(float(desired) == float(live))
+    return str(desired) == str(live) if live is not None else desired is None
+
+
+def replicas(spec: api.InferenceServiceSpec, deployment: dict[str, Any], *, created: bool) -> int:
+    """The replicas the reconciler sets: the start count on creation, else the current count
+    kept inside what the spec allows (the autoscaler moves it within the bounds)."""
+    if created:
+        return builders.initial_replicas(spec)
+    current = int((deployment.get("spec") or {}).get("replicas") or 0)
+    return builders.clamp_replicas(spec, current)

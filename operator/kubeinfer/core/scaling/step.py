@@ -1,0 +1,67 @@
+"""One autoscaler tick, pure: what was observed + what is remembered -> a decision + memory.
+
+Owns the order of a tick's thinking: aggregate the pods that answered into the tick's sample,
+keep it in the window, learn the cold start from pod timestamps, then ``decide``. The operator's
+engine calls ``step`` between gathering (the store and the scrape) and acting (the scale
+subresource, status, Events); bench/autoscaling's simulator calls the same ``step`` with the
+same policy defaults, so the published numbers are what the operator does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from kubeinfer.core.scaling import cold_start, decide, policy, signals, state, window
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Observation:
+    """What the engine saw this tick."""
+
+    replicas: decide.Replicas
+    # One entry per Ready pod whose metrics answered; pods that failed are left out.
+    pods: Sequence[signals.PodSignals]
+    # (created, ready) timestamps of Ready pods, oldest first: the cold starts to learn from.
+    cold_starts: Sequence[tuple[float, float]] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Memory:
+    """What the autoscaler carries from tick to tick (and persists across restarts)."""
+
+    state: state.ScalerState
+    window: window.SignalWindow
+
+    @classmethod
+    def fresh(cls, pol: policy.ScalingPolicy) -> Memory:
+        return cls(state=state.ScalerState(), window=window.SignalWindow.for_policy(pol))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Step:
+    result: decide.ScaleResult
+    memory: Memory
+    # The tick's service-wide sample, None when no pod answered.
+    sample: signals.TickSample | None
+
+
+def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, now: float) -> Step:
+    """Decide at ``now``; the input memory is left as it was."""
+    sample = signals.aggregate(
+        pods=observation.pods, ready_replicas=observation.replicas.ready, now=now
+    )
+    win = memory.window.copy()
+    if sample is not None:
+        win.record(sample=sample)
+    win.prune(now=now)
+    learned = cold_start.learn(pairs=observation.cold_starts, previous_s=memory.state.cold_start_s)
+    result = decide.decide(
+        policy=pol,
+        window=win,
+        state=dataclasses.replace(memory.state, cold_start_s=learned),
+        now=now,
+        replicas=observation.replicas,
+        scraped=sample is not None,
+    )
+    return Step(result=result, memory=Memory(state=result.state, window=win), sample=sample)

@@ -1,0 +1,64 @@
+"""The periodic safety net: re-list everything into the store, then reconcile from memory.
+
+Owns: the full listing of every cached kind (informer-style replace; run at start-up and every
+minute), and the loop that follows each listing with a reconcile of every known service. A
+watch broken by an API server restart never reports the deletions it missed; this catches
+them. Not a kopf timer: kopf would add a finalizer to every InferenceService to stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kubeinfer.clients import kube
+from kubeinfer.clients.store import STORE
+from kubeinfer.core import api, builders
+from kubeinfer.handlers.state import OperatorState
+from kubeinfer.reconcilers import inferenceservice
+
+log = logging.getLogger("kubeinfer")
+INTERVAL_S = 60.0
+
+# What the store holds. Children carry our label; runtimes are cluster-scoped.
+CACHED_KINDS = [
+    (api.API_VERSION, "InferenceService", None),
+    (api.API_VERSION, "InferenceRuntime", None),
+    ("apps/v1", "Deployment", builders.LABEL_ISVC),
+    ("v1", "Service", builders.LABEL_ISVC),
+    ("v1", "ConfigMap", builders.LABEL_ISVC),
+    ("policy/v1", "PodDisruptionBudget", builders.LABEL_ISVC),
+    ("v1", "Pod", builders.LABEL_ISVC),
+]
+
+
+def relist(namespaces: tuple[str, ...]) -> None:
+    """Take a full listing of every cached kind into the store."""
+    for api_version, kind, selector in CACHED_KINDS:
+        items: list[dict[str, Any]] = []
+        newest: int | None = None
+        cluster_scoped = kind == "InferenceRuntime"
+        scopes: list[str | None] = [None] if cluster_scoped or not namespaces else list(namespaces)
+        for ns in scopes:
+            found, rv = kube.list_collection(api_version, kind, ns, selector)
+            items.extend(found)
+            # Several namespaces: the oldest listing bounds what may be dropped.
+            newest = rv if newest is None or rv is None else min(newest, rv)
+        STORE.replace(api_version, kind, items, newest)
+
+
+async def forever(state: OperatorState) -> None:
+    while True:
+        await asyncio.sleep(INTERVAL_S)
+        try:
+            await asyncio.to_thread(relist, state.config.namespaces)
+        except Exception:
+            log.warning("resync listing failed; the store keeps its last state", exc_info=True)
+        for namespace, name in sorted(state.known):
+            try:
+                await asyncio.to_thread(
+                    inferenceservice.reconcile_by_name, namespace, name, state.config
+                )
+            except Exception:  # one bad object must not stop the resync of the others
+                log.exception("resync of %s/%s failed", namespace, name)
