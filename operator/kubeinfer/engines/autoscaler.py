@@ -160,10 +160,10 @@ class Autoscaler:
         try:
             spec = api.parse_spec(isvc.get("spec") or {})
         except pydantic.ValidationError:
-            self._tracked.pop(key, None)
+            self.forget(key)
             return
         if spec.stopped or spec.scaling.mode is api.ScalingMode.OFF:
-            self._tracked.pop(key, None)
+            self.forget(key)
             return
         new_policy = policy_from_spec(spec.scaling)
         current = self._tracked.get(key)
@@ -191,7 +191,8 @@ class Autoscaler:
         )
 
     def forget(self, key: tuple[str, str]) -> None:
-        self._tracked.pop(key, None)
+        if self._tracked.pop(key, None) is not None:
+            telemetry.forget_service(namespace=key[0], name=key[1])
 
     def observe_pod(self, pod: dict[str, Any], *, deleted: bool) -> None:
         """Drop a deleted pod's last scrape so a reused name never yields a bogus delta."""
@@ -273,6 +274,10 @@ class Autoscaler:
         texts = await scrape.scrape_all(
             session, {p: (ip, port) for p, ip in ready.items()}, timeout_s=self.scrape_timeout_s
         )
+        if self._tracked.get(key) is not tracked:
+            # Forgotten while this tick awaited: reporting now would bring back the series
+            # forget() removed. Nothing below awaits until the metrics are reported.
+            return
         now = self.clock()
         pod_signals: list[signals.PodSignals] = []
         for pod, text in texts.items():
