@@ -29,7 +29,6 @@ def prometheus_tools() -> build.Prometheus:
 @pytest.fixture(scope="session")
 def chart_helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     """helm for `helm template` only: no cluster, no repositories."""
-    binary = build.ensure_tools(with_helm=True).helm
-    assert binary is not None
+    binary = build.build_helm(build.cache_root())
     home: pathlib.Path = tmp_path_factory.mktemp("helm-home")
     return Helm(binary, {"PATH": "/usr/bin:/bin"}, home)
