@@ -33,7 +33,7 @@ $(STAMP): $(DEPS)
 
 venv: $(STAMP)
 
-# Kubernetes, etcd, kwok, helm and kubeconform from the Go module proxy, cached under
+# Kubernetes, etcd, kwok, helm, kubeconform and Prometheus from the Go module proxy, cached under
 # $${KUBEINFER_CACHE:-~/.cache/kubeinfer}; a warm run takes well under a second.
 tools: venv
 	@command -v go >/dev/null || { echo "Go is required to build the local cluster: apt install golang (>= 1.24)"; exit 2; }

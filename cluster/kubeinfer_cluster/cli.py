@@ -46,6 +46,8 @@ def _env(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     build.ensure_tools(with_helm=True)
     build.build_kubeconform(build.cache_root())
+    # The monitoring tests' Prometheus and promtool (tests/integration/monitoring).
+    build.build_prometheus(build.cache_root())
     return 0
 
 

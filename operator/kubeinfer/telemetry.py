@@ -48,6 +48,17 @@ SCRAPE_FAILURES = Counter(
     ["namespace", "inferenceservice"],
 )
 
+# The series keyed by InferenceService. A gauge keeps its last value until it is removed, so a
+# deleted (or no longer autoscaled) service would stay on the dashboard and keep an alert such
+# as "waiting for GPU capacity" firing forever.
+PER_SERVICE = (SCALER_SIGNAL, SCALER_DESIRED, SCALER_DECISIONS, SCRAPE_FAILURES)
+
+
+def forget_service(*, namespace: str, name: str) -> None:
+    """Drop every series of one InferenceService (the autoscaler stopped tracking it)."""
+    for family in PER_SERVICE:
+        family.remove_by_labels({"namespace": namespace, "inferenceservice": name})
+
 
 @contextlib.contextmanager
 def reconcile_timer() -> Iterator[None]:

@@ -106,10 +106,10 @@ class Autoscaler:
         try:
             spec = api.parse_spec(isvc.get("spec") or {})
         except pydantic.ValidationError:
-            self._tracked.pop(key, None)
+            self.forget(key)
             return
         if spec.stopped or spec.scaling.mode is api.ScalingMode.OFF:
-            self._tracked.pop(key, None)
+            self.forget(key)
             return
         new_policy = policy.from_spec(spec.scaling)
         current = self._tracked.get(key)
@@ -138,7 +138,8 @@ class Autoscaler:
         )
 
     def forget(self, key: tuple[str, str]) -> None:
-        self._tracked.pop(key, None)
+        if self._tracked.pop(key, None) is not None:
+            telemetry.forget_service(namespace=key[0], name=key[1])
 
     def observe_pod(self, pod: dict[str, Any], *, deleted: bool) -> None:
         """Drop a deleted pod's last scrape so a reused name never yields a bogus delta."""
@@ -179,6 +180,10 @@ class Autoscaler:
         seen = await self.observe(session, tracked)
         if seen is None:
             return  # the reconciler has not created the Deployment yet
+        if self._tracked.get(key) is not tracked:
+            # Forgotten while this tick awaited: reporting now would bring back the series
+            # forget() removed. act() reports the metrics before it awaits anything.
+            return
         now = self.clock()
         out = step.step(tracked.policy, seen, tracked.memory, now)
         tracked.memory = out.memory
