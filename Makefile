@@ -42,7 +42,7 @@ tools: venv
 # Real Triton 2.51 (the nvidia-pytriton wheel) for the Triton tests, in its own virtualenv in
 # the same cache: its numpy<2 pin clashes with ours. About 300 MB once; a warm run is instant.
 triton: venv
-	$(PY) -m tests.triton_server install
+	$(PY) -m kubeinfer_cluster.triton.install install
 
 lint: venv
 	$(VENV)/bin/ruff check operator runtimes cluster tests bench examples
@@ -58,7 +58,7 @@ test-unit: venv
 test-integration: venv tools triton
 	$(PYTEST) tests/integration -q
 
-test-e2e: venv tools
+test-e2e: venv tools triton
 	$(PYTEST) tests/e2e -q
 
 test-reliability: venv tools

@@ -110,7 +110,9 @@ def quickstart(model_uri: str) -> str:
     spec = doc["spec"]
     spec["model"]["storageUri"] = model_uri
     spec["batching"] = {"maxBatchSize": 4}
-    spec["scaling"].update(stableWindowSeconds=12, scaleDownDelaySeconds=10)
+    # Off (one replica) while its capacity is measured: saturating it must not scale it yet.
+    spec["scaling"].update(stableWindowSeconds=12, scaleDownDelaySeconds=10, mode="Off")
+    spec["replicas"] = 1
     spec["podMetadata"] = {
         "labels": {plan.RUN_LABEL: "true"},
         "annotations": {plan.DEVICE_MS_ANNOTATION: "80"},
@@ -160,7 +162,8 @@ def main() -> int:
         print(
             "as applied here: the model is built on this machine (storageUri file://...), its\n"
             "pods run for real (label cluster.kubeinfer.io/run), each replica emulates a GPU\n"
-            "that runs a batch of up to 4 in 80 ms, and the windows are short (12 s / 10 s)."
+            "that runs a batch of up to 4 in 80 ms, the windows are short (12 s / 10 s), and\n"
+            "autoscaling starts Off (1 replica) until one replica's capacity is measured."
         )
         manifest = quickstart(scenario.model_uri(work))
         print(kubectl("apply", "-f", "-", stdin=manifest))
@@ -189,9 +192,30 @@ def main() -> int:
         with load.Endpoints(core, "default", f"{scenario.LABEL}=quickstart") as endpoints:
             [ip] = endpoints()
             print(f"ready: the server at {ip} answers; Ready turned True after its probe passed")
-            step("Measuring one replica's capacity (closed loop, 3 s)")
+            step("Measuring one replica's capacity (closed loop, 3 s; autoscaling still off)")
             capacity = load.run(load.measure_capacity(ip))
             print(f"one replica serves {capacity:.0f} requests/s")
+            print(
+                kubectl(
+                    "patch",
+                    "kisvc",
+                    "quickstart",
+                    "--type=merge",
+                    "-p",
+                    '{"spec": {"scaling": {"mode": "Auto"}}}',
+                ),
+                end="",
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                obj = custom.get_namespaced_custom_object(
+                    "kubeinfer.io", "v1alpha1", "default", "inferenceservices", "quickstart"
+                )
+                auto = (obj.get("status") or {}).get("autoscaler") or {}
+                if auto.get("signals", {}).get("scraped"):
+                    break
+                time.sleep(0.5)
+            print("autoscaling on: the autoscaler scrapes the replica every 2 s")
 
             def replicas() -> tuple[int, int]:
                 dep = apps.read_namespaced_deployment("quickstart-predictor", "default")

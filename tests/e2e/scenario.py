@@ -22,6 +22,8 @@ import yaml
 
 from kubeinfer_cluster.kubelet import plan
 from tests.conftest import ClusterHandle
+from tests.e2e import load
+from tests.waiting import wait_for
 
 RUNTIME_TESTS = pathlib.Path(__file__).resolve().parents[1] / "integration" / "runtime"
 if str(RUNTIME_TESTS) not in sys.path:
@@ -49,6 +51,7 @@ def manifest(
     device_ms: float,
     scaling: dict[str, Any],
     cold_start: str = "2s",
+    mode: str = "Auto",
 ) -> str:
     return yaml.safe_dump(
         {
@@ -60,7 +63,9 @@ def manifest(
                 "runtime": "onnxruntime",
                 "gpu": {"count": gpus},
                 "batching": {"maxBatchSize": max_batch},
-                "scaling": scaling,
+                "scaling": {**scaling, "mode": mode},
+                # What mode Off runs: measure_then_autoscale measures it, then switches Auto on.
+                "replicas": scaling.get("minReplicas", 1),
                 "podMetadata": {
                     "labels": {plan.RUN_LABEL: "true"},
                     "annotations": {
@@ -72,6 +77,25 @@ def manifest(
             },
         }
     )
+
+
+def measure_then_autoscale(
+    cluster: ClusterHandle, namespace: str, name: str, ip: str, *, concurrency: int = 16
+) -> float:
+    """One replica's capacity, measured while the autoscaler is off (``manifest(mode="Off")``:
+    saturating the replica must not scale it before the step), then autoscaling switched on;
+    returns once the autoscaler has scraped the service."""
+    capacity = float(load.run(load.measure_capacity(ip, concurrency=concurrency)))
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"scaling": {"mode": "Auto"}}}
+    )
+
+    def scraped() -> bool:
+        auto = (get(cluster, namespace, name).get("status") or {}).get("autoscaler") or {}
+        return bool(auto.get("signals", {}).get("scraped"))
+
+    wait_for(scraped, 60, f"the autoscaler scraping {name}")
+    return capacity
 
 
 def apply(cluster: ClusterHandle, namespace: str, text: str) -> None:

@@ -28,15 +28,23 @@ COLD_START_ANNOTATION = "kubeinfer.io/simulated-cold-start"
 # An emulated accelerator: every model execution of kubeinfer's ONNX server takes this long
 # (its --emulate-device-ms), so one replica serves a known rate whatever the host's speed.
 DEVICE_MS_ANNOTATION = "cluster.kubeinfer.io/device-ms"
+# How Triton's stand-in model learns the emulated device time (triton/host.py passes it on).
+DEVICE_MS_ENV = "KUBEINFER_EMULATE_DEVICE_MS"
 
 # Container entrypoint -> the host command that is that program. Images name their default
 # entrypoint in IMAGE_ENTRYPOINTS; a container's own `command[0]` wins.
 HOST_COMMANDS: dict[str, list[str]] = {
     "kubeinfer": [sys.executable, "-m", "kubeinfer.cli"],
     "kubeinfer-onnx-server": [sys.executable, "-m", "kubeinfer_onnx.server"],
+    # Real Triton 2.51 (the pytriton wheel) with the CPU stand-in: triton/host.py.
+    "tritonserver": [sys.executable, "-m", "kubeinfer_cluster.triton.host"],
 }
 # The last path element of an image repository -> its ENTRYPOINT (docker/*.Dockerfile).
-IMAGE_ENTRYPOINTS = {"operator": "kubeinfer", "onnx-server": "kubeinfer-onnx-server"}
+IMAGE_ENTRYPOINTS = {
+    "operator": "kubeinfer",
+    "onnx-server": "kubeinfer-onnx-server",
+    "tritonserver": "tritonserver",
+}
 
 
 class Unsupported(ValueError):
@@ -243,9 +251,13 @@ def container_plan(
     env.setdefault("TMPDIR", str(tmp))
     args = [expand(str(a), env) for a in [*command_args, *(container.get("args") or [])]]
     argv = host + [rewrite_arg(a, table, ip) for a in args]
+    # What a kubelet's downward API would give a container that asked: the pod's IP.
+    env.setdefault("POD_IP", ip)
     device_ms = annotations.get(DEVICE_MS_ANNOTATION)
     if device_ms and host == HOST_COMMANDS["kubeinfer-onnx-server"]:
         argv.append(f"--emulate-device-ms={float(device_ms):g}")
+    elif device_ms and host == HOST_COMMANDS["tritonserver"]:
+        env[DEVICE_MS_ENV] = f"{float(device_ms):g}"
     pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
     return ContainerPlan(
         name=name,

@@ -39,6 +39,7 @@ def test_scales_up_under_load_and_back_down(
             gpus=1,
             max_batch=MAX_BATCH,
             device_ms=DEVICE_MS,
+            mode="Off",
             scaling={
                 "minReplicas": 1,
                 "maxReplicas": 4,
@@ -63,8 +64,7 @@ def test_scales_up_under_load_and_back_down(
         [ip] = ready
         with urllib.request.urlopen(f"http://{ip}:8000/v2/health/ready", timeout=2) as resp:
             assert resp.status == 200
-        capacity = load.run(load.measure_capacity(ip))
-        assert capacity > 0
+        capacity = scenario.measure_then_autoscale(cluster, namespace, "auto", ip)
         result = load.LoadResult()
         with scenario.Recorder(cluster, namespace, "auto") as recorder:
             thread = threading.Thread(

@@ -39,6 +39,7 @@ def test_gpu_exhaustion_is_reported_and_blocks_runaway_scale_up(
             gpus=8,
             max_batch=1,
             device_ms=DEVICE_MS,
+            mode="Off",
             scaling={
                 "minReplicas": 1,
                 "maxReplicas": 40,
@@ -51,7 +52,7 @@ def test_gpu_exhaustion_is_reported_and_blocks_runaway_scale_up(
     )
     with load.Endpoints(cluster.core, namespace, f"{scenario.LABEL}=greedy") as endpoints:
         [ip] = wait_for(lambda: endpoints(), 90, "the first replica Ready")
-        capacity = load.run(load.measure_capacity(ip, concurrency=4))
+        capacity = scenario.measure_then_autoscale(cluster, namespace, "greedy", ip, concurrency=4)
         result = load.LoadResult()
         with scenario.Recorder(cluster, namespace, "greedy") as recorder:
             thread = threading.Thread(

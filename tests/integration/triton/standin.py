@@ -15,64 +15,23 @@ kubeinfer's configs - and nothing more - plus the stand-in models it serves.
 from __future__ import annotations
 
 import pathlib
-import shutil
 
 import numpy as np
 import onnx
-from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
-from tritonclient.grpc import model_config_pb2
 
 from kubeinfer.core import api
+from kubeinfer_cluster.triton import standin
 from tests.integration.runtime import runtime_models
 
-STANDIN_MODEL = pathlib.Path(__file__).with_name("standin_model.py")
-# Platforms whose backend the pytriton wheel lacks; the stand-in serves them instead.
-SWAPPED_PLATFORMS = {"onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch"}
+STANDIN_MODEL = standin.STANDIN_MODEL
+swap_for_cpu_standin = standin.swap_for_cpu_standin
+install_standin_code = standin.install_standin_code
 VOCABULARY = 1000  # ids a stand-in with an INT64 input accepts
 
 # kubelet: the last 80 lines or 2048 bytes of the log, whichever is smaller.
 _TERMINATION_LINES = 80
 _TERMINATION_BYTES = 2048
-
-
-def swap_for_cpu_standin(text: str) -> str:
-    """``text`` with the platform and the GPU kind swapped, rendered by Triton's proto."""
-    original = text_format.Parse(text, model_config_pb2.ModelConfig())
-    swapped = model_config_pb2.ModelConfig()
-    swapped.CopyFrom(original)
-    if swapped.platform in SWAPPED_PLATFORMS:
-        swapped.ClearField("platform")
-        swapped.backend = "python"
-    for group in swapped.instance_group:
-        if group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU:
-            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-            del group.gpus[:]
-    _assert_only_swapped(original, swapped)
-    return str(text_format.MessageToString(swapped))
-
-
-def _assert_only_swapped(
-    original: model_config_pb2.ModelConfig, swapped: model_config_pb2.ModelConfig
-) -> None:
-    def without_swapped_fields(config: model_config_pb2.ModelConfig) -> bytes:
-        copy = model_config_pb2.ModelConfig()
-        copy.CopyFrom(config)
-        copy.ClearField("platform")
-        copy.ClearField("backend")
-        for group in copy.instance_group:
-            group.ClearField("kind")
-            del group.gpus[:]
-        return bytes(copy.SerializeToString(deterministic=True))
-
-    assert without_swapped_fields(original) == without_swapped_fields(swapped), (
-        "the stand-in swap changed more than platform/backend and the instance kind"
-    )
-
-
-def install_standin_code(version_dir: pathlib.Path) -> None:
-    """Put the stand-in's model.py beside a model file it serves (a swapped platform)."""
-    shutil.copyfile(STANDIN_MODEL, version_dir / "model.py")
 
 
 def build_standin_onnx(model: api.ModelSpec, path: pathlib.Path) -> pathlib.Path:

@@ -5,14 +5,16 @@ It runs onnxruntime on the one model file in its version directory (``model.onnx
 ``model.plan``, ``model.pt``: the tests store an ONNX graph under the name the real backend
 would open), on the whole batch Triton's dynamic batcher hands it, and fills a config with no
 inputs or outputs from the ONNX graph - what the ONNX Runtime and TensorRT backends do when
-they auto-complete a config. Copied into ``<model>/<version>/model.py`` by the tests; it runs
-inside Triton's python backend, in the Triton virtualenv (numpy<2), not in the project's.
+they auto-complete a config. Copied into ``<model>/<version>/model.py`` (by the tests and the
+local kubelet); it runs inside Triton's python backend, in the Triton virtualenv (numpy<2), not
+in the project's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -86,8 +88,18 @@ class TritonPythonModel:
         self.batching = config["max_batch_size"] > 0
         self.inputs = [t.name for t in self.session.get_inputs()]
         self.outputs = [t.name for t in self.session.get_outputs()]
+        self.device_s = float(os.environ.get("KUBEINFER_EMULATE_DEVICE_MS") or 0) / 1000.0
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        started = time.monotonic()
+        try:
+            return self._execute(requests)
+        finally:
+            # An emulated GPU (the local cluster's device-ms annotation): an execution takes at
+            # least this long, however fast the host's CPU ran it.
+            time.sleep(max(0.0, started + self.device_s - time.monotonic()))
+
+    def _execute(self, requests: list[Any]) -> list[Any]:
         feeds = [
             {n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs}
             for r in requests
