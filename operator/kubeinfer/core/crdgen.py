@@ -17,10 +17,13 @@ from typing import Any
 import pydantic
 import yaml
 
-from kubeinfer.core import api
+from kubeinfer.core import api, chartgen
 
-CRD_DIR = pathlib.Path(__file__).resolve().parents[3] / "crds"
-CHART_CRD_DIR = pathlib.Path(__file__).resolve().parents[3] / "charts" / "kubeinfer" / "crds"
+REPO = pathlib.Path(__file__).resolve().parents[3]
+CRD_DIR = REPO / "crds"
+CHART_CRD_DIR = REPO / "charts" / "kubeinfer" / "crds"
+RUNTIME_DIR = REPO / "runtimes" / "defaults"
+CHART = REPO / "charts" / "kubeinfer"
 
 _DROP = {"title", "discriminator"}
 
@@ -217,16 +220,36 @@ def render_all() -> str:
     return "---\n".join(render(c) for c in all_crds().values())
 
 
+def generated_files() -> dict[pathlib.Path, str]:
+    """Every file ``make crds`` writes, with its content: the CRDs (from the API models), and
+    what chartgen derives from VERSION and runtimes/defaults."""
+    version = (REPO / "VERSION").read_text().strip()
+    files = {
+        directory / name: render(crd)
+        for directory in (CRD_DIR, CHART_CRD_DIR)
+        for name, crd in all_crds().items()
+    }
+    defaults = {
+        path.stem: chartgen.stamp_runtime(path.read_text(), version)
+        for path in sorted(RUNTIME_DIR.glob("*.yaml"))
+    }
+    files.update({RUNTIME_DIR / f"{name}.yaml": text for name, text in defaults.items()})
+    files[CHART / "templates" / "runtimes.yaml"] = chartgen.runtimes_template(defaults)
+    chart_yaml = CHART / "Chart.yaml"
+    files[chart_yaml] = chartgen.stamp_chart(chart_yaml.read_text(), version)
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--write" not in argv:
         print(render_all(), end="")
         return 0
-    for directory in (CRD_DIR, CHART_CRD_DIR):
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, crd in all_crds().items():
-            (directory / name).write_text(render(crd))
-            print(f"wrote {directory / name}")
+    for path, text in generated_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path}")
     return 0
 
 

@@ -7,4 +7,7 @@ keeps the counters, `cache` and `quantize` are the optional extras, `server` wir
 `profile` is the offline model profiler behind `kubeinfer profile`.
 """
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+# The repository's VERSION, through the package's metadata.
+__version__ = importlib.metadata.version("kubeinfer-onnx")

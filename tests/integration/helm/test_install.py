@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterHandle
 from tests.integration.helm.conftest import CHART, Helm
-from tests.operator_process import OperatorProcess, install, python_env
+from tests.operator_process import REPO, OperatorProcess, install, python_env
 from tests.waiting import wait_for
 
 GROUP, VERSION = "kubeinfer.io", "v1alpha1"
@@ -169,7 +169,8 @@ def test_upgrade_changes_values(cluster: ClusterHandle, helm: Helm, release: str
     runtime = cluster.custom.get_cluster_custom_object(
         GROUP, VERSION, "inferenceruntimes", "onnxruntime"
     )
-    assert runtime["spec"]["image"] == "ghcr.io/kubeinfer/onnx-server:0.1.0"
+    version = (REPO / "VERSION").read_text().strip()
+    assert runtime["spec"]["image"] == f"ghcr.io/kubeinfer/onnx-server:{version}"
 
 
 # --- RBAC: the operator with the chart's identity -----------------------------------------
