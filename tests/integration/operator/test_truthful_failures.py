@@ -12,7 +12,7 @@ import json
 import pathlib
 from typing import Any
 
-import storage_servers  # the conftest beside this file put it on the path
+import storage_servers  # tests/integration/conftest.py put it on the path
 import yaml
 from kubernetes import client
 
