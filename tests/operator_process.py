@@ -13,6 +13,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.processes import die_with_parent
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -75,6 +77,7 @@ class OperatorProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

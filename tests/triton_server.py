@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 from kubeinfer_cluster.triton import install
+from tests.processes import die_with_parent
 from tests.waiting import wait_for
 
 Installation = install.Installation
@@ -72,7 +73,11 @@ class TritonProcess:
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command, env=found.env(), stdout=log, stderr=subprocess.STDOUT
+                self.command,
+                env=found.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
 
     @property

@@ -291,8 +291,16 @@ class ScalingSpec(_Model):
     stable_window_seconds: Annotated[int, Field(ge=6, le=3600)] = 60
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
     gpu_utilization_veto: Annotated[
-        float, Field(ge=0, le=1, description="GPU utilization above which scale-down is vetoed.")
-    ] = 0.8
+        float | None,
+        Field(
+            gt=0,
+            le=1,
+            description="GPU utilization (0-1) at or above which scale-down is vetoed. Off by "
+            "default: NVML utilization is the share of time a kernel runs, near 1 with dynamic "
+            "batching at a fraction of a replica's capacity, so a veto would hold replicas "
+            "long after the load left (bench/autoscaling measured 1.2-1.9x the cost).",
+        ),
+    ] = None
     fallback_replicas: Annotated[
         int | None,
         Field(ge=1, le=1000, description="Replicas to hold after repeated metric failures."),

@@ -81,22 +81,16 @@ def pod_signals(
     previous_time: float | None,
     current: RawScrape,
     current_time: float,
-) -> signals.PodSignals:
+) -> signals.PodSignals | None:
     """Turn two successive scrapes of one pod into its signals over the interval between them.
 
-    Without a previous scrape (the pod's first), only the gauges are known: rates read as zero
-    and queue time as None.
+    A pod's first scrape (no previous one) is only a baseline: None. Its gauges alone would
+    read as a pod executing nothing, and the first tick after an operator start (every pod's
+    first scrape) would then see the service idle and halve it.
     """
     interval = current_time - previous_time if previous_time is not None else 0.0
     if previous is None or interval <= 0:
-        return signals.PodSignals(
-            pod=pod,
-            pending_requests=current.pending_requests,
-            queue_time_us=None,
-            request_rate=0.0,
-            executing=0.0,
-            gpu_utilization=current.gpu_utilization,
-        )
+        return None
     completed = _delta(current.request_success, previous.request_success)
     failed = _delta(current.request_failure, previous.request_failure)
     queue_us = _delta(current.queue_duration_us, previous.queue_duration_us)

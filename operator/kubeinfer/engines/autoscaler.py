@@ -251,15 +251,15 @@ class Autoscaler:
                 telemetry.SCRAPE_FAILURES.labels(**labels).inc()
                 continue
             prev = tracked.previous.get(pod)
-            out.append(
-                metrics.pod_signals(
-                    pod=pod,
-                    previous=prev[0] if prev else None,
-                    previous_time=prev[1] if prev else None,
-                    current=raw,
-                    current_time=now,
-                )
+            signal = metrics.pod_signals(
+                pod=pod,
+                previous=prev[0] if prev else None,
+                previous_time=prev[1] if prev else None,
+                current=raw,
+                current_time=now,
             )
+            if signal is not None:  # None: the pod's first scrape, a baseline
+                out.append(signal)
             tracked.previous[pod] = (raw, now)
         for gone in set(tracked.previous) - set(texts):
             tracked.previous.pop(gone, None)

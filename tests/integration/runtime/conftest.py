@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import pytest
 import runtime_models
 
+from tests.processes import die_with_parent
+
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 RUNTIME_SRC = ROOT / "runtimes" / "onnxruntime"
 
@@ -106,6 +108,7 @@ def start_server(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env=env,
+        preexec_fn=die_with_parent,
     )
     server = Server(process, address, *ports, log_path)
     deadline = time.monotonic() + 60

@@ -184,12 +184,21 @@ CASES = [
         state=state.ScalerState(recommendations=((NOW - 130, 8),)),
     ),
     Case(
-        "GPU busy vetoes scale-down",
+        "GPU busy vetoes scale-down (when the veto is on)",
         [16.0] * 30,
         current=4,
         desired=4,
         reason=R.GPU_VETO,
         clamps=(C.GPU_VETO,),
+        gpu=0.9,
+        policy=make_policy(gpu_veto_utilization=0.8),
+    ),
+    Case(
+        "GPU busy does not hold replicas by default (the veto is off)",
+        [16.0] * 30,
+        current=4,
+        desired=2,
+        reason=R.SCALE_DOWN,
         gpu=0.9,
     ),
     Case(

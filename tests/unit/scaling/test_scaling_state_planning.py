@@ -189,7 +189,7 @@ def test_policy_defaults() -> None:
         p.panic_threshold,
         p.scrape_interval_s,
         p.gpu_veto_utilization,
-    ) == (api.ScalingMetric.QUEUE_DEPTH, 60.0, 6.0, 2.0, 2.0, 0.8)
+    ) == (api.ScalingMetric.QUEUE_DEPTH, 60.0, 6.0, 2.0, 2.0, None)
     assert (p.scale_down_min_fraction, p.trend_min_coverage) == (0.2, 0.5)
     # The knobs an InferenceService sets come from the API's defaults, not a copy of them.
     spec = api.ScalingSpec()
