@@ -17,6 +17,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -547,7 +548,7 @@ COLORS = {
 
 
 def _color(label: str) -> str:
-    return COLORS.get(label.split()[0].rstrip(","), "#ff7f0e")
+    return COLORS.get(re.split(r"[ #,]", label)[0], "#ff7f0e")
 
 
 def _plots(
@@ -596,7 +597,7 @@ def _plots(
     families = list(doc["results"])
     cols = 3
     rows_n = max(1, math.ceil(len(families) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3.4 * rows_n), dpi=72, squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3.3 * rows_n + 1.2), dpi=72, squeeze=False)
     key = f"{c:g}"
     for ax, f in zip(axes.flat, families, strict=False):
         grid_pts = points.get((f, c), {})
@@ -616,10 +617,11 @@ def _plots(
                 med["replicaSeconds"],
                 med["attainment"],
                 marker=marker,
-                s=70 if label == "kubeinfer" else 28,
+                s=90 if label == "kubeinfer" else 28,
                 color=_color(label),
-                edgecolors="black" if label.endswith("tuned") else "none",
+                edgecolors="black" if label.endswith("tuned") else None,
                 label=label if f == families[0] else None,
+                zorder=3,
             )
         ax.set_title(f, fontsize=9)
         ax.set_xlabel("replica-seconds", fontsize=8)
@@ -627,11 +629,11 @@ def _plots(
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(families) :]:
         ax.axis("off")
-    fig.legend(loc="lower center", ncol=6, fontsize=7)
+    fig.legend(loc="lower center", ncol=5, fontsize=7)
     fig.suptitle(
         f"SLO attainment vs replica-seconds, cold start {c:g} s (medians; grey dots: tuning grid)",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.1 + 0.1 / rows_n, 1, 0.97))
     fig.savefig(out / "attainment-vs-cost.png")
     plt.close(fig)

@@ -202,6 +202,71 @@ class View:
         return [(p.created, p.ready_at) for p in self._sim.ready]
 
 
+Chunk = tuple[float, float, float]  # (requests, wait of the first, wait of the last), seconds
+
+
+class FluidQueue:
+    """A FIFO of cohorts [a0, a1, n] (n requests arriving uniformly over [a0, a1]), served as a
+    fluid at a rate that is constant within a step.
+
+    A request arriving at a in [a0, a1] departs at D(a) = max(a, st + (a - a0) * rho), where st
+    is when the server can start on the cohort and rho = arrival rate / service rate, so its
+    wait D(a) - a is linear in a (clipped at 0). ``step`` returns the served part of each
+    cohort as a Chunk with the waits at its two ends.
+    """
+
+    def __init__(self) -> None:
+        self.cohorts: collections.deque[list[float]] = collections.deque()
+
+    def length(self) -> float:
+        return sum(c[2] for c in self.cohorts) if self.cohorts else 0.0
+
+    def step(
+        self, *, t: float, dt: float, arriving: float, cap: float, bound: float
+    ) -> tuple[list[Chunk], float, float]:
+        """Serve [t, t + dt] at ``cap`` req/s; (served chunks, served, rejected)."""
+        be = t + dt
+        queue = self.cohorts
+        if arriving > 0:
+            queue.append([t, be, arriving])
+        chunks: list[Chunk] = []
+        served = 0.0
+        s = t
+        while queue:
+            c = queue[0]
+            a0, a1, n = c
+            rho = n / (a1 - a0) / cap
+            st = s if s > a0 else a0
+            if st >= be:
+                break
+            end = st + n / cap
+            if end < a1:
+                end = a1
+            l0 = st - a0
+            if end <= be + 1e-12:
+                chunks.append((n, l0, l0 + (a1 - a0) * (rho - 1.0)))
+                served += n
+                s = end
+                queue.popleft()
+                continue
+            # Only the part departing by the step's end: D(a*) = be on the rising branch.
+            a_star = a0 + (be - st) / rho
+            m = n * (a_star - a0) / (a1 - a0)
+            chunks.append((m, l0, l0 + (a_star - a0) * (rho - 1.0)))
+            served += m
+            c[0], c[2] = a_star, n - m
+            break
+        # A full queue rejects the newest arrivals (only this step's: the rest were admitted).
+        rejected = 0.0
+        q1 = self.length()
+        if q1 > bound and queue and queue[-1][1] >= be - 1e-12:
+            rejected = min(q1 - bound, queue[-1][2])
+            queue[-1][2] -= rejected
+            if queue[-1][2] <= 1e-9:
+                queue.pop()
+        return chunks, served, rejected
+
+
 class Sim:
     """One run: a workload's arrivals, one scaler, one seed's cold starts."""
 
@@ -227,7 +292,7 @@ class Sim:
         self.pending: list[Pod] = []  # no GPU: oldest first
         self.starting: list[Pod] = []  # scheduled, not Ready
         self.ready: list[Pod] = []  # oldest Ready first
-        self.queue: collections.deque[list[float]] = collections.deque()
+        self.queue = FluidQueue()
         self.pp = [0.0] * 5
         self.pp_hist: list[tuple[float, ...]] = []
         self.inflight_cum = 0.0
@@ -312,54 +377,19 @@ class Sim:
         res = self.result
         res.requests += arriving
         r = len(self.ready)
-        q0 = sum(c[2] for c in self.queue) if self.queue else 0.0
+        q0 = self.queue.length()
         if r == 0:
             # No endpoint: every arrival fails at once; the queue (if any) waits.
             res.rejected += arriving
             self.lam_r = 0.0
             self.inflight_cum += q0 * dt
             return
-        cap = r * model.capacity_rps
-        be = t + dt
-        if arriving > 0:
-            self.queue.append([t, be, arriving])
-        queue = self.queue
-        chunks: list[tuple[float, float, float]] = []
-        served = 0.0
-        s = t
-        while queue:
-            c = queue[0]
-            a0, a1, n = c
-            rho = n / (a1 - a0) / cap
-            st = s if s > a0 else a0
-            if st >= be:
-                break
-            end = st + n / cap
-            if end < a1:
-                end = a1
-            l0 = st - a0
-            if end <= be + 1e-12:
-                chunks.append((n, l0, l0 + (a1 - a0) * (rho - 1.0)))
-                served += n
-                s = end
-                queue.popleft()
-                continue
-            a_star = a0 + (be - st) / rho
-            m = n * (a_star - a0) / (a1 - a0)
-            chunks.append((m, l0, l0 + (a_star - a0) * (rho - 1.0)))
-            served += m
-            c[0], c[2] = a_star, n - m
-            break
-        # A full queue rejects the newest arrivals (only this step's: the rest were admitted).
-        q1 = sum(c[2] for c in queue) if queue else 0.0
         bound = r * model.queue_per_replica if model.queue_per_replica > 0 else math.inf
-        if q1 > bound and queue and queue[-1][1] >= be - 1e-12:
-            drop = min(q1 - bound, queue[-1][2])
-            queue[-1][2] -= drop
-            res.rejected += drop
-            q1 -= drop
-            if queue[-1][2] <= 1e-9:
-                queue.pop()
+        chunks, served, rejected = self.queue.step(
+            t=t, dt=dt, arriving=arriving, cap=r * model.capacity_rps, bound=bound
+        )
+        res.rejected += rejected
+        q1 = self.queue.length()
         lam_r = served / (r * dt)
         if q1 > 1e-9:
             b, bs = float(model.max_batch), model.batch_latency(model.max_batch)
@@ -443,7 +473,7 @@ class Sim:
         self.pp_hist.append(tuple(self.pp))
         self.inflight_hist.append(self.inflight_cum)
         r = len(self.ready)
-        backlog = sum(c[2] for c in self.queue) / r if (self.queue and r) else 0.0
+        backlog = self.queue.length() / r if r else 0.0
         self.pending_hist.append((backlog, self.lam_r * self.batch_s))
         self.ready_hist.append(r)
 
