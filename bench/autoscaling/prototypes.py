@@ -158,10 +158,11 @@ class Prototype(engine.Kubeinfer):
 
 def headroom(proto: Prototype) -> float:
     """The 95th percentile, over the recent past, of max demand within a cold start / demand."""
-    ratios = [r for _, r in proto._ratios]
+    ratios = sorted(r for _, r in proto._ratios)
     if len(ratios) < 10:
         return 1.0
-    return max(1.0, float(np.quantile(ratios, HEADROOM_QUANTILE)))
+    # Nearest-rank percentile.
+    return max(1.0, ratios[max(0, math.ceil(HEADROOM_QUANTILE * len(ratios)) - 1)])
 
 
 def lookahead_demand(proto: Prototype, demand: float) -> float | None:
@@ -174,9 +175,13 @@ def lookahead_demand(proto: Prototype, demand: float) -> float | None:
     pts = [(t, v) for t, v in proto.demand if t > newest - span]
     if len(pts) < 5:
         return None
-    ts = np.array([t for t, _ in pts])
-    vs = np.array([v for _, v in pts])
-    slope = float(np.polyfit(ts - ts[-1], vs, 1)[0])
+    n = len(pts)
+    mean_t = sum(t for t, _ in pts) / n
+    mean_v = sum(v for _, v in pts) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in pts)
+    if var_t <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in pts) / var_t
     if slope <= 0:
         return None
     return demand + slope * horizon
