@@ -95,7 +95,9 @@ class ServiceModel:
         return lo
 
 
-def _steady_table(model: ServiceModel) -> tuple[tuple[float, ...], ...]:
+def _steady_table(
+    model: ServiceModel,
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     # Invert lam = b / s(b) on a grid of b; b / s(b) rises with b for any sane profile. Below
     # lam = 1 / s(1) the replica runs batches of one and is partly idle.
     bs = [1.0 + (model.max_batch - 1.0) * i / 63 for i in range(64)]

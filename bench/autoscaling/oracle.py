@@ -30,7 +30,7 @@ def need_per_second(
     padded = np.concatenate(([peak[0]], peak, [peak[-1]]))
     window = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
     need = np.ceil(window / (model.capacity_rps * UTILIZATION)).astype(int)
-    return np.clip(need, 1, gpus)
+    return np.asarray(np.clip(need, 1, gpus), dtype=int)
 
 
 def schedule(need: np.ndarray, *, lead_s: float) -> np.ndarray:

@@ -130,6 +130,7 @@ class HPA:
             return None
         pending, executing, with_rate, gauge_only = seen
         current = view.spec
+        rec: int | None
         if self.external:
             # sum() over pod series: a pod without a rate yet adds only its gauge.
             total = (pending + executing) * with_rate + pending * gauge_only

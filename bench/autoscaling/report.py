@@ -110,15 +110,15 @@ def build(
                 if fam != f or cold != c:
                     continue
                 seeds = sorted(by_seed)
-                rows = [by_seed[s] for s in seeds]
+                summaries = [by_seed[s] for s in seeds]
                 block[label] = {
                     "seeds": len(seeds),
-                    "median": _medians(rows),
+                    "median": _medians(summaries),
                     "perSeed": {
                         "seed": seeds,
-                        "sloMisses": [r["sloMisses"] for r in rows],
-                        "replicaSeconds": [r["replicaSeconds"] for r in rows],
-                        "attainment": [r["attainment"] for r in rows],
+                        "sloMisses": [r["sloMisses"] for r in summaries],
+                        "replicaSeconds": [r["replicaSeconds"] for r in summaries],
+                        "attainment": [r["attainment"] for r in summaries],
                     },
                 }
             results[f][key] = block

@@ -51,7 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prototype-seeds",
         type=int,
-        default=10,
+        default=8,
         help="evaluation seeds the prototypes and the Triton-GPU variant run on",
     )
     p.add_argument("--workloads", default=",".join(workloads.FAMILIES), help="comma-separated")
@@ -83,9 +83,12 @@ def _tune(task: tuple[str, float, int]) -> tuple[str, float, int, dict[str, dict
     return family, cold, seed, out
 
 
+Row = tuple[str, dict[str, float], dict[str, list[float]], dict[str, object]]
+
+
 def _evaluate(
     task: tuple[str, float, int, list[ScalerSpec], bool],
-) -> tuple[str, float, int, list[tuple[str, dict[str, float], dict[str, list[float]], dict]]]:
+) -> tuple[str, float, int, list[Row]]:
     family, cold, seed, specs, record = task
     case = Case(family, seed, cold)
     rows = []
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         tuned: dict[tuple[str, float], list[dict[str, dict[str, float]]]] = collections.defaultdict(
             list
         )
-        for done, (family, cold, _, out) in enumerate(pool.imap_unordered(_tune, tasks), 1):
-            tuned[(family, cold)].append(out)
+        for done, (family, cold, _, runs) in enumerate(pool.imap_unordered(_tune, tasks), 1):
+            tuned[(family, cold)].append(runs)
             print(f"\rtuning {done}/{len(tasks)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         points = {key: tuning.medians(runs) for key, runs in sorted(tuned.items())}
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 for s in eval_seeds:
                     specs = eval_specs(choices[(f, c)][0], extras=s <= args.prototype_seeds)
                     etasks.append((f, c, s, specs, s == eval_seeds[0] and c == headline))
-        evaluated: list[tuple[str, float, int, list]] = []
+        evaluated: list[tuple[str, float, int, list[Row]]] = []
         for done, item in enumerate(pool.imap_unordered(_evaluate, etasks), 1):
             evaluated.append(item)
             print(f"\revaluating {done}/{len(etasks)}", end="", file=sys.stderr, flush=True)

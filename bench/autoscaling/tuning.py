@@ -36,7 +36,8 @@ def tuning_specs() -> list[ScalerSpec]:
     """Every grid point of every peer, plus kubeinfer (for the budget) and the oracle."""
     specs = [ScalerSpec("kubeinfer", "kubeinfer"), ScalerSpec("oracle", "oracle")]
     for kind in KINDS:
-        for i, config in enumerate(grid(kind)):
+        configs: list[peers.HPAConfig | peers.KPAConfig] = list(grid(kind))
+        for i, config in enumerate(configs):
             specs.append(ScalerSpec(f"{kind}#{i}", kind, config))
     return specs
 

@@ -45,7 +45,7 @@ class Workload:
         """Per-second offered rate for ``seed`` (requests/s), deterministic."""
         rng = np.random.default_rng([_name_key(self.name), seed, 1])
         out = self.rates_fn(rng, self.duration_s)
-        return np.maximum(out.astype(float), 0.0)
+        return np.asarray(np.maximum(out.astype(float), 0.0), dtype=float)
 
 
 def _name_key(name: str) -> int:
@@ -58,7 +58,7 @@ def arrivals(rates: np.ndarray, *, dt: float, seed: int, name: str) -> np.ndarra
     rng = np.random.default_rng([_name_key(name), seed, 2])
     steps_per_s = round(1.0 / dt)
     per_step = np.repeat(rates, steps_per_s) * dt
-    return rng.poisson(per_step).astype(float)
+    return np.asarray(rng.poisson(per_step), dtype=float)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -73,7 +73,7 @@ def gamma_modulation(
     k = 1.0 / (cv * cv)
     points = rng.gamma(k, 1.0 / k, size=n // every_s + 2)
     t = np.arange(n) / every_s
-    return np.interp(t, np.arange(points.size), points)
+    return np.asarray(np.interp(t, np.arange(points.size), points), dtype=float)
 
 
 def rate_cv_from_iat_cv(iat_cv: float) -> float:
@@ -87,7 +87,7 @@ def hourly_shape(rng: np.random.Generator, n: int, hours: tuple[float, ...]) -> 
     del rng
     t = np.arange(n) * len(hours) / n
     looped = np.array((*hours, hours[0]))
-    return np.interp(t, np.arange(looped.size), looped)
+    return np.asarray(np.interp(t, np.arange(looped.size), looped), dtype=float)
 
 
 def _jitter(rng: np.random.Generator, at: float, spread: float = 30.0) -> float:
@@ -101,14 +101,14 @@ def _jitter(rng: np.random.Generator, at: float, spread: float = 30.0) -> float:
 def _step(rng: np.random.Generator, n: int) -> np.ndarray:
     t = np.arange(n)
     up = _jitter(rng, 600)
-    return np.where((t >= up) & (t < up + 900), 9000.0, 3000.0)
+    return np.where((t >= up) & (t < up + 900), 9000.0, 3000.0).astype(float)
 
 
 def _ramp(rng: np.random.Generator, n: int) -> np.ndarray:
     t = np.arange(n, dtype=float)
     start = _jitter(rng, 600)
     knots = [0, start, start + 600, start + 900, start + 1500, n]
-    return np.interp(t, knots, [3000, 3000, 12000, 12000, 3000, 3000])
+    return np.asarray(np.interp(t, knots, [3000, 3000, 12000, 12000, 3000, 3000]), dtype=float)
 
 
 def _spike(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -123,14 +123,15 @@ def _spike(rng: np.random.Generator, n: int) -> np.ndarray:
 def _diurnal(rng: np.random.Generator, n: int) -> np.ndarray:
     t = np.arange(n, dtype=float)
     phase = float(rng.uniform(-0.05, 0.05))
-    return 2500.0 + 7500.0 * (1 - np.cos(2 * np.pi * (t / n + phase))) / 2
+    return np.asarray(2500.0 + 7500.0 * (1 - np.cos(2 * np.pi * (t / n + phase))) / 2)
 
 
 def _noisy(rng: np.random.Generator, n: int) -> np.ndarray:
     t = np.arange(n)
     up = _jitter(rng, 1200)
     level = np.where((t >= up) & (t < up + 900), 8000.0, 4000.0)
-    return level * gamma_modulation(rng, n, cv=0.2, every_s=10)
+    out: np.ndarray = level * gamma_modulation(rng, n, cv=0.2, every_s=10)
+    return out
 
 
 # ---------------------------------------------------------------------------- production-shaped
@@ -149,7 +150,8 @@ def _azure_functions(rng: np.random.Generator, n: int) -> np.ndarray:
     phase = float(rng.uniform(0, 1))
     daily = lo + (hi - lo) * (1 - np.cos(2 * np.pi * (t / n + phase))) / 2
     cv = rate_cv_from_iat_cv(AZURE_FUNCTIONS_IAT_CV)
-    return 4000.0 * daily * gamma_modulation(rng, n, cv=cv, every_s=60)
+    out: np.ndarray = 4000.0 * daily * gamma_modulation(rng, n, cv=cv, every_s=60)
+    return out
 
 
 # Patel et al., "Splitwise", ISCA 2024; the Azure LLM inference trace 2023, coding service
@@ -178,7 +180,10 @@ AZURE_LLM_2024_MINUTE_CV = 0.14
 def _azure_llm_2024(rng: np.random.Generator, n: int) -> np.ndarray:
     # One day compressed into the run (24x): the morning ramp (x7 in ~4 h) takes ~10 min.
     day = hourly_shape(rng, n, AZURE_LLM_2024_HOURS)
-    return 13000.0 * day * gamma_modulation(rng, n, cv=AZURE_LLM_2024_MINUTE_CV, every_s=60)
+    out: np.ndarray = (
+        13000.0 * day * gamma_modulation(rng, n, cv=AZURE_LLM_2024_MINUTE_CV, every_s=60)
+    )
+    return out
 
 
 # Wang et al., "BurstGPT", arXiv 2401.17644: request counts per hour of day, ChatGPT
@@ -197,7 +202,8 @@ BURSTGPT_IAT_CV = math.sqrt(1 / 0.5)
 def _burstgpt(rng: np.random.Generator, n: int) -> np.ndarray:
     day = hourly_shape(rng, n, BURSTGPT_HOURS)
     cv = rate_cv_from_iat_cv(BURSTGPT_IAT_CV)
-    return 12000.0 * day * gamma_modulation(rng, n, cv=cv, every_s=60)
+    out: np.ndarray = 12000.0 * day * gamma_modulation(rng, n, cv=cv, every_s=60)
+    return out
 
 
 SYNTHETIC = {
@@ -283,7 +289,7 @@ def from_csv(path: pathlib.Path) -> Workload:
 
     def rates(rng: np.random.Generator, n: int) -> np.ndarray:
         del rng
-        return np.interp(np.arange(n) + ts[0], ts, vs)
+        return np.asarray(np.interp(np.arange(n) + ts[0], ts, vs), dtype=float)
 
     name = f"trace:{path.name}"
     return Workload(name, duration, f"user trace {path}", str(path), rates)
