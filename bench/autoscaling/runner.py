@@ -117,6 +117,17 @@ def build(spec: ScalerSpec, case: Case) -> sim.Scaler:
 
 
 def run(case: Case, spec: ScalerSpec, *, record_series: bool = False) -> sim.RunResult:
+    result = run_with(
+        case, build(spec, case), gpu_metric=spec.gpu_metric, record_series=record_series
+    )
+    result.scaler = spec.label
+    return result
+
+
+def run_with(
+    case: Case, scaler: sim.Scaler, *, gpu_metric: str = "none", record_series: bool = False
+) -> sim.RunResult:
+    """Run an already built scaler on ``case``."""
     arr, factors, initial, _ = _inputs(case)
     s = _SETTINGS
     config = sim.SimConfig(
@@ -125,7 +136,7 @@ def run(case: Case, spec: ScalerSpec, *, record_series: bool = False) -> sim.Run
         gpus=s.gpus,
         min_replicas=s.min_replicas,
         max_replicas=s.max_replicas,
-        gpu_metric=spec.gpu_metric,
+        gpu_metric=gpu_metric,
         record_series=record_series,
     )
     runner = sim.Sim(
@@ -136,9 +147,7 @@ def run(case: Case, spec: ScalerSpec, *, record_series: bool = False) -> sim.Run
         initial_replicas=initial,
         warmup_steps=round(WARMUP_S / s.dt),
     )
-    scaler = build(spec, case)
     result = runner.run(scaler)
-    result.scaler = spec.label
     reasons = getattr(scaler, "reasons", None)
     if reasons:
         result.notes["reasons"] = dict(reasons)
