@@ -524,7 +524,7 @@ def write(
     plots: bool,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    (out / "results.json").write_text(json.dumps(_sanitize(doc), indent=1) + "\n")
     analysis_path = pathlib.Path(__file__).resolve().parent / "analysis.md"
     analysis = analysis_path.read_text() if analysis_path.exists() else ""
     (out / "RESULTS.md").write_text(markdown(doc, analysis))
@@ -532,10 +532,34 @@ def write(
         _plots(doc, out=out / "plots", evaluated=evaluated, points=points)
 
 
-def _json_default(value: Any) -> Any:
+def rewrite_markdown(out: pathlib.Path) -> None:
+    """RESULTS.md again from results.json and analysis.md (no simulation, plots kept)."""
+    doc = json.loads((out / "results.json").read_text(), parse_constant=float)
+    analysis_path = pathlib.Path(__file__).resolve().parent / "analysis.md"
+    analysis = analysis_path.read_text() if analysis_path.exists() else ""
+    (out / "RESULTS.md").write_text(markdown(_revive(doc), analysis))
+
+
+def _revive(value: Any) -> Any:
+    # results.json writes infinite ratios as the string "inf".
+    if value == "inf":
+        return math.inf
+    if isinstance(value, dict):
+        return {k: _revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revive(v) for v in value]
+    return value
+
+
+def _sanitize(value: Any) -> Any:
+    # Standard JSON has no Infinity: an infinite ratio (x / 0) is written as "inf".
     if isinstance(value, float) and math.isinf(value):
         return "inf"
-    raise TypeError(type(value))
+    if isinstance(value, dict):
+        return {k: _sanitize(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitize(v) for v in value]
+    return value
 
 
 COLORS = {

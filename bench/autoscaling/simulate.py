@@ -65,6 +65,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dt", type=float, default=0.25, help="simulation step, seconds")
     p.add_argument("--out", default=str(HERE), help="directory for results and plots")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite RESULTS.md from the results.json in --out (after editing analysis.md)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.tuning_seeds, args.prototype_seeds = 3, 1, 3
@@ -122,6 +127,9 @@ def eval_specs(choice: dict[str, tuning.Choice], *, extras: bool) -> list[Scaler
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.report_only:
+        report.rewrite_markdown(pathlib.Path(args.out))
+        return 0
     started = time.perf_counter()
     settings = runner.Settings(dt=args.dt, trace_path=args.trace)
     runner.configure(settings)
