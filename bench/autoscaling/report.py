@@ -534,10 +534,11 @@ def write(
 
 def rewrite_markdown(out: pathlib.Path) -> None:
     """RESULTS.md again from results.json and analysis.md (no simulation, plots kept)."""
-    doc = json.loads((out / "results.json").read_text(), parse_constant=float)
+    doc = _revive(json.loads((out / "results.json").read_text(), parse_constant=float))
+    (out / "results.json").write_text(json.dumps(_sanitize(doc), indent=1) + "\n")
     analysis_path = pathlib.Path(__file__).resolve().parent / "analysis.md"
     analysis = analysis_path.read_text() if analysis_path.exists() else ""
-    (out / "RESULTS.md").write_text(markdown(_revive(doc), analysis))
+    (out / "RESULTS.md").write_text(markdown(doc, analysis))
 
 
 def _revive(value: Any) -> Any:
