@@ -1,6 +1,6 @@
 """Ablations (not shipped): which of kubeinfer's own knobs explains where it loses.
 
-    .venv/bin/python bench/autoscaling/ablate.py [--seeds 8] [--cold-start 30,60,120]
+    .venv/bin/python bench/autoscaling/ablate.py [--seeds 6] [--cold-start 30,60,120]
 
 Owns: variants of the SHIPPED policy with one field changed, run through the same adapter
 (engine.Kubeinfer) on the evaluation seeds, and ABLATIONS.md / ablations.json beside this
@@ -65,7 +65,7 @@ def _run(task: tuple[str, float, int]) -> tuple[str, float, int, dict[str, dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=6)
     p.add_argument("--cold-start", default="30,60,120")
     p.add_argument("--workloads", default=",".join(workloads.FAMILIES))
     p.add_argument("--jobs", type=int, default=2)

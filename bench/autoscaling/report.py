@@ -524,7 +524,7 @@ def write(
     plots: bool,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_sanitize(doc), indent=1) + "\n")
+    (out / "results.json").write_text(dumps(doc))
     analysis_path = pathlib.Path(__file__).resolve().parent / "analysis.md"
     analysis = analysis_path.read_text() if analysis_path.exists() else ""
     (out / "RESULTS.md").write_text(markdown(doc, analysis))
@@ -535,7 +535,7 @@ def write(
 def rewrite_markdown(out: pathlib.Path) -> None:
     """RESULTS.md again from results.json and analysis.md (no simulation, plots kept)."""
     doc = _revive(json.loads((out / "results.json").read_text(), parse_constant=float))
-    (out / "results.json").write_text(json.dumps(_sanitize(doc), indent=1) + "\n")
+    (out / "results.json").write_text(dumps(doc))
     analysis_path = pathlib.Path(__file__).resolve().parent / "analysis.md"
     analysis = analysis_path.read_text() if analysis_path.exists() else ""
     (out / "RESULTS.md").write_text(markdown(doc, analysis))
@@ -550,6 +550,16 @@ def _revive(value: Any) -> Any:
     if isinstance(value, list):
         return [_revive(v) for v in value]
     return value
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """Indented JSON with lists of numbers kept on one line (the per-seed columns)."""
+    text = json.dumps(_sanitize(doc), indent=1)
+    return re.sub(r"\[\s*([-0-9.e,\s\"inf]*?)\s*\]", _one_line, text) + "\n"
+
+
+def _one_line(match: re.Match[str]) -> str:
+    return "[" + ", ".join(part.strip() for part in match.group(1).split(",")) + "]"
 
 
 def _sanitize(value: Any) -> Any:
