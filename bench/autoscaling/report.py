@@ -507,6 +507,9 @@ def markdown(doc: dict[str, Any], analysis: str) -> str:
         "- `plots/attainment-vs-cost.png`: SLO attainment against replica-seconds per scaler; "
         "grey dots are every grid configuration (tuning seeds).",
         "",
+        "Ablations of the shipped policy (one knob at a time, diagnostics): ABLATIONS.md, from "
+        "`.venv/bin/python bench/autoscaling/ablate.py`.",
+        "",
         analysis,
     ]
     return "\n".join(parts) + "\n"
