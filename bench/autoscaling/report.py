@@ -54,7 +54,7 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b
 
 
-def _commit() -> str:
+def commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -76,6 +76,7 @@ def build(
     *,
     args: argparse.Namespace,
     command: str,
+    code_commit: str,
     elapsed: float,
     families: list[str],
     colds: list[float],
@@ -148,7 +149,7 @@ def build(
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "commit": _commit(),
+        "commit": code_commit,
         "elapsedSeconds": round(elapsed),
         "settings": {
             "dt": args.dt,

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         report.rewrite_markdown(pathlib.Path(args.out))
         return 0
     started = time.perf_counter()
+    code_commit = report.commit()  # the code the numbers come from, before anything else runs
     settings = runner.Settings(dt=args.dt, trace_path=args.trace)
     runner.configure(settings)
     families = [f for f in args.workloads.split(",") if f]
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = report.build(
         args=args,
         command=command,
+        code_commit=code_commit,
         elapsed=elapsed,
         families=families,
         colds=colds,
