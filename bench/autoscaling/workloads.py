@@ -8,7 +8,8 @@ same arrivals to every scaler (common random numbers, so comparisons are paired)
 Synthetic families: step, ramp, spike, diurnal, noisy. Production-shaped families use
 statistics published with public traces; each states its source in ``source`` and every
 number taken from a source is marked where it is used. "Digitised" means read off the
-published figure with a script (pixel positions of the plotted curve), accurate to ~10-20 %.
+published figure with a script (pixel positions of the plotted curve), accurate to ~10-20 %;
+"by eye" means read off the figure without one.
 
 How a published inter-arrival CV becomes burstiness here: for a Poisson process whose rate is
 Gamma-distributed with shape k and changes slowly relative to the inter-arrival time, the
@@ -138,9 +139,9 @@ def _noisy(rng: np.random.Generator, n: int) -> np.ndarray:
 
 # Shahrad et al., "Serverless in the Wild", USENIX ATC 2020, Fig. 6 (reproduced in
 # Azure/AzurePublicDataset analysis/AzureFunctionsDataset2019-Trace_Analysis.md): the median
-# inter-arrival CV of applications without timer triggers is ~1.8 (digitised).
+# inter-arrival CV of applications without timer triggers is ~1.8 (read by eye off the CDF).
 AZURE_FUNCTIONS_IAT_CV = 1.8
-# Same paper, Fig. 4: hourly invocations stay within ~0.8-1.25 of the mean (diurnal).
+# Same paper, Fig. 4: hourly invocations stay within ~0.8-1.25 of the mean (diurnal; by eye).
 AZURE_FUNCTIONS_DIURNAL = (0.8, 1.25)
 
 
@@ -188,7 +189,7 @@ def _azure_llm_2024(rng: np.random.Generator, n: int) -> np.ndarray:
 
 # Wang et al., "BurstGPT", arXiv 2401.17644: request counts per hour of day, ChatGPT
 # conversation log (README Figure 2 / paper's daily periodicity figure; hourly medians,
-# digitised, relative to the peak hour). Arrivals are modelled as Gamma renewal in the paper;
+# read by eye, relative to the peak hour). Arrivals are modelled as Gamma renewal in the paper;
 # its released generator (BurstGPT-Perf, example/src/burstgpt/config.py) defaults to Gamma
 # shape 0.5, i.e. an inter-arrival CV of 1.41. (The paper's fitted shapes per service are not
 # reproduced here: that default is the one number we could verify.)
@@ -258,7 +259,7 @@ PRODUCTION = {
         3600,
         "ChatGPT conversation day compressed 24x (peak 12,000 req/s), Gamma IAT CV 1.41",
         "Wang et al., arXiv 2401.17644 (BurstGPT): hourly medians of the ChatGPT conversation "
-        "log (digitised); Gamma arrivals, BurstGPT-Perf default shape 0.5 -> IAT CV 1.41 -> "
+        "log (read by eye); Gamma arrivals, BurstGPT-Perf default shape 0.5 -> IAT CV 1.41 -> "
         "rate CV 0.58",
         _burstgpt,
     ),
