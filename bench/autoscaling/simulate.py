@@ -2,8 +2,8 @@
 KEDA and Knative KPA, and an oracle, on request-level simulations of synthetic and
 production-shaped workloads. One command; writes results.json, RESULTS.md and PNGs here.
 
-    .venv/bin/python bench/autoscaling/simulate.py            # everything (tens of minutes)
-    .venv/bin/python bench/autoscaling/simulate.py --quick    # a smaller run (minutes)
+    .venv/bin/python bench/autoscaling/simulate.py            # all: ~70 min on 2 busy cores
+    .venv/bin/python bench/autoscaling/simulate.py --quick    # smoke run: ~3 CPU-minutes
     .venv/bin/python bench/autoscaling/simulate.py --trace my.csv --cold-start 60
 
 Owns: the command line and the two phases. Phase 1 tunes each peer per workload family and
@@ -45,7 +45,9 @@ TRITON_GPU = "kubeinfer, Triton GPU metric"
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 seeds, 1 tuning seed, 2 cold starts")
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run: 3 seeds, 1 tuning seed, cold start 60 s"
+    )
     p.add_argument("--seeds", type=int, default=20, help="evaluation seeds per case")
     p.add_argument("--tuning-seeds", type=int, default=2, help="seeds the grid search uses")
     p.add_argument(
@@ -72,9 +74,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.tuning_seeds, args.prototype_seeds = 3, 1, 3
+        args.seeds, args.tuning_seeds, args.prototype_seeds = 3, 1, 2
         if args.cold_start == p.get_default("cold_start"):
-            args.cold_start = "30,120"
+            args.cold_start = "60"
     return args
 
 
