@@ -1,0 +1,280 @@
+"""PROTOTYPES, NOT SHIPPED: candidate scaling mechanisms, each measured against the shipped one.
+
+Owns: alternative scalers built on the shipped pipeline (``engine.Kubeinfer``): each runs the
+product's ``Engine.step`` with the shipped policy every 2 s and then applies one mechanism on
+top (or changes one policy field per tick). Nothing here is in the product; the lead decides
+from the measured effect what to build into operator/kubeinfer/core/scaling.
+
+Every mechanism reads only what the engine can read: the Ready pods' scrapes (request and
+failure counters, the pending gauge, queue time), pod states and the learned cold start. The
+one planning input they use is the per-replica request rate at the target, which `kubeinfer
+plan` derives from the same profile that sets the target (``ServiceModel.rate_at_target``).
+
+- burst-headroom: provision now for what the demand became within one cold start in the recent
+  past (the 95th percentile of max-ahead / now over the last 15 minutes), demand counting
+  rejected requests.
+- demand-sizing: size from the offered demand (answered + rejected per second) at the
+  target's request rate, not only from queue depth, which saturates at the queue bound.
+- cold-start-scale-down: scale-down stabilization of twice the learned cold start (at least the
+  shipped 60 s): never give back a replica that a cold start could not bring back in time.
+- lookahead: project the demand trend one cold start ahead every tick, also while replicas
+  start (the shipped look-ahead stops then and needs R^2 >= 0.6).
+- queue-time: also scale on queue time: ready x queue time / budget, the budget being the SLO
+  minus a full batch's latency.
+- seasonal: predictive pre-scaling from a learned daily shape: the same family's load on
+  another day (another seed) is the forecast; provision for its maximum over the next cold
+  start, scaled by how today compares with it over the last 10 minutes.
+- combined: burst-headroom + demand-sizing + cold-start-scale-down + lookahead.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Callable
+
+import engine
+import numpy as np
+import sim
+from model import ServiceModel
+
+from kubeinfer.core import api
+from kubeinfer.core.scaling import policy as policy_
+
+# The 95th percentile of how much the demand grew within one cold start, over this history.
+HEADROOM_HISTORY_S = 900
+HEADROOM_QUANTILE = 0.95
+
+
+class Prototype(engine.Kubeinfer):
+    """The shipped pipeline plus a floor on the desired count from one mechanism."""
+
+    uses_demand = True
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        scaling_policy: policy_.ScalingPolicy,
+        seed: int,
+        model: ServiceModel,
+        history: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(name=name, scaling_policy=scaling_policy, seed=seed)
+        self.shipped = scaling_policy
+        self.model = model
+        self.per_replica = model.rate_at_target()
+        # (time, offered demand req/s) per tick, from the scrapes' counters.
+        self.demand: collections.deque[tuple[float, float]] = collections.deque()
+        self._prev: dict[str, tuple[float, float]] = {}
+        self.history = history
+        # Burstiness bookkeeping: demand points whose cold-start horizon is still open
+        # ([time, demand, max demand since]) and the closed ones' ratios (time, max / demand).
+        self._open: collections.deque[list[float]] = collections.deque()
+        self._ratios: collections.deque[tuple[float, float]] = collections.deque()
+        # Floors are held like recommendations: the highest in the scale-down window, so a
+        # floor that moves with noise does not turn into a scale-down on the next tick.
+        self._floors: collections.deque[tuple[float, int]] = collections.deque()
+
+    # ---- what the scrapes say about demand
+    def _observe_demand(self, now: float, scrapes: dict[str, object]) -> float | None:
+        total, pods = 0.0, 0
+        seen: dict[str, tuple[float, float]] = {}
+        for pod, raw in scrapes.items():
+            count = raw.request_success + raw.request_failure  # type: ignore[attr-defined]
+            seen[pod] = (count, now)
+            prev = self._prev.get(pod)
+            if prev is not None and now > prev[1]:
+                total += (count - prev[0]) / (now - prev[1])
+                pods += 1
+        self._prev = seen
+        if pods == 0:
+            return None
+        rate = total * len(scrapes) / pods  # extrapolated to every Ready pod, as aggregate does
+        self.demand.append((now, rate))
+        while self.demand and self.demand[0][0] < now - 600:
+            self.demand.popleft()
+        horizon = self.cold_start()
+        for point in self._open:
+            if rate > point[2]:
+                point[2] = rate
+        while self._open and self._open[0][0] + horizon <= now:
+            t, v, peak = self._open.popleft()
+            if v > 0:
+                self._ratios.append((t, peak / v))
+        self._open.append([now, rate, rate])
+        while self._ratios and self._ratios[0][0] < now - HEADROOM_HISTORY_S:
+            self._ratios.popleft()
+        return rate
+
+    def cold_start(self) -> float:
+        learned = self.engine.state.cold_start_s
+        return learned if learned is not None else self.shipped.cold_start_default_s
+
+    def replicas_for(self, demand: float) -> int:
+        return math.ceil(demand / self.per_replica)
+
+    # ---- the tick
+    def tick(self, view: sim.View) -> int | None:
+        if (view.second - self.phase) % self.interval:
+            return None
+        scrapes = self.scrape(view)
+        demand = self._observe_demand(view.now, scrapes)  # type: ignore[arg-type]
+        self.before_step(view)
+        result = self.engine.step(
+            now=view.now,
+            scrapes=scrapes,
+            census=self.census(view),
+            cold_starts=view.cold_start_pairs(),
+        )
+        self.last = result
+        desired = result.desired
+        now = view.now
+        new_floor = self.floor(view, demand)
+        if new_floor is not None:
+            self._floors.append((now, new_floor))
+        window = self.engine.policy.scale_down_stabilization_s
+        while self._floors and self._floors[0][0] <= now - window:
+            self._floors.popleft()
+        floor = max(f for _, f in self._floors) if self._floors else None
+        reason = result.reason.value
+        if floor is not None and floor > desired:
+            # Raise to the floor; with pods Pending (no free GPU) only keep what is asked for.
+            raised = floor if view.unschedulable == 0 else min(floor, view.spec)
+            if raised > desired:
+                desired = raised
+                reason = f"Prototype:{type(self).__name__}"
+        desired = min(max(desired, self.shipped.min_replicas), self.shipped.max_replicas)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        return desired
+
+    def before_step(self, view: sim.View) -> None:
+        """Adjust the policy for this tick (default: the shipped one)."""
+
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        """At least this many replicas (None: no opinion)."""
+        return None
+
+
+def headroom(proto: Prototype) -> float:
+    """The 95th percentile, over the recent past, of max demand within a cold start / demand."""
+    ratios = sorted(r for _, r in proto._ratios)
+    if len(ratios) < 10:
+        return 1.0
+    # Nearest-rank percentile.
+    return max(1.0, ratios[max(0, math.ceil(HEADROOM_QUANTILE * len(ratios)) - 1)])
+
+
+def lookahead_demand(proto: Prototype, demand: float) -> float | None:
+    """Demand projected one cold start ahead by a least-squares trend; None unless rising."""
+    if len(proto.demand) < 5:
+        return None
+    horizon = proto.cold_start()
+    span = max(30.0, horizon / 2)
+    newest = proto.demand[-1][0]
+    pts = [(t, v) for t, v in proto.demand if t > newest - span]
+    if len(pts) < 5:
+        return None
+    n = len(pts)
+    mean_t = sum(t for t, _ in pts) / n
+    mean_v = sum(v for _, v in pts) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in pts)
+    if var_t <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in pts) / var_t
+    if slope <= 0:
+        return None
+    return demand + slope * horizon
+
+
+class BurstHeadroom(Prototype):
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        if demand is None:
+            return None
+        return self.replicas_for(demand * headroom(self))
+
+
+class DemandSizing(Prototype):
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        if demand is None:
+            return None
+        return self.replicas_for(demand)
+
+
+class ColdStartScaleDown(Prototype):
+    def before_step(self, view: sim.View) -> None:
+        window = max(self.shipped.scale_down_stabilization_s, 2.0 * self.cold_start())
+        self.engine.policy = dataclasses.replace(self.shipped, scale_down_stabilization_s=window)
+
+
+class Lookahead(Prototype):
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        if demand is None:
+            return None
+        ahead = lookahead_demand(self, demand)
+        return None if ahead is None else self.replicas_for(ahead)
+
+
+class QueueTime(Prototype):
+    uses_demand = False
+
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        sample_ms = self._queue_time_ms()
+        if sample_ms is None:
+            return None
+        budget_ms = (self.model.slo_s - 1.5 * self.model.batch_latency(self.model.max_batch)) * 1e3
+        ready = max(view.ready, 1)
+        if sample_ms <= budget_ms:
+            return None
+        return math.ceil(ready * sample_ms / budget_ms)
+
+    def _queue_time_ms(self) -> float | None:
+        window = self.engine.window
+        value = window.average(
+            series=api.ScalingMetric.QUEUE_TIME.value,
+            now=self.engine.window.latest_time() or 0.0,
+            span_s=self.shipped.panic_window_s,
+        )
+        return value
+
+
+class Seasonal(Prototype):
+    """Forecast = the family's load on another day (``history``, per second)."""
+
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        if self.history is None or demand is None or len(self.demand) < 5:
+            return None
+        # ``history`` is aligned with the simulator's seconds (warm-up included).
+        t = int(view.now)
+        horizon = math.ceil(self.cold_start())
+        ahead = self.history[t : t + horizon + 1]
+        if ahead.size == 0:
+            return None
+        # How today compares with the forecast over the last 10 minutes (demand as observed).
+        last = len(self.history) - 1
+        recent = [(s, v) for s, v in self.demand if s > view.now - 600]
+        fc = [self.history[min(int(s), last)] for s, _ in recent]
+        seen = sum(v for _, v in recent)
+        expected = sum(fc)
+        scale = seen / expected if expected > 0 else 1.0
+        return self.replicas_for(float(ahead.max()) * scale)
+
+
+class Combined(ColdStartScaleDown):
+    def floor(self, view: sim.View, demand: float | None) -> int | None:
+        if demand is None:
+            return None
+        ahead = lookahead_demand(self, demand) or demand
+        return self.replicas_for(max(demand * headroom(self), ahead))
+
+
+PROTOTYPES: dict[str, Callable[..., sim.Scaler]] = {
+    "burst-headroom": BurstHeadroom,
+    "demand-sizing": DemandSizing,
+    "cold-start-scale-down": ColdStartScaleDown,
+    "lookahead": Lookahead,
+    "queue-time": QueueTime,
+    "seasonal": Seasonal,
+    "combined": Combined,
+}
