@@ -1,0 +1,109 @@
+"""step(): one autoscaler tick on virtual time, as the operator's engine and the benchmark run it.
+
+A simulated service: pods that answer scrapes with Triton's counters, a load that steps up and
+back down, replicas that become ready after a cold start. The loop is the engine's: observe
+(pod signals from two scrapes) -> step -> act (the desired count becomes the next current).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kubeinfer.core import metrics
+from kubeinfer.core.scaling import decide, policy, step
+
+CAPACITY = 100.0  # requests per second one replica serves
+LATENCY_S = 0.04  # service time
+
+
+@dataclasses.dataclass
+class FakeService:
+    """Counters a scrape would read: load split evenly over the ready replicas."""
+
+    ready: int = 1
+    counters: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def scrape(self, rate: float, dt: float) -> dict[str, metrics.RawScrape]:
+        per_pod = rate / self.ready
+        served = min(per_pod, CAPACITY)
+        backlog = max(0.0, per_pod - CAPACITY) * 2  # what piles up per scrape interval
+        out = {}
+        for i in range(self.ready):
+            done = self.counters.get(f"p{i}", 0.0) + served * dt
+            self.counters[f"p{i}"] = done
+            out[f"p{i}"] = metrics.RawScrape(
+                pending_requests=backlog,
+                queue_duration_us=0.0,
+                request_duration_us=done * LATENCY_S * 1e6,
+                request_success=done,
+            )
+        return out
+
+
+def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, decide.Reason, int]]:
+    """(time, reason, desired) per tick; ticks every 2 s; new replicas ready after 2 ticks."""
+    service = FakeService()
+    memory = step.Memory.fresh(pol)
+    previous: dict[str, tuple[metrics.RawScrape, float]] = {}
+    current, starting_since = 1, dict[int, float]()
+    out = []
+    for tick, rate in enumerate(loads):
+        now = 1000.0 + 2.0 * tick
+        service.ready = max(1, current - sum(1 for t in starting_since.values() if now - t < 4))
+        pods = []
+        for pod, raw in service.scrape(rate, 2.0).items():
+            prev = previous.get(pod)
+            signal = metrics.pod_signals(
+                pod=pod,
+                previous=prev[0] if prev else None,
+                previous_time=prev[1] if prev else None,
+                current=raw,
+                current_time=now,
+            )
+            if signal is not None:
+                pods.append(signal)
+            previous[pod] = (raw, now)
+        observation = step.Observation(
+            replicas=decide.Replicas(
+                current=current, ready=service.ready, starting=current - service.ready
+            ),
+            pods=pods,
+        )
+        result = step.step(pol, observation, memory, now)
+        memory = result.memory
+        for i in range(current, result.result.desired):
+            starting_since[i] = now
+        current = result.result.desired
+        out.append((now, result.result.reason, current))
+    return out
+
+
+def test_a_step_is_met_at_once_and_given_back_after_the_delay() -> None:
+    pol = policy.from_spec(target=4.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    loads = [50.0] * 10 + [300.0] * 20 + [50.0] * 30
+    history = run(loads, pol)
+    # The first tick has only baselines (no rates yet): it holds, never scales down on them.
+    assert history[0][1] is decide.Reason.NO_DATA
+    first_up = next(t for t, _, desired in history if desired > 1)
+    assert first_up - 1000.0 == 2.0 * 10  # the tick the step arrives
+    assert max(d for _, _, d in history) >= 3
+    assert history[-1][2] == 1  # back to one after the load and the delay
+
+
+def test_step_leaves_the_memory_it_was_given_untouched() -> None:
+    pol = policy.from_spec()
+    memory = step.Memory.fresh(pol)
+    before = memory.window.to_dict()
+    signal = metrics.pod_signals(
+        pod="p",
+        previous=metrics.RawScrape(),
+        previous_time=0.0,
+        current=metrics.RawScrape(request_success=10.0, pending_requests=3.0),
+        current_time=2.0,
+    )
+    assert signal is not None
+    observation = step.Observation(replicas=decide.Replicas(current=1, ready=1), pods=[signal])
+    out = step.step(pol, observation, memory, 2.0)
+    assert memory.window.to_dict() == before
+    assert out.memory.window.to_dict() != before
+    assert out.sample is not None and out.sample.queue_depth_total == 3.0
