@@ -1,0 +1,156 @@
+"""The autoscaler engine's tick, observe -> step -> act, on a virtual clock.
+
+Real pieces: the watch-fed store (in memory), a real aiohttp scrape of a real HTTP server on
+127.0.0.1 serving Triton's metric names, the pure step. Recorded instead of sent: the API
+writes (the scale subresource, Events, status) - the one I/O a unit test cannot do for real.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from kubeinfer.clients import catalogue, kube, store
+from kubeinfer.core import api
+from kubeinfer.engines import autoscaler
+
+NS, NAME = "unit-tick", "svc"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Pod:
+    """A serving pod's /metrics: pending requests, and completed ones counted up over time."""
+
+    def __init__(self) -> None:
+        self.pending = 0.0
+        self.completed = 0.0
+
+    def text(self) -> str:
+        return (
+            "# TYPE nv_inference_pending_request_count gauge\n"
+            f'nv_inference_pending_request_count{{model="m",version="1"}} {self.pending}\n'
+            "# TYPE nv_inference_request_success counter\n"
+            f'nv_inference_request_success{{model="m",version="1"}} {self.completed}\n'
+        )
+
+
+@pytest.fixture
+async def pod_server() -> Any:
+    pod = Pod()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=pod.text())
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield pod, port
+    await runner.cleanup()
+
+
+def _objects(port: int, monkeypatch: pytest.MonkeyPatch) -> store.Store:
+    """The service, its Deployment, one Ready pod and the runtime, as the watches fed them,
+    in a store of the test's own (the engine and the catalogue read it)."""
+    STORE = store.Store()
+    monkeypatch.setattr(autoscaler, "STORE", STORE)
+    monkeypatch.setattr(catalogue, "STORE", STORE)
+    STORE.replace(api.API_VERSION, "InferenceRuntime", [], None)
+    STORE.observe(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceRuntime",
+            "metadata": {"name": "onnxruntime", "resourceVersion": "1"},
+            "spec": {"image": "i", "formats": [{"name": "onnx"}], "ports": {"metrics": port}},
+        }
+    )
+    STORE.observe(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"namespace": NS, "name": f"{NAME}-predictor", "resourceVersion": "1"},
+            "spec": {"replicas": 1},
+        }
+    )
+    STORE.replace("v1", "Pod", [], None)
+    STORE.observe(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "namespace": NS,
+                "name": "p1",
+                "resourceVersion": "1",
+                "labels": {"kubeinfer.io/inferenceservice": NAME},
+                "creationTimestamp": "2026-12-02T00:00:00Z",
+            },
+            "status": {
+                "podIP": "127.0.0.1",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "lastTransitionTime": "2026-12-02T00:00:05Z",
+                    }
+                ],
+            },
+        }
+    )
+    return STORE
+
+
+async def test_a_queue_scales_up_and_status_explains_it(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod, port = pod_server
+    _objects(port, monkeypatch)
+    writes: list[tuple[str, Any]] = []
+    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
+    monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
+    monkeypatch.setattr(
+        kube, "patch_status", lambda *a: writes.append(("status", a[-1]["autoscaler"]))
+    )
+    monkeypatch.setattr(catalogue, "_parsed", {})
+    clock = Clock()
+    engine = autoscaler.Autoscaler(clock=clock)
+    engine.track(
+        {
+            "metadata": {"namespace": NS, "name": NAME},
+            "spec": {
+                "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+                "scaling": {"target": 2, "maxReplicas": 4},
+            },
+            "status": {"runtime": "onnxruntime"},
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        # First tick: a baseline scrape only, so it holds and scales nothing.
+        await engine.tick(session, (NS, NAME))
+        assert not [w for w in writes if w[0] == "scale"]
+        # A queue builds: 8 waiting against a target of 2 per replica.
+        pod.pending, pod.completed = 8.0, 100.0
+        clock.now += 2.0
+        await engine.tick(session, (NS, NAME))
+    assert ("scale", 4) in writes
+    [event] = [w[1] for w in writes if w[0] == "event"]
+    assert event["reason"] == "ScaledUp" and "panic mode" in event["message"]
+    status = [w[1] for w in writes if w[0] == "status"][-1]
+    assert status["desiredReplicas"] == 4
+    assert status["decisions"][-1]["reason"] == "PanicScaleUp"
+    # The memory that survives a restart is in status, within the CRD's size limit.
+    saved = json.loads(status["state"])
+    assert saved["window"]["buckets"] and len(status["state"]) < 16_384
