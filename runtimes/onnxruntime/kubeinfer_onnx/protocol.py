@@ -278,17 +278,40 @@ def _decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -
         array = np.empty(len(flat), dtype=np.object_)
         array[:] = [v.encode() for v in flat]
     else:
-        try:
-            array = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(
-                f"input {name!r}: data is not a list of {datatype}: {exc}"
-            ) from None
+        array = _json_numbers(name, datatype, data)
     if array.size != count:
         raise ProtocolError(
             f"input {name!r}: got {array.size} elements, shape {shape} needs {count}"
         )
     return array.reshape(shape)
+
+
+# JSON values each datatype accepts, by numpy kind: b bool, i/u integers, f floats.
+_JSON_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}
+
+
+def _json_numbers(name: str, datatype: str, data: Any) -> npt.NDArray[Any]:
+    """JSON ``data`` as a flat array of ``datatype``, refusing what would only convert by
+    accident: null (NaN), strings, booleans for numbers, fractions or out-of-range values for
+    integers. A bad request must get a 400, never an answer computed from garbage."""
+    try:
+        parsed = np.asarray(data)
+    except ValueError as exc:  # ragged nesting
+        raise ProtocolError(f"input {name!r}: data is not a regular list: {exc}") from None
+    allowed = _JSON_KINDS.get(datatype, "iu")
+    if parsed.dtype.kind not in allowed:
+        found = {"O": "null or mixed values", "U": "strings", "b": "booleans", "f": "fractions"}
+        raise ProtocolError(
+            f"input {name!r}: {datatype} data must be "
+            f"{'true/false' if datatype == 'BOOL' else 'numbers'}, got "
+            f"{found.get(parsed.dtype.kind, parsed.dtype.name)}"
+        )
+    target = DTYPES[datatype]
+    if target.kind in "iu" and parsed.size:
+        info = np.iinfo(target)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise ProtocolError(f"input {name!r}: a value is out of range for {datatype}")
+    return parsed.astype(target).reshape(-1)
 
 
 def _flatten(data: Any) -> list[Any]:

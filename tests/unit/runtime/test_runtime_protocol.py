@@ -82,7 +82,7 @@ def test_binary_request_is_a_view_with_the_right_values() -> None:
         (
             b'{"inputs": [{"name": "A", "datatype": "FP32", "shape": [1], "data": ["x"]}]}',
             None,
-            "data is not a list of FP32",
+            "FP32 data must be numbers, got strings",
         ),
         (
             b'{"inputs": [{"name": "A", "datatype": "FP32", "shape": [1]}]}',
@@ -154,3 +154,24 @@ def test_bytes_tensor_binary_round_trip() -> None:
     assert list(protocol.decode_binary_tensor("S", "BYTES", [3], raw)) == list(array)
     with pytest.raises(protocol.ProtocolError, match="truncated"):
         protocol.decode_binary_tensor("S", "BYTES", [3], raw + b"\0")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP32", [1.0, None, 2.0, 3.0], "null"),  # was silently NaN, and answered 200
+        ("FP32", ["1", "2", "3", "4"], "strings"),
+        ("FP32", [True, False, True, False], "booleans"),
+        ("INT32", [1.5, 2, 3, 4], "fractions"),
+        ("UINT8", [1, 2, 3, 300], "out of range"),
+        ("FP32", [[1.0, 2.0], [3.0]], "not a regular list"),
+    ],
+)
+def test_json_data_that_would_only_convert_by_accident_is_refused(
+    datatype: str, data: list[object], message: str
+) -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [4], "datatype": datatype, "data": data}]}
+    ).encode()
+    with pytest.raises(protocol.ProtocolError, match=message):
+        protocol.decode_infer_request(body, None)
