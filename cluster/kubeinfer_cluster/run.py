@@ -348,6 +348,9 @@ def _component_args(
             "--secure-port=0",
             "--leader-elect=false",
             f"--service-account-private-key-file={sa_key}",
+            # Publishes the kube-root-ca.crt ConfigMap in every namespace, which the token
+            # volume of every pod that talks to the API server mounts.
+            f"--root-ca-file={state / 'pki' / 'apiserver.crt'}",
             "--use-service-account-credentials=false",
             "--allocate-node-cidrs=false",
             # Endpoints cannot hold loopback pod IPs, so their controllers would only log

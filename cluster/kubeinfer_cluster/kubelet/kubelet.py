@@ -30,12 +30,15 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from kubeinfer_cluster import containers, images, oci
 from kubeinfer_cluster.kubelet import plan as plan_
 from kubeinfer_cluster.kubelet import podstatus
 
@@ -84,8 +87,7 @@ class Process:
         for path, content in plan.files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
-        tmp = pathlib.Path(plan.env["TMPDIR"])
-        tmp.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(plan.env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             self.popen = subprocess.Popen(
                 plan.argv,
@@ -120,6 +122,65 @@ class Process:
             return podstatus.termination_message(self.log_path.read_text(errors="replace"))
         except FileNotFoundError:
             return ""
+
+
+class ContainerProcess:
+    """One container run in runc from the image kubeinfer built (``make images``): the pod's
+    volumes bound in, its user, a read-only root if it asks for one, the host's network (the
+    pod IP is a loopback address). The same face as ``Process``."""
+
+    def __init__(
+        self, plan: plan_.ContainerPlan, sandbox: pathlib.Path, container_id: str, kubelet: Kubelet
+    ) -> None:
+        self.plan = plan
+        archive = images.find_archive(plan.image)
+        if archive is None:
+            raise plan_.Unsupported(
+                f"image {plan.image!r} is not built on this machine: run `make images`"
+            )
+        info = oci.read_archive(archive)
+        rootfs = oci.unpack(archive, kubelet.state / "rootfs")
+        env = {**kubelet.cluster_env, **plan.env}
+        self.termination_log = sandbox / "termination" / plan.name
+        self.termination_log.parent.mkdir(parents=True, exist_ok=True)
+        self.termination_log.write_text("")
+        self.termination_log.chmod(0o666)
+        bundle_dir = sandbox / "bundles" / container_id
+        containers.bundle(
+            bundle_dir,
+            rootfs,
+            args=containers.process_args(
+                info.config, command=plan.command, args=plan.args, env=env
+            ),
+            env=containers.env_for(info.config, env),
+            mounts=[
+                *(containers.Mount(b.destination, b.source, b.readonly) for b in plan.binds),
+                containers.Mount("/dev/termination-log", self.termination_log, readonly=False),
+            ],
+            uid=plan.run_as[0],
+            gid=plan.run_as[1],
+            readonly=plan.read_only_root,
+        )
+        self.container = containers.Container(container_id, bundle_dir, kubelet.state / "runc")
+        self.container.run()
+
+    def exited(self) -> int | None:
+        return _exit_code(self.container.exit_code())
+
+    def signal(self, signum: int) -> None:
+        self.container.kill(signal.Signals(signum))
+
+    def stop(self, grace_s: float) -> int:
+        return _exit_code(self.container.stop(timeout=grace_s)) or 0
+
+    def message(self) -> str:
+        written = self.termination_log.read_text(errors="replace").strip()
+        if written or not self.plan.fallback_to_logs:
+            return written[: podstatus.TAIL_BYTES]
+        return podstatus.termination_message(self.container.output())
+
+
+Runnable = Process | ContainerProcess
 
 
 def _exit_code(code: int | None) -> int | None:
@@ -165,15 +226,18 @@ class ProbeState:
         return self.failures >= self.probe.failure_threshold
 
 
+Launch = Callable[[plan_.ContainerPlan, int], Runnable]
+
+
 class MainContainer:
     """A serving container: its process, probes, restarts and status record."""
 
-    def __init__(self, plan: plan_.ContainerPlan, sandbox: pathlib.Path, grace_s: float) -> None:
+    def __init__(self, plan: plan_.ContainerPlan, launch: Launch, grace_s: float) -> None:
         self.plan = plan
-        self.sandbox = sandbox
+        self.launch = launch
         self.grace_s = grace_s
         self.status = podstatus.Container(name=plan.name, image=plan.image)
-        self.process: Process | None = None
+        self.process: Runnable | None = None
         self.restart_at = 0.0
         self.backoff = BACKOFF_START_S
         self.startup: ProbeState | None = None
@@ -181,7 +245,7 @@ class MainContainer:
         self.liveness: ProbeState | None = None
 
     def start(self, now: float) -> None:
-        self.process = Process(self.plan, self.sandbox / "logs" / f"{self.plan.name}.log")
+        self.process = self.launch(self.plan, self.status.restart_count)
         self.status.running()
         self.startup = ProbeState(self.plan.startup, now) if self.plan.startup else None
         self.readiness = ProbeState(self.plan.readiness, now) if self.plan.readiness else None
@@ -192,7 +256,13 @@ class MainContainer:
         """Observe the process and the probes; restart it when it died or failed liveness."""
         if self.process is None:
             if now >= self.restart_at:
-                self.start(now)
+                try:
+                    self.start(now)
+                except (plan_.Unsupported, containers.ContainerError, oci.OciError) as exc:
+                    # What a kubelet reports when it cannot create the container; it retries.
+                    self.status.waiting("CreateContainerError", str(exc)[-1000:])
+                    self.restart_at = now + self.backoff
+                    return
                 log.info(
                     "%s %s: started (restart %d)", ip, self.plan.name, self.status.restart_count
                 )
@@ -290,7 +360,9 @@ class PodWorker(threading.Thread):
                     return
         self._write_volumes(contents)
         self.init = [podstatus.Container(name=p.name, image=p.image) for p in plan.init]
-        self.main = [MainContainer(p, self.sandbox, plan.grace_s) for p in plan.main]
+        launch = self._launcher(plan.in_containers)
+        self.main = [MainContainer(p, launch, plan.grace_s) for p in plan.main]
+        self._launch = launch
         for c in self.init:
             c.waiting("PodInitializing")
         self._write()
@@ -310,7 +382,14 @@ class PodWorker(threading.Thread):
         """Run an init container to success, restarting it with back-off; False if deleted."""
         backoff = BACKOFF_START_S
         while not self.deleting.is_set():
-            process = Process(container_plan, self.sandbox / "logs" / f"{record.name}.log")
+            try:
+                process = self._launch(container_plan, record.restart_count)
+            except (plan_.Unsupported, containers.ContainerError, oci.OciError) as exc:
+                record.waiting("CreateContainerError", str(exc)[-1000:])
+                self._write()
+                if self.deleting.wait(backoff):
+                    return False
+                continue
             record.running()
             self._write()
             while process.exited() is None:
@@ -330,12 +409,28 @@ class PodWorker(threading.Thread):
             backoff = min(backoff * 2, BACKOFF_MAX_S)
         return False
 
+    def _launcher(self, in_containers: bool) -> Launch:
+        uid = self.pod["metadata"]["uid"][:8]
+
+        def launch(container_plan: plan_.ContainerPlan, restart: int) -> Runnable:
+            if in_containers:
+                container_id = f"{uid}-{container_plan.name}-{restart}"
+                return ContainerProcess(container_plan, self.sandbox, container_id, self.kubelet)
+            return Process(container_plan, self.sandbox / "logs" / f"{container_plan.name}.log")
+
+        return launch
+
     def _write_volumes(self, contents: dict[str, dict[str, str]]) -> None:
         for volume in self.pod["spec"].get("volumes") or []:
             folder = self.sandbox / "volumes" / volume["name"]
             folder.mkdir(parents=True, exist_ok=True)
+            # World-readable: a container runs as its pod's user, not as this process's.
+            folder.chmod(0o777 if "emptyDir" in volume else 0o755)
             for key, value in contents.get(volume["name"], {}).items():
-                (folder / key).write_text(value)
+                path = folder / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(value)
+                path.chmod(0o644)
 
     def _teardown(self) -> None:
         """preStop, SIGTERM, grace, SIGKILL; then the pod object goes (kwok does not)."""
@@ -386,6 +481,13 @@ class Kubelet:
     def __init__(self, api: client.ApiClient, state: pathlib.Path) -> None:
         self.core = client.CoreV1Api(api)
         self.state = state
+        # What every container learns about the API server (KUBERNETES_SERVICE_*): the
+        # `kubernetes` Service's ClusterIP is not routable here, so the real address.
+        server = urllib.parse.urlsplit(api.configuration.host)
+        self.cluster_env = {
+            "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(server.port or 443),
+        }
         self.addresses = Addresses()
         self.workers: dict[str, PodWorker] = {}
         self._nodes: dict[str, tuple[int, str]] = {}
@@ -413,6 +515,8 @@ class Kubelet:
         for volume in pod["spec"].get("volumes") or []:
             if "configMap" in volume:
                 contents[volume["name"]] = self._config_map(ns, volume["configMap"]["name"])
+            elif "projected" in volume:
+                contents[volume["name"]] = self._projected(pod, volume["projected"])
             elif "secret" in volume:
                 contents[volume["name"]] = self._secret(ns, volume["secret"]["secretName"])
         sources: dict[str, dict[str, str]] = {}
@@ -426,6 +530,39 @@ class Kubelet:
                     name = source["configMapRef"]["name"]
                     sources[name] = self._config_map(ns, name)
         return contents, sources
+
+    def _projected(self, pod: dict[str, Any], projected: dict[str, Any]) -> dict[str, str]:
+        """A projected volume's files: what the API server's ServiceAccount admission mounts
+        in every pod that may talk to it (a token, the cluster's CA, its namespace)."""
+        ns = pod["metadata"]["namespace"]
+        files: dict[str, str] = {}
+        for source in projected.get("sources") or []:
+            if "serviceAccountToken" in source:
+                token = source["serviceAccountToken"]
+                request = client.AuthenticationV1TokenRequest(
+                    spec=client.V1TokenRequestSpec(
+                        audiences=[token["audience"]] if token.get("audience") else [],
+                        expiration_seconds=int(token.get("expirationSeconds", 3607)),
+                    )
+                )
+                account = pod["spec"].get("serviceAccountName") or "default"
+                made = self.core.create_namespaced_service_account_token(account, ns, request)
+                files[token.get("path", "token")] = made.status.token
+            elif "configMap" in source:
+                data = self._config_map(ns, source["configMap"]["name"])
+                for item in source["configMap"].get("items") or [
+                    {"key": k, "path": k} for k in data
+                ]:
+                    files[item["path"]] = data[item["key"]]
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"].get("items") or []:
+                    field = (item.get("fieldRef") or {}).get("fieldPath", "")
+                    if field != "metadata.namespace":
+                        raise plan_.Unsupported(f"downwardAPI field {field!r} is not supported")
+                    files[item["path"]] = ns
+            else:
+                raise plan_.Unsupported(f"projected source {sorted(source)} is not supported")
+        return files
 
     def _secret(self, namespace: str, name: str) -> dict[str, str]:
         try:
@@ -493,7 +630,7 @@ class Kubelet:
         self.workers = {u: w for u, w in self.workers.items() if w.is_alive() or u == uid}
 
     def run(self) -> None:
-        selector = f"{plan_.RUN_LABEL}=true"
+        selector = plan_.RUN_LABEL  # any value: "container" runs images in runc
         while True:
             try:
                 listing = self.core.list_pod_for_all_namespaces(label_selector=selector)

@@ -22,7 +22,10 @@ from typing import Any
 
 # Pods carrying this label are run by the local kubelet (init containers, then the serving
 # container as real processes on the pod's IP, probes decide Ready); kwok only fakes the rest.
+# Its value picks how: "container" runs each image kubeinfer built (`make images`) in runc,
+# as a node would; anything else ("true") runs the program an image holds as a host process.
 RUN_LABEL = "cluster.kubeinfer.io/run"
+CONTAINER_MODE = "container"
 # Time the main container waits before it starts: a model download and load, emulated.
 COLD_START_ANNOTATION = "kubeinfer.io/simulated-cold-start"
 # An emulated accelerator: every model execution of kubeinfer's ONNX server takes this long
@@ -62,6 +65,15 @@ class Probe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Bind:
+    """A volume mount in a container: the host file or folder behind a container path."""
+
+    destination: str
+    source: pathlib.Path
+    readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerPlan:
     name: str
     image: str
@@ -75,6 +87,13 @@ class ContainerPlan:
     fallback_to_logs: bool = False
     # preStop sleep, then SIGTERM; SIGKILL after the grace period.
     pre_stop_s: float = 0.0
+    # For a container run in runc: the pod's command and args (the image supplies what is
+    # absent), its volume mounts, and who it runs as.
+    command: list[str] | None = None
+    args: list[str] | None = None
+    binds: tuple[Bind, ...] = ()
+    run_as: tuple[int, int] = (1000, 1000)
+    read_only_root: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +102,8 @@ class PodPlan:
     main: list[ContainerPlan]
     cold_start_s: float
     grace_s: float
+    # Run each container's image in runc (RUN_LABEL "container") rather than as a process.
+    in_containers: bool = False
 
 
 def parse_duration(text: str) -> float:
@@ -160,7 +181,7 @@ def volume_dirs(pod: Mapping[str, Any], sandbox: pathlib.Path) -> dict[str, path
     dirs: dict[str, pathlib.Path] = {}
     for volume in pod["spec"].get("volumes") or []:
         name = volume["name"]
-        if "emptyDir" in volume or "configMap" in volume or "secret" in volume:
+        if {"emptyDir", "configMap", "secret", "projected"} & set(volume):
             dirs[name] = sandbox / "volumes" / name
         else:
             kinds = sorted(k for k in volume if k != "name")
@@ -213,15 +234,32 @@ def to_host(path: str, table: list[tuple[str, pathlib.Path]]) -> pathlib.Path | 
 
 def rewrite_arg(arg: str, table: list[tuple[str, pathlib.Path]], ip: str) -> str:
     """Mount paths in an argument become host paths; a wildcard bind address the pod's IP."""
+    arg = bind_address(arg, ip)
     prefix, eq, value = arg.partition("=")
     candidate = value if eq else arg
-    if candidate == "0.0.0.0":
-        candidate = ip
-    elif candidate.startswith("/"):
+    if candidate.startswith("/"):
         host = to_host(candidate, table)
         if host is not None:
             candidate = str(host)
     return f"{prefix}={candidate}" if eq else candidate
+
+
+def bind_address(arg: str, ip: str) -> str:
+    """0.0.0.0 (also inside a URL) becomes the pod's IP: every pod here shares the host's
+    network, so a wildcard would take the port on every pod address at once."""
+    return arg.replace("0.0.0.0", ip)
+
+
+def binds(container: Mapping[str, Any], volumes: Mapping[str, pathlib.Path]) -> tuple[Bind, ...]:
+    """The container's volume mounts as binds of the sandbox's volume folders (or a file in
+    one, for a subPath), for a container run in runc."""
+    out = []
+    for mount in container.get("volumeMounts") or []:
+        source = volumes[mount["name"]]
+        if mount.get("subPath"):
+            source = source / str(mount["subPath"])
+        out.append(Bind(str(mount["mountPath"]), source, bool(mount.get("readOnly", False))))
+    return tuple(out)
 
 
 def container_plan(
@@ -233,9 +271,11 @@ def container_plan(
     secrets: Mapping[str, Mapping[str, str]],
     annotations: Mapping[str, str],
     sandbox: pathlib.Path,
+    run_as: tuple[int, int] = (1000, 1000),
+    in_containers: bool = False,
 ) -> ContainerPlan:
     name = str(container["name"])
-    host, command_args = entrypoint(container)
+    host, command_args = ([], []) if in_containers else entrypoint(container)
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         ref = str((source.get("secretRef") or source.get("configMapRef") or {}).get("name"))
@@ -247,8 +287,9 @@ def container_plan(
             raise Unsupported(f"container {name}: env {item.get('name')} must have a value")
         env[item["name"]] = expand(str(item["value"]), env)
     table, files = mounts(container, volumes, contents)
-    tmp = to_host("/tmp", table) or sandbox / "tmp" / name
-    env.setdefault("TMPDIR", str(tmp))
+    if not in_containers:
+        # A host process has the host's /tmp: point it at the pod's.
+        env.setdefault("TMPDIR", str(to_host("/tmp", table) or sandbox / "tmp" / name))
     args = [expand(str(a), env) for a in [*command_args, *(container.get("args") or [])]]
     argv = host + [rewrite_arg(a, table, ip) for a in args]
     # What a kubelet's downward API would give a container that asked: the pod's IP.
@@ -259,6 +300,9 @@ def container_plan(
     elif device_ms and host == HOST_COMMANDS["tritonserver"]:
         env[DEVICE_MS_ENV] = f"{float(device_ms):g}"
     pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+    security = container.get("securityContext") or {}
+    command = container.get("command")
+    container_args = container.get("args")
     return ContainerPlan(
         name=name,
         image=str(container.get("image") or ""),
@@ -270,6 +314,14 @@ def container_plan(
         liveness=_probe(container, "livenessProbe"),
         fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         pre_stop_s=float(pre_stop.get("seconds", 0)),
+        command=[bind_address(str(c), ip) for c in command] if command else None,
+        args=[bind_address(str(a), ip) for a in container_args] if container_args else None,
+        binds=binds(container, volumes),
+        run_as=(
+            int(security.get("runAsUser", run_as[0])),
+            int(security.get("runAsGroup", run_as[1])),
+        ),
+        read_only_root=bool(security.get("readOnlyRootFilesystem", False)),
     )
 
 
@@ -286,6 +338,11 @@ def pod_plan(
     volumes = volume_dirs(pod, sandbox)
     spec = pod["spec"]
 
+    pod_security = spec.get("securityContext") or {}
+    run_as = (int(pod_security.get("runAsUser", 1000)), int(pod_security.get("runAsGroup", 1000)))
+    labels = pod["metadata"].get("labels") or {}
+    in_containers = labels.get(RUN_LABEL) == CONTAINER_MODE
+
     def plan(container: Mapping[str, Any]) -> ContainerPlan:
         return container_plan(
             container,
@@ -295,6 +352,8 @@ def pod_plan(
             secrets=secrets,
             annotations=annotations,
             sandbox=sandbox,
+            run_as=run_as,
+            in_containers=in_containers,
         )
 
     cold = annotations.get(COLD_START_ANNOTATION)
@@ -303,4 +362,5 @@ def pod_plan(
         main=[plan(c) for c in spec.get("containers") or []],
         cold_start_s=parse_duration(cold) if cold else 0.0,
         grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
+        in_containers=in_containers,
     )
