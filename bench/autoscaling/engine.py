@@ -17,12 +17,13 @@ Nothing else is copied or tuned.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 from sim import COMPLETED, COMPUTE_S, FAILED, QUEUE_S, View
 
 from kubeinfer.core import api, metrics
-from kubeinfer.core.scaling import decide, policy, signals, state, step, window
+from kubeinfer.core.scaling import decide, policy, state, step, window
 
 
 def shipped_policy(*, target: float, min_replicas: int, max_replicas: int) -> policy.ScalingPolicy:
@@ -47,7 +48,7 @@ class Engine:
     def __init__(self, scaling_policy: policy.ScalingPolicy) -> None:
         self.policy = scaling_policy
         self.memory = step.Memory.fresh(scaling_policy)
-        self.previous: dict[str, tuple[metrics.RawScrape, float]] = {}
+        self.baselines = metrics.Baselines()
 
     @property
     def window(self) -> window.SignalWindow:
@@ -61,26 +62,12 @@ class Engine:
         self,
         *,
         now: float,
-        scrapes: dict[str, metrics.RawScrape],
+        scrapes: Mapping[str, metrics.RawScrape | None],
         census: Census,
         cold_starts: list[tuple[float, float]],
     ) -> decide.ScaleResult:
         """What the operator decides at ``now`` from one scrape of every Ready pod."""
-        pods: list[signals.PodSignals] = []
-        for pod, raw in scrapes.items():
-            prev = self.previous.get(pod)
-            signal = metrics.pod_signals(
-                pod=pod,
-                previous=prev[0] if prev else None,
-                previous_time=prev[1] if prev else None,
-                current=raw,
-                current_time=now,
-            )
-            if signal is not None:
-                pods.append(signal)
-            self.previous[pod] = (raw, now)
-        for gone in set(self.previous) - set(scrapes):
-            self.previous.pop(gone, None)
+        pods = self.baselines.signals(scrapes, now)
         observation = step.Observation(
             replicas=decide.Replicas(
                 current=census.current,

@@ -9,6 +9,7 @@ hands the text in.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from prometheus_client import parser
 
@@ -107,3 +108,42 @@ def pod_signals(
         gpu_utilization=current.gpu_utilization,
         failure_rate=failed / interval,
     )
+
+
+class Baselines:
+    """Each pod's previous scrape, so that two successive scrapes become its signals.
+
+    The autoscaler's engine and bench/autoscaling both feed it one tick's scrapes; a pod's
+    first scrape is only its baseline, and a pod that is gone loses its baseline (a reused
+    name must never yield a delta against another pod's counters).
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[str, tuple[RawScrape, float]] = {}
+
+    def signals(
+        self, scrapes: Mapping[str, RawScrape | None], now: float
+    ) -> list[signals.PodSignals]:
+        """Signals of the pods scraped at ``now``; None is a pod whose scrape failed this tick
+        (it keeps its baseline, and counts as no data)."""
+        out: list[signals.PodSignals] = []
+        for pod, raw in scrapes.items():
+            if raw is None:
+                continue
+            prev = self._previous.get(pod)
+            signal = pod_signals(
+                pod=pod,
+                previous=prev[0] if prev else None,
+                previous_time=prev[1] if prev else None,
+                current=raw,
+                current_time=now,
+            )
+            if signal is not None:
+                out.append(signal)
+            self._previous[pod] = (raw, now)
+        for gone in set(self._previous) - set(scrapes):
+            del self._previous[gone]
+        return out
+
+    def forget(self, pod: str) -> None:
+        self._previous.pop(pod, None)

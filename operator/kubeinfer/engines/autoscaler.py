@@ -47,7 +47,7 @@ class Tracked:
     memory: step.Memory
     history: tuple[api.DecisionRecord, ...] = ()
     # Each pod's last scrape, for counter deltas; not persisted (a restart starts afresh).
-    previous: dict[str, tuple[metrics.RawScrape, float]] = dataclasses.field(default_factory=dict)
+    baselines: metrics.Baselines = dataclasses.field(default_factory=metrics.Baselines)
     last_persist: float = 0.0
     last_desired: int | None = None
 
@@ -149,7 +149,7 @@ class Autoscaler:
                 (pod["metadata"].get("namespace", ""), labels.get(builders.LABEL_ISVC, ""))
             )
             if tracked is not None:
-                tracked.previous.pop(pod["metadata"]["name"], None)
+                tracked.baselines.forget(pod["metadata"]["name"])
 
     def stop(self) -> None:
         self._stopped.set()
@@ -241,29 +241,15 @@ class Autoscaler:
     ) -> list[signals.PodSignals]:
         """Parse each answer and turn it into signals against the pod's previous scrape."""
         labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
-        out: list[signals.PodSignals] = []
+        scrapes: dict[str, metrics.RawScrape | None] = {}
         for pod, text in texts.items():
             try:
-                raw = metrics.parse_metrics(text, names=names) if text is not None else None
+                scrapes[pod] = metrics.parse_metrics(text, names=names) if text else None
             except ValueError:
-                raw = None
-            if raw is None:
+                scrapes[pod] = None
+            if scrapes[pod] is None:
                 telemetry.SCRAPE_FAILURES.labels(**labels).inc()
-                continue
-            prev = tracked.previous.get(pod)
-            signal = metrics.pod_signals(
-                pod=pod,
-                previous=prev[0] if prev else None,
-                previous_time=prev[1] if prev else None,
-                current=raw,
-                current_time=now,
-            )
-            if signal is not None:  # None: the pod's first scrape, a baseline
-                out.append(signal)
-            tracked.previous[pod] = (raw, now)
-        for gone in set(tracked.previous) - set(texts):
-            tracked.previous.pop(gone, None)
-        return out
+        return tracked.baselines.signals(scrapes, now)
 
     # ---- act -----------------------------------------------------------------------------
     async def act(self, tracked: Tracked, out: step.Step, now: float) -> None:

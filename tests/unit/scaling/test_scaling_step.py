@@ -44,25 +44,13 @@ def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, deci
     """(time, reason, desired) per tick; ticks every 2 s; new replicas ready after 2 ticks."""
     service = FakeService()
     memory = step.Memory.fresh(pol)
-    previous: dict[str, tuple[metrics.RawScrape, float]] = {}
+    baselines = metrics.Baselines()
     current, starting_since = 1, dict[int, float]()
     out = []
     for tick, rate in enumerate(loads):
         now = 1000.0 + 2.0 * tick
         service.ready = max(1, current - sum(1 for t in starting_since.values() if now - t < 4))
-        pods = []
-        for pod, raw in service.scrape(rate, 2.0).items():
-            prev = previous.get(pod)
-            signal = metrics.pod_signals(
-                pod=pod,
-                previous=prev[0] if prev else None,
-                previous_time=prev[1] if prev else None,
-                current=raw,
-                current_time=now,
-            )
-            if signal is not None:
-                pods.append(signal)
-            previous[pod] = (raw, now)
+        pods = baselines.signals(service.scrape(rate, 2.0), now)
         observation = step.Observation(
             replicas=decide.Replicas(
                 current=current, ready=service.ready, starting=current - service.ready
