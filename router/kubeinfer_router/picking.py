@@ -64,6 +64,7 @@ class Endpoint:
         "ejected_until",
         "external_queued",
         "host",
+        "host_header",
         "in_flight",
         "key",
         "metrics_port",
@@ -94,6 +95,7 @@ class Endpoint:
         self.variant = variant
         self.weight = weight
         self.url = f"http://{_bracket(host)}:{port}"
+        self.host_header = f"Host: {_bracket(host)}:{port}\r\n".encode("latin-1")
         self.ready = True
         self.draining = False
         self.in_flight = 0

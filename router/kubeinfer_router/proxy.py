@@ -18,14 +18,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from kubeinfer_router import config, holding, picking, splitting, table, telemetry
+from kubeinfer_router import config, holding, picking, splitting, table, telemetry, upstream
 
 log = logging.getLogger("kubeinfer_router.proxy")
 
@@ -65,8 +63,23 @@ def error_response(status: int, message: str, *, retry_after: int | None = None)
     )
 
 
-def _forwardable(headers: Any) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
+HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+
+
+def forwarded_head(raw_headers: Sequence[tuple[bytes, bytes]], body_length: int) -> bytes:
+    """The client's headers for the pod, less hop-by-hop ones, plus our Content-Length.
+
+    Ends with the blank line; the caller puts the request line and Host in front.
+    """
+    dropped = HOP_BY_HOP_BYTES
+    for name, value in raw_headers:
+        if name.lower() == b"connection":  # it may name more hop-by-hop fields (RFC 9110)
+            dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+    parts = [
+        name + b": " + value + b"\r\n" for name, value in raw_headers if name.lower() not in dropped
+    ]
+    parts.append(b"Content-Length: %d\r\n\r\n" % body_length)
+    return b"".join(parts)
 
 
 class Proxy:
@@ -93,9 +106,9 @@ class Proxy:
         self.synced = asyncio.Event()  # discovery has listed once: an empty table means zero
         self._routable = asyncio.Event()
         self._wake_task: asyncio.Task[None] | None = None
-        self.session: aiohttp.ClientSession | None = None
-        self._timeout = aiohttp.ClientTimeout(
-            total=cfg.request_timeout_s, sock_connect=cfg.connect_timeout_s
+        self._sweeper: asyncio.Task[None] | None = None
+        self.pool = upstream.Pool(
+            connect_timeout_s=cfg.connect_timeout_s, request_timeout_s=cfg.request_timeout_s
         )
         endpoints.listeners.append(self._on_available)
         stats.in_flight.set_function(lambda: self.active)
@@ -106,13 +119,12 @@ class Proxy:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
-            timeout=self._timeout,
-            auto_decompress=False,  # bodies pass through as the pod encoded them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(upstream.IDLE_TIMEOUT_S / 3)
+            self.pool.sweep()
 
     async def stop(self) -> None:
         """Stop taking work: held requests are answered 503 now, new ones 503 from here on."""
@@ -122,8 +134,9 @@ class Proxy:
             self._wake_task.cancel()
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.close()
 
     def reconfigure(self, cfg: config.RouterConfig) -> None:
         """A reloaded config: weights, limits and timeouts apply to the next request."""
@@ -216,6 +229,11 @@ class Proxy:
         self.active += 1
         try:
             return await self._forward(request, body, arrived, held_s)
+        except Exception:
+            # A bug of ours must still read as the router's, never as the model's answer.
+            log.exception("proxying %s %s failed", request.method, request.raw_path)
+            self.stats.decision("internal_error")
+            return error_response(502, "the router failed to proxy this request")
         finally:
             self.active -= 1
 
@@ -304,15 +322,15 @@ class Proxy:
     async def _forward(
         self, request: web.Request, body: bytes, arrived: float, held_s: float
     ) -> web.StreamResponse:
-        assert self.session is not None
         available = self.table.available
         if len(self.cfg.variants) == 1:
             variant: str | None = self.cfg.variants[0].name
         else:
             variant = self.splitter.choose(available)
-        headers = _forwardable(request.headers)
-        path = request.raw_path
-        method = request.method
+        # Everything but the Host line is the same for every attempt: build it once.
+        line = f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode("latin-1")
+        rest = forwarded_head(request.raw_headers, len(body))
+        head_only = request.method == "HEAD"
         tried: list[str] = []
         last_error = "no endpoint"
         for attempt in range(self.cfg.retries + 1):
@@ -329,47 +347,43 @@ class Proxy:
                 break
             self.stats.decision("retry" if attempt else reason.value)
             picking.started(ep, now)
-            sent = now
             try:
-                response = await self.session.request(
-                    method, ep.url + path, data=body, headers=headers, allow_redirects=False
+                answer = await self.pool.request(
+                    ep.host, ep.port, line + ep.host_header + rest, body, head_only=head_only
                 )
-            except aiohttp.ClientConnectionError as exc:
-                # Refused, reset or closed before any response byte: nothing was answered, so
+            except upstream.ConnectFailed as exc:
+                # Refused, reset or closed before any answer byte: nothing was answered, so
                 # another pod may take it.
-                picking.finished(ep, self.clock(), completed=False)
-                picking.eject(ep, self.clock(), for_s=EJECT_S)
+                done = self.clock()
+                picking.finished(ep, done, completed=False)
+                picking.eject(ep, done, for_s=EJECT_S)
                 tried.append(ep.key)
-                last_error = f"{ep.key}: {exc.__class__.__name__}: {exc}"
+                last_error = f"{ep.key}: {exc}"
                 continue
-            except TimeoutError:
+            except upstream.UpstreamTimeout as exc:
                 picking.finished(ep, self.clock(), completed=False)
-                return self._answer_error(
-                    ep.variant, arrived, 504, f"no answer from {ep.key} in time"
-                )
-            try:
-                payload = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                return self._answer_error(ep.variant, arrived, 504, str(exc))
+            except upstream.AnswerBroken as exc:
                 # The answer had begun: never retried (the pod may have acted on it).
                 picking.finished(ep, self.clock(), completed=False)
-                return self._answer_error(
-                    ep.variant, arrived, 502, f"{ep.key} broke off its answer: {exc!r}"
-                )
-            finally:
-                response.release()
+                return self._answer_error(ep.variant, arrived, 502, f"{ep.key}: {exc}")
             done = self.clock()
             picking.finished(ep, done)
-            self.stats.upstream_for(ep).observe(done - sent)
+            self.stats.upstream_for(ep).observe(done - now)
             vstats = self.stats.variant(ep.variant)
-            (vstats.errors if response.status >= 500 else vstats.successes).inc()
-            vstats.duration.observe(done - arrived)
-            self.stats.overhead.observe(max(0.0, (done - arrived) - (done - sent) - held_s))
-            return web.Response(
-                status=response.status,
-                reason=response.reason,
-                body=payload,
-                headers=_forwardable(response.headers),
+            (vstats.errors if answer.status >= 500 else vstats.successes).inc()
+            response = web.Response(
+                status=answer.status,
+                reason=answer.reason,
+                body=answer.body,
+                headers=CIMultiDict(
+                    (k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP
+                ),
             )
+            end = self.clock()
+            vstats.duration.observe(end - arrived)
+            self.stats.overhead.observe(max(0.0, (end - arrived) - (done - now) - held_s))
+            return response
         self.stats.decision("exhausted")
         return self._answer_error(
             variant, arrived, 502, f"no endpoint accepted the connection ({last_error})"
