@@ -30,8 +30,8 @@ from kubeinfer_router import config
 # our requests in flight), folded into an EWMA at each scrape tick once a window holds enough
 # evidence. Busy-time throughput is the pod's rate at the concurrency we give it: for pods of
 # one model it ranks them correctly, and it costs two clock reads per request.
-RATE_MIN_COMPLETIONS = 3
-RATE_MIN_BUSY_S = 0.05
+RATE_MIN_COMPLETIONS = 5
+RATE_MIN_BUSY_S = 0.002
 RATE_MAX_WINDOW_S = 2.0  # a window this busy counts even with fewer completions
 RATE_ALPHA = 0.3
 # A pod that got no traffic in a tick drifts this fraction back towards the fleet's median:
