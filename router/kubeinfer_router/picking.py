@@ -38,6 +38,10 @@ RATE_ALPHA = 0.3
 # a pod once measured slow (a noisy neighbour, a cold cache) is tried again eventually.
 RATE_DRIFT = 0.02
 RATE_FLOOR = 1e-3
+# Expected waits closer than this fraction are a tie, and the first of the random pair wins:
+# rate estimates of identical pods differ by noise, and without a margin the router would
+# pile all light load onto whichever one measured a little faster.
+TIE_MARGIN = 0.2
 # A scraped queue older than this many scrape intervals is ignored (the pod stopped answering).
 QUEUE_STALE_INTERVALS = 4
 
@@ -219,5 +223,7 @@ def pick(
     if policy is config.Policy.INFLIGHT_P2C:
         return (b if b.in_flight < a.in_flight else a), reason or Reason.INFLIGHT
     rate = default_rate or 1.0
-    chosen = b if expected_wait(b, default_rate=rate) < expected_wait(a, default_rate=rate) else a
-    return chosen, reason or Reason.LEAST_WAIT
+    better = expected_wait(b, default_rate=rate) < expected_wait(a, default_rate=rate) * (
+        1.0 - TIE_MARGIN
+    )
+    return (b if better else a), reason or Reason.LEAST_WAIT

@@ -61,7 +61,7 @@ def wait_for(check: Any, timeout: float, what: str, every: float = 0.02) -> Any:
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last={last!r}")
 
 
-def build_slow_mlp(path: pathlib.Path, *, width: int = 2048, layers: int = 3) -> pathlib.Path:
+def build_slow_mlp(path: pathlib.Path, *, width: int = 2048, layers: int = 5) -> pathlib.Path:
     """Same signature as `mlp` (FP32 [-1, 64] -> [-1, 10]), far more compute per row."""
     rng = np.random.default_rng(3)
     widths = [64, *([width] * layers), 10]

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import json
 import pathlib
-import statistics
 import threading
 import time
 import urllib.request
@@ -109,14 +108,17 @@ def test_v2_through_the_router_is_byte_for_byte_the_pods(
     assert router.metric("kubeinfer_router_requests_total", variant="stable", outcome="error") == 0
 
 
-def service_time(server: OnnxServer, body: bytes, n: int = 30) -> float:
-    """Median latency of sequential requests, straight to the server: its service time."""
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        assert post(server.url + INFER, body)[0] == 200
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def service_times(servers: list[OnnxServer], body: bytes, rounds: int = 25) -> list[float]:
+    """Each server's fastest answer to sequential requests, taken in turns: on a busy machine
+    the minimum is the service time and the rest is scheduling noise, and taking turns
+    spreads a noisy moment over all of them instead of one."""
+    best = [float("inf")] * len(servers)
+    for _ in range(rounds):
+        for i, server in enumerate(servers):
+            started = time.perf_counter()
+            assert post(server.url + INFER, body)[0] == 200
+            best[i] = min(best[i], time.perf_counter() - started)
+    return best
 
 
 async def test_least_wait_keeps_load_off_a_slow_replica(
@@ -124,7 +126,7 @@ async def test_least_wait_keeps_load_off_a_slow_replica(
 ) -> None:
     body = mlp_request(1)
     servers = [fleet.fast1, fleet.fast2, fleet.slow]
-    times = [await asyncio.to_thread(service_time, s, body) for s in servers]
+    times = await asyncio.to_thread(service_times, servers, body)
     assert times[2] > 3 * max(times[:2]), f"the slow model is not slow here: {times}"
     capacity = sum(1 / t for t in times)
     # Half the measured capacity, capped at what a Python client drives on 2 busy cores.
@@ -201,7 +203,7 @@ async def test_a_server_shutting_down_under_load_loses_no_request(
         load = asyncio.create_task(
             open_loop(router.url + INFER, rate=100, seconds=3.0, body=mlp_request(1))
         )
-        await asyncio.to_thread(wait_for, lambda: a.successes() >= 20, 20, "load on a")
+        await asyncio.to_thread(wait_for, lambda: a.successes() >= 5, 20, "load on a")
         assert await asyncio.to_thread(a.stop) == 0  # SIGTERM: drain, stop listening, exit
         results = await load
         assert [s for s, _ in results if s != 200] == []

@@ -59,13 +59,21 @@ def test_least_wait_divides_by_capacity() -> None:
     # A pod 3x slower is worth sending to only when the fast one has 3 or more waiting:
     # (0 + 1) / 1 = 1 against (n + 1) / 3.
     slow = endpoint("slow", rate=1.0)
-    for queued, expected in ((1, "fast"), (2, "fast"), (3, "slow"), (5, "slow")):
+    for queued, expected in ((0, "fast"), (1, "fast"), (3, "slow"), (5, "slow")):
         fast = endpoint("fast", rate=3.0, in_flight=queued)
         assert pick([slow, fast], Policy.LEAST_WAIT) == expected, queued
     heavy = endpoint("weighted", weight=2.0, in_flight=1)
     assert pick([heavy, endpoint("plain", in_flight=0)], Policy.LEAST_WAIT) == "plain"
     assert pick([endpoint("w4", weight=4.0, in_flight=2), endpoint("p", in_flight=0)],
                 Policy.LEAST_WAIT) == "w4"  # fmt: skip
+
+
+def test_near_equal_waits_are_a_tie_so_identical_pods_share_light_load() -> None:
+    # Rate estimates of identical pods differ by noise: 10 % apart is a tie, not a winner.
+    a, b = endpoint("a", rate=100.0), endpoint("b", rate=110.0)
+    assert {pick([a, b], Policy.LEAST_WAIT, seed) for seed in range(40)} == {"a", "b"}
+    c = endpoint("c", rate=200.0)
+    assert {pick([a, c], Policy.LEAST_WAIT, seed) for seed in range(40)} == {"c"}
 
 
 def test_unmeasured_pods_use_the_default_rate() -> None:
