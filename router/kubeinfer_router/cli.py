@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pathlib
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -236,8 +237,17 @@ def _mtime(path: pathlib.Path) -> float | None:
     return None
 
 
+def raise_file_limit() -> None:
+    """Every proxied request holds two sockets: take the hard limit, not the soft default."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    raise_file_limit()
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -92,7 +92,9 @@ class RouterConfig:
     hold_timeout_s: float = 120.0
     max_in_flight: int = 1000
     retries: int = 2
-    connect_timeout_s: float = 1.0
+    # Long enough for one SYN retransmit (1 s) when a pod's accept backlog overflows.
+    connect_timeout_s: float = 3.0
+    max_connections_per_endpoint: int = 128
     request_timeout_s: float = 300.0
     retry_after_s: int = 1
     max_request_bytes: int = 64 * 1024 * 1024
@@ -240,6 +242,9 @@ def parse_document(doc: Mapping[str, Any]) -> RouterConfig:
         request_timeout_s=float(
             _get(doc, "requestTimeoutSeconds", (int, float), d.request_timeout_s)
         ),
+        max_connections_per_endpoint=_get(
+            doc, "maxConnectionsPerEndpoint", int, d.max_connections_per_endpoint
+        ),
         retry_after_s=_get(doc, "retryAfterSeconds", int, d.retry_after_s),
         max_request_bytes=_get(doc, "maxRequestBytes", int, d.max_request_bytes),
         shutdown_grace_s=float(_get(doc, "shutdownGraceSeconds", (int, float), d.shutdown_grace_s)),
@@ -252,6 +257,7 @@ def parse_document(doc: Mapping[str, Any]) -> RouterConfig:
         ("retries", config.retries, True),
         ("connectTimeoutSeconds", config.connect_timeout_s, False),
         ("requestTimeoutSeconds", config.request_timeout_s, False),
+        ("maxConnectionsPerEndpoint", config.max_connections_per_endpoint, False),
         ("retryAfterSeconds", config.retry_after_s, True),
         ("maxRequestBytes", config.max_request_bytes, False),
         ("shutdownGraceSeconds", config.shutdown_grace_s, True),

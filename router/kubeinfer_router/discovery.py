@@ -3,7 +3,8 @@
 Owns the I/O that finds endpoints; what counts as routable is `inventory`'s (pure) job.
 - static: the configured addresses, each probed at GET /v2/health/ready every scrape interval
   (every 50 ms while requests are held, so a pod that comes up is used at once), or taken as
-  ready without a probe.
+  ready without a probe. A refusal or a non-200 answer takes a pod out at once; timeouts
+  only after three in a row, as Kubernetes' probes count them.
 - pods: a list + watch of Pods by label selector, per variant. The local cluster needs this:
   EndpointSlices cannot hold its loopback pod IPs.
 - endpointslices: a list + watch of a Service's EndpointSlices, per variant (real clusters).
@@ -29,6 +30,8 @@ from kubeinfer_router import config, inventory, table
 log = logging.getLogger("kubeinfer_router.discovery")
 
 HELD_PROBE_S = 0.05
+PROBE_TIMEOUT_S = 1.0  # Kubernetes' default timeoutSeconds
+PROBE_FAILURES = 3  # Kubernetes' default failureThreshold, for timeouts only
 WATCH_TIMEOUT_S = 240
 RELIST_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -47,6 +50,7 @@ class StaticDiscovery:
         self.synced = synced
         self.holding = holding  # true while requests are held: probe faster
         self.ready: dict[str, bool] = {}
+        self.timeouts: dict[str, int] = {}
 
     def update(self, cfg: config.RouterConfig) -> None:
         """A reloaded config: new addresses or draining flags apply at once."""
@@ -60,16 +64,14 @@ class StaticDiscovery:
             )
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=max(0.2, self.cfg.scrape_interval_s))
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 everything = [e for v in self.cfg.variants for e in v.endpoints]
                 if self.cfg.discovery.probe:
                     answers = await asyncio.gather(*(self._probe(session, e) for e in everything))
-                    self.ready = {
-                        inventory.static_key(e): ok
-                        for e, ok in zip(everything, answers, strict=True)
-                    }
+                    for e, answer in zip(everything, answers, strict=True):
+                        self._judge(inventory.static_key(e), answer)
                 else:
                     self.ready = {inventory.static_key(e): True for e in everything}
                 self._publish()
@@ -77,12 +79,27 @@ class StaticDiscovery:
                 fast = self.holding() and not self.table.available
                 await asyncio.sleep(HELD_PROBE_S if fast else self.cfg.scrape_interval_s)
 
-    async def _probe(self, session: aiohttp.ClientSession, e: config.StaticEndpoint) -> bool:
+    def _judge(self, key: str, answer: bool | None) -> None:
+        # An answer (200 or not) or a refused connection is definite; a timeout only says the
+        # pod is busy, so it takes PROBE_FAILURES in a row (Kubernetes' failureThreshold) to
+        # mark a pod unready that way. Otherwise a loaded pod flaps and its requests get held.
+        if answer is None:
+            self.timeouts[key] = self.timeouts.get(key, 0) + 1
+            if self.timeouts[key] >= PROBE_FAILURES:
+                self.ready[key] = False
+            return
+        self.timeouts[key] = 0
+        self.ready[key] = answer
+
+    async def _probe(self, session: aiohttp.ClientSession, e: config.StaticEndpoint) -> bool | None:
+        """True: ready; False: refused or answered not ready; None: no answer in time."""
         host = f"[{e.host}]" if ":" in e.host else e.host
         try:
             async with session.get(f"http://{host}:{e.port}/v2/health/ready") as response:
                 return response.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except TimeoutError:
+            return None
+        except (aiohttp.ClientError, OSError):
             return False
 
 

@@ -108,7 +108,9 @@ class Proxy:
         self._wake_task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.pool = upstream.Pool(
-            connect_timeout_s=cfg.connect_timeout_s, request_timeout_s=cfg.request_timeout_s
+            connect_timeout_s=cfg.connect_timeout_s,
+            request_timeout_s=cfg.request_timeout_s,
+            max_per_endpoint=cfg.max_connections_per_endpoint,
         )
         endpoints.listeners.append(self._on_available)
         stats.in_flight.set_function(lambda: self.active)
@@ -298,6 +300,7 @@ class Proxy:
     async def _wake_loop(self, wake: Wake) -> None:
         # Retried while the episode is open: a failed API call must not leave requests held
         # until their timeout when the next try would have worked.
+        episode = self.holds.episode_started
         while True:
             try:
                 await wake()
@@ -306,6 +309,8 @@ class Proxy:
                 self.stats.wakes.labels("error").inc()
             else:
                 self.stats.wakes.labels("ok").inc()
+                if episode is not None:
+                    self.stats.wake_latency.observe(self.clock() - episode)
                 return
             await asyncio.sleep(WAKE_RETRY_S)
             if not self.holds.open or self.stopping:

@@ -8,7 +8,8 @@ Owns the metric names and labels an analysis loop and dashboards read:
 - kubeinfer_router_overhead_seconds: the router's own part (total - upstream - held);
 - kubeinfer_router_decisions_total{reason}: why each request went where it went;
 - kubeinfer_router_held_requests and kubeinfer_router_hold_duration_seconds{outcome};
-- kubeinfer_router_wake_calls_total{outcome}, kubeinfer_router_in_flight_requests;
+- kubeinfer_router_wake_calls_total{outcome}, kubeinfer_router_wake_seconds (first held
+  request to the hook's successful return), kubeinfer_router_in_flight_requests;
 - per endpoint, read at scrape time: kubeinfer_router_endpoint_{in_flight,queued,
   service_rate,routable}{variant,pod}.
 Label children are cached on the endpoint and per variant: a `labels()` lookup costs more
@@ -135,6 +136,12 @@ class Telemetry:
             "kubeinfer_router_wake_calls",
             "Calls of the wake hook (scale 0 -> 1), by outcome.",
             ["outcome"],
+            registry=r,
+        )
+        self.wake_latency = prometheus_client.Histogram(
+            "kubeinfer_router_wake_seconds",
+            "From the first held request of an episode to the wake hook's successful return.",
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.in_flight = prometheus_client.Gauge(

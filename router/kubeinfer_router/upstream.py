@@ -243,13 +243,37 @@ class _Connection(asyncio.Protocol):
             self._close()
 
 
-class Pool:
-    """Idle keep-alive connections per (host, port); opened on demand, no per-pod cap."""
+class _Slots:
+    """Requests using (or opening) a connection to one pod, and those waiting their turn."""
 
-    def __init__(self, *, connect_timeout_s: float, request_timeout_s: float) -> None:
+    __slots__ = ("used", "waiters")
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+
+class Pool:
+    """Keep-alive connections per (host, port), at most `max_per_endpoint` at a time.
+
+    The cap matters in a burst: thousands of connects at once overflow a server's accept
+    backlog (aiohttp's is 128), the kernel drops SYNs, and each retransmit costs a second.
+    Past the cap a request waits here, in FIFO order, for a connection to come free; it is
+    still in flight for the picker, so the pod looks as loaded as it is.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        max_per_endpoint: int = 128,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
+        self.max_per_endpoint = max_per_endpoint
         self.idle: dict[tuple[str, int], collections.deque[_Connection]] = {}
+        self.slots: dict[tuple[str, int], _Slots] = {}
         self._closing = False
 
     async def _open(self, host: str, port: int) -> _Connection:
@@ -258,7 +282,8 @@ class Pool:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(lambda: _Connection(loop), host, port)
         except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"connect to {host}:{port}: {exc or 'timed out'}") from None
+            reason = str(exc) or f"no connection in {self.connect_timeout_s:g}s"
+            raise ConnectFailed(f"connect to {host}:{port}: {reason}") from None
         return conn
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
@@ -272,11 +297,53 @@ class Pool:
             conn._close()
         return None
 
+    async def _acquire(self, key: tuple[str, int]) -> None:
+        slots = self.slots.get(key)
+        if slots is None:
+            slots = self.slots[key] = _Slots()
+        if slots.used < self.max_per_endpoint and not slots.waiters:
+            slots.used += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        slots.waiters.append(turn)
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                await turn
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():
+                self._release(key)  # the slot was handed to us as we gave up: pass it on
+            else:
+                turn.cancel()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"no free connection to {key[0]}:{key[1]} in time") from None
+            raise
+
+    def _release(self, key: tuple[str, int]) -> None:
+        slots = self.slots[key]
+        while slots.waiters:
+            turn = slots.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # hand our slot over: `used` stays as it is
+                return
+        slots.used -= 1
+        if slots.used == 0:
+            del self.slots[key]
+
     async def request(
         self, host: str, port: int, head: bytes, body: bytes, *, head_only: bool = False
     ) -> Answer:
         """Send `head` (request line and headers, ending in a blank line) and `body`."""
         key = (host, port)
+        await self._acquire(key)
+        try:
+            return await self._exchange(key, head, body, head_only=head_only)
+        finally:
+            self._release(key)
+
+    async def _exchange(
+        self, key: tuple[str, int], head: bytes, body: bytes, *, head_only: bool
+    ) -> Answer:
+        host, port = key
         conn = self._take(key)
         fresh = conn is None
         if conn is None:

@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -61,8 +62,9 @@ def wait_for(check: Any, timeout: float, what: str, every: float = 0.02) -> Any:
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last={last!r}")
 
 
-def build_slow_mlp(path: pathlib.Path, *, width: int = 2048, layers: int = 5) -> pathlib.Path:
-    """Same signature as `mlp` (FP32 [-1, 64] -> [-1, 10]), far more compute per row."""
+def build_wide_mlp(path: pathlib.Path, *, width: int, layers: int) -> pathlib.Path:
+    """Same signature as `mlp` (FP32 [-1, 64] -> [-1, 10]), `layers` hidden layers of `width`:
+    compute per row grows with layers x width^2, so a slow replica serves the same requests."""
     rng = np.random.default_rng(3)
     widths = [64, *([width] * layers), 10]
     nodes, inits, current = [], [], "INPUT0"
@@ -74,7 +76,7 @@ def build_slow_mlp(path: pathlib.Path, *, width: int = 2048, layers: int = 5) ->
     nodes.append(helper.make_node("Identity", [current], ["OUTPUT0"]))
     graph = helper.make_graph(
         nodes,
-        "slow_mlp",
+        "wide_mlp",
         [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 10])],
         initializer=inits,
@@ -86,19 +88,25 @@ def build_slow_mlp(path: pathlib.Path, *, width: int = 2048, layers: int = 5) ->
     return path
 
 
-def build_repo(root: pathlib.Path, kind: str) -> pathlib.Path:
-    """A one-model repository serving `mlp`: kind `mlp` (seed 1), `mlp2` (seed 2: another
-    version's numerics, for a canary) or `slow` (the slow model under the same name)."""
-    repo = root / f"repo-{kind}"
+# Repository kinds, each serving one model named `mlp` with the same inputs and outputs.
+REPOS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
+    "mlp": lambda p: runtime_models.build_mlp(p, seed=1),
+    "mlp2": lambda p: runtime_models.build_mlp(p, seed=2),  # a canary: other numerics
+    "slow": lambda p: build_wide_mlp(p, width=2048, layers=5),  # ~100x mlp's compute
+    "dense": lambda p: build_wide_mlp(p, width=1024, layers=2),  # ~1 M multiply-adds
+    "dense3x": lambda p: build_wide_mlp(p, width=1024, layers=4),  # ~2.9x dense
+}
+
+
+def build_repo(root: pathlib.Path, kind: str, *, max_batch_size: int = 0) -> pathlib.Path:
+    """A one-model repository of the given kind (see REPOS), built once per folder."""
+    repo = root / f"repo-{kind}-b{max_batch_size}"
     target = repo / "mlp" / "1" / "model.onnx"
-    if target.exists():
-        return repo
-    if kind == "slow":
-        build_slow_mlp(target)
-    else:
-        runtime_models.build_mlp(target, seed=2 if kind == "mlp2" else 1)
-    # No batching: each server is a plain FIFO queue, so service times are what they seem.
-    (repo / "mlp" / "config.json").write_text(json.dumps({"max_batch_size": 0}))
+    if not target.exists():
+        REPOS[kind](target)
+        # Without batching (the default here) each server is a plain FIFO queue, so service
+        # times are what they seem.
+        (repo / "mlp" / "config.json").write_text(json.dumps({"max_batch_size": max_batch_size}))
     return repo
 
 

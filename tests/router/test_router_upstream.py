@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from router_upstreams import RawHandler, RawServer, closed_port
+from router_upstreams import RawHandler, RawServer, closed_port, wait_until
 
 from kubeinfer_router import upstream
 
@@ -131,3 +131,66 @@ async def test_sweep_closes_idle_connections(raw_server: Start) -> None:
     conn.idle_since -= upstream.IDLE_TIMEOUT_S + 1
     p.sweep()
     assert p.idle == {} and conn.closed
+
+
+async def test_connections_per_pod_are_capped_and_waiters_go_in_order(raw_server: Start) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    gate = asyncio.Event()
+    open_now = [0]
+    peak = [0]
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_now[0] += 1
+        peak[0] = max(peak[0], open_now[0])
+        try:
+            while True:
+                await read_request(reader)
+                await gate.wait()
+                writer.write(ok)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            open_now[0] -= 1
+
+    server = await raw_server(slow)
+    p = upstream.Pool(connect_timeout_s=1.0, request_timeout_s=5.0, max_per_endpoint=2)
+    tasks = [
+        asyncio.create_task(p.request("127.0.0.1", server.port, HEAD, b"hello")) for _ in range(6)
+    ]
+    await wait_until(lambda: open_now[0] == 2, what="two connections")
+    assert len(p.slots[("127.0.0.1", server.port)].waiters) == 4
+    gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert [a.body for a in answers] == [b"ok"] * 6
+    assert peak[0] == 2 and server.connections == 2
+    assert p.slots == {}
+    p.close()
+
+
+async def test_a_waiter_that_gives_up_frees_its_place(raw_server: Start) -> None:
+    gate = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            await gate.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    server = await raw_server(held)
+    p = upstream.Pool(connect_timeout_s=1.0, request_timeout_s=5.0, max_per_endpoint=1)
+    key = ("127.0.0.1", server.port)
+    first = asyncio.create_task(p.request(*key, HEAD, b"hello"))
+    await wait_until(lambda: server.connections == 1)
+    gone = asyncio.create_task(p.request(*key, HEAD, b"hello"))  # its client goes away
+    third = asyncio.create_task(p.request(*key, HEAD, b"hello"))
+    await wait_until(lambda: len(p.slots[key].waiters) == 2)
+    gone.cancel()
+    gate.set()
+    assert (await first).status == 200 and (await third).status == 200
+    assert gone.cancelled() and p.slots == {} and server.connections == 1
+    p.close()
