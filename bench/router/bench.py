@@ -62,7 +62,9 @@ VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA_VERSION = "v12.13.0"
 INFER = "/v2/models/mlp/infer"
 CGROUP_CPU = pathlib.Path("/sys/fs/cgroup/cpu")
-CFS_PERIOD_US = 5000  # short, so a throttled server stalls for ms, not for 100 ms
+CFS_PERIOD_US = 20000  # short (a throttled server stalls for ms, not 100 ms); quota >= 1 ms
+# Small enough that the quotas, not the busy shared machine, set each server's capacity.
+FAST_CPUS = 0.15
 
 
 def say(message: str) -> None:
@@ -211,7 +213,7 @@ class Stack:
         group.mkdir()
         self.cgroups.append(group)
         (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * CFS_PERIOD_US)))
+        (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(cpus * CFS_PERIOD_US))))
         return ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"]
 
     def stop(self, process: rp.Process) -> None:
@@ -319,7 +321,8 @@ POLICIES = ("least-wait", "random", "inflight-p2c")
 def part_slow_replica(stack: Stack, vegeta: Vegeta, quick: bool) -> dict[str, Any]:
     quota = cgroups_writable()
     how = (
-        "cgroup CPU quota: 0.25 CPU for each fast server, 0.083 for the slow one"
+        f"cgroup CPU quota: {FAST_CPUS:g} CPU for each fast server, {FAST_CPUS / 3:.3f} for the "
+        "slow one"
         if quota
         else "no writable cgroup: the slow server runs a model with ~2.9x the compute"
     )
@@ -329,7 +332,7 @@ def part_slow_replica(stack: Stack, vegeta: Vegeta, quick: bool) -> dict[str, An
     for i, address in enumerate(addresses):
         slow = i == len(addresses) - 1
         if quota:
-            servers.append(stack.server("dense", address, cpus=0.25 / 3 if slow else 0.25))
+            servers.append(stack.server("dense", address, cpus=FAST_CPUS / (3 if slow else 1)))
         else:
             servers.append(stack.server("dense3x" if slow else "dense", address))
     body = rp.mlp_request(1)

@@ -1,11 +1,11 @@
 """Per-endpoint load state and the choice of the endpoint for one request. Pure: no I/O.
 
 Owns what the router knows about each serving pod (its own in-flight count, the queue the pod
-reported for other clients, an estimate of its service rate, draining and ejection) and the
+reported for other clients, an estimate of its service time, draining and ejection) and the
 three picking policies:
 
 - least-wait (the default): power of two choices over the expected wait of one more request,
-  (in_flight + external_queued + 1) / (weight * service_rate). The `+ 1` is the request being
+  (in_flight + external_queued + 1) * service_time / weight. The `+ 1` is the request being
   placed: it makes an idle slow pod cost more than an idle fast one.
 - inflight-p2c: power of two choices over the router's own in-flight count (Knative's
   activator); a baseline.
@@ -17,6 +17,7 @@ Time is passed in (`now`, seconds on any monotonic clock); randomness comes from
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 import random
@@ -26,18 +27,21 @@ from typing import Any
 
 from kubeinfer_router import config
 
-# The service-rate estimate: completions per second of busy time (time with at least one of
-# our requests in flight), folded into an EWMA at each scrape tick once a window holds enough
-# evidence. Busy-time throughput is the pod's rate at the concurrency we give it: for pods of
-# one model it ranks them correctly, and it costs two clock reads per request.
-RATE_MIN_COMPLETIONS = 5
-RATE_MIN_BUSY_S = 0.002
-RATE_MAX_WINDOW_S = 2.0  # a window this busy counts even with fewer completions
-RATE_ALPHA = 0.3
-# A pod that got no traffic in a tick drifts this fraction back towards the fleet's median:
-# a pod once measured slow (a noisy neighbour, a cold cache) is tried again eventually.
-RATE_DRIFT = 0.02
-RATE_FLOOR = 1e-3
+# The service-time estimate: the 25th percentile of the latencies of the last 16 requests that
+# ran alone on the pod (it was idle when they started and nothing else started before they
+# finished). Lone requests carry no queueing, so the estimate does not move with the load we
+# give the pod; a throughput-based one would, and feed back (a CPU-limited pod looks fast while
+# lightly used and draws more; a batching GPU pod looks slow at low concurrency and draws less,
+# then less still). A low percentile, not a mean: on a busy node scheduling delays only ever
+# add to a latency, and a cold first request should not brand a pod slow.
+SERVICE_WINDOW = 16
+# Until it has this many lone samples a pod counts as unmeasured (the fleet's median, or its
+# rival's estimate): one cold first answer must not keep it out of rotation.
+SERVICE_MIN_SAMPLES = 4
+# A pod with no lone sample in a tick drifts this fraction back towards its variant's median,
+# so a pod once measured slow (a noisy neighbour, a cold cache) is tried again within seconds;
+# one lone request then snaps it back to what it measures.
+SERVICE_DRIFT = 0.05
 # Expected waits closer than this fraction are a tie, and the first of the random pair wins:
 # rate estimates of identical pods differ by noise, and without a margin the router would
 # pile all light load onto whichever one measured a little faster.
@@ -61,9 +65,6 @@ class Endpoint:
     """One serving pod as the router sees it. Mutated only on the event loop thread."""
 
     __slots__ = (
-        "busy_s",
-        "busy_since",
-        "completed",
         "draining",
         "ejected_until",
         "external_queued",
@@ -74,12 +75,15 @@ class Endpoint:
         "metrics_port",
         "port",
         "queue_seen_at",
-        "rate",
         "ready",
+        "samples",
+        "service_s",
+        "starts",
         "stats",
         "url",
         "variant",
         "weight",
+        "window",
     )
 
     def __init__(
@@ -108,16 +112,16 @@ class Endpoint:
         self.external_queued = 0.0
         self.queue_seen_at = -math.inf
         self.ejected_until = -math.inf
-        self.busy_since: float | None = None
-        self.busy_s = 0.0
-        self.completed = 0
-        self.rate: float | None = None
+        self.starts = 0  # requests ever sent here: tells a lone request from an overlapped one
+        self.samples = 0  # lone requests since the last tick
+        self.service_s: float | None = None
+        self.window: collections.deque[float] = collections.deque(maxlen=SERVICE_WINDOW)
         self.stats: Any = None  # telemetry's per-endpoint metric children, opaque here
 
     def __repr__(self) -> str:
         return (
             f"Endpoint({self.key} {self.variant} in_flight={self.in_flight} "
-            f"queued={self.external_queued:g} rate={self.rate} draining={self.draining})"
+            f"queued={self.external_queued:g} service_s={self.service_s} draining={self.draining})"
         )
 
     @property
@@ -129,20 +133,24 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def started(ep: Endpoint, now: float) -> None:
-    if ep.in_flight == 0:
-        ep.busy_since = now
+def started(ep: Endpoint) -> int:
+    """One request goes to the pod; the ticket tells `finished` whether it found the pod idle."""
+    ticket = ep.starts if ep.in_flight == 0 else -1
     ep.in_flight += 1
+    ep.starts += 1
+    return ticket
 
 
-def finished(ep: Endpoint, now: float, *, completed: bool = True) -> None:
-    """One request left the pod; `completed` False for a failed connection (no service)."""
+def finished(ep: Endpoint, *, ticket: int, latency_s: float, completed: bool = True) -> None:
+    """The request left the pod after `latency_s`; `completed` False when nothing was served
+    (a failed connection, a timeout)."""
     ep.in_flight -= 1
-    if completed:
-        ep.completed += 1
-    if ep.in_flight == 0 and ep.busy_since is not None:
-        ep.busy_s += now - ep.busy_since
-        ep.busy_since = None
+    if completed and ticket >= 0 and ep.starts == ticket + 1:
+        # Alone from start to finish: its latency is the pod's service time.
+        ep.samples += 1
+        ep.window.append(latency_s)
+        if len(ep.window) >= SERVICE_MIN_SAMPLES:
+            ep.service_s = sorted(ep.window)[len(ep.window) // 4]
 
 
 def eject(ep: Endpoint, now: float, *, for_s: float) -> None:
@@ -156,19 +164,11 @@ def observe_queue(ep: Endpoint, *, pending: float, own_in_flight: int, now: floa
     ep.queue_seen_at = now
 
 
-def roll_rate(ep: Endpoint, now: float, *, fleet_rate: float | None) -> None:
-    """Fold the busy time and completions since the last window into the rate estimate."""
-    busy = ep.busy_s + (now - ep.busy_since if ep.busy_since is not None else 0.0)
-    enough = ep.completed >= RATE_MIN_COMPLETIONS and busy >= RATE_MIN_BUSY_S
-    if enough or busy >= RATE_MAX_WINDOW_S:
-        sample = max(ep.completed, 1) / busy
-        ep.rate = sample if ep.rate is None else ep.rate + RATE_ALPHA * (sample - ep.rate)
-        ep.rate = max(ep.rate, RATE_FLOOR)
-        ep.busy_s, ep.completed = 0.0, 0
-        if ep.busy_since is not None:
-            ep.busy_since = now
-    elif busy == 0.0 and ep.rate is not None and fleet_rate is not None:
-        ep.rate += RATE_DRIFT * (fleet_rate - ep.rate)
+def roll_service(ep: Endpoint, *, fleet_service_s: float | None) -> None:
+    """Once per tick: a pod without lone samples drifts towards the fleet's median."""
+    if ep.samples == 0 and ep.service_s is not None and fleet_service_s is not None:
+        ep.service_s += SERVICE_DRIFT * (fleet_service_s - ep.service_s)
+    ep.samples = 0
 
 
 def expire_queue(ep: Endpoint, now: float, *, interval_s: float) -> None:
@@ -176,15 +176,15 @@ def expire_queue(ep: Endpoint, now: float, *, interval_s: float) -> None:
         ep.external_queued = 0.0
 
 
-def fleet_rate(endpoints: Sequence[Endpoint]) -> float | None:
-    """The median measured rate: the stand-in for pods not measured yet."""
-    rates = [e.rate for e in endpoints if e.rate is not None]
-    return statistics.median(rates) if rates else None
+def fleet_service(endpoints: Sequence[Endpoint]) -> float | None:
+    """The median measured service time: the stand-in for pods not measured yet."""
+    times = [e.service_s for e in endpoints if e.service_s is not None]
+    return statistics.median(times) if times else None
 
 
-def expected_wait(ep: Endpoint, *, default_rate: float) -> float:
-    rate = ep.rate if ep.rate is not None else default_rate
-    return (ep.in_flight + ep.external_queued + 1.0) / (ep.weight * rate)
+def expected_wait(ep: Endpoint, *, service_s: float) -> float:
+    """Seconds until one more request sent now would be answered, by this estimate."""
+    return (ep.in_flight + ep.external_queued + 1.0) * service_s / ep.weight
 
 
 def pick(
@@ -193,7 +193,7 @@ def pick(
     policy: config.Policy,
     rng: random.Random,
     now: float,
-    default_rate: float | None = None,
+    default_service_s: float | None = None,
     exclude: Collection[str] = (),
 ) -> tuple[Endpoint | None, Reason]:
     """The endpoint for one request among routable candidates not in `exclude`.
@@ -222,8 +222,10 @@ def pick(
     a, b = pool[i], pool[j]
     if policy is config.Policy.INFLIGHT_P2C:
         return (b if b.in_flight < a.in_flight else a), reason or Reason.INFLIGHT
-    rate = default_rate or 1.0
-    better = expected_wait(b, default_rate=rate) < expected_wait(a, default_rate=rate) * (
-        1.0 - TIE_MARGIN
-    )
+    # A pod not measured yet counts as the fleet's median, or else as its rival: new pods
+    # are tried as if average, never shunned for lack of data.
+    service_a = a.service_s or default_service_s or b.service_s or 1.0
+    service_b = b.service_s or default_service_s or service_a
+    wait_a = expected_wait(a, service_s=service_a)
+    better = expected_wait(b, service_s=service_b) < wait_a * (1.0 - TIE_MARGIN)
     return (b if better else a), reason or Reason.LEAST_WAIT

@@ -199,7 +199,7 @@ class Proxy:
                     "draining": e.draining,
                     "in_flight": e.in_flight,
                     "queued": e.external_queued,
-                    "rate": e.rate,
+                    "service_s": e.service_s,
                     "weight": e.weight,
                 }
                 for e in self.table.endpoints()
@@ -345,13 +345,13 @@ class Proxy:
                 policy=self.cfg.policy,
                 rng=self.rng,
                 now=now,
-                default_rate=self.table.fleet_rate.get(variant) if variant else None,
+                default_service_s=self.table.fleet_service.get(variant) if variant else None,
                 exclude=tried,
             )
             if ep is None:
                 break
             self.stats.decision("retry" if attempt else reason.value)
-            picking.started(ep, now)
+            ticket = picking.started(ep)
             try:
                 answer = await self.pool.request(
                     ep.host, ep.port, line + ep.host_header + rest, body, head_only=head_only
@@ -360,20 +360,25 @@ class Proxy:
                 # Refused, reset or closed before any answer byte: nothing was answered, so
                 # another pod may take it.
                 done = self.clock()
-                picking.finished(ep, done, completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=done - now, completed=False)
                 picking.eject(ep, done, for_s=EJECT_S)
                 tried.append(ep.key)
                 last_error = f"{ep.key}: {exc}"
                 continue
             except upstream.UpstreamTimeout as exc:
-                picking.finished(ep, self.clock(), completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
                 return self._answer_error(ep.variant, arrived, 504, str(exc))
             except upstream.AnswerBroken as exc:
                 # The answer had begun: never retried (the pod may have acted on it).
-                picking.finished(ep, self.clock(), completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
                 return self._answer_error(ep.variant, arrived, 502, f"{ep.key}: {exc}")
+            except asyncio.CancelledError:
+                picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
+                raise
             done = self.clock()
-            picking.finished(ep, done)
+            # Only a success measures service: an error answer (queue full, bad input) is quick.
+            served = 200 <= answer.status < 300
+            picking.finished(ep, ticket=ticket, latency_s=done - now, completed=served)
             self.stats.upstream_for(ep).observe(done - now)
             vstats = self.stats.variant(ep.variant)
             (vstats.errors if answer.status >= 500 else vstats.successes).inc()

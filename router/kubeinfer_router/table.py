@@ -1,11 +1,12 @@
 """The live endpoint set, per variant: discovery writes it, the proxy reads it.
 
 Owns the mapping from endpoint specs (from `inventory`) to the `picking.Endpoint` objects that
-carry load state across updates: an endpoint that stays keeps its in-flight count and rate
-estimate; one that goes is dropped from the table while requests already sent there finish
-against their own reference. It also keeps the per-variant lists the hot path reads without
-filtering, and tells listeners when the set of variants that can serve changes (the proxy
-flushes held requests then). No I/O and no asyncio: callers run it on the event loop thread.
+carry load state across updates: an endpoint that stays keeps its in-flight count and
+service-time estimate; one that goes is dropped from the table while requests already sent
+there finish against their own reference. It also keeps the per-variant lists the hot path
+reads without filtering, and tells listeners when the set of variants that can serve changes
+(the proxy flushes held requests then). No I/O and no asyncio: callers run it on the event
+loop thread.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ class Table:
         # The hot path's view: routable endpoints per variant, and the variants having any.
         self.routable: dict[str, list[picking.Endpoint]] = {v: [] for v in self.by_variant}
         self.available: frozenset[str] = frozenset()
-        self.fleet_rate: dict[str, float | None] = dict.fromkeys(self.by_variant)
+        self.fleet_service: dict[str, float | None] = dict.fromkeys(self.by_variant)
         self.listeners: list[Callable[[frozenset[str]], None]] = []
 
     def set_variants(self, variants: Sequence[str]) -> None:
         """A reloaded config may add or drop variants; endpoints of kept ones stay."""
         self.by_variant = {v: self.by_variant.get(v, {}) for v in variants}
-        self.fleet_rate = {v: self.fleet_rate.get(v) for v in variants}
+        self.fleet_service = {v: self.fleet_service.get(v) for v in variants}
         self._refresh()
 
     def reconcile(self, variant: str, specs: Iterable[inventory.EndpointSpec]) -> None:
@@ -71,10 +72,10 @@ class Table:
         return [e for eps in self.by_variant.values() for e in eps.values()]
 
     def tick(self, now: float, *, interval_s: float) -> None:
-        """Once per scrape interval: fold rate windows, forget stale queue reports."""
+        """Once per scrape interval: service-time drift, and forget stale queue reports."""
         for variant, eps in self.by_variant.items():
-            rate = picking.fleet_rate(list(eps.values()))
-            self.fleet_rate[variant] = rate
+            fleet = picking.fleet_service(list(eps.values()))
+            self.fleet_service[variant] = fleet
             for ep in eps.values():
-                picking.roll_rate(ep, now, fleet_rate=rate)
+                picking.roll_service(ep, fleet_service_s=fleet)
                 picking.expire_queue(ep, now, interval_s=interval_s)

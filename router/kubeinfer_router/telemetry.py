@@ -11,7 +11,7 @@ Owns the metric names and labels an analysis loop and dashboards read:
 - kubeinfer_router_wake_calls_total{outcome}, kubeinfer_router_wake_seconds (first held
   request to the hook's successful return), kubeinfer_router_in_flight_requests;
 - per endpoint, read at scrape time: kubeinfer_router_endpoint_{in_flight,queued,
-  service_rate,routable}{variant,pod}.
+  service_seconds,routable}{variant,pod}.
 Label children are cached on the endpoint and per variant: a `labels()` lookup costs more
 than the observation itself, and this runs once per proxied request.
 """
@@ -63,9 +63,9 @@ class _EndpointCollector(Collector):
                 "Requests queued at the pod for other clients (last scrape).",
                 labels=labels,
             ),
-            "rate": GaugeMetricFamily(
-                "kubeinfer_router_endpoint_service_rate",
-                "Estimated completions per busy second.",
+            "service": GaugeMetricFamily(
+                "kubeinfer_router_endpoint_service_seconds",
+                "Estimated service time (latency of requests that ran alone), EWMA.",
                 labels=labels,
             ),
             "routable": GaugeMetricFamily(
@@ -78,8 +78,8 @@ class _EndpointCollector(Collector):
             key = [ep.variant, ep.key]
             families["in_flight"].add_metric(key, ep.in_flight)
             families["queued"].add_metric(key, ep.external_queued)
-            if ep.rate is not None:
-                families["rate"].add_metric(key, ep.rate)
+            if ep.service_s is not None:
+                families["service"].add_metric(key, ep.service_s)
             families["routable"].add_metric(key, 1.0 if ep.routable else 0.0)
         yield from families.values()
 

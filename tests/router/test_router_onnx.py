@@ -139,10 +139,10 @@ async def test_least_wait_keeps_load_off_a_slow_replica(
     share = served[2] / sum(served)
     # A random pick would send it a third; least expected wait sends it next to nothing.
     assert share < 0.12, f"slow replica served {served} at {rate:.0f}/s (times {times})"
-    rates = {e["key"]: e["rate"] for e in router.endpoints()["endpoints"]}
+    service = {e["key"]: e["service_s"] for e in router.endpoints()["endpoints"]}
     slow_key = f"{fleet.slow.address}:{fleet.slow.http_port}"
-    assert rates[slow_key] is not None
-    assert all(r is None or r > rates[slow_key] for k, r in rates.items() if k != slow_key)
+    assert service[slow_key] is not None
+    assert all(s is None or s < service[slow_key] for k, s in service.items() if k != slow_key)
 
 
 def test_canary_split_over_real_servers(fleet: Fleet, routers: Callable[..., Router]) -> None:

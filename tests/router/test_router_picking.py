@@ -55,12 +55,12 @@ def test_least_wait_counts_queued_requests_of_other_clients() -> None:
     assert pick([mine, theirs], Policy.INFLIGHT_P2C) == "theirs"
 
 
-def test_least_wait_divides_by_capacity() -> None:
+def test_least_wait_multiplies_by_service_time() -> None:
     # A pod 3x slower is worth sending to only when the fast one has 3 or more waiting:
-    # (0 + 1) / 1 = 1 against (n + 1) / 3.
-    slow = endpoint("slow", rate=1.0)
+    # (0 + 1) * 3 against (n + 1) * 1, with a 20 % margin for a tie.
+    slow = endpoint("slow", service_s=0.03)
     for queued, expected in ((0, "fast"), (1, "fast"), (3, "slow"), (5, "slow")):
-        fast = endpoint("fast", rate=3.0, in_flight=queued)
+        fast = endpoint("fast", service_s=0.01, in_flight=queued)
         assert pick([slow, fast], Policy.LEAST_WAIT) == expected, queued
     heavy = endpoint("weighted", weight=2.0, in_flight=1)
     assert pick([heavy, endpoint("plain", in_flight=0)], Policy.LEAST_WAIT) == "plain"
@@ -69,19 +69,22 @@ def test_least_wait_divides_by_capacity() -> None:
 
 
 def test_near_equal_waits_are_a_tie_so_identical_pods_share_light_load() -> None:
-    # Rate estimates of identical pods differ by noise: 10 % apart is a tie, not a winner.
-    a, b = endpoint("a", rate=100.0), endpoint("b", rate=110.0)
+    # Estimates of identical pods differ by noise: 10 % apart is a tie, not a winner.
+    a, b = endpoint("a", service_s=0.010), endpoint("b", service_s=0.011)
     assert {pick([a, b], Policy.LEAST_WAIT, seed) for seed in range(40)} == {"a", "b"}
-    c = endpoint("c", rate=200.0)
+    c = endpoint("c", service_s=0.005)
     assert {pick([a, c], Policy.LEAST_WAIT, seed) for seed in range(40)} == {"c"}
 
 
-def test_unmeasured_pods_use_the_default_rate() -> None:
+def test_unmeasured_pods_count_as_the_fleet_median_or_as_their_rival() -> None:
     new = endpoint("new")
-    measured = endpoint("measured", rate=10.0, in_flight=1)
-    # Without a default the new pod counts as rate 1: (0 + 1) / 1 > (1 + 1) / 10.
-    assert pick([new, measured], Policy.LEAST_WAIT) == "measured"
-    assert pick([new, measured], Policy.LEAST_WAIT, default_rate=10.0) == "new"
+    measured = endpoint("measured", service_s=0.1, in_flight=1)
+    # As its rival: (0 + 1) * 0.1 against (1 + 1) * 0.1.
+    assert pick([new, measured], Policy.LEAST_WAIT) == "new"
+    # As the fleet's median: (0 + 1) * 0.5 against (1 + 1) * 0.1.
+    assert pick([new, measured], Policy.LEAST_WAIT, default_service_s=0.5) == "measured"
+    other = endpoint("other", in_flight=2)
+    assert pick([new, other], Policy.LEAST_WAIT) == "new"  # neither measured: queues decide
 
 
 def test_power_of_two_spreads_equal_pods_evenly() -> None:
@@ -129,55 +132,70 @@ def test_observe_queue_subtracts_our_own_requests() -> None:
     assert ep.external_queued == 0  # older than 4 intervals: the pod stopped answering
 
 
-def test_service_rate_is_completions_per_busy_second() -> None:
+def lone(ep: picking.Endpoint, latency_s: float) -> None:
+    picking.finished(ep, ticket=picking.started(ep), latency_s=latency_s)
+
+
+def test_service_time_learns_only_from_requests_that_ran_alone() -> None:
     ep = endpoint("a")
-    now = 0.0
-    # Ten requests one after another, each 20 ms, with idle gaps that must not count.
-    for _ in range(10):
-        picking.started(ep, now)
-        now += 0.02
-        picking.finished(ep, now)
-        now += 0.5
-    picking.roll_rate(ep, now, fleet_rate=None)
-    assert ep.rate == pytest.approx(50.0)
-    # Overlapping requests: 6 in flight together for 60 ms -> 100 per busy second.
-    for _ in range(6):
-        picking.started(ep, now)
-    now += 0.06
-    for _ in range(6):
-        picking.finished(ep, now)
-    picking.roll_rate(ep, now, fleet_rate=None)
-    assert ep.rate == pytest.approx(50.0 + picking.RATE_ALPHA * (100.0 - 50.0))
+    lone(ep, 0.020)
+    assert ep.service_s is None  # one sample is not a measurement yet
+    for _ in range(picking.SERVICE_MIN_SAMPLES - 1):
+        lone(ep, 0.020)
+    assert ep.service_s == pytest.approx(0.020) and ep.in_flight == 0
+    # Two overlapping requests: queued behind or beside each other, neither counts.
+    first = picking.started(ep)
+    second = picking.started(ep)
+    assert second == -1
+    picking.finished(ep, ticket=first, latency_s=0.5)
+    picking.finished(ep, ticket=second, latency_s=0.9)
+    # One that found the pod idle but had company before it finished does not count either.
+    alone_at_start = picking.started(ep)
+    late = picking.started(ep)
+    picking.finished(ep, ticket=late, latency_s=0.5)
+    picking.finished(ep, ticket=alone_at_start, latency_s=0.5)
+    assert list(ep.window) == [0.020] * picking.SERVICE_MIN_SAMPLES
 
 
-def test_failed_connections_do_not_count_as_service() -> None:
+def test_service_time_is_a_low_percentile_of_recent_lone_requests() -> None:
     ep = endpoint("a")
-    picking.started(ep, 0.0)
-    picking.finished(ep, 0.001, completed=False)
-    assert ep.in_flight == 0 and ep.completed == 0
+    lone(ep, 0.200)  # a cold first request
+    for latency in (0.010, 0.012, 0.011, 0.050, 0.010, 0.013, 0.090):  # scheduling noise
+        lone(ep, latency)
+    assert ep.service_s == pytest.approx(0.011)
+    for _ in range(picking.SERVICE_WINDOW):
+        lone(ep, 0.030)  # the pod got slower: the window forgets what it was
+    assert ep.service_s == pytest.approx(0.030)
 
 
-def test_rate_waits_for_evidence_and_idle_pods_drift_to_the_fleet() -> None:
+def test_failed_or_unserved_requests_do_not_count() -> None:
     ep = endpoint("a")
-    picking.started(ep, 0.0)
-    picking.finished(ep, 0.01)
-    picking.roll_rate(ep, 0.25, fleet_rate=None)
-    assert ep.rate is None  # one completion in 10 ms is not enough to judge
-    ep.rate = 10.0
-    ep.busy_s, ep.completed = 0.0, 0
-    picking.roll_rate(ep, 0.5, fleet_rate=30.0)
-    assert ep.rate == pytest.approx(10.0 + picking.RATE_DRIFT * 20.0)
+    ticket = picking.started(ep)
+    picking.finished(ep, ticket=ticket, latency_s=0.001, completed=False)
+    assert ep.in_flight == 0 and ep.service_s is None
 
 
-def test_a_stuck_request_lowers_the_rate_after_the_max_window() -> None:
-    ep = endpoint("a", rate=100.0)
-    picking.started(ep, 0.0)
-    picking.roll_rate(ep, picking.RATE_MAX_WINDOW_S + 1.0, fleet_rate=100.0)
-    assert ep.rate is not None and ep.rate < 100.0 * (1 - picking.RATE_ALPHA) + 1.0
-    assert ep.busy_since == picking.RATE_MAX_WINDOW_S + 1.0  # the window restarts
+def test_pods_without_samples_drift_to_the_fleet_and_one_sample_snaps_back() -> None:
+    ep = endpoint("a")
+    for _ in range(picking.SERVICE_MIN_SAMPLES):
+        lone(ep, 0.030)
+    picking.roll_service(ep, fleet_service_s=0.010)
+    assert ep.service_s == pytest.approx(0.030)  # it had a sample this tick
+    picking.roll_service(ep, fleet_service_s=0.010)
+    assert ep.service_s == pytest.approx(0.030 - picking.SERVICE_DRIFT * 0.020)
+    lone(ep, 0.030)
+    assert ep.service_s == pytest.approx(0.030)
+    unmeasured = endpoint("b")
+    picking.roll_service(unmeasured, fleet_service_s=0.010)
+    assert unmeasured.service_s is None
 
 
-def test_fleet_rate_is_the_median_of_measured_pods() -> None:
-    eps = [endpoint("a", rate=1.0), endpoint("b", rate=5.0), endpoint("c", rate=9.0), endpoint("d")]
-    assert picking.fleet_rate(eps) == 5.0
-    assert picking.fleet_rate([endpoint("x")]) is None
+def test_fleet_service_is_the_median_of_measured_pods() -> None:
+    eps = [
+        endpoint("a", service_s=0.001),
+        endpoint("b", service_s=0.005),
+        endpoint("c", service_s=0.009),
+        endpoint("d"),
+    ]
+    assert picking.fleet_service(eps) == 0.005
+    assert picking.fleet_service([endpoint("x")]) is None
