@@ -65,6 +65,7 @@ CGROUP_CPU = pathlib.Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 20000  # short (a throttled server stalls for ms, not 100 ms); quota >= 1 ms
 # Small enough that the quotas, not the busy shared machine, set each server's capacity.
 FAST_CPUS = 0.15
+SERVER_CPUS = 0.5  # part a
 
 
 def say(message: str) -> None:
@@ -207,9 +208,10 @@ class Stack:
         return router
 
     def cpu_limit(self, name: str, cpus: float) -> list[str]:
-        """A cgroup (v1 cpu controller) with a CFS quota of `cpus`; the wrapper command that
-        starts a process inside it."""
-        group = CGROUP_CPU / f"kubeinfer-router-bench-{os.getpid()}-{name.replace('.', '-')}"
+        """A cgroup (v1 cpu controller) with a CFS quota of `cpus`, inside the bench's own group
+        when there is one; the wrapper command that starts a process inside it."""
+        parent = BENCH_GROUP[0] if BENCH_GROUP else CGROUP_CPU
+        group = parent / f"kubeinfer-router-bench-{os.getpid()}-{name.replace('.', '-')}"
         group.mkdir()
         self.cgroups.append(group)
         (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
@@ -228,6 +230,32 @@ class Stack:
             with contextlib.suppress(OSError):
                 group.rmdir()
         self.cgroups.clear()
+
+
+# The bench's own cgroup, when it made one (see `claim_cpu_share`).
+BENCH_GROUP: list[pathlib.Path] = []
+
+
+@contextlib.contextmanager
+def claim_cpu_share(shares: int) -> Iterator[None]:
+    """Move this process (and so every process it starts) into a cgroup with `shares` CPU
+    shares, as a Kubernetes CPU request would give a pod, so that on a machine shared with
+    other work the router, the servers and vegeta are not starved by it. Moved back after."""
+    if not shares or not cgroups_writable():
+        yield
+        return
+    group = CGROUP_CPU / f"kubeinfer-router-bench-{os.getpid()}"
+    group.mkdir()
+    (group / "cpu.shares").write_text(str(shares))
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+    BENCH_GROUP.append(group)
+    try:
+        yield
+    finally:
+        (CGROUP_CPU / "cgroup.procs").write_text(str(os.getpid()))
+        BENCH_GROUP.clear()
+        with contextlib.suppress(OSError):
+            group.rmdir()
 
 
 def cgroups_writable() -> bool:
@@ -261,8 +289,11 @@ def settle(servers: list[rp.OnnxServer]) -> None:
 
 
 def part_overhead(stack: Stack, vegeta: Vegeta, quick: bool) -> dict[str, Any]:
+    quota = cgroups_writable()
     say("a. overhead: one server, 4 KB binary requests, direct vs through the router")
-    server = stack.server("mlp", "127.0.0.2", batch=64)
+    # A pod's CPU limit (where cgroups allow): its capacity is then the quota's, not whatever
+    # the shared machine leaves over, and 50 % of it leaves the router and vegeta room.
+    server = stack.server("mlp", "127.0.0.2", batch=64, cpus=SERVER_CPUS if quota else None)
     router = stack.router("overhead", "--endpoint", server.endpoint_flag)
     body, headers = binary_request()
     direct = vegeta.targets(server.url + INFER, body, headers)
@@ -295,6 +326,7 @@ def part_overhead(stack: Stack, vegeta: Vegeta, quick: bool) -> dict[str, Any]:
     overhead_sum = router.metric("kubeinfer_router_overhead_seconds_sum")
     overhead_count = router.metric("kubeinfer_router_overhead_seconds_count")
     result = {
+        "server_cpu_limit": SERVER_CPUS if quota else None,
         "server_capacity_rps": cap,
         "rate_rps": rate,
         "seconds_per_run": seconds,
@@ -608,7 +640,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "generator, the router and the servers share its 2 cores: figures are noisy "
         "(+-20 % run to run); re-run on a quiet machine with the command below.",
         "- Versions: " + ", ".join(f"{k} {v[k]}" for k in v if k not in ("machine",
-                                                                           "load_average_at_start")),
+                                                                           "load_average_at_start",
+                                                                           "bench_cpu_shares")),
+        f"- CPU: every process of the bench (servers, routers, vegeta) runs in one cgroup with "
+        f"cpu.shares {v.get('bench_cpu_shares', '0')} (a CPU request, as a pod would have; 1024 "
+        "is one plain process), so other tenants of the machine slow it less; servers with a "
+        "CPU limit have a CFS quota in a child group.",
         f"- Command: `{command}`",
         "",
     ]  # fmt: skip
@@ -618,7 +655,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines += [
             "## a. Overhead at 50 % load, 4 KB bodies",
             "",
-            f"One server (`mlp`, dynamic batching, 1 intra-op thread); capacity "
+            f"One server (`mlp`, dynamic batching, 1 intra-op thread, CPU limit "
+            f"{a['server_cpu_limit'] or 'none'}); capacity "
             f"{a['server_capacity_rps']:.0f} req/s measured closed-loop; load "
             f"{a['rate_rps']:.0f} req/s open-loop (vegeta), {a['rounds']} rounds x "
             f"{a['seconds_per_run']:.0f} s per side, sides alternating; "
@@ -743,11 +781,19 @@ def main() -> int:
     parser.add_argument("--startup", type=float, default=20.0, help="part c: seconds to Ready")
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--cpu-shares",
+        type=int,
+        default=8192,
+        help="cgroup cpu.shares for the bench's processes (a CPU request; 0: none). The "
+        "default is 8 plain processes' worth, against other work on a shared machine",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     vegeta_bin = ensure_vegeta() if parts & {"a", "b"} else None
     results: dict[str, Any] = {"versions": versions(vegeta_bin)}
-    with workdir(args.keep) as work:
+    results["versions"]["bench_cpu_shares"] = str(args.cpu_shares if cgroups_writable() else 0)
+    with workdir(args.keep) as work, claim_cpu_share(args.cpu_shares):
         say(f"work folder {work}")
         stack = Stack(work)
         vegeta = Vegeta(vegeta_bin, work) if vegeta_bin else None
