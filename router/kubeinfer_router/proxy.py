@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import time
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
@@ -48,6 +49,8 @@ HOP_BY_HOP = frozenset(
 # How long a pod that refused or reset a connection is skipped while others remain.
 EJECT_S = 1.0
 WAKE_RETRY_S = 1.0
+CONNECT_BACKOFF_S = 0.05
+CONNECT_BACKOFF_MAX_S = 1.0
 
 Wake = Callable[[], Awaitable[None]]
 
@@ -80,6 +83,17 @@ def forwarded_head(raw_headers: Sequence[tuple[bytes, bytes]], body_length: int)
     ]
     parts.append(b"Content-Length: %d\r\n\r\n" % body_length)
     return b"".join(parts)
+
+
+class Exchange(typing.NamedTuple):
+    """One request as the pods will get it, built once for every attempt."""
+
+    line: bytes  # the request line
+    rest: bytes  # headers after Host, and the blank line
+    body: bytes
+    head: bool  # a HEAD request: the answer has no body
+    arrived: float
+    held_s: float
 
 
 class Proxy:
@@ -327,17 +341,36 @@ class Proxy:
     async def _forward(
         self, request: web.Request, body: bytes, arrived: float, held_s: float
     ) -> web.StreamResponse:
-        available = self.table.available
         if len(self.cfg.variants) == 1:
             variant: str | None = self.cfg.variants[0].name
         else:
-            variant = self.splitter.choose(available)
+            variant = self.splitter.choose(self.table.available)
         # Everything but the Host line is the same for every attempt: build it once.
         line = f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode("latin-1")
         rest = forwarded_head(request.raw_headers, len(body))
-        head_only = request.method == "HEAD"
+        exchange = Exchange(line, rest, body, request.method == "HEAD", arrived, held_s)
+        # When no pod accepts the connection (a pod Ready before its server listens, every
+        # replica restarting), the request waits and tries again, with backoff, for as long
+        # as it could have been held: a client sees a late answer rather than a 502.
+        deadline = arrived + self.cfg.hold_timeout_s
+        backoff = CONNECT_BACKOFF_S
+        while True:
+            outcome = await self._attempts(variant, exchange)
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            if self.stopping or self.clock() + backoff > deadline:
+                self.stats.decision("exhausted")
+                return self._answer_error(
+                    variant, arrived, 502, f"no endpoint accepted the connection ({outcome})"
+                )
+            self.stats.decision("connect_backoff")
+            await asyncio.sleep(backoff)
+            backoff = min(CONNECT_BACKOFF_MAX_S, backoff * 2)
+
+    async def _attempts(self, variant: str | None, x: Exchange) -> web.StreamResponse | str:
+        """Up to 1 + retries endpoints; the response, or why no endpoint took the request."""
         tried: list[str] = []
-        last_error = "no endpoint"
+        last_error = "no ready endpoint"
         for attempt in range(self.cfg.retries + 1):
             now = self.clock()
             ep, reason = picking.pick(
@@ -354,7 +387,7 @@ class Proxy:
             ticket = picking.started(ep)
             try:
                 answer = await self.pool.request(
-                    ep.host, ep.port, line + ep.host_header + rest, body, head_only=head_only
+                    ep.host, ep.port, x.line + ep.host_header + x.rest, x.body, head_only=x.head
                 )
             except upstream.ConnectFailed as exc:
                 # Refused, reset or closed before any answer byte: nothing was answered, so
@@ -367,11 +400,11 @@ class Proxy:
                 continue
             except upstream.UpstreamTimeout as exc:
                 picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
-                return self._answer_error(ep.variant, arrived, 504, str(exc))
+                return self._answer_error(ep.variant, x.arrived, 504, str(exc))
             except upstream.AnswerBroken as exc:
                 # The answer had begun: never retried (the pod may have acted on it).
                 picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
-                return self._answer_error(ep.variant, arrived, 502, f"{ep.key}: {exc}")
+                return self._answer_error(ep.variant, x.arrived, 502, f"{ep.key}: {exc}")
             except asyncio.CancelledError:
                 picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
                 raise
@@ -391,13 +424,10 @@ class Proxy:
                 ),
             )
             end = self.clock()
-            vstats.duration.observe(end - arrived)
-            self.stats.overhead.observe(max(0.0, (end - arrived) - (done - now) - held_s))
+            vstats.duration.observe(end - x.arrived)
+            self.stats.overhead.observe(max(0.0, (end - x.arrived) - (done - now) - x.held_s))
             return response
-        self.stats.decision("exhausted")
-        return self._answer_error(
-            variant, arrived, 502, f"no endpoint accepted the connection ({last_error})"
-        )
+        return last_error
 
     def _answer_error(
         self, variant: str | None, arrived: float, status: int, message: str

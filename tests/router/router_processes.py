@@ -259,6 +259,7 @@ def start_router(
     port: int | None = None,
     wait: bool = True,
     cpu_wrapper: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Router:
     port = port or free_port()
     with log_path.open("wb") as log_file:
@@ -274,6 +275,7 @@ def start_router(
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     router = Router(process, log_path, port)
     if wait:

@@ -111,11 +111,40 @@ async def test_a_refused_connection_is_retried_on_another_pod(
     assert 'kubeinfer_router_decisions_total{reason="retry"}' in metrics
 
 
-async def test_no_pod_accepting_is_a_502_of_the_routers(make_router: MakeRouter) -> None:
-    router = await make_router()
+async def test_no_pod_accepting_is_a_502_of_the_routers_after_the_hold_budget(
+    make_router: MakeRouter,
+) -> None:
+    router = await make_router(holdTimeoutSeconds=0.5)
     router.set_endpoints("stable", (closed_port(), False), (closed_port(), False))
     status, body, _ = await post(router)
     assert status == 502 and b"no endpoint accepted the connection" in body
+    assert 'reason="connect_backoff"' in router.proxy.stats.render().decode()
+
+
+async def test_a_ready_pod_that_does_not_listen_yet_is_waited_for(
+    make_router: MakeRouter, app_server: StartApp
+) -> None:
+    router = await make_router(holdTimeoutSeconds=30)
+    port = closed_port()
+    router.set_endpoints("stable", (port, False))
+    waiting = asyncio.create_task(post(router))
+    metrics = router.proxy.stats.render
+    await wait_until(lambda: 'reason="connect_backoff"' in metrics().decode(), what="backoff")
+
+    # The server comes up on the very port the pod was announced with.
+    async def late(request: web.Request) -> web.Response:
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post(INFER, late)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        status, body, _ = await waiting
+        assert (status, body) == (200, b"late")
+    finally:
+        await runner.cleanup()
 
 
 async def test_never_retried_once_the_answer_began(
