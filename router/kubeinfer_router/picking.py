@@ -27,20 +27,21 @@ from typing import Any
 
 from kubeinfer_router import config
 
-# The service-time estimate: the 25th percentile of the latencies of the last 16 requests that
-# ran alone on the pod (it was idle when they started and nothing else started before they
-# finished). Lone requests carry no queueing, so the estimate does not move with the load we
-# give the pod; a throughput-based one would, and feed back (a CPU-limited pod looks fast while
-# lightly used and draws more; a batching GPU pod looks slow at low concurrency and draws less,
-# then less still). A low percentile, not a mean: on a busy node scheduling delays only ever
-# add to a latency, and a cold first request should not brand a pod slow.
-SERVICE_WINDOW = 16
-# Until it has this many lone samples a pod counts as unmeasured (the fleet's median, or its
+# The service-time estimate: the median, over the last 32 answers, of the latency divided by
+# the place the request took in the pod's queue: a request that found k of ours in flight
+# waited for about k + 1/2 services (the one being served is half done, on average), so
+# latency / (k + 1/2) estimates one service, and latency itself when k is 0. Every answer is a
+# sample, loaded or not, so the estimate follows a pod that slows down under load (a CPU
+# limit that throttles it, a noisy neighbour) within a second, and it does not feed back the
+# way throughput per busy second does (a batching pod under light load would look slow and
+# draw less, then less still). A median: on a busy node scheduling delays only ever add.
+SERVICE_WINDOW = 32
+# Until it has this many samples a pod counts as unmeasured (the fleet's median, or its
 # rival's estimate): one cold first answer must not keep it out of rotation.
 SERVICE_MIN_SAMPLES = 4
-# A pod with no lone sample in a tick drifts this fraction back towards its variant's median,
-# so a pod once measured slow (a noisy neighbour, a cold cache) is tried again within seconds;
-# one lone request then snaps it back to what it measures.
+# A pod with no sample in a tick drifts this fraction back towards its variant's median, so a
+# pod once measured slow (a noisy neighbour, a cold cache) is tried again within seconds; its
+# next answers then put it back where it measures.
 SERVICE_DRIFT = 0.05
 # Expected waits closer than this fraction are a tie, and the first of the random pair wins:
 # rate estimates of identical pods differ by noise, and without a margin the router would
@@ -134,23 +135,22 @@ def _bracket(host: str) -> str:
 
 
 def started(ep: Endpoint) -> int:
-    """One request goes to the pod; the ticket tells `finished` whether it found the pod idle."""
-    ticket = ep.starts if ep.in_flight == 0 else -1
+    """One request goes to the pod; the ticket (ours already there) goes back to `finished`."""
+    ahead = ep.in_flight
     ep.in_flight += 1
     ep.starts += 1
-    return ticket
+    return ahead
 
 
 def finished(ep: Endpoint, *, ticket: int, latency_s: float, completed: bool = True) -> None:
     """The request left the pod after `latency_s`; `completed` False when nothing was served
-    (a failed connection, a timeout)."""
+    (a failed connection, a timeout, an error answer)."""
     ep.in_flight -= 1
-    if completed and ticket >= 0 and ep.starts == ticket + 1:
-        # Alone from start to finish: its latency is the pod's service time.
+    if completed and ticket >= 0:
         ep.samples += 1
-        ep.window.append(latency_s)
+        ep.window.append(latency_s / (ticket + 0.5) if ticket else latency_s)
         if len(ep.window) >= SERVICE_MIN_SAMPLES:
-            ep.service_s = sorted(ep.window)[len(ep.window) // 4]
+            ep.service_s = sorted(ep.window)[len(ep.window) // 2]
 
 
 def eject(ep: Endpoint, now: float, *, for_s: float) -> None:

@@ -29,7 +29,8 @@ from kubeinfer_router import config, holding, picking, splitting, table, telemet
 log = logging.getLogger("kubeinfer_router.proxy")
 
 # RFC 9110 7.6.1: connection-specific fields a proxy must not forward, plus the ones the
-# client and server libraries compute themselves (Host, Content-Length).
+# client and server libraries compute themselves (Host, Content-Length), and Expect: the
+# router has the whole body already, so the pod has nothing to agree to.
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -44,6 +45,7 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
         "Host",
         "Content-Length",
+        "Expect",
     )
 )
 # How long a pod that refused or reset a connection is skipped while others remain.

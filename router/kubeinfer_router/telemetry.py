@@ -65,7 +65,7 @@ class _EndpointCollector(Collector):
             ),
             "service": GaugeMetricFamily(
                 "kubeinfer_router_endpoint_service_seconds",
-                "Estimated service time (latency of requests that ran alone), EWMA.",
+                "Estimated service time: median latency per place in the pod's queue.",
                 labels=labels,
             ),
             "routable": GaugeMetricFamily(

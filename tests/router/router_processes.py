@@ -95,6 +95,8 @@ REPOS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
     "slow": lambda p: build_wide_mlp(p, width=2048, layers=5),  # ~100x mlp's compute
     "dense": lambda p: build_wide_mlp(p, width=1024, layers=2),  # ~1 M multiply-adds
     "dense3x": lambda p: build_wide_mlp(p, width=1024, layers=4),  # ~2.9x dense
+    "wide2": lambda p: build_wide_mlp(p, width=2048, layers=2),  # ~4.3 M multiply-adds
+    "wide5": lambda p: build_wide_mlp(p, width=2048, layers=5),  # ~3.9x wide2
 }
 
 

@@ -136,33 +136,28 @@ def lone(ep: picking.Endpoint, latency_s: float) -> None:
     picking.finished(ep, ticket=picking.started(ep), latency_s=latency_s)
 
 
-def test_service_time_learns_only_from_requests_that_ran_alone() -> None:
+def test_service_time_is_latency_per_place_in_the_queue() -> None:
     ep = endpoint("a")
-    lone(ep, 0.020)
-    assert ep.service_s is None  # one sample is not a measurement yet
     for _ in range(picking.SERVICE_MIN_SAMPLES - 1):
         lone(ep, 0.020)
+    assert ep.service_s is None  # too few samples to be a measurement yet
+    lone(ep, 0.020)
     assert ep.service_s == pytest.approx(0.020) and ep.in_flight == 0
-    # Two overlapping requests: queued behind or beside each other, neither counts.
-    first = picking.started(ep)
-    second = picking.started(ep)
-    assert second == -1
-    picking.finished(ep, ticket=first, latency_s=0.5)
-    picking.finished(ep, ticket=second, latency_s=0.9)
-    # One that found the pod idle but had company before it finished does not count either.
-    alone_at_start = picking.started(ep)
-    late = picking.started(ep)
-    picking.finished(ep, ticket=late, latency_s=0.5)
-    picking.finished(ep, ticket=alone_at_start, latency_s=0.5)
-    assert list(ep.window) == [0.020] * picking.SERVICE_MIN_SAMPLES
+    # Three sent together: the second waited for about 1.5 services, the third for 2.5.
+    tickets = [picking.started(ep) for _ in range(3)]
+    assert tickets == [0, 1, 2]
+    for ticket, latency in zip(tickets, (0.020, 0.030, 0.050), strict=True):
+        picking.finished(ep, ticket=ticket, latency_s=latency)
+    assert list(ep.window)[-3:] == pytest.approx([0.020, 0.020, 0.020])
+    assert ep.service_s == pytest.approx(0.020) and ep.in_flight == 0
 
 
-def test_service_time_is_a_low_percentile_of_recent_lone_requests() -> None:
+def test_service_time_is_the_median_of_recent_samples() -> None:
     ep = endpoint("a")
     lone(ep, 0.200)  # a cold first request
     for latency in (0.010, 0.012, 0.011, 0.050, 0.010, 0.013, 0.090):  # scheduling noise
         lone(ep, latency)
-    assert ep.service_s == pytest.approx(0.011)
+    assert ep.service_s == pytest.approx(0.013)  # the (upper) median of eight
     for _ in range(picking.SERVICE_WINDOW):
         lone(ep, 0.030)  # the pod got slower: the window forgets what it was
     assert ep.service_s == pytest.approx(0.030)

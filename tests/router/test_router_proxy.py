@@ -50,6 +50,7 @@ async def test_bodies_and_headers_pass_through_untouched(
         session.post(
             router.url + INFER + "?trace=1",
             data=body,
+            expect100=True,
             headers={
                 "Inference-Header-Content-Length": str(len(header)),
                 "Content-Type": "application/octet-stream",
@@ -68,6 +69,7 @@ async def test_bodies_and_headers_pass_through_untouched(
     assert seen["headers"]["Content-Type"] == "application/octet-stream"
     assert seen["headers"]["X-Request-Id"] == "abc"
     assert "X-Hop" not in seen["headers"]  # named in Connection: hop-by-hop
+    assert "Expect" not in seen["headers"]  # the router has the body: nothing to agree to
     assert seen["headers"]["Host"] == f"127.0.0.1:{pod.port}"
 
 
