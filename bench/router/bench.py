@@ -468,10 +468,17 @@ def part_slow_replica(stack: Stack, vegeta: Vegeta, quick: bool, mode: str) -> d
         result[policy] = summary(by_policy[policy], seconds * rounds) | {
             "share_per_server": [round(x / max(1.0, sum(served)), 4) for x in served],
             "p99_ms_per_round": per_round[policy],
+            "p99_ms_median_of_rounds": float(np.median(per_round[policy])),
         }
-    best = result["least-wait"]["p99_ms"]
-    result["p99_ratio_random"] = result["random"]["p99_ms"] / best
-    result["p99_ratio_inflight_p2c"] = result["inflight-p2c"]["p99_ms"] / best
+    # Ratios of the per-round medians: a neighbour's burst that ruins one 6 s round (seen here
+    # as a 10x p99 for whichever policy was running) then moves no verdict. Pooled p99s are
+    # reported beside them.
+    best = result["least-wait"]["p99_ms_median_of_rounds"]
+    result["p99_ratio_random"] = result["random"]["p99_ms_median_of_rounds"] / best
+    result["p99_ratio_inflight_p2c"] = result["inflight-p2c"]["p99_ms_median_of_rounds"] / best
+    pooled = result["least-wait"]["p99_ms"]
+    result["pooled_p99_ratio_random"] = result["random"]["p99_ms"] / pooled
+    result["pooled_p99_ratio_inflight_p2c"] = result["inflight-p2c"]["p99_ms"] / pooled
     result["rounds_router_beat_inflight"] = sum(
         1
         for ours, theirs in zip(per_round["least-wait"], per_round["inflight-p2c"], strict=True)
@@ -490,16 +497,13 @@ async def part_scale_from_zero(stack: Stack, startup_s: float) -> dict[str, Any]
     address = "127.0.0.20"
     http_port, metrics_port = rp.free_port(address), rp.free_port(address)
     repo = rp.build_repo(stack.work, "mlp")
-    # How long the server itself takes to load: the wake waits the rest of startup_s.
-    began = time.monotonic()
-    probe = rp.start_onnx(repo, stack.work / "load-probe.log", address=address)
-    load_s = time.monotonic() - began
-    probe.stop()
     loop = asyncio.get_running_loop()
     marks: dict[str, float] = {}
 
     async def bring_up() -> None:
-        await asyncio.sleep(max(0.0, startup_s - load_s))
+        # The replica's startup: startup_s of nothing (image pull, model download), then the
+        # server's own load; Ready comes a little after startup_s.
+        await asyncio.sleep(startup_s)
         server = await asyncio.to_thread(
             rp.start_onnx,
             repo,
@@ -592,7 +596,7 @@ async def part_scale_from_zero(stack: Stack, startup_s: float) -> dict[str, Any]
         "wake_calls": int(marks.get("wake_calls", 0)),
         "wake_after_first_request_ms": (marks["wake"] - first) * 1000,
         "router_wake_seconds_ms": wake_sum * 1000,
-        "server_load_s": load_s,
+        "startup_wait_s": startup_s,
         "time_to_ready_s": time_to_ready,
         "wake_to_ready_s": marks["ready"] - marks["wake"],
         "latency_min_s": min(latencies),
@@ -708,9 +712,9 @@ def markdown_slow(b: dict[str, Any]) -> list[str]:
         "queues drained between runs. All three policies are the same router binary "
         "(`--policy`), so only the choice differs.",
         "",
-        "| policy | requests | errors | p50 ms | p99 ms | slow replica's share "
-        "| p99 per round ms |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| policy | requests | errors | p50 ms | p99 ms pooled | p99 ms, median of rounds "
+        "| slow replica's share | p99 per round ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     names = {
         "least-wait": "router: least expected wait (P2C)",
@@ -721,10 +725,15 @@ def markdown_slow(b: dict[str, Any]) -> list[str]:
         s = b[policy]
         lines.append(
             f"| {names[policy]} | {s['requests']} | {s['errors']} | {fmt(s['p50_ms'], 1)} | "
-            f"{fmt(s['p99_ms'], 1)} | {s['share_per_server'][-1]:.1%} | "
+            f"{fmt(s['p99_ms'], 1)} | {fmt(s['p99_ms_median_of_rounds'], 1)} | "
+            f"{s['share_per_server'][-1]:.1%} | "
             f"{', '.join(str(round(x)) for x in s['p99_ms_per_round'])} |"
         )
     lines += [
+        "",
+        "Goals are judged on the median of the per-round p99s (one noisy round moves no "
+        f"verdict); pooled: random / router {b['pooled_p99_ratio_random']:.2f}x, in-flight P2C "
+        f"/ router {b['pooled_p99_ratio_inflight_p2c']:.2f}x.",
         "",
         f"- p99 random / router: {b['p99_ratio_random']:.2f}x (goal >= 2x: "
         f"{'met' if b['p99_ratio_random'] >= 2 else 'missed'})",
@@ -810,10 +819,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"| added over time to ready | {fmt(c['added_over_time_to_ready_s'], 3)} s | <= 1 s |",
             f"| first answer after Ready | {fmt(c['first_answer_after_ready_ms'], 1)} ms | |",
             "",
-            "The wake hook is a webhook served by the bench; it starts a real server that is "
-            f"Ready {c['wake_to_ready_s']:.1f} s after the wake (the bench waits out the rest of "
-            f"20 s beyond the server's own {c['server_load_s']:.1f} s load). The bench's own "
-            "probe marks Ready.",
+            "The wake hook is a webhook served by the bench; it waits "
+            f"{c['startup_wait_s']:.0f} s, then starts a real server, which was Ready "
+            f"{c['wake_to_ready_s']:.1f} s after the wake. The bench's own probe marks Ready.",
             "",
         ]
     d_ = results.get("d")

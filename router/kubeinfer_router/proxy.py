@@ -360,7 +360,11 @@ class Proxy:
             outcome = await self._attempts(variant, exchange)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
-            if self.stopping or self.clock() + backoff > deadline:
+            if self.stopping:
+                return error_response(
+                    503, "the router is shutting down", retry_after=self.cfg.retry_after_s
+                )
+            if self.clock() + backoff > deadline:
                 self.stats.decision("exhausted")
                 return self._answer_error(
                     variant, arrived, 502, f"no endpoint accepted the connection ({outcome})"
