@@ -693,6 +693,13 @@ def versions(vegeta: pathlib.Path | None) -> dict[str, str]:
     return out
 
 
+def ran(part: dict[str, Any]) -> str:
+    return (
+        f"_Ran {part.get('ran_at', '?')}, load average {part.get('load_average_at_start', '?')} "
+        "(2 cores)._"
+    )
+
+
 def fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
@@ -701,6 +708,8 @@ def markdown_slow(b: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lines += [
         f"## b ({b['mode']}). One of four replicas ~3x slower, 70 % load",
+        "",
+        ran(b),
         "",
         "Four servers (no batching, 1 intra-op thread). Slow "
         f"replica: {b['slow_replica']}. Capacities measured closed-loop, all four at once "
@@ -751,10 +760,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
     lines = [
         "# kubeinfer-router vs its baselines (real kubeinfer_onnx servers on loopback)",
         "",
-        f"- Machine: {v['machine']}; load average {v['load_average_at_start']} when the run "
-        "began. The machine is shared with other engineers' builds and tests, and the load "
-        "generator, the router and the servers share its 2 cores: figures are noisy "
-        "(+-20 % run to run); re-run on a quiet machine with the command below.",
+        f"- Machine: {v['machine']}. It is shared with other engineers' builds and tests "
+        "(each part below gives the load average when it ran), and the load generator, the "
+        "routers and the servers share its 2 cores: figures are noisy, a busy minute can "
+        "multiply a p99 by ten; re-run on a quiet machine with the command below.",
         "- Versions: " + ", ".join(f"{k} {v[k]}" for k in v if k not in ("machine",
                                                                            "load_average_at_start",
                                                                            "bench_cpu_shares")),
@@ -770,6 +779,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         d, t = a["direct"], a["router"]
         lines += [
             "## a. Overhead at 50 % load, 4 KB bodies",
+            "",
+            ran(a),
             "",
             f"One server (`mlp`, dynamic batching, 1 intra-op thread, CPU limit "
             f"{a['server_cpu_limit'] or 'none'}); capacity "
@@ -806,6 +817,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines += [
             "## c. Scale from zero: 50 concurrent requests, 20 s startup",
             "",
+            ran(c),
+            "",
             "| measure | value | goal |",
             "|---|---:|---:|",
             f"| errors | {c['errors']} of {c['requests']} | 0 |",
@@ -829,6 +842,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines += [
             "## d. Canary split over 200 requests",
             "",
+            ran(d_),
+            "",
             "| weight | to stable | to canary | canary share | within +-5 % |",
             "|---|---:|---:|---:|---|",
         ]
@@ -846,6 +861,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def stamped(run: Any) -> dict[str, Any]:
+    """A part's result with when it ran and how loaded the shared machine was then."""
+    began = time.strftime("%Y-%m-%d %H:%M:%S")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    result: dict[str, Any] = run()
+    return result | {"ran_at": began, "load_average_at_start": load}
 
 
 @contextlib.contextmanager
@@ -866,6 +889,12 @@ def main() -> int:
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other parts of an existing results.json (re-run one part after a "
+        "noisy spell); each part records when it ran and the load average then",
+    )
+    parser.add_argument(
         "--cpu-shares",
         type=int,
         default=8192,
@@ -876,6 +905,9 @@ def main() -> int:
     parts = set(args.parts.split(","))
     vegeta_bin = ensure_vegeta() if parts & {"a", "b", "b-model", "b-cpu"} else None
     results: dict[str, Any] = {"versions": versions(vegeta_bin)}
+    previous = args.output_dir / "results.json"
+    if args.merge and previous.is_file():
+        results = json.loads(previous.read_text()) | {"versions": results["versions"]}
     results["versions"]["bench_cpu_shares"] = str(args.cpu_shares if cgroups_writable() else 0)
     with workdir(args.keep) as work, claim_cpu_share(args.cpu_shares):
         say(f"work folder {work}")
@@ -883,14 +915,18 @@ def main() -> int:
         vegeta = Vegeta(vegeta_bin, work) if vegeta_bin else None
         try:
             if "a" in parts and vegeta:
-                results["a"] = part_overhead(stack, vegeta, args.quick)
+                results["a"] = stamped(lambda: part_overhead(stack, vegeta, args.quick))
             for mode in ("model", "cpu"):
                 if ("b" in parts or f"b-{mode}" in parts) and vegeta:
-                    results[f"b-{mode}"] = part_slow_replica(stack, vegeta, args.quick, mode)
+                    results[f"b-{mode}"] = stamped(
+                        lambda m=mode: part_slow_replica(stack, vegeta, args.quick, m)
+                    )
             if "c" in parts:
-                results["c"] = asyncio.run(part_scale_from_zero(stack, args.startup))
+                results["c"] = stamped(
+                    lambda: asyncio.run(part_scale_from_zero(stack, args.startup))
+                )
             if "d" in parts:
-                results["d"] = asyncio.run(part_canary(stack))
+                results["d"] = stamped(lambda: asyncio.run(part_canary(stack)))
         finally:
             stack.close()
     command = "python bench/router/bench.py " + " ".join(sys.argv[1:])
