@@ -772,6 +772,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "is one plain process), so other tenants of the machine slow it less; servers with a "
         "CPU limit have a CFS quota in a child group.",
         f"- Command: `{command}`",
+        "- One run; `NOTES.md` compares several runs and says what holds across them, "
+        "`PROFILE.md` where the router's CPU goes.",
         "",
     ]  # fmt: skip
     a = results.get("a")

@@ -237,13 +237,15 @@ class Proxy:
             return error_response(
                 503, "the router is at its in-flight limit", retry_after=self.cfg.retry_after_s
             )
-        body = await request.read()
         held_s = 0.0
         if not self.table.available or not self.synced.is_set():
+            # Held before its body is read: a held request costs a socket, not its payload,
+            # and a refused one (429, 503) is never read at all.
             refused = await self._hold(arrived)
             if refused is not None:
                 return refused
             held_s = self.clock() - arrived
+        body = await request.read()
         self.active += 1
         try:
             return await self._forward(request, body, arrived, held_s)
