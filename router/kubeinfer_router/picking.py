@@ -39,10 +39,14 @@ SERVICE_WINDOW = 32
 # Until it has this many samples a pod counts as unmeasured (the fleet's median, or its
 # rival's estimate): one cold first answer must not keep it out of rotation.
 SERVICE_MIN_SAMPLES = 4
-# A pod with no sample in a tick drifts this fraction back towards its variant's median, so a
-# pod once measured slow (a noisy neighbour, a cold cache) is tried again within seconds; its
-# next answers then put it back where it measures.
-SERVICE_DRIFT = 0.05
+# A new endpoint's first answers pay for connection setup and the server's lazy start: they
+# are not its service time.
+SERVICE_WARMUP = 2
+# Samples older than this are forgotten, so a pod the router stopped sending to (measured
+# slow, or slow for a while) becomes unmeasured again, counts as average, and is measured
+# afresh from a few requests: a noisy minute or a cold start does not brand it for good, and
+# a pod that really is slow costs a handful of requests every ten seconds.
+SERVICE_MAX_AGE_S = 10.0
 # Expected waits closer than this fraction are a tie, and the first of the random pair wins:
 # rate estimates of identical pods differ by noise, and without a margin the router would
 # pile all light load onto whichever one measured a little faster.
@@ -66,6 +70,7 @@ class Endpoint:
     """One serving pod as the router sees it. Mutated only on the event loop thread."""
 
     __slots__ = (
+        "answers",
         "draining",
         "ejected_until",
         "external_queued",
@@ -77,7 +82,6 @@ class Endpoint:
         "port",
         "queue_seen_at",
         "ready",
-        "samples",
         "service_s",
         "starts",
         "stats",
@@ -114,9 +118,12 @@ class Endpoint:
         self.queue_seen_at = -math.inf
         self.ejected_until = -math.inf
         self.starts = 0  # requests ever sent here: tells a lone request from an overlapped one
-        self.samples = 0  # lone requests since the last tick
+        self.answers = 0  # served answers so far, for the warm-up
         self.service_s: float | None = None
-        self.window: collections.deque[float] = collections.deque(maxlen=SERVICE_WINDOW)
+        # (when, latency per place in the queue) of recent answers
+        self.window: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=SERVICE_WINDOW
+        )
         self.stats: Any = None  # telemetry's per-endpoint metric children, opaque here
 
     def __repr__(self) -> str:
@@ -142,15 +149,26 @@ def started(ep: Endpoint) -> int:
     return ahead
 
 
-def finished(ep: Endpoint, *, ticket: int, latency_s: float, completed: bool = True) -> None:
+def finished(
+    ep: Endpoint, *, ticket: int, latency_s: float, now: float, completed: bool = True
+) -> None:
     """The request left the pod after `latency_s`; `completed` False when nothing was served
     (a failed connection, a timeout, an error answer)."""
     ep.in_flight -= 1
-    if completed and ticket >= 0:
-        ep.samples += 1
-        ep.window.append(latency_s / (ticket + 0.5) if ticket else latency_s)
-        if len(ep.window) >= SERVICE_MIN_SAMPLES:
-            ep.service_s = sorted(ep.window)[len(ep.window) // 2]
+    if not completed or ticket < 0:
+        return
+    ep.answers += 1
+    if ep.answers <= SERVICE_WARMUP:
+        return
+    ep.window.append((now, latency_s / (ticket + 0.5) if ticket else latency_s))
+    _estimate(ep)
+
+
+def _estimate(ep: Endpoint) -> None:
+    if len(ep.window) < SERVICE_MIN_SAMPLES:
+        ep.service_s = None
+        return
+    ep.service_s = sorted(sample for _, sample in ep.window)[len(ep.window) // 2]
 
 
 def eject(ep: Endpoint, now: float, *, for_s: float) -> None:
@@ -164,11 +182,13 @@ def observe_queue(ep: Endpoint, *, pending: float, own_in_flight: int, now: floa
     ep.queue_seen_at = now
 
 
-def roll_service(ep: Endpoint, *, fleet_service_s: float | None) -> None:
-    """Once per tick: a pod without lone samples drifts towards the fleet's median."""
-    if ep.samples == 0 and ep.service_s is not None and fleet_service_s is not None:
-        ep.service_s += SERVICE_DRIFT * (fleet_service_s - ep.service_s)
-    ep.samples = 0
+def roll_service(ep: Endpoint, now: float) -> None:
+    """Once per tick: forget samples older than SERVICE_MAX_AGE_S."""
+    window = ep.window
+    if window and window[0][0] < now - SERVICE_MAX_AGE_S:
+        while window and window[0][0] < now - SERVICE_MAX_AGE_S:
+            window.popleft()
+        _estimate(ep)
 
 
 def expire_queue(ep: Endpoint, now: float, *, interval_s: float) -> None:

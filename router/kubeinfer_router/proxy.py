@@ -401,25 +401,25 @@ class Proxy:
                 # Refused, reset or closed before any answer byte: nothing was answered, so
                 # another pod may take it.
                 done = self.clock()
-                picking.finished(ep, ticket=ticket, latency_s=done - now, completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=done - now, now=done, completed=False)
                 picking.eject(ep, done, for_s=EJECT_S)
                 tried.append(ep.key)
                 last_error = f"{ep.key}: {exc}"
                 continue
             except upstream.UpstreamTimeout as exc:
-                picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=0.0, now=now, completed=False)
                 return self._answer_error(ep.variant, x.arrived, 504, str(exc))
             except upstream.AnswerBroken as exc:
                 # The answer had begun: never retried (the pod may have acted on it).
-                picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=0.0, now=now, completed=False)
                 return self._answer_error(ep.variant, x.arrived, 502, f"{ep.key}: {exc}")
             except asyncio.CancelledError:
-                picking.finished(ep, ticket=ticket, latency_s=0.0, completed=False)
+                picking.finished(ep, ticket=ticket, latency_s=0.0, now=now, completed=False)
                 raise
             done = self.clock()
             # Only a success measures service: an error answer (queue full, bad input) is quick.
             served = 200 <= answer.status < 300
-            picking.finished(ep, ticket=ticket, latency_s=done - now, completed=served)
+            picking.finished(ep, ticket=ticket, latency_s=done - now, now=done, completed=served)
             self.stats.upstream_for(ep).observe(done - now)
             vstats = self.stats.variant(ep.variant)
             (vstats.errors if answer.status >= 500 else vstats.successes).inc()

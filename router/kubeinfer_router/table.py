@@ -72,10 +72,10 @@ class Table:
         return [e for eps in self.by_variant.values() for e in eps.values()]
 
     def tick(self, now: float, *, interval_s: float) -> None:
-        """Once per scrape interval: service-time drift, and forget stale queue reports."""
+        """Once per scrape interval: forget old service samples and stale queue reports, and
+        take each variant's median service time (the stand-in for pods not measured yet)."""
         for variant, eps in self.by_variant.items():
-            fleet = picking.fleet_service(list(eps.values()))
-            self.fleet_service[variant] = fleet
             for ep in eps.values():
-                picking.roll_service(ep, fleet_service_s=fleet)
+                picking.roll_service(ep, now)
                 picking.expire_queue(ep, now, interval_s=interval_s)
+            self.fleet_service[variant] = picking.fleet_service(list(eps.values()))

@@ -132,12 +132,20 @@ def test_observe_queue_subtracts_our_own_requests() -> None:
     assert ep.external_queued == 0  # older than 4 intervals: the pod stopped answering
 
 
-def lone(ep: picking.Endpoint, latency_s: float) -> None:
-    picking.finished(ep, ticket=picking.started(ep), latency_s=latency_s)
+def lone(ep: picking.Endpoint, latency_s: float, now: float = 0.0) -> None:
+    picking.finished(ep, ticket=picking.started(ep), latency_s=latency_s, now=now)
+
+
+def warmed(key: str) -> picking.Endpoint:
+    ep = endpoint(key)
+    for _ in range(picking.SERVICE_WARMUP):
+        lone(ep, 9.9)  # connection setup and lazy start: not service time
+    assert not ep.window
+    return ep
 
 
 def test_service_time_is_latency_per_place_in_the_queue() -> None:
-    ep = endpoint("a")
+    ep = warmed("a")
     for _ in range(picking.SERVICE_MIN_SAMPLES - 1):
         lone(ep, 0.020)
     assert ep.service_s is None  # too few samples to be a measurement yet
@@ -147,14 +155,14 @@ def test_service_time_is_latency_per_place_in_the_queue() -> None:
     tickets = [picking.started(ep) for _ in range(3)]
     assert tickets == [0, 1, 2]
     for ticket, latency in zip(tickets, (0.020, 0.030, 0.050), strict=True):
-        picking.finished(ep, ticket=ticket, latency_s=latency)
-    assert list(ep.window)[-3:] == pytest.approx([0.020, 0.020, 0.020])
+        picking.finished(ep, ticket=ticket, latency_s=latency, now=0.0)
+    assert [x for _, x in ep.window][-3:] == pytest.approx([0.020, 0.020, 0.020])
     assert ep.service_s == pytest.approx(0.020) and ep.in_flight == 0
 
 
 def test_service_time_is_the_median_of_recent_samples() -> None:
-    ep = endpoint("a")
-    lone(ep, 0.200)  # a cold first request
+    ep = warmed("a")
+    lone(ep, 0.200)  # a slow one
     for latency in (0.010, 0.012, 0.011, 0.050, 0.010, 0.013, 0.090):  # scheduling noise
         lone(ep, latency)
     assert ep.service_s == pytest.approx(0.013)  # the (upper) median of eight
@@ -164,25 +172,24 @@ def test_service_time_is_the_median_of_recent_samples() -> None:
 
 
 def test_failed_or_unserved_requests_do_not_count() -> None:
-    ep = endpoint("a")
+    ep = warmed("a")
     ticket = picking.started(ep)
-    picking.finished(ep, ticket=ticket, latency_s=0.001, completed=False)
-    assert ep.in_flight == 0 and ep.service_s is None
+    picking.finished(ep, ticket=ticket, latency_s=0.001, now=0.0, completed=False)
+    assert ep.in_flight == 0 and not ep.window
 
 
-def test_pods_without_samples_drift_to_the_fleet_and_one_sample_snaps_back() -> None:
-    ep = endpoint("a")
-    for _ in range(picking.SERVICE_MIN_SAMPLES):
-        lone(ep, 0.030)
-    picking.roll_service(ep, fleet_service_s=0.010)
-    assert ep.service_s == pytest.approx(0.030)  # it had a sample this tick
-    picking.roll_service(ep, fleet_service_s=0.010)
-    assert ep.service_s == pytest.approx(0.030 - picking.SERVICE_DRIFT * 0.020)
-    lone(ep, 0.030)
-    assert ep.service_s == pytest.approx(0.030)
-    unmeasured = endpoint("b")
-    picking.roll_service(unmeasured, fleet_service_s=0.010)
-    assert unmeasured.service_s is None
+def test_old_samples_are_forgotten_so_an_avoided_pod_is_measured_afresh() -> None:
+    ep = warmed("a")
+    for t in range(picking.SERVICE_MIN_SAMPLES):
+        lone(ep, 0.300, now=float(t))
+    assert ep.service_s == pytest.approx(0.300)
+    picking.roll_service(ep, picking.SERVICE_MAX_AGE_S + 1.5)  # the first two are too old
+    assert ep.service_s is None and len(ep.window) == 2  # unmeasured: counts as average
+    lone(ep, 0.010, now=20.0)
+    lone(ep, 0.010, now=20.0)
+    assert ep.service_s == pytest.approx(0.300)  # the upper median of four
+    picking.roll_service(ep, 20.0 + picking.SERVICE_MAX_AGE_S)
+    assert ep.service_s is None  # two fresh samples left: not a measurement yet
 
 
 def test_fleet_service_is_the_median_of_measured_pods() -> None:
