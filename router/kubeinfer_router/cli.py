@@ -150,7 +150,8 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig) -> None:
     stats = telemetry.Telemetry()
     kube = cfg.discovery.mode is not config.DiscoveryMode.STATIC
     api = discovery.kube_api() if kube or cfg.wake.kind is config.WakeKind.KUBERNETES else None
-    router = proxy.Proxy(cfg=cfg, endpoints=endpoints, stats=stats, wake=build_wake(cfg, api))
+    wake = build_wake(cfg, api)
+    router = proxy.Proxy(cfg=cfg, endpoints=endpoints, stats=stats, wake=wake)
     await router.start()
     tasks: list[asyncio.Task[None]] = []
     static: discovery.StaticDiscovery | None = None
@@ -200,6 +201,8 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig) -> None:
     if watches is not None:
         watches.stop()
     await router.close()
+    if isinstance(wake, waking.WebhookWake):
+        await wake.close()
     log.info("stopped")
 
 

@@ -79,13 +79,19 @@ class WebhookWake:
     def __init__(self, *, url: str, timeout_s: float = 5.0) -> None:
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self) -> None:
-        async with (
-            aiohttp.ClientSession(timeout=self.timeout) as session,
-            session.post(self.url, json={"reason": "held-requests"}) as response,
-        ):
+        # One session for the router's life: the wake is on the critical path of a cold
+        # start, and a fresh session (connector, resolver) costs milliseconds on a busy node.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        async with self._session.post(self.url, json={"reason": "held-requests"}) as response:
             response.raise_for_status()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 def deployments_to_wake(variants: Sequence[config.Variant]) -> list[str]:
