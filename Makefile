@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(VENV)/bin/kubeinfer-cluster
 # Reinstall when any package's dependencies change.
-DEPS := requirements-dev.txt operator/pyproject.toml runtimes/onnxruntime/pyproject.toml cluster/pyproject.toml
+DEPS := requirements-dev.txt operator/pyproject.toml runtimes/onnxruntime/pyproject.toml cluster/pyproject.toml \
+        router/pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(DEPS) | sha1sum | cut -c1-12)
 # In CI (root) the cluster and every test that uses it run in a network namespace that has
 # only loopback, so a stray dial fails instead of leaving the machine.
@@ -17,12 +18,12 @@ endif
 PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
 .PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e \
-        test-reliability test-images soak demo cluster cluster-down images bench-reconcile \
+        test-router test-reliability test-images soak demo cluster cluster-down images bench-reconcile \
         bench-runtime bench-images bench-autoscaling clean
 
 help:
 	@echo "make demo    - local cluster, operator, an InferenceService under load, scaling"
-	@echo "make test    - lint + unit + integration + e2e + reliability + images (all cached)"
+	@echo "make test    - lint + unit + integration + router + e2e + reliability + images (all cached)"
 	@echo "make cluster / cluster-down / crds / images / bench-*"
 
 $(STAMP): $(DEPS)
@@ -45,7 +46,7 @@ triton: venv
 	$(PY) -m kubeinfer_cluster.triton.install install
 
 lint: venv
-	$(VENV)/bin/ruff check operator runtimes cluster tests bench examples
+	$(VENV)/bin/ruff check operator runtimes cluster router tests bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -57,6 +58,11 @@ test-unit: venv
 
 test-integration: venv tools triton
 	$(PYTEST) tests/integration -q
+
+# The data plane (kubeinfer-router): its pure core, the proxy in-process, real ONNX servers on
+# 127.0.0.x behind it, and Pod discovery and the wake hook against the local API server.
+test-router: venv tools
+	$(PYTEST) tests/router -q
 
 test-e2e: venv tools triton
 	$(PYTEST) tests/e2e -q

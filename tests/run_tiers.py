@@ -19,7 +19,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Each tier is the make target of the same name, so `make test-e2e` alone runs the same thing.
-TIERS = ["lint", "unit", "integration", "e2e", "reliability", "images"]
+TIERS = ["lint", "unit", "integration", "router", "e2e", "reliability", "images"]
 
 
 def run_tier(tier: str) -> dict[str, object]:
