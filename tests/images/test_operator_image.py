@@ -25,6 +25,7 @@ from tests.conftest import ClusterHandle
 from tests.images import pods
 from tests.images.pods import Images
 from tests.integration.helm.conftest import CHART, Helm
+from tests.operator_process import install
 from tests.waiting import wait_for
 
 GROUP, VERSION = "kubeinfer.io", "v1alpha1"
@@ -61,15 +62,18 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    """The chart installed (CRDs, runtimes, RBAC, ServiceAccount) with replicas=0: the
-    container below is its operator, so kwok's stand-in pod must not exist."""
+    """The chart installed (RBAC, ServiceAccount) with replicas=0: the container below is its
+    operator, so kwok's stand-in pod must not exist. CRDs and runtimes are installed as the
+    suite installs them (the chart's are the same files): cluster-scoped runtimes another test
+    applied cannot be adopted by a release, and uninstalling one must not remove them."""
+    install(cluster.tools.kubectl, cluster.env)
     helm_binary = build.ensure_tools(with_helm=True).helm
     assert helm_binary is not None
     helm = Helm(helm_binary, cluster.env, tmp_path_factory.mktemp("helm-home"))
     namespace = f"kubeinfer-img-{uuid.uuid4().hex[:6]}"
     helm(
         "install", RELEASE, str(CHART), "-n", namespace, "--create-namespace",
-        "--set", "replicas=0", "--wait=false",
+        "--skip-crds", "--set", "replicas=0", "--set", "runtimes.install=false", "--wait=false",
     )  # fmt: skip
     manifest = helm("get", "manifest", RELEASE, "-n", namespace).stdout
     deployment = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment")
