@@ -229,7 +229,13 @@ class Autoscaler:
         )
         signals_ = self._pod_signals(tracked, texts, names, self.clock())
         load = {s.pod: s.in_flight for s in signals_}
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        # The pods the ReplicaSet controller counts: not terminating, not finished.
+        live = [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
         views = tuple(
             scale_in.view(
                 p,
