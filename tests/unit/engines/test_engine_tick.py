@@ -300,3 +300,46 @@ async def test_a_scale_in_backs_off_when_another_manager_owns_the_cost(
     assert status["decisions"][-1]["message"].endswith(
         f"another field manager owns {COST} on p2 (karpenter)."
     )
+
+
+async def test_marks_left_on_a_survivor_are_cleared(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod marked for a scale-in that did not happen (the count went back up before the
+    ReplicaSet controller acted): once the count is settled, its marks go."""
+    _, port = pod_server
+    STORE = _objects(port, monkeypatch)
+    [p1] = STORE.pods(NS, NAME)
+    ours = {
+        "manager": "kubeinfer-autoscaler",
+        "operation": "Apply",
+        "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{COST}": {}, f"f:{DRAIN}": {}}}},
+    }
+    meta = {
+        **p1["metadata"],
+        "uid": "uid-p1",
+        "resourceVersion": "5",
+        "annotations": {COST: "-1", DRAIN: "true"},
+        "managedFields": [ours],
+    }
+    STORE.observe({**p1, "metadata": meta})
+    writes: list[tuple[str, Any]] = []
+    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
+    monkeypatch.setattr(kube, "patch_status", lambda *a: None)
+    monkeypatch.setattr(
+        kube,
+        "apply_marks",
+        lambda ns, pod, marks, *, uid: writes.append(("marks", (pod, uid, marks))) or True,
+    )
+    monkeypatch.setattr(catalogue, "_parsed", {})
+    engine = autoscaler.Autoscaler(clock=Clock())
+    engine.track(
+        {
+            "metadata": {"namespace": NS, "name": NAME},
+            "spec": {"model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"}},
+            "status": {"runtime": "onnxruntime"},
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        await engine.tick(session, (NS, NAME))
+    assert writes == [("marks", ("p1", "uid-p1", {}))]
