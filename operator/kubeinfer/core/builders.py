@@ -26,6 +26,8 @@ DEFAULT_CONFIG = OperatorConfig()
 CONFIG_VOLUME = "model-config"
 # Where the storage initializer reads the generated config.pbtxt, outside the repository.
 GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
+# The ONNX server's device setting (kubeinfer_onnx.device.ENV; the packages share no code).
+DEVICE_ENV = "KUBEINFER_DEVICE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +262,10 @@ def _server_container(
             {"name": "HTTP_PORT", "value": str(ports.http)},
             {"name": "GRPC_PORT", "value": str(ports.grpc)},
             {"name": "METRICS_PORT", "value": str(ports.metrics)},
+            # Where the model computes, from gpu.count: gpu makes kubeinfer's ONNX server ask
+            # for CUDA/TensorRT (and report it when it ends on CPU); cpu keeps a pod given no
+            # GPU off the node's GPUs even in the gpu image. Other runtimes ignore it.
+            {"name": DEVICE_ENV, "value": "gpu" if spec.gpu.count > 0 else "cpu"},
         ],
         "ports": [
             {"name": "http", "containerPort": ports.http, "protocol": "TCP"},

@@ -137,6 +137,7 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         selector=builders.selector_string(owner),
         deployment=deployment,
         pods=kube.cached_pods(owner.namespace, owner.name),
+        execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome)
     return outcome
