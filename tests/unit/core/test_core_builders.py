@@ -169,3 +169,19 @@ def test_the_operator_config_reaches_serving_pods() -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     # The storage initializer's one-line error becomes its termination message (status).
     assert pod["initContainers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.parametrize(
+    ("gpu", "device"),
+    [
+        ({}, "cpu"),
+        ({"count": 1}, "gpu"),
+        ({"count": 4, "resourceName": "nvidia.com/mig-1g.10gb"}, "gpu"),
+    ],
+)
+def test_the_server_is_told_its_device_by_gpu_count(gpu: dict[str, Any], device: str) -> None:
+    """gpu.count > 0: the ONNX server asks for CUDA/TensorRT and reports a CPU fallback;
+    none: it stays on CPU, even in the gpu image on a GPU node."""
+    dep = builders.build_deployment(OWNER, spec(gpu=gpu), "onnxruntime", ONNX_RT)
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "KUBEINFER_DEVICE", "value": device} in env
