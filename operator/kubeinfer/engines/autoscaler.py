@@ -4,12 +4,12 @@ Owns: time and I/O for scaling. ``observe`` reads the service's Deployment and p
 watch-fed store and scrapes the Ready pods' /metrics (concurrently, with a timeout), turning
 them into an ``Observation``; ``core.scaling.step.step`` (pure, ``now`` passed in) decides;
 ``act`` writes the result: the Deployment's scale subresource (field manager
-``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler, which also
-records where the pods' models compute (``executionProviders``, read off the same scrape; the
-reconciler turns it into the GPUInUse condition, so each status field keeps one writer). The step's
-memory (window, last scale time, learned cold start) is persisted in status.autoscaler.state
-and the decision history in status.autoscaler.decisions, so an operator restart neither
-forgets a burst nor scales down on a fresh, empty window.
+``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler, which
+also records where the pods' models compute (``executionProviders``, read off the same
+scrape; the reconciler turns it into the GPUInUse condition, so each status field keeps one
+writer). The step's memory (window, last scale time, learned cold start) is persisted in
+status.autoscaler.state and the decision history in status.autoscaler.decisions, so an
+operator restart neither forgets a burst nor scales down on a fresh, empty window.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Owns the path of one inference through a model, whatever the transport: check the inputs
 against the session's metadata, try the cache, queue on the batcher, book the stats. Also
-owns the metadata and config documents that the v2 endpoints return, and `ModelSet`, the
-lookup by name and version. Transports convert wire formats to numpy and back; nothing here
-parses bytes.
+owns the session's providers (asked for per `device`, then read back into a `Placement`), the
+metadata and config documents that the v2 endpoints return, and `ModelSet`, the lookup by name
+and version. Transports convert wire formats to numpy and back; nothing here parses bytes.
 """
 
 from __future__ import annotations

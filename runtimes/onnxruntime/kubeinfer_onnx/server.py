@@ -1,9 +1,10 @@
 """`kubeinfer-onnx-server`: flags, start-up, and the SIGTERM drain.
 
-Owns the process: parse Triton-like flags, load the repository, bind HTTP, gRPC and metrics
-on their addresses, and on SIGTERM/SIGINT turn readiness false, keep answering for the drain
-delay, stop listening, finish every accepted request, then exit. Nothing else here: each
-piece it starts is built by its own module.
+Owns the process: parse Triton-like flags, load CUDA's libraries when a GPU may be used, load
+the repository, open NVML for the GPU metrics, bind HTTP, gRPC and metrics on their
+addresses, and on SIGTERM/SIGINT turn readiness false, keep answering for the drain delay,
+stop listening, finish every accepted request, then exit. Nothing else here: each piece it
+starts is built by its own module.
 """
 
 from __future__ import annotations
