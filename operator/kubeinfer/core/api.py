@@ -464,6 +464,15 @@ class RuntimeMetricNames(_Model):
 
 class InferenceRuntimeSpec(_Model):
     image: Annotated[str, Field(min_length=1, max_length=512)]
+    gpu_image: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=512,
+            description="Image for InferenceServices with gpu.count above 0, e.g. the ONNX "
+            "server's gpu variant (onnx-server:<version>-gpu); unset: image for every service.",
+        ),
+    ] = None
     formats: Annotated[list[RuntimeFormat], Field(min_length=1, max_length=8)]
     supports_gpu: bool = True
     supports_cpu: bool = True

@@ -245,6 +245,14 @@ def _storage(
     return volumes, [container], mounts
 
 
+def server_image(spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec) -> str:
+    """The runtime's GPU image for a service given GPUs (when it has one): the spec's
+    gpu.count chooses the variant, so CPU services keep the small image."""
+    if spec.gpu.count > 0 and runtime.gpu_image:
+        return runtime.gpu_image
+    return runtime.image
+
+
 def _server_container(
     spec: api.InferenceServiceSpec,
     runtime: api.InferenceRuntimeSpec,
@@ -254,7 +262,7 @@ def _server_container(
     ports = runtime.ports
     container: dict[str, Any] = {
         "name": "server",
-        "image": runtime.image,
+        "image": server_image(spec, runtime),
         "args": list(runtime.args),
         "env": [
             {"name": "MODEL_REPOSITORY", "value": runtime.model_repository_path},

@@ -294,9 +294,9 @@ def _gpu_condition(obs: Observed) -> api.Condition | None:
             False,
             "RunningOnCPU",
             f"{cpu.pods} of {total} pod(s) run the model on {cpu.provider} although gpu.count "
-            f"is {gpus} (e.g. {cpu.example}): the server image has no GPU build of onnxruntime "
-            "(use the gpu variant of the image) or CUDA could not start; the pod's log says "
-            "which.",
+            f"is {gpus} (e.g. {cpu.example}): its image has no GPU build of onnxruntime (set "
+            "the InferenceRuntime's gpuImage to the server's gpu variant) or CUDA could not "
+            "start; the pod's log says which.",
             gen,
         )
     named = ", ".join(f"{u.pods} on {u.provider}" for u in uses)
