@@ -43,6 +43,10 @@ fi
 
 cd "$(dirname "$0")/../.."
 PY_SYS=${PY_SYS:-python3}
+if ! "$PY_SYS" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "tests/device/run.sh: needs Python >= 3.11 as \$PY_SYS (now: $PY_SYS)" >&2
+  exit 2
+fi
 requirements() {
   "$PY_SYS" runtimes/onnxruntime/requirements.py --device gpu
   echo "pydantic>=2.6"  # the operator's pure core (api models); nothing else of the operator
