@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubeinfer.core import api, metrics
 from kubeinfer.core.scaling import decide, policy, signals, state, step, window
+from kubeinfer_onnx import metrics as onnx_metrics
 
 MODEL = "gpuprove"
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -263,7 +264,7 @@ async def _run_checks(
     _, rest_text = await get(session, metrics_url)
     rest = families(rest_text)
     providers = sorted(
-        {labels["provider"] for labels, _ in rest.get(metrics.TRITON.execution_provider, [])}
+        {labels["provider"] for labels, _ in rest.get(onnx_metrics.EXECUTION_PROVIDER, [])}
     )
     summary["provider"] = providers
     if args.rehearse:

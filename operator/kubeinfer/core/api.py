@@ -450,16 +450,18 @@ class RuntimeMetricNames(_Model):
         float,
         Field(gt=0, le=1, description="Multiplier to 0..1: 1 for Triton, 0.01 for DCGM (0-100)."),
     ] = 1.0
-    # A gauge labelled `provider` per model version: the execution provider the model runs on
-    # (kubeinfer's ONNX server; Triton has none, and then status cannot tell).
+    # A gauge labelled `provider` per model version: the execution provider the model runs on.
+    # kubeinfer's ONNX server has one (runtimes/defaults/onnxruntime.yaml names it); Triton
+    # none: a KIND_GPU model there fails to load rather than run on CPU.
     execution_provider: Annotated[
-        str,
+        str | None,
         Field(
             max_length=128,
             description="Gauge whose `provider` label names where the model computes "
-            "(CPUExecutionProvider: on CPU); read for the GPUInUse condition.",
+            "(CPUExecutionProvider: on CPU), for the GPUInUse condition; unset: the runtime "
+            "does not say, and GPU services get no such condition.",
         ),
-    ] = "kubeinfer_execution_provider"
+    ] = None
 
 
 class InferenceRuntimeSpec(_Model):

@@ -58,7 +58,7 @@ def parse_metrics(text: str, *, names: api.RuntimeMetricNames = TRITON) -> RawSc
         _family_name(names.request_failure): "request_failure",
     }
     gpu_family = _family_name(names.gpu_utilization)
-    provider_family = _family_name(names.execution_provider)
+    provider_family = _family_name(names.execution_provider) if names.execution_provider else None
     sums: dict[str, float] = dict.fromkeys(wanted.values(), 0.0)
     gpu_values: list[float] = []
     providers: set[str] = set()

@@ -92,8 +92,10 @@ class Observed:
     selector: str
     deployment: dict[str, Any] | None
     pods: list[dict[str, Any]]
-    # Where the Ready pods' models compute, as the autoscaler last recorded it.
+    # Where the Ready pods' models compute, as the autoscaler last recorded it, and whether
+    # the runtime says at all (its metric names include an execution provider gauge).
     execution_providers: tuple[api.ProviderUse, ...] = ()
+    runtime_reports_provider: bool = False
 
 
 def _condition(
@@ -271,7 +273,7 @@ def recorded_providers(current: dict[str, Any]) -> tuple[api.ProviderUse, ...]:
 def _gpu_condition(obs: Observed) -> api.Condition | None:
     """GPUInUse for a service given GPUs: True when every reporting pod computes on a GPU
     provider, False (RunningOnCPU) naming the provider when any runs on CPU."""
-    if obs.gpus_per_replica < 1 or obs.stopped:
+    if obs.gpus_per_replica < 1 or obs.stopped or not obs.runtime_reports_provider:
         return None
     uses = obs.execution_providers
     on_cpu = [u for u in uses if u.provider == metrics.CPU_PROVIDER]
@@ -282,9 +284,8 @@ def _gpu_condition(obs: Observed) -> api.Condition | None:
             ConditionType.GPU_IN_USE,
             None,
             "NotReported",
-            "No serving pod has said where it computes yet: the ONNX runtime's pods report "
-            "their execution provider on /metrics, which the autoscaler reads (not with "
-            "scaling mode Off; Triton does not report it).",
+            "No serving pod has said where it computes yet: the pods report their execution "
+            "provider on /metrics, which the autoscaler reads (not with scaling mode Off).",
             gen,
         )
     if on_cpu:

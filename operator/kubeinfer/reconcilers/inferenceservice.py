@@ -138,6 +138,7 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         deployment=deployment,
         pods=kube.cached_pods(owner.namespace, owner.name),
         execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
+        runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome)
     return outcome

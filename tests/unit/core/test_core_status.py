@@ -219,7 +219,7 @@ def use(provider: str, pods: int, example: str) -> api.ProviderUse:
 def test_gpu_in_use_names_where_the_model_computes(
     uses: tuple[api.ProviderUse, ...], state: str, reason: str, says: str
 ) -> None:
-    st = built(observed(execution_providers=uses))
+    st = built(observed(execution_providers=uses, runtime_reports_provider=True))
     gpu = cond(st, "GPUInUse")
     assert (gpu["status"], gpu["reason"]) == (state, reason)
     assert says in gpu["message"]
@@ -227,9 +227,17 @@ def test_gpu_in_use_names_where_the_model_computes(
     assert cond(st, "Ready")["status"] == "True"
 
 
-@pytest.mark.parametrize("kw", [{"gpus_per_replica": 0}, {"stopped": True}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"gpus_per_replica": 0},
+        {"stopped": True},
+        {"runtime_reports_provider": False},  # Triton: a GPU model there fails, never falls back
+    ],
+)
 def test_no_gpu_condition_without_gpus_in_use(kw: dict[str, Any]) -> None:
-    st = built(observed(execution_providers=(use(CPU, 1, "p0"),), **kw))
+    base = {"execution_providers": (use(CPU, 1, "p0"),), "runtime_reports_provider": True}
+    st = built(observed(**{**base, **kw}))
     assert "GPUInUse" not in {c["type"] for c in st["conditions"]}
 
 

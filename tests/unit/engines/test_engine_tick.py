@@ -184,7 +184,21 @@ async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    _objects(runner.addresses[0][1], monkeypatch)
+    objects = _objects(runner.addresses[0][1], monkeypatch)
+    # The onnxruntime runtime as its default names it: with the execution provider gauge.
+    objects.observe(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceRuntime",
+            "metadata": {"name": "onnxruntime", "resourceVersion": "2"},
+            "spec": {
+                "image": "i",
+                "formats": [{"name": "onnx"}],
+                "ports": {"metrics": runner.addresses[0][1]},
+                "metrics": {"executionProvider": "kubeinfer_execution_provider"},
+            },
+        }
+    )
     written: list[dict[str, Any]] = []
     monkeypatch.setattr(kube, "set_scale", lambda *a: None)
     monkeypatch.setattr(kube, "emit_event", lambda *a, **kw: None)
@@ -218,6 +232,7 @@ async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
                 deployment=None,
                 pods=[],
                 execution_providers=status.recorded_providers({"autoscaler": auto}),
+                runtime_reports_provider=True,
             )
         )
         return next(c.model_dump() for c in built.conditions if c.type == "GPUInUse")

@@ -13,6 +13,7 @@ import pathlib
 import re
 
 import pytest
+import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -118,13 +119,16 @@ def test_the_operator_reads_families_the_onnx_server_renders() -> None:
     )
     text = registry.render().decode()
     rendered = {family.name for family in text_string_to_metric_families(text)}
+    default = yaml.safe_load((CHART.parents[1] / "runtimes/defaults/onnxruntime.yaml").read_text())
+    names = api.parse_runtime(default["spec"]).metrics
     wanted = {
         name
-        for field, name in metrics.TRITON.model_dump().items()
+        for field, name in names.model_dump().items()
         if isinstance(name, str) and field != "gpu_utilization"
     }
+    assert "kubeinfer_execution_provider" in wanted
     assert wanted <= rendered, sorted(wanted - rendered)
-    assert metrics.parse_metrics(text).execution_provider == "CPUExecutionProvider"
+    assert metrics.parse_metrics(text, names=names).execution_provider == "CPUExecutionProvider"
 
 
 def test_the_device_setting_has_one_name() -> None:

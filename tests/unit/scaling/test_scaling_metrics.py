@@ -98,6 +98,8 @@ def test_no_completions_means_unknown_queue_time() -> None:
 # ---- where the pod's models compute (for the GPUInUse condition) ----------------------------
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# The onnxruntime runtime's names, as its default InferenceRuntime sets them.
+ONNX = api.RuntimeMetricNames(execution_provider="kubeinfer_execution_provider")
 
 
 def provider_page(*providers: str) -> str:
@@ -112,7 +114,7 @@ def provider_page(*providers: str) -> str:
 
 def test_parse_reads_the_onnx_servers_provider() -> None:
     """A page the real server rendered: --device gpu on the CPU-only onnxruntime wheel."""
-    raw = metrics.parse_metrics(load("onnx_gpu_on_cpu.prom"))
+    raw = metrics.parse_metrics(load("onnx_gpu_on_cpu.prom"), names=ONNX)
     assert raw.execution_provider == CPU
     assert raw.request_success == 1 and raw.gpu_utilization is None
 
@@ -132,11 +134,13 @@ def test_parse_reads_the_onnx_servers_provider() -> None:
     ],
 )
 def test_parse_execution_provider(page: str, provider: str | None) -> None:
-    assert metrics.parse_metrics(page).execution_provider == provider
+    assert metrics.parse_metrics(page, names=ONNX).execution_provider == provider
 
 
-def test_triton_says_nothing_about_providers() -> None:
-    assert metrics.parse_metrics(load("triton_t2.prom")).execution_provider is None
+def test_a_runtime_without_the_name_says_nothing_about_providers() -> None:
+    assert metrics.parse_metrics(load("triton_t2.prom"), names=ONNX).execution_provider is None
+    # Triton's names have no provider gauge: even a page with one is not read.
+    assert metrics.parse_metrics(load("onnx_gpu_on_cpu.prom")).execution_provider is None
 
 
 def test_pod_providers_keep_failed_scrapes_and_drop_gone_pods() -> None:
