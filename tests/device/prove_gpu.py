@@ -339,7 +339,10 @@ async def _run_checks(
         )
 
     pods = pod_signals(pages)
-    in_flight = max((p.in_flight for p in pods), default=0.0)
+    if not pods:
+        checks.append(Check("veto", False, f"{len(pages)} scrape(s) under load: no signals"))
+        return checks
+    in_flight = max(p.in_flight for p in pods)
     # A target four times what one replica holds: the load fits in one of the four replicas.
     target = max(1.0, 4.0 * in_flight)
     control = decision(pods, veto=None, target=target)
