@@ -390,7 +390,21 @@ def status_differs(desired: dict[str, Any], current: dict[str, Any]) -> bool:
 
 
 def ready_condition(status: dict[str, Any]) -> dict[str, Any] | None:
+    return find_condition(status, ConditionType.READY)
+
+
+def find_condition(status: dict[str, Any], ctype: ConditionType) -> dict[str, Any] | None:
     for cond in status.get("conditions") or []:
-        if cond.get("type") == ConditionType.READY.value:
+        if cond.get("type") == ctype.value:
             return dict(cond)
     return None
+
+
+def cpu_fallback_news(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
+    """GPUInUse as it turns False (RunningOnCPU): worth a Warning Event, since Ready stays True
+    and nothing else would draw the eye; None when it was already False or is not now."""
+    now = find_condition(desired, ConditionType.GPU_IN_USE)
+    if now is None or now.get("status") != "False":
+        return None
+    before = find_condition(current, ConditionType.GPU_IN_USE)
+    return None if before is not None and before.get("status") == "False" else now

@@ -219,3 +219,6 @@ def _write_status(
             reason=ready["reason"],
             message=ready["message"],
         )
+    on_cpu = status.cpu_fallback_news(desired, current)
+    if on_cpu is not None:
+        kube.emit_event(isvc, type_="Warning", reason=on_cpu["reason"], message=on_cpu["message"])

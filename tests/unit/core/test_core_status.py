@@ -257,3 +257,31 @@ def test_recorded_providers_come_from_the_autoscalers_status() -> None:
         by_alias=True, mode="json"
     )
     assert dumped["executionProviders"] == [{"provider": CPU, "pods": 2, "example": "p0"}]
+
+
+def gpu_status(state: str | None) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True"}]
+    if state is not None:
+        conditions.append({"type": "GPUInUse", "status": state, "reason": "R", "message": "M"})
+    return {"conditions": conditions}
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "warn"),
+    [
+        (None, "False", True),  # first report says CPU
+        ("Unknown", "False", True),
+        ("True", "False", True),  # a pod restarted without its GPU
+        ("False", "False", False),  # already told
+        ("False", "True", False),
+        (None, "Unknown", False),
+        ("True", None, False),  # gpu.count went to 0
+    ],
+)
+def test_a_warning_event_when_gpu_in_use_turns_false(
+    before: str | None, now: str | None, warn: bool
+) -> None:
+    news = status.cpu_fallback_news(gpu_status(now), gpu_status(before))
+    assert (news is not None) is warn
+    if warn:
+        assert news == {"type": "GPUInUse", "status": "False", "reason": "R", "message": "M"}
