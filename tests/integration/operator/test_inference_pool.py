@@ -63,7 +63,8 @@ def test_pool_follows_the_crd_and_the_service(
     said = operator.log()[log_start:]
     assert "inferencepool" not in said.lower(), said[-3000:]
 
-    kubectl(cluster, "apply", "--server-side", "-f", str(CRD_FILE))
+    applied = kubectl(cluster, "apply", "--server-side", "-f", str(CRD_FILE), check=False)
+    assert applied.returncode == 0, applied.stderr
     kubectl(cluster, "wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
     # The operator is not restarted: the CRD's watch event brings the pool.
     pool = wait_for(
