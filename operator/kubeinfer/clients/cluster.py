@@ -6,8 +6,8 @@ Owns two reads and how often they happen:
   listing) and a CRD watch event (``observe_crd``), cached in between. Its absence is the normal
   case, so it is neither an error nor logged; only a failed read is, once until it recovers.
 - The GPU census (``core.capacity``): the Nodes and the pods bound to them, listed only when a
-  GPU service's rollout is about to start or its Deployment is created - rare events, where a
-  stale count could start a surge that deadlocks. Never in namespaced mode: the chart then grants
+  GPU service's pod template is about to change - a rare event, where a stale count could start
+  a surge that deadlocks. Never in namespaced mode: the chart then grants
   no cluster-wide pod or node reads, and an unknown count means no surge (``core.rollout``).
 """
 

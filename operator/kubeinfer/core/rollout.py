@@ -12,7 +12,8 @@ fits its pods has a whole replica's worth of free GPUs; otherwise one old pod go
 the Deployment API rejects). CPU services always surge: CPU is rarely the scarce resource, and a
 surge keeps every replica serving.
 
-The decision is taken when a rollout is about to start, from a fresh capacity census, and then
+The decision is taken when a rollout is about to start (the pod template changes), from a
+capacity census taken then (and only then: creating a service counts nothing), and then
 kept while it runs (a surge pod that took the last free GPU must not flip its own rollout to
 "no surge"), unless the surge pod itself is waiting for a GPU: then the decision becomes "no
 surge" and the Deployment controller takes an old pod down to make room.
@@ -91,10 +92,17 @@ def decide(seen: Seen) -> api.RolloutStatus:
             f"The surge pod waits for {seen.gpu_resource}: one old pod stops first to free "
             f"its GPUs.",
         )
-    if live is not None and not seen.template_changes:
+    if not seen.template_changes:
         # Nothing new to roll out (or a rollout already under way): keep the decision taken
-        # when it started, so capacity moving underneath never rewrites the Deployment.
-        return live
+        # when it started, so capacity moving underneath never rewrites the Deployment. A
+        # Deployment being created has no rollout to decide yet: the next template change
+        # decides from a census taken then (one taken now would be stale by then anyway).
+        return live or _decision(
+            api.RolloutStrategy.NO_SURGE,
+            "NoRolloutYet",
+            "No rollout yet: free GPUs are counted when the pod template next changes; "
+            "until then one old pod stops before its replacement starts.",
+        )
     need, spare = seen.gpus_per_replica, seen.spare_gpus
     if spare is None:
         return _decision(

@@ -206,14 +206,14 @@ def _rollout_strategy(
     config: OperatorConfig,
 ) -> api.RolloutStatus:
     """Observe what the rollout decision needs, then decide (``core.rollout``). Free GPUs are
-    counted only when the decision depends on them: a GPU service whose rollout is about to
-    start, or whose Deployment carries no decision yet."""
+    counted (two cluster-wide listings) only when the decision depends on them: a GPU service
+    whose pod template is about to change. Never on creation, never per reconcile."""
     live = kube.cached_get("apps/v1", "Deployment", owner.namespace, builders.child_name(owner))
     wanted = builders.build_deployment(owner, spec, runtime_name, runtime, config)
     changes = children.template_changes(wanted, live)
     recorded = rollout.recorded(live)
     spare = None
-    if spec.gpu.count > 0 and (changes or recorded is None):
+    if spec.gpu.count > 0 and changes:
         pod = wanted["spec"]["template"]["spec"]
         spare = cluster.spare_gpus(
             config,

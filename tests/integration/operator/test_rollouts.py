@@ -94,6 +94,9 @@ def serve_then_roll(cluster: ClusterHandle, ns: str, name: str, product: str) ->
         ),
     )
     wait_condition(cluster, ns, name, "Ready", "True", timeout=60)
+    # Created, never rolled: nothing was counted yet, and the safe strategy stands.
+    st = rollout_status(cluster, ns, name)
+    assert (st["strategy"], st["reason"]) == ("NoSurge", "NoRolloutYet"), st
     [before] = cluster.core.list_namespaced_pod(
         ns, label_selector=f"kubeinfer.io/inferenceservice={name}"
     ).items

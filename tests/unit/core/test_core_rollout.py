@@ -45,9 +45,9 @@ def recorded(strategy: api.RolloutStrategy, reason: str = "Earlier") -> api.Roll
         ({"gpus_per_replica": 4, "spare_gpus": 3}, NO_SURGE, "NoSpareGPUCapacity"),
         ({"gpus_per_replica": 4, "spare_gpus": 4}, SURGE, "SpareGPUCapacity"),
         ({"spare_gpus": None}, NO_SURGE, "GPUCapacityUnknown"),
-        # Being created (no live decision): decided from the census the same way.
-        ({"template_changes": False, "spare_gpus": 2}, SURGE, "SpareGPUCapacity"),
-        ({"template_changes": False, "spare_gpus": 0}, NO_SURGE, "NoSpareGPUCapacity"),
+        # Being created (no live decision, no rollout): nothing counted, the safe default.
+        ({"template_changes": False, "spare_gpus": None}, NO_SURGE, "NoRolloutYet"),
+        ({"template_changes": False, "spare_gpus": 8}, NO_SURGE, "NoRolloutYet"),
     ],
 )
 def test_decide(kw: dict[str, Any], strategy: api.RolloutStrategy, reason: str) -> None:
