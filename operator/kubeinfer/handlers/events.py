@@ -51,7 +51,10 @@ def inference_pool_crd_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: A
         return
     shared = state.of(memo)
     for namespace, name in sorted(shared.known):
-        inferenceservice.reconcile_by_name(namespace, name, shared.config)
+        try:
+            inferenceservice.reconcile_by_name(namespace, name, shared.config)
+        except Exception:  # one service that fails (its namespace terminating) must not stop
+            log.exception("reconcile of %s/%s after the InferencePool CRD changed", namespace, name)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "inferenceservices")
