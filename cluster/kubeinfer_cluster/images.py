@@ -50,11 +50,16 @@ class ImageError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-    """One image: its name under the registry, its Dockerfile and what it copies."""
+    """One image: its name, its Dockerfile, what it copies, and how it is built and tagged."""
 
-    name: str
+    name: str  # what `--only` / IMAGES= selects; also the archive's name
     dockerfile: str  # relative to the repository root, which is the build context
     inputs: tuple[str, ...]  # files and folders the Dockerfile copies
+    build_args: tuple[tuple[str, str], ...] = ()  # besides PYTHON_IMAGE
+    repository: str = ""  # under the registry; default: the name
+    tag_suffix: str = ""  # a variant of an image shares its repository: 0.1.0-gpu
+    # Built by a plain `make images` (and so by `make test`); others only when named.
+    default: bool = True
 
 
 IMAGES = (
@@ -63,7 +68,33 @@ IMAGES = (
     ImageSpec(
         "onnx-server", "runtimes/onnxruntime/Dockerfile", ("VERSION", "runtimes/onnxruntime")
     ),
+    # The ONNX server with onnxruntime-gpu, CUDA and cuDNN from NVIDIA's wheels (several GB)
+    # and nvidia-ml-py: only when asked for (IMAGES=onnx-server-gpu make images); this machine
+    # has no GPU to run it on, and every test tier runs the CPU image.
+    ImageSpec(
+        "onnx-server-gpu",
+        "runtimes/onnxruntime/Dockerfile",
+        ("VERSION", "runtimes/onnxruntime"),
+        build_args=(("DEVICE", "gpu"),),
+        repository="onnx-server",
+        tag_suffix="-gpu",
+        default=False,
+    ),
 )
+
+
+def select(names: Sequence[str] = ()) -> list[ImageSpec]:
+    """The images a build makes: the named ones, or (none named) every default one."""
+    known = {s.name for s in IMAGES}
+    unknown = set(names) - known
+    if unknown:
+        raise ImageError(f"unknown images {sorted(unknown)}; known: {sorted(known)}")
+    return [s for s in IMAGES if (s.name in names if names else s.default)]
+
+
+def spec_ref(spec: ImageSpec, registry: str = DEFAULT_REGISTRY, tag: str | None = None) -> str:
+    """The reference ``spec`` is tagged with: ghcr.io/kubeinfer/onnx-server:0.1.0-gpu."""
+    return image_ref(spec.repository or spec.name, registry, tag) + spec.tag_suffix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,10 +272,19 @@ def tree_digest(root: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def inputs_digest(context: pathlib.Path, *, ref: str, python_image: str, base_id: str) -> str:
-    """What decides whether an image must be rebuilt: its sources, name and base."""
+def inputs_digest(
+    context: pathlib.Path,
+    *,
+    ref: str,
+    python_image: str,
+    base_id: str,
+    build_args: Sequence[tuple[str, str]] = (),
+) -> str:
+    """What decides whether an image must be rebuilt: its sources, name, base and build
+    arguments (none: the digest the images without any always had)."""
+    args = "".join(f"\0{key}={value}" for key, value in build_args)
     return hashlib.sha256(
-        f"{tree_digest(context)}\0{ref}\0{python_image}\0{base_id}".encode()
+        f"{tree_digest(context)}\0{ref}\0{python_image}\0{base_id}{args}".encode()
     ).hexdigest()
 
 
@@ -292,7 +332,9 @@ def _build_one(
     root = images_root()
     context = root / "context" / spec.name
     stage_context(spec, context)
-    digest = inputs_digest(context, ref=ref, python_image=python_image, base_id=base_id)
+    digest = inputs_digest(
+        context, ref=ref, python_image=python_image, base_id=base_id, build_args=spec.build_args
+    )
     previous = load_record(spec.name, digest)
     if previous is not None and not force:
         previous.archive.touch()  # recently used: kept by _prune
@@ -312,6 +354,7 @@ def _build_one(
             f"--pull={pull}",
             "--format=oci",
             f"--build-arg=PYTHON_IMAGE={python_image}",
+            *(f"--build-arg={key}={value}" for key, value in spec.build_args),
             *([f"--secret=id=pip_ca,src={ca}"] if ca else []),
             f"--file={context / spec.dockerfile}",
             f"--tag={ref}",
@@ -373,13 +416,12 @@ def build_images(
     refresh_base: bool = False,
     report: Callable[[Built, bool], None] | None = None,
 ) -> list[Built]:
-    """Build every image (or ``names``) whose inputs changed; all of them, built or cached.
+    """Build every default image (or ``names``) whose inputs changed; all of them, built or
+    cached.
 
     ``python_image`` None means the Debian-made base; any other value is pulled by buildah
     (``docker.io/library/python:3.11-slim-bookworm`` where a registry is reachable)."""
-    unknown = set(names) - {s.name for s in IMAGES}
-    if unknown:
-        raise ImageError(f"unknown images {sorted(unknown)}; known: {[s.name for s in IMAGES]}")
+    chosen_specs = select(names)
     hosttools.ensure_host_tools()
     images_root().mkdir(parents=True, exist_ok=True)
     out = []
@@ -393,12 +435,10 @@ def build_images(
         # leftover (they hold whatever its RUN steps wrote, easily gigabytes).
         buildah("rm", "--all", check=False)
         _trim_storage()
-        for spec in IMAGES:
-            if names and spec.name not in names:
-                continue
+        for spec in chosen_specs:
             built, fresh = _build_one(
                 spec,
-                ref=image_ref(spec.name, registry, tag),
+                ref=spec_ref(spec, registry, tag),
                 python_image=chosen,
                 pull=pull,
                 base_id=base_id,

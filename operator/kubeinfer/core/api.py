@@ -477,10 +477,31 @@ class RuntimeMetricNames(_Model):
         float,
         Field(gt=0, le=1, description="Multiplier to 0..1: 1 for Triton, 0.01 for DCGM (0-100)."),
     ] = 1.0
+    # A gauge labelled `provider` per model version: the execution provider the model runs on.
+    # kubeinfer's ONNX server has one (runtimes/defaults/onnxruntime.yaml names it); Triton
+    # none: a KIND_GPU model there fails to load rather than run on CPU.
+    execution_provider: Annotated[
+        str | None,
+        Field(
+            max_length=128,
+            description="Gauge whose `provider` label names where the model computes "
+            "(CPUExecutionProvider: on CPU), for the GPUInUse condition; unset: the runtime "
+            "does not say, and GPU services get no such condition.",
+        ),
+    ] = None
 
 
 class InferenceRuntimeSpec(_Model):
     image: Annotated[str, Field(min_length=1, max_length=512)]
+    gpu_image: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=512,
+            description="Image for InferenceServices with gpu.count above 0, e.g. the ONNX "
+            "server's gpu variant (onnx-server:<version>-gpu); unset: image for every service.",
+        ),
+    ] = None
     formats: Annotated[list[RuntimeFormat], Field(min_length=1, max_length=8)]
     supports_gpu: bool = True
     supports_cpu: bool = True
@@ -526,12 +547,28 @@ class DecisionRecord(_Model):
     inputs: dict[str, float] = {}
 
 
+class ProviderUse(_Model):
+    """How many serving pods run the model on one execution provider, as their /metrics say."""
+
+    provider: Annotated[str, Field(max_length=128)]
+    pods: Annotated[int, Field(ge=1)]
+    example: Annotated[str, Field(max_length=253, description="One such pod.")]
+
+
 class AutoscalerStatus(_Model):
     desired_replicas: int | None = None
     signals: dict[str, float] = {}
     cold_start_seconds: float | None = None
     last_scale_time: str | None = None
     decisions: Annotated[list[DecisionRecord], Field(max_length=DECISION_HISTORY)] = []
+    execution_providers: Annotated[
+        list[ProviderUse],
+        Field(
+            max_length=8,
+            description="Where the Ready pods' models compute, from their /metrics (the "
+            "GPUInUse condition is built from this); empty when the runtime does not say.",
+        ),
+    ] = []
     state: Annotated[
         str | None,
         Field(

@@ -26,6 +26,8 @@ DEFAULT_CONFIG = OperatorConfig()
 CONFIG_VOLUME = "model-config"
 # Where the storage initializer reads the generated config.pbtxt, outside the repository.
 GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
+# The ONNX server's device setting (kubeinfer_onnx.device.ENV; the packages share no code).
+DEVICE_ENV = "KUBEINFER_DEVICE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +245,14 @@ def _storage(
     return volumes, [container], mounts
 
 
+def server_image(spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec) -> str:
+    """The runtime's GPU image for a service given GPUs (when it has one): the spec's
+    gpu.count chooses the variant, so CPU services keep the small image."""
+    if spec.gpu.count > 0 and runtime.gpu_image:
+        return runtime.gpu_image
+    return runtime.image
+
+
 def _server_container(
     spec: api.InferenceServiceSpec,
     runtime: api.InferenceRuntimeSpec,
@@ -252,7 +262,7 @@ def _server_container(
     ports = runtime.ports
     container: dict[str, Any] = {
         "name": "server",
-        "image": runtime.image,
+        "image": server_image(spec, runtime),
         "args": list(runtime.args),
         "env": [
             {"name": "MODEL_REPOSITORY", "value": runtime.model_repository_path},
@@ -260,6 +270,10 @@ def _server_container(
             {"name": "HTTP_PORT", "value": str(ports.http)},
             {"name": "GRPC_PORT", "value": str(ports.grpc)},
             {"name": "METRICS_PORT", "value": str(ports.metrics)},
+            # Where the model computes, from gpu.count: gpu makes kubeinfer's ONNX server ask
+            # for CUDA/TensorRT (and report it when it ends on CPU); cpu keeps a pod given no
+            # GPU off the node's GPUs even in the gpu image. Other runtimes ignore it.
+            {"name": DEVICE_ENV, "value": "gpu" if spec.gpu.count > 0 else "cpu"},
         ],
         "ports": [
             {"name": "http", "containerPort": ports.http, "protocol": "TCP"},

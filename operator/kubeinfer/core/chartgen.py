@@ -3,7 +3,8 @@
 Owns: the version stamped where a file format needs it literally (Chart.yaml's version and
 appVersion, the ONNX server image tag in runtimes/defaults) from the repository's VERSION file,
 and the chart's runtimes template rendered from runtimes/defaults/*.yaml (the one place the
-default runtimes are written), with each image and its on/off switch as chart values. Pure:
+default runtimes are written), with each image (and the ONNX server's gpuImage) and its on/off
+switch as chart values. Pure:
 text in, text out; ``crdgen.main`` reads and writes the files.
 """
 
@@ -49,10 +50,15 @@ def runtimes_template(defaults: dict[str, str]) -> str:
             fallback = f'(printf "%s:%s" "{ONNX_SERVER_IMAGE}" .Chart.AppVersion)'
         else:
             fallback = f'"{default}"'
-        body = body.replace(
-            image.group(0),
-            f"  image: {{{{ .Values.runtimes.{name}.image | default {fallback} | quote }}}}",
-        )
+        rendered = f"  image: {{{{ .Values.runtimes.{name}.image | default {fallback} | quote }}}}"
+        if default.startswith(f"{ONNX_SERVER_IMAGE}:"):
+            # kubeinfer's server has a GPU variant; unset, GPU services get `image` (and say
+            # so in the GPUInUse condition), so an upgrade never pulls an image not pushed.
+            rendered += (
+                f"\n  {{{{- with .Values.runtimes.{name}.gpuImage }}}}"
+                "\n  gpuImage: {{ . | quote }}\n  {{- end }}"
+            )
+        body = body.replace(image.group(0), rendered)
         body = re.sub(
             r"(?m)^  labels: \{app.kubernetes.io/part-of: kubeinfer\}$",
             '  labels:\n    {{- include "kubeinfer.labels" . | nindent 4 }}',

@@ -2,8 +2,9 @@
 
 Owns: reading a runtime's metric families (their names come from the runtime catalogue,
 ``api.RuntimeMetricNames``, Triton's by default), summing across models and versions, and the
-counter arithmetic (deltas over the interval, counter resets). No I/O: the scraping client
-hands the text in.
+counter arithmetic (deltas over the interval, counter resets). Also where each pod's models
+compute (the execution provider gauge), kept per pod and summarised for status. No I/O: the
+scraping client hands the text in.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class RawScrape:
     request_failure: float = 0.0
     # Mean over the pod's GPUs, 0..1; None when the pod exports no GPU metric.
     gpu_utilization: float | None = None
+    # The execution provider the pod's models run on (CPU if any model runs there); None when
+    # the runtime does not say.
+    execution_provider: str | None = None
 
 
 def _family_name(name: str) -> str:
@@ -36,6 +40,8 @@ def _family_name(name: str) -> str:
 
 
 TRITON = api.RuntimeMetricNames()
+# onnxruntime's CPU provider: a model on it computes on CPU whatever the pod was given.
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 def parse_metrics(text: str, *, names: api.RuntimeMetricNames = TRITON) -> RawScrape:
@@ -52,9 +58,16 @@ def parse_metrics(text: str, *, names: api.RuntimeMetricNames = TRITON) -> RawSc
         _family_name(names.request_failure): "request_failure",
     }
     gpu_family = _family_name(names.gpu_utilization)
+    provider_family = _family_name(names.execution_provider) if names.execution_provider else None
     sums: dict[str, float] = dict.fromkeys(wanted.values(), 0.0)
     gpu_values: list[float] = []
+    providers: set[str] = set()
     for family in parser.text_string_to_metric_families(text):
+        if family.name == provider_family:
+            providers |= {
+                s.labels["provider"] for s in family.samples if s.value and s.labels.get("provider")
+            }
+            continue
         field = wanted.get(family.name)
         if field is None and family.name != gpu_family:
             continue
@@ -67,7 +80,41 @@ def parse_metrics(text: str, *, names: api.RuntimeMetricNames = TRITON) -> RawSc
             else:
                 gpu_values.append(float(sample.value) * names.gpu_utilization_scale)
     gpu = min(1.0, max(0.0, sum(gpu_values) / len(gpu_values))) if gpu_values else None
-    return RawScrape(gpu_utilization=gpu, **sums)
+    # One model on CPU is enough to make the pod a CPU pod for the GPUInUse condition.
+    provider = (
+        CPU_PROVIDER if CPU_PROVIDER in providers else min(providers) if providers else None
+    )
+    return RawScrape(gpu_utilization=gpu, execution_provider=provider, **sums)
+
+
+def pod_providers(
+    previous: Mapping[str, str], scrapes: Mapping[str, RawScrape | None]
+) -> dict[str, str]:
+    """Each scraped pod's execution provider: a pod whose scrape failed keeps its last one,
+    a pod no longer scraped (gone or not Ready) is dropped."""
+    out: dict[str, str] = {}
+    for pod, raw in scrapes.items():
+        if raw is None:
+            if pod in previous:
+                out[pod] = previous[pod]
+        elif raw.execution_provider is not None:
+            out[pod] = raw.execution_provider
+    return out
+
+
+def provider_use(providers: Mapping[str, str]) -> list[api.ProviderUse]:
+    """The per-pod providers summarised for status: pods per provider, one pod named each.
+
+    A summary rather than a pod map keeps status small at any replica count, and a list is
+    replaced whole by a merge patch, so a provider no pod uses any more disappears.
+    """
+    pods: dict[str, list[str]] = {}
+    for pod, provider in providers.items():
+        pods.setdefault(provider, []).append(pod)
+    return [
+        api.ProviderUse(provider=provider, pods=len(names), example=min(names))
+        for provider, names in sorted(pods.items())
+    ]
 
 
 def _delta(current: float, previous: float) -> float:

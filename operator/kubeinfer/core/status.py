@@ -1,7 +1,10 @@
 """Truthful status: what the cluster shows -> conditions, replica counts and the URL. Pure.
 
 Owns: the condition types and reasons, and the rule that Ready is True only when the runtime is
-resolved, the Deployment is available and no pod is failing or unschedulable. A failure is
+resolved, the Deployment is available and no pod is failing or unschedulable. GPUInUse says
+whether a service given GPUs computes on them, from what its pods' /metrics said (the
+autoscaler records that in status.autoscaler.executionProviders); it informs, and never makes
+Ready False: a model served on CPU still answers. A failure is
 named by its real cause: the scheduler's reason for a pod it cannot place (GPUs, CPU, memory,
 a selector, taints), the termination message of a container that exited (the storage
 initializer's one-line error, the runtime's model-load error). Inputs are the raw objects the
@@ -19,7 +22,9 @@ import dataclasses
 import enum
 from typing import Any
 
-from kubeinfer.core import api, census, rollout, runtime_failures, storage_uri
+import pydantic
+
+from kubeinfer.core import api, census, metrics, rollout, runtime_failures, storage_uri
 
 
 class ConditionType(enum.StrEnum):
@@ -29,6 +34,7 @@ class ConditionType(enum.StrEnum):
     WAITING_FOR_GPU = "WaitingForGPUCapacity"
     PODS_SCHEDULED = "PodsScheduled"
     PODS_HEALTHY = "PodsHealthy"
+    GPU_IN_USE = "GPUInUse"
     ROLLOUT_STUCK = "RolloutStuck"
 
 
@@ -91,14 +97,19 @@ class Observed:
     selector: str
     deployment: dict[str, Any] | None
     pods: list[dict[str, Any]]
+    # Where the Ready pods' models compute, as the autoscaler last recorded it, and whether
+    # the runtime says at all (its metric names include an execution provider gauge).
+    execution_providers: tuple[api.ProviderUse, ...] = ()
+    runtime_reports_provider: bool = False
 
 
 def _condition(
-    ctype: ConditionType, ok: bool, reason: str, message: str, generation: int
+    ctype: ConditionType, ok: bool | None, reason: str, message: str, generation: int
 ) -> api.Condition:
+    """A condition; ``ok`` None is status Unknown (the fact has not been observed)."""
     return api.Condition(
         type=ctype.value,
-        status="True" if ok else "False",
+        status="Unknown" if ok is None else "True" if ok else "False",
         reason=reason,
         message=message,
         observed_generation=generation,
@@ -303,6 +314,54 @@ def _health(obs: Observed) -> tuple[api.Condition, list[Problem]]:
     return ok, []
 
 
+def recorded_providers(current: dict[str, Any]) -> tuple[api.ProviderUse, ...]:
+    """status.autoscaler.executionProviders as the autoscaler wrote it; an entry that does
+    not parse is left out (it only ever informs a condition)."""
+    uses = []
+    for raw in ((current.get("autoscaler") or {}).get("executionProviders")) or []:
+        try:
+            uses.append(api.ProviderUse.model_validate(raw))
+        except pydantic.ValidationError:
+            continue
+    return tuple(uses)
+
+
+def _gpu_condition(obs: Observed) -> api.Condition | None:
+    """GPUInUse for a service given GPUs: True when every reporting pod computes on a GPU
+    provider, False (RunningOnCPU) naming the provider when any runs on CPU."""
+    if obs.gpus_per_replica < 1 or obs.stopped or not obs.runtime_reports_provider:
+        return None
+    uses = obs.execution_providers
+    on_cpu = [u for u in uses if u.provider == metrics.CPU_PROVIDER]
+    total = sum(u.pods for u in uses)
+    gen, gpus = obs.generation, obs.gpus_per_replica
+    if not uses:
+        return _condition(
+            ConditionType.GPU_IN_USE,
+            None,
+            "NotReported",
+            "No serving pod has said where it computes yet: the pods report their execution "
+            "provider on /metrics, which the autoscaler reads (not with scaling mode Off).",
+            gen,
+        )
+    if on_cpu:
+        cpu = on_cpu[0]
+        return _condition(
+            ConditionType.GPU_IN_USE,
+            False,
+            "RunningOnCPU",
+            f"{cpu.pods} of {total} pod(s) run the model on {cpu.provider} although gpu.count "
+            f"is {gpus} (e.g. {cpu.example}): its image has no GPU build of onnxruntime (set "
+            "the InferenceRuntime's gpuImage to the server's gpu variant) or CUDA could not "
+            "start; the pod's log says which.",
+            gen,
+        )
+    named = ", ".join(f"{u.pods} on {u.provider}" for u in uses)
+    return _condition(
+        ConditionType.GPU_IN_USE, True, "RunningOnGPU", f"Pods compute on GPUs: {named}.", gen
+    )
+
+
 def build_status(obs: Observed) -> api.InferenceServiceStatus:
     """The status the reconciler writes (autoscaler keys aside); lastTransitionTime is added
     by :func:`merge_conditions`, which knows the previous status."""
@@ -324,6 +383,9 @@ def build_status(obs: Observed) -> api.InferenceServiceStatus:
     scheduling, unplaced = _scheduling(obs)
     health, failures = _health(obs)
     conditions += [*scheduling, health]
+    gpu_in_use = _gpu_condition(obs)
+    if gpu_in_use is not None:
+        conditions.append(gpu_in_use)
     if obs.deployment is not None:
         conditions.append(_rollout_condition(obs))
     problems += unplaced + failures
@@ -387,7 +449,21 @@ def status_differs(desired: dict[str, Any], current: dict[str, Any]) -> bool:
 
 
 def ready_condition(status: dict[str, Any]) -> dict[str, Any] | None:
+    return find_condition(status, ConditionType.READY)
+
+
+def find_condition(status: dict[str, Any], ctype: ConditionType) -> dict[str, Any] | None:
     for cond in status.get("conditions") or []:
-        if cond.get("type") == ConditionType.READY.value:
+        if cond.get("type") == ctype.value:
             return dict(cond)
     return None
+
+
+def cpu_fallback_news(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
+    """GPUInUse as it turns False (RunningOnCPU): worth a Warning Event, since Ready stays True
+    and nothing else would draw the eye; None when it was already False or is not now."""
+    now = find_condition(desired, ConditionType.GPU_IN_USE)
+    if now is None or now.get("status") != "False":
+        return None
+    before = find_condition(current, ConditionType.GPU_IN_USE)
+    return None if before is not None and before.get("status") == "False" else now

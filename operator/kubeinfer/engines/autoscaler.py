@@ -4,10 +4,12 @@ Owns: time and I/O for scaling. ``observe`` reads the service's Deployment and p
 watch-fed store and scrapes the Ready pods' /metrics (concurrently, with a timeout), turning
 them into an ``Observation``; ``core.scaling.step.step`` (pure, ``now`` passed in) decides;
 ``act`` writes the result: the Deployment's scale subresource (field manager
-``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler. The step's
-memory (window, last scale time, learned cold start) is persisted in status.autoscaler.state
-and the decision history in status.autoscaler.decisions, so an operator restart neither
-forgets a burst nor scales down on a fresh, empty window.
+``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler, which
+also records where the pods' models compute (``executionProviders``, read off the same
+scrape; the reconciler turns it into the GPUInUse condition, so each status field keeps one
+writer). The step's memory (window, last scale time, learned cold start) is persisted in
+status.autoscaler.state and the decision history in status.autoscaler.decisions, so an
+operator restart neither forgets a burst nor scales down on a fresh, empty window.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pydantic
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, kube, scrape
 from kubeinfer.clients.store import STORE
-from kubeinfer.core import api, builders, census, metrics
+from kubeinfer.core import api, builders, census, metrics, status
 from kubeinfer.core.scaling import decide, policy, signals, step, window
 from kubeinfer.core.scaling import state as memory_
 
@@ -50,6 +52,9 @@ class Tracked:
     baselines: metrics.Baselines = dataclasses.field(default_factory=metrics.Baselines)
     last_persist: float = 0.0
     last_desired: int | None = None
+    # Each Ready pod's execution provider from its last scrape, and the summary last written.
+    providers: dict[str, str] = dataclasses.field(default_factory=dict)
+    written_providers: list[api.ProviderUse] = dataclasses.field(default_factory=list)
 
 
 def restore(
@@ -135,6 +140,7 @@ class Autoscaler:
             history=history,
             last_desired=auto.get("desiredReplicas"),
             last_persist=self.clock() if auto else 0.0,
+            written_providers=list(status.recorded_providers(isvc.get("status") or {})),
         )
 
     def forget(self, key: tuple[str, str]) -> None:
@@ -249,6 +255,7 @@ class Autoscaler:
                 scrapes[pod] = None
             if scrapes[pod] is None:
                 telemetry.SCRAPE_FAILURES.labels(**labels).inc()
+        tracked.providers = metrics.pod_providers(tracked.providers, scrapes)
         return tracked.baselines.signals(scrapes, now)
 
     # ---- act -----------------------------------------------------------------------------
@@ -261,14 +268,17 @@ class Autoscaler:
         news = memory_.is_news(tracked.history, record)
         if news:
             tracked.history = memory_.append_history(tracked.history, record)
+        providers = metrics.provider_use(tracked.providers)
         if (
             news
             or tracked.last_desired != result.desired
+            or providers != tracked.written_providers
             or (out.sample is not None and now - tracked.last_persist > PERSIST_EVERY_S)
         ):
-            await asyncio.to_thread(self._write_status, tracked, result)
+            await asyncio.to_thread(self._write_status, tracked, result, providers)
             tracked.last_persist = now
             tracked.last_desired = result.desired
+            tracked.written_providers = providers
 
     @staticmethod
     def _scale(tracked: Tracked, result: decide.ScaleResult) -> None:
@@ -294,7 +304,9 @@ class Autoscaler:
             telemetry.SCALER_SIGNAL.labels(**labels, signal=key).set(value)
 
     @staticmethod
-    def _write_status(tracked: Tracked, result: decide.ScaleResult) -> None:
+    def _write_status(
+        tracked: Tracked, result: decide.ScaleResult, providers: list[api.ProviderUse]
+    ) -> None:
         last_scale = tracked.memory.state.last_scale_time
         body = api.AutoscalerStatus(
             desired_replicas=result.desired,
@@ -302,6 +314,7 @@ class Autoscaler:
             cold_start_seconds=tracked.memory.state.cold_start_s,
             last_scale_time=decide.iso(last_scale) if last_scale else None,
             decisions=list(tracked.history),
+            execution_providers=providers,
             state=persisted_state(tracked.memory),
         )
         kube.patch_status(

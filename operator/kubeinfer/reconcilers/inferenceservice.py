@@ -137,6 +137,8 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         selector=builders.selector_string(owner),
         deployment=deployment,
         pods=kube.cached_pods(owner.namespace, owner.name),
+        execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
+        runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome)
     return outcome
@@ -263,3 +265,6 @@ def _write_status(
             reason=ready["reason"],
             message=ready["message"],
         )
+    on_cpu = status.cpu_fallback_news(desired, current)
+    if on_cpu is not None:
+        kube.emit_event(isvc, type_="Warning", reason=on_cpu["reason"], message=on_cpu["message"])

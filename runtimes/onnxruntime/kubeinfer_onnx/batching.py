@@ -136,6 +136,11 @@ class DynamicBatcher:
         """Requests queued and not yet executing (nv_inference_pending_request_count)."""
         return len(self._queue)
 
+    @property
+    def running(self) -> int:
+        """Requests in a batch being executed now (the model server protocol's running gauge)."""
+        return self._executing
+
     def start(self) -> None:
         self._workers = [
             asyncio.create_task(self._work(), name=f"batcher-{i}") for i in range(self._instances)

@@ -6,6 +6,11 @@ The `nv_*` families are written by hand rather than through prometheus_client be
 counters always gain a `_total` suffix, and Triton's names (which dashboards and the
 autoscaler read) have none. The latency histogram, which Triton lacks, does use
 prometheus_client. Updates happen on the event loop thread only, so plain ints suffice.
+
+Also rendered here, each from one source: Triton's GPU families (`nv_gpu_*`, from `nvml`
+readings taken at scrape time), the execution provider each model version runs on (the fact
+the operator's GPUInUse condition reads), and the two gauges of the Gateway API Inference
+Extension's model server protocol, so an inference gateway's endpoint picker can route by load.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import prometheus_client
+
+from kubeinfer_onnx import nvml
 
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
@@ -77,6 +84,10 @@ class ModelStats:
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = dataclasses.field(default_factory=dict)
     pending: Callable[[], int] = lambda: 0  # Queued, not yet executing; set by the model.
+    running: Callable[[], int] = lambda: 0  # In a batch being executed; set by the model.
+    # The execution provider the session runs on, and the --device that was asked for.
+    provider: str = ""
+    device: str = ""
 
     def record_success(self, *, duration_ns: int) -> None:
         self.success.add(duration_ns)
@@ -95,9 +106,11 @@ class ModelStats:
 
 
 class Metrics:
-    """All models' stats plus the request latency histogram, rendered as Prometheus text."""
+    """All models' stats, the GPUs' readings and the request latency histogram, rendered as
+    Prometheus text."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gpus: nvml.Gpus | None = None) -> None:
+        self.gpus = gpus
         self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
         self.latency = prometheus_client.Histogram(
             "kubeinfer_inference_request_duration_seconds",
@@ -112,7 +125,9 @@ class Metrics:
         self.models.append(stats)
 
     def render(self) -> bytes:
-        return render_nv(self.models).encode() + prometheus_client.generate_latest(self.registry)
+        readings = self.gpus.read() if self.gpus is not None else []
+        text = render_nv(self.models) + render_gpus(readings) + render_serving(self.models)
+        return text.encode() + prometheus_client.generate_latest(self.registry)
 
 
 # (name, type, help, value getter). Durations are cumulative microseconds, as in Triton.
@@ -220,6 +235,69 @@ def render_nv(models: Iterable[ModelStats]) -> str:
             lines.append(
                 f'{name}{{model="{stats.model}",version="{stats.version}"}} {value(stats)}'
             )
+    return "\n".join(lines) + "\n"
+
+
+# Triton's GPU families: same names, label (gpu_uuid) and units, so what reads Triton's GPU
+# metrics (the autoscaler's veto, dashboards) reads ours.
+_GPU_FAMILIES: list[tuple[str, str, Callable[[nvml.GpuReading], float | None]]] = [
+    ("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)", lambda r: r.utilization),
+    ("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", lambda r: r.memory_total_bytes),
+    ("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", lambda r: r.memory_used_bytes),
+]
+
+
+def render_gpus(readings: Iterable[nvml.GpuReading]) -> str:
+    """nv_gpu_* for each GPU read; nothing at all without GPUs (no series, not zeros)."""
+    readings = list(readings)
+    if not readings:
+        return ""
+    lines: list[str] = []
+    for name, help_text, value in _GPU_FAMILIES:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for reading in readings:
+            sample = value(reading)
+            if sample is not None:
+                lines.append(f'{name}{{gpu_uuid="{reading.uuid}"}} {sample}')
+    return "\n".join(lines) + "\n"
+
+
+# The execution provider each model version runs on. A GPU request served on CPU reads
+# {device="gpu",provider="CPUExecutionProvider"}; the operator turns it into GPUInUse=False.
+EXECUTION_PROVIDER = "kubeinfer_execution_provider"
+# The Gateway API Inference Extension's model server protocol: TotalQueuedRequests and
+# TotalRunningRequests, gauges for the whole server. The protocol lets a server pick its own
+# names if the endpoint picker is told them; these are the picker's default flags
+# (--total-queued-requests-metric, --total-running-requests-metric), so it needs no flags.
+QUEUED_REQUESTS = "vllm:num_requests_waiting"
+RUNNING_REQUESTS = "vllm:num_requests_running"
+
+
+def render_serving(models: Iterable[ModelStats]) -> str:
+    """The execution provider of each model version and the server's queued/running totals."""
+    models = list(models)
+    lines = [
+        f"# HELP {EXECUTION_PROVIDER} 1 per model version, labelled with the onnxruntime "
+        "execution provider it runs on and the --device requested",
+        f"# TYPE {EXECUTION_PROVIDER} gauge",
+    ]
+    for stats in models:
+        if stats.provider:
+            lines.append(
+                f'{EXECUTION_PROVIDER}{{device="{stats.device}",model="{stats.model}",'
+                f'provider="{stats.provider}",version="{stats.version}"}} 1'
+            )
+    lines += [
+        f"# HELP {QUEUED_REQUESTS} Requests queued for execution, all models (model server "
+        "protocol TotalQueuedRequests)",
+        f"# TYPE {QUEUED_REQUESTS} gauge",
+        f"{QUEUED_REQUESTS} {sum(s.pending() for s in models)}",
+        f"# HELP {RUNNING_REQUESTS} Requests in a batch being executed, all models (model "
+        "server protocol TotalRunningRequests)",
+        f"# TYPE {RUNNING_REQUESTS} gauge",
+        f"{RUNNING_REQUESTS} {sum(s.running() for s in models)}",
+    ]
     return "\n".join(lines) + "\n"
 
 

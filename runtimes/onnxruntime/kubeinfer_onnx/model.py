@@ -2,9 +2,9 @@
 
 Owns the path of one inference through a model, whatever the transport: check the inputs
 against the session's metadata, try the cache, queue on the batcher, book the stats. Also
-owns the metadata and config documents that the v2 endpoints return, and `ModelSet`, the
-lookup by name and version. Transports convert wire formats to numpy and back; nothing here
-parses bytes.
+owns the session's providers (asked for per `device`, then read back into a `Placement`), the
+metadata and config documents that the v2 endpoints return, and `ModelSet`, the lookup by name
+and version. Transports convert wire formats to numpy and back; nothing here parses bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from kubeinfer_onnx import batching, cache, errors, metrics, quantize, repository
+from kubeinfer_onnx import batching, cache, device, errors, metrics, quantize, repository
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +74,26 @@ class ServerOptions:
     intra_op_threads: int
     inter_op_threads: int
     max_queue_size: int
-    providers: Sequence[str]
+    device: device.Device = device.Device.AUTO
     spin: bool = False
     # Every execution takes at least this long (see --emulate-device-ms); 0 is off.
     emulate_device_s: float = 0.0
 
 
-def choose_providers(available: Iterable[str]) -> list[str]:
-    """TensorRT and CUDA when this onnxruntime build has them, CPU always as the fallback."""
-    present = set(available)
-    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
-    return [p for p in preferred if p in present] + ["CPUExecutionProvider"]
+def _provider_arguments(names: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers as InferenceSession takes them, with options where a provider needs any."""
+    arguments: list[str | tuple[str, dict[str, str]]] = []
+    for name in names:
+        if name == "TensorrtExecutionProvider":
+            # TensorRT builds an engine on first use (and again for a larger batch); keep the
+            # engines under the writable /tmp so a restarted container reuses them.
+            cache_dir = str(pathlib.Path(tempfile.gettempdir()) / "kubeinfer-trt-cache")
+            arguments.append(
+                (name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache_dir})
+            )
+        else:
+            arguments.append(name)
+    return arguments
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -118,10 +128,27 @@ class ServedModel:
             # that spinning steals the CPU the event loop needs to decode the next requests.
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        available = ort.get_available_providers()
         self.session = ort.InferenceSession(
-            str(path), sess_options=session_options, providers=list(options.providers)
+            str(path),
+            sess_options=session_options,
+            providers=_provider_arguments(device.choose_providers(options.device, available)),
         )
         self.providers: list[str] = list(self.session.get_providers())
+        # What the session runs on, read back: onnxruntime falls back to CPU without raising
+        # when a GPU provider cannot start, so the request alone would tell a lie.
+        self.placement = device.placement(
+            requested=options.device, session_providers=self.providers, available=available
+        )
+        if self.placement.fell_back:
+            log.warning(
+                "model %s version %s: a GPU was requested (--device gpu) but it runs on %s: "
+                "%s; serving on CPU",
+                self.name,
+                version,
+                self.placement.provider,
+                self.placement.fallback_reason,
+            )
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
         self._input_index = {spec.name: spec for spec in self.inputs}
@@ -154,6 +181,9 @@ class ServedModel:
             on_batch=self._record_batch,
         )
         self.stats.pending = lambda: self.batcher.pending
+        self.stats.running = lambda: self.batcher.running
+        self.stats.provider = self.placement.provider
+        self.stats.device = self.placement.requested.value
         self._device_s = options.emulate_device_s
         self.latency: Any = None  # The histogram child, set by attach_metrics.
 
@@ -309,7 +339,7 @@ class ServedModel:
                 for s in specs
             ]
 
-        gpu = any(p != "CPUExecutionProvider" for p in self.providers)
+        gpu = self.placement.on_gpu
         document: dict[str, Any] = {
             "name": self.name,
             "platform": PLATFORM,

@@ -1,9 +1,10 @@
 """`kubeinfer-onnx-server`: flags, start-up, and the SIGTERM drain.
 
-Owns the process: parse Triton-like flags, load the repository, bind HTTP, gRPC and metrics
-on their addresses, and on SIGTERM/SIGINT turn readiness false, keep answering for the drain
-delay, stop listening, finish every accepted request, then exit. Nothing else here: each
-piece it starts is built by its own module.
+Owns the process: parse Triton-like flags, load CUDA's libraries when a GPU may be used, load
+the repository, open NVML for the GPU metrics, bind HTTP, gRPC and metrics on their
+addresses, and on SIGTERM/SIGINT turn readiness false, keep answering for the drain delay,
+stop listening, finish every accepted request, then exit. Nothing else here: each piece it
+starts is built by its own module.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import onnxruntime as ort
 from aiohttp import web
 
-from kubeinfer_onnx import grpc_server, http_server, metrics, model, repository
+from kubeinfer_onnx import device, grpc_server, http_server, metrics, model, nvml, repository
 
 log = logging.getLogger("kubeinfer_onnx")
 
@@ -100,6 +101,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "speed or on how busy its cores are (default 0: off)",
     )
     parser.add_argument(
+        "--device",
+        type=device.Device,
+        choices=list(device.Device),
+        default=os.environ.get(device.ENV) or device.Device.AUTO.value,
+        help="where models compute: gpu (TensorRT, then CUDA; on CPU, reported in /metrics "
+        "as kubeinfer_execution_provider, when no GPU provider starts), cpu, or auto (GPU "
+        f"providers when this onnxruntime build has them). Default: ${device.ENV}, else auto",
+    )
+    parser.add_argument(
         "--max-queue-size",
         type=int,
         default=256,
@@ -156,13 +166,15 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         max_queue_size=args.max_queue_size,
         spin=args.allow_spinning,
         emulate_device_s=args.emulate_device_ms / 1000.0,
-        providers=model.choose_providers(ort.get_available_providers()),
+        device=args.device,
     )
+    _preload_cuda(args.device)
     entries = repository.scan(args.model_repository)
     models = await asyncio.to_thread(
         model.load, entries, options=options, all_versions=not args.latest_version_only
     )
-    registry = metrics.Metrics()
+    gpus = nvml.Gpus.open() if args.device is not device.Device.CPU else None
+    registry = metrics.Metrics(gpus=gpus)
     for served in models:
         served.attach_metrics(registry)
         served.batcher.start()
@@ -196,14 +208,14 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         )
         await grpc.start()
     log.info(
-        "serving %s on http %s:%d, grpc %s, metrics %s; %d intra-op threads, providers %s",
+        "serving %s on http %s:%d, grpc %s, metrics %s; %d intra-op threads, on %s",
         ", ".join(f"{m.name}/{m.version}" for m in models),
         http_address,
         args.http_port,
         f"{args.grpc_address or args.address}:{args.grpc_port}" if grpc else "off",
         f"{args.metrics_address or args.address}:{args.metrics_port}" if metrics_runner else "off",
         threads,
-        options.providers,
+        sorted({f"{m.placement.provider} (--device {m.placement.requested})" for m in models}),
     )
 
     stop = asyncio.Event()
@@ -216,6 +228,25 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         await stop.wait()
     finally:
         await _drain(args, models, in_flight, runner, grpc, metrics_runner)
+        if gpus is not None:
+            gpus.close()
+
+
+def _preload_cuda(requested: device.Device) -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels the gpu variant installs, before any
+    session starts: onnxruntime-gpu does not bundle them, and without them the CUDA provider
+    cannot start (onnxruntime >= 1.21 has preload_dlls; a system CUDA install needs none)."""
+    if requested is device.Device.CPU:
+        return
+    if not set(device.GPU_PROVIDERS) & set(ort.get_available_providers()):
+        return
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # the libraries may come from the system instead
+        log.warning("could not preload CUDA/cuDNN from the nvidia-* wheels: %s", exc)
 
 
 async def _drain(

@@ -169,3 +169,27 @@ def test_base_archive_round_trip(tmp_path: pathlib.Path) -> None:
     ((_, size, media_type),) = info.layers
     assert media_type == "application/vnd.oci.image.layer.v1.tar"
     assert oci.uncompressed_bytes(out) == size == info.compressed_bytes
+
+
+def test_the_gpu_variant_is_built_only_when_named() -> None:
+    """`make images` (and so `make test`) builds the CPU images; the gpu variant, several GB
+    of CUDA libraries this machine cannot run, only with IMAGES=onnx-server-gpu."""
+    assert [s.name for s in images.select()] == ["operator", "onnx-server"]
+    [gpu] = images.select(["onnx-server-gpu"])
+    assert gpu.build_args == (("DEVICE", "gpu"),)
+    assert gpu.dockerfile == images.select(["onnx-server"])[0].dockerfile  # one Dockerfile
+    assert images.spec_ref(gpu, "r.example/ml", "0.1.0") == "r.example/ml/onnx-server:0.1.0-gpu"
+    assert images.spec_ref(images.select(["onnx-server"])[0], "r", "1") == "r/onnx-server:1"
+    with pytest.raises(images.ImageError, match="unknown images"):
+        images.select(["onnx-server-tpu"])
+
+
+def test_build_arguments_change_the_digest_and_none_keep_it(tmp_path: pathlib.Path) -> None:
+    ctx = tmp_path / "ctx"
+    images.stage_context(SPEC, ctx, checkout(tmp_path / "repo"))
+    args = {"ref": "r/demo:0.1.0", "python_image": "base", "base_id": "b"}
+    plain = images.inputs_digest(ctx, **args)
+    assert images.inputs_digest(ctx, **args, build_args=()) == plain
+    gpu = images.inputs_digest(ctx, **args, build_args=(("DEVICE", "gpu"),))
+    assert gpu != plain
+    assert images.inputs_digest(ctx, **args, build_args=(("DEVICE", "cpu"),)) not in (gpu, plain)

@@ -169,3 +169,35 @@ def test_the_operator_config_reaches_serving_pods() -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     # The storage initializer's one-line error becomes its termination message (status).
     assert pod["initContainers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.parametrize(
+    ("gpu", "device"),
+    [
+        ({}, "cpu"),
+        ({"count": 1}, "gpu"),
+        ({"count": 4, "resourceName": "nvidia.com/mig-1g.10gb"}, "gpu"),
+    ],
+)
+def test_the_server_is_told_its_device_by_gpu_count(gpu: dict[str, Any], device: str) -> None:
+    """gpu.count > 0: the ONNX server asks for CUDA/TensorRT and reports a CPU fallback;
+    none: it stays on CPU, even in the gpu image on a GPU node."""
+    dep = builders.build_deployment(OWNER, spec(gpu=gpu), "onnxruntime", ONNX_RT)
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "KUBEINFER_DEVICE", "value": device} in env
+
+
+@pytest.mark.parametrize(
+    ("gpu_image", "gpu", "image"),
+    [
+        ("onnx:1-gpu", {"count": 1}, "onnx:1-gpu"),  # the spec's gpu.count picks the variant
+        ("onnx:1-gpu", {}, "onnx:1"),  # CPU services keep the small image
+        (None, {"count": 1}, "onnx:1"),  # no variant set: GPUInUse will say it runs on CPU
+    ],
+)
+def test_gpu_services_get_the_runtimes_gpu_image(
+    gpu_image: str | None, gpu: dict[str, Any], image: str
+) -> None:
+    runtime = ONNX_RT.model_copy(update={"gpu_image": gpu_image})
+    dep = builders.build_deployment(OWNER, spec(gpu=gpu), "onnxruntime", runtime)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == image

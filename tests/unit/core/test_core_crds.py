@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubeinfer.core import crdgen
+from kubeinfer.core import chartgen, crdgen
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
@@ -53,3 +53,16 @@ def test_cel_rules_and_subresources() -> None:
         "Runtime",
         "Replicas",
     ]
+
+
+def test_the_chart_sets_a_gpu_image_only_for_kubeinfers_server() -> None:
+    """runtimes.onnxruntime.gpuImage reaches the runtime when set and is left out when empty
+    (so an upgrade never points GPU services at an image nobody pushed)."""
+    defaults = {
+        name: (crdgen.REPO / "runtimes" / "defaults" / f"{name}.yaml").read_text()
+        for name in ("onnxruntime", "triton")
+    }
+    template = chartgen.runtimes_template(defaults)
+    onnx, triton = template.split("name: triton", 1)
+    assert "{{- with .Values.runtimes.onnxruntime.gpuImage }}\n  gpuImage: {{ . | quote }}" in onnx
+    assert "gpuImage" not in triton

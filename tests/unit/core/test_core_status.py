@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubeinfer.core import rollout, status
+from kubeinfer.core import api, rollout, status
 
 AVAILABLE = {
     "status": {
@@ -275,3 +275,97 @@ def test_the_deployments_deadline_is_a_stuck_rollout() -> None:
     stuck = cond(built(observed(deployment=dep)), "RolloutStuck")
     assert stuck["status"] == "True" and stuck["reason"] == "ProgressDeadlineExceeded"
     assert "900 s" in stuck["message"] and "timed out progressing" in stuck["message"]
+
+
+# ---- GPUInUse: does a service given GPUs compute on them? ------------------------------------
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def use(provider: str, pods: int, example: str) -> api.ProviderUse:
+    return api.ProviderUse(provider=provider, pods=pods, example=example)
+
+
+@pytest.mark.parametrize(
+    ("uses", "state", "reason", "says"),
+    [
+        ((use(CUDA, 2, "p0"),), "True", "RunningOnGPU", "2 on CUDAExecutionProvider"),
+        (
+            (use(CPU, 1, "p1"), use(CUDA, 2, "p0")),
+            "False",
+            "RunningOnCPU",
+            "1 of 3 pod(s) run the model on CPUExecutionProvider although gpu.count is 1 (e.g. p1)",
+        ),
+        ((use(CPU, 2, "p0"),), "False", "RunningOnCPU", "gpu variant"),
+        ((), "Unknown", "NotReported", "execution provider on /metrics"),
+    ],
+)
+def test_gpu_in_use_names_where_the_model_computes(
+    uses: tuple[api.ProviderUse, ...], state: str, reason: str, says: str
+) -> None:
+    st = built(observed(execution_providers=uses, runtime_reports_provider=True))
+    gpu = cond(st, "GPUInUse")
+    assert (gpu["status"], gpu["reason"]) == (state, reason)
+    assert says in gpu["message"]
+    # It informs and never takes Ready away: a model on CPU still answers.
+    assert cond(st, "Ready")["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"gpus_per_replica": 0},
+        {"stopped": True},
+        {"runtime_reports_provider": False},  # Triton: a GPU model there fails, never falls back
+    ],
+)
+def test_no_gpu_condition_without_gpus_in_use(kw: dict[str, Any]) -> None:
+    base = {"execution_providers": (use(CPU, 1, "p0"),), "runtime_reports_provider": True}
+    st = built(observed(**{**base, **kw}))
+    assert "GPUInUse" not in {c["type"] for c in st["conditions"]}
+
+
+def test_recorded_providers_come_from_the_autoscalers_status() -> None:
+    current = {
+        "autoscaler": {
+            "executionProviders": [
+                {"provider": CPU, "pods": 2, "example": "p0"},
+                {"provider": CUDA, "pods": 0, "example": "p9"},  # invalid: left out
+            ]
+        }
+    }
+    assert status.recorded_providers(current) == (use(CPU, 2, "p0"),)
+    assert status.recorded_providers({}) == ()
+    # The CRD publishes what the autoscaler writes (the schema is generated from the model).
+    dumped = api.AutoscalerStatus(execution_providers=[use(CPU, 2, "p0")]).model_dump(
+        by_alias=True, mode="json"
+    )
+    assert dumped["executionProviders"] == [{"provider": CPU, "pods": 2, "example": "p0"}]
+
+
+def gpu_status(state: str | None) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True"}]
+    if state is not None:
+        conditions.append({"type": "GPUInUse", "status": state, "reason": "R", "message": "M"})
+    return {"conditions": conditions}
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "warn"),
+    [
+        (None, "False", True),  # first report says CPU
+        ("Unknown", "False", True),
+        ("True", "False", True),  # a pod restarted without its GPU
+        ("False", "False", False),  # already told
+        ("False", "True", False),
+        (None, "Unknown", False),
+        ("True", None, False),  # gpu.count went to 0
+    ],
+)
+def test_a_warning_event_when_gpu_in_use_turns_false(
+    before: str | None, now: str | None, warn: bool
+) -> None:
+    news = status.cpu_fallback_news(gpu_status(now), gpu_status(before))
+    assert (news is not None) is warn
+    if warn:
+        assert news == {"type": "GPUInUse", "status": "False", "reason": "R", "message": "M"}

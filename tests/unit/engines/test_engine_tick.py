@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from kubeinfer.clients import catalogue, kube, store
-from kubeinfer.core import api
+from kubeinfer.core import api, metrics, status
 from kubeinfer.engines import autoscaler
 
 NS, NAME = "unit-tick", "svc"
@@ -154,3 +154,113 @@ async def test_a_queue_scales_up_and_status_explains_it(
     # The memory that survives a restart is in status, within the CRD's size limit.
     saved = json.loads(status["state"])
     assert saved["window"]["buckets"] and len(status["state"]) < 16_384
+
+
+class OnnxPod(Pod):
+    """An ONNX server's page: also where its model computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.provider = "CPUExecutionProvider"
+
+    def text(self) -> str:
+        return super().text() + (
+            "# TYPE kubeinfer_execution_provider gauge\n"
+            f'kubeinfer_execution_provider{{device="gpu",model="m",provider="{self.provider}",'
+            'version="1"} 1\n'
+        )
+
+
+async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pod = OnnxPod()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=pod.text())
+
+    app = web.Application()
+    app.router.add_get("/metrics", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    objects = _objects(runner.addresses[0][1], monkeypatch)
+    # The onnxruntime runtime as its default names it: with the execution provider gauge.
+    objects.observe(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceRuntime",
+            "metadata": {"name": "onnxruntime", "resourceVersion": "2"},
+            "spec": {
+                "image": "i",
+                "formats": [{"name": "onnx"}],
+                "ports": {"metrics": runner.addresses[0][1]},
+                "metrics": {"executionProvider": "kubeinfer_execution_provider"},
+            },
+        }
+    )
+    written: list[dict[str, Any]] = []
+    monkeypatch.setattr(kube, "set_scale", lambda *a: None)
+    monkeypatch.setattr(kube, "emit_event", lambda *a, **kw: None)
+    monkeypatch.setattr(kube, "patch_status", lambda *a: written.append(a[-1]["autoscaler"]))
+    monkeypatch.setattr(catalogue, "_parsed", {})
+    clock = Clock()
+    isvc = {
+        "metadata": {"namespace": NS, "name": NAME},
+        "spec": {
+            "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+            "gpu": {"count": 1},
+        },
+        "status": {"runtime": "onnxruntime"},
+    }
+    engine = autoscaler.Autoscaler(clock=clock)
+    engine.track(isvc)
+
+    def gpu_condition(auto: dict[str, Any]) -> dict[str, Any]:
+        """What the reconciler builds from the status the autoscaler wrote."""
+        built = status.build_status(
+            status.Observed(
+                generation=1,
+                runtime_name="onnxruntime",
+                runtime_problem=None,
+                spec_problem=None,
+                stopped=False,
+                gpu_resource="nvidia.com/gpu",
+                gpus_per_replica=1,
+                url=None,
+                selector="",
+                deployment=None,
+                pods=[],
+                execution_providers=status.recorded_providers({"autoscaler": auto}),
+                runtime_reports_provider=True,
+            )
+        )
+        return next(c.model_dump() for c in built.conditions if c.type == "GPUInUse")
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            await engine.tick(session, (NS, NAME))
+            assert written[-1]["executionProviders"] == [
+                {"provider": "CPUExecutionProvider", "pods": 1, "example": "p1"}
+            ]
+            cpu = gpu_condition(written[-1])
+            assert (cpu["status"], cpu["reason"]) == ("False", "RunningOnCPU")
+            # The pod restarts on a working GPU: the next tick writes the change by itself.
+            pod.provider = "CUDAExecutionProvider"
+            before = len(written)
+            clock.now += 2.0
+            await engine.tick(session, (NS, NAME))
+            assert len(written) == before + 1
+            gpu = gpu_condition(written[-1])
+            assert (gpu["status"], gpu["reason"]) == ("True", "RunningOnGPU")
+            # A restarted operator seeds what it wrote: the same fact is not written again.
+            restarted = autoscaler.Autoscaler(clock=clock)
+            restarted.track(
+                {**isvc, "status": {"runtime": "onnxruntime", "autoscaler": written[-1]}}
+            )
+            tracked = restarted._tracked[(NS, NAME)]
+            assert (
+                metrics.provider_use({"p1": "CUDAExecutionProvider"}) == tracked.written_providers
+            )
+    finally:
+        await runner.cleanup()

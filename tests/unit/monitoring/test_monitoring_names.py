@@ -13,12 +13,14 @@ import pathlib
 import re
 
 import pytest
+import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeinfer import telemetry
-from kubeinfer.core import api, metrics
+from kubeinfer.core import api, builders, metrics
 from kubeinfer.core.scaling import decide
+from kubeinfer_onnx import device as onnx_device
 from kubeinfer_onnx import metrics as onnx_metrics
 
 CHART = pathlib.Path(__file__).resolve().parents[3] / "charts" / "kubeinfer"
@@ -103,3 +105,33 @@ def test_every_signal_matcher_matches_an_exported_signal(source: pathlib.Path) -
 def test_dashboard_is_valid_json_with_targets() -> None:
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     assert all(panel.get("targets") for panel in dashboard["panels"])
+
+
+def test_the_operator_reads_families_the_onnx_server_renders() -> None:
+    """Each name in the operator's table (the default runtime metric names) is one the ONNX
+    server renders, the execution provider included; nv_gpu_* needs a GPU and is checked on
+    NVML readings in tests/unit/runtime/test_runtime_nvml.py."""
+    registry = onnx_metrics.Metrics()
+    registry.add_model(
+        onnx_metrics.ModelStats(
+            model="m", version="1", provider="CPUExecutionProvider", device="gpu"
+        )
+    )
+    text = registry.render().decode()
+    rendered = {family.name for family in text_string_to_metric_families(text)}
+    default = yaml.safe_load((CHART.parents[1] / "runtimes/defaults/onnxruntime.yaml").read_text())
+    names = api.parse_runtime(default["spec"]).metrics
+    wanted = {
+        name
+        for field, name in names.model_dump().items()
+        if isinstance(name, str) and field != "gpu_utilization"
+    }
+    assert "kubeinfer_execution_provider" in wanted
+    assert wanted <= rendered, sorted(wanted - rendered)
+    assert metrics.parse_metrics(text, names=names).execution_provider == "CPUExecutionProvider"
+
+
+def test_the_device_setting_has_one_name() -> None:
+    """The builder's env var is the server's (the packages share no code, so a test ties them)."""
+    assert builders.DEVICE_ENV == onnx_device.ENV
+    assert {onnx_device.Device(v) for v in ("gpu", "cpu")} <= set(onnx_device.Device)

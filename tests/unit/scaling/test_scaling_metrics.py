@@ -93,3 +93,72 @@ def test_no_completions_means_unknown_queue_time() -> None:
     )
     assert pod.queue_time_us is None
     assert pod.request_rate == 0
+
+
+# ---- where the pod's models compute (for the GPUInUse condition) ----------------------------
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# The onnxruntime runtime's names, as its default InferenceRuntime sets them.
+ONNX = api.RuntimeMetricNames(execution_provider="kubeinfer_execution_provider")
+
+
+def provider_page(*providers: str) -> str:
+    lines = ["# TYPE kubeinfer_execution_provider gauge"]
+    for i, provider in enumerate(providers):
+        lines.append(
+            f'kubeinfer_execution_provider{{device="gpu",model="m{i}",'
+            f'provider="{provider}",version="1"}} 1'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_reads_the_onnx_servers_provider() -> None:
+    """A page the real server rendered: --device gpu on the CPU-only onnxruntime wheel."""
+    raw = metrics.parse_metrics(load("onnx_gpu_on_cpu.prom"), names=ONNX)
+    assert raw.execution_provider == CPU
+    assert raw.request_success == 1 and raw.gpu_utilization is None
+
+
+@pytest.mark.parametrize(
+    ("page", "provider"),
+    [
+        (provider_page(CUDA), CUDA),
+        (provider_page(TRT, CUDA), CUDA),  # all on GPUs: one of them
+        (provider_page(CUDA, CPU, TRT), CPU),  # one model on CPU makes it a CPU pod
+        (provider_page(), None),
+        (
+            "# TYPE kubeinfer_execution_provider gauge\n"
+            'kubeinfer_execution_provider{provider="CUDAExecutionProvider"} 0\n',
+            None,
+        ),
+    ],
+)
+def test_parse_execution_provider(page: str, provider: str | None) -> None:
+    assert metrics.parse_metrics(page, names=ONNX).execution_provider == provider
+
+
+def test_a_runtime_without_the_name_says_nothing_about_providers() -> None:
+    assert metrics.parse_metrics(load("triton_t2.prom"), names=ONNX).execution_provider is None
+    # Triton's names have no provider gauge: even a page with one is not read.
+    assert metrics.parse_metrics(load("onnx_gpu_on_cpu.prom")).execution_provider is None
+
+
+def test_pod_providers_keep_failed_scrapes_and_drop_gone_pods() -> None:
+    on = metrics.RawScrape
+    previous = {"a": CUDA, "b": CPU, "gone": CUDA}
+    scrapes: dict[str, metrics.RawScrape | None] = {
+        "a": on(execution_provider=CPU),  # changed
+        "b": None,  # this scrape failed: keeps CPU
+        "c": on(execution_provider=CUDA),  # new
+        "d": on(),  # a runtime that does not say
+    }
+    assert metrics.pod_providers(previous, scrapes) == {"a": CPU, "b": CPU, "c": CUDA}
+
+
+def test_provider_use_summarises_for_status() -> None:
+    uses = metrics.provider_use({"p3": CUDA, "p1": CPU, "p2": CUDA, "p0": CUDA})
+    assert [u.model_dump() for u in uses] == [
+        {"provider": CPU, "pods": 1, "example": "p1"},
+        {"provider": CUDA, "pods": 3, "example": "p0"},
+    ]
+    assert metrics.provider_use({}) == []
