@@ -292,6 +292,11 @@ def test_cluster_wide_rbac_sufficient_and_pods_restricted(
     # The whole suite's operator work runs without any access to Secrets.
     for verb in ("get", "list", "watch"):
         assert not can_i(cluster, account, verb, "secrets", ns), verb
+    # The GPU census a GPU rollout takes (clients/cluster.py; pods are listed under the pod
+    # rule), and the InferencePools it creates where their CRD is installed.
+    assert can_i(cluster, account, "list", "nodes", None)
+    assert can_i(cluster, account, "create", "inferencepools.inference.networking.k8s.io", ns)
+    assert not can_i(cluster, account, "get", "nodes", None)
     try:
         serve_and_check(cluster, proc, ns)
     finally:
@@ -366,8 +371,13 @@ def test_namespaced_mode_sufficient_and_confined(
             ("create", "pods"),
             ("delete", "deployments.apps"),
             ("delete", "namespaces"),
+            # No GPU census in namespaced mode: a GPU rollout there never surges.
+            ("list", "nodes"),
         ):
             assert not can_i(cluster, account, verb, resource, None), (verb, resource)
+        assert can_i(
+            cluster, account, "patch", "inferencepools.inference.networking.k8s.io", watched
+        )
         assert can_i(cluster, account, "list", "inferenceruntimes.kubeinfer.io", None)
         proc = run_as_account(cluster, release, name, chart_operator_args(helm, *values), tmp_path)
         try:
