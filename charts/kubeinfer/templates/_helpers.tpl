@@ -80,6 +80,12 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
+# InferencePools (Gateway API Inference Extension), one per InferenceService where that CRD is
+# installed: applied, listed each resync for drift, deleted when spec.inferencePool.enabled is
+# false (clients/cluster.py). Without the CRD the operator never calls these.
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, list, create, patch, delete]
 # Events on InferenceServices (scaling decisions, missing runtimes, conflicts).
 - apiGroups: [""]
   resources: [events]
@@ -92,7 +98,8 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
 - apiGroups: [kubeinfer.io]
   resources: [inferenceruntimes]
   verbs: [get, list, watch]
-# kopf checks the CRDs of the resources it serves.
+# kopf checks the CRDs of the resources it serves; the InferencePool CRD is watched and read
+# (clients/cluster.py): the operator creates pools only where it is installed.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]

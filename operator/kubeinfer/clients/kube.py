@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from kubeinfer import telemetry
 from kubeinfer.clients.store import STORE, resource_version
-from kubeinfer.core import api, builders
+from kubeinfer.core import api, builders, inference_pool
 
 RECONCILER_MANAGER = "kubeinfer-reconciler"
 SCALER_MANAGER = "kubeinfer-autoscaler"
@@ -40,6 +40,15 @@ _PATHS = {
         "InferenceService",
     ): f"/apis/{api.API_VERSION}/namespaces/{{ns}}/inferenceservices",
     (api.API_VERSION, "InferenceRuntime"): f"/apis/{api.API_VERSION}/inferenceruntimes",
+    (
+        inference_pool.API_VERSION,
+        inference_pool.KIND,
+    ): f"/apis/{inference_pool.API_VERSION}/namespaces/{{ns}}/inferencepools",
+    ("v1", "Node"): "/api/v1/nodes",
+    (
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+    ): "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
 }
 
 
@@ -122,12 +131,18 @@ def list_objects(
 
 
 def list_collection(
-    api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """(items, the listing's resourceVersion); namespace None lists across the cluster."""
     base = _PATHS[(api_version, kind)]
     path = base.format(ns=namespace) if namespace else base.replace("/namespaces/{ns}", "")
     query = [("labelSelector", label_selector)] if label_selector else []
+    if field_selector:
+        query.append(("fieldSelector", field_selector))
     out: dict[str, Any] = _request("GET", path, query=query)
     return out.get("items", []), resource_version(out)
 

@@ -340,6 +340,32 @@ class PodMetadata(_Model):
     annotations: Annotated[dict[str, str], Field(max_length=32)] = {}
 
 
+class EndpointPickerFailureMode(enum.StrEnum):
+    """What a gateway does when the Endpoint Picker does not answer (the upstream enum)."""
+
+    FAIL_CLOSE = "FailClose"
+    FAIL_OPEN = "FailOpen"
+
+
+class InferencePoolSpec(_Model):
+    """The InferencePool (Gateway API Inference Extension, inference.networking.k8s.io/v1)
+    kubeinfer creates for the service when that CRD is installed."""
+
+    enabled: Annotated[
+        bool, Field(description="Create the InferencePool when its CRD is installed.")
+    ] = True
+    endpoint_picker: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description="Endpoint Picker Service in this namespace; default <name>-epp.",
+        ),
+    ] = None
+    endpoint_picker_port: Annotated[int, Field(ge=1, le=65535)] = 9002
+    failure_mode: EndpointPickerFailureMode = EndpointPickerFailureMode.FAIL_CLOSE
+
+
 class InferenceServiceSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -386,6 +412,7 @@ class InferenceServiceSpec(_Model):
     ] = False
     scheduling: SchedulingSpec = SchedulingSpec()
     pod_metadata: PodMetadata = PodMetadata()
+    inference_pool: InferencePoolSpec = InferencePoolSpec()
 
     @pydantic.model_validator(mode="after")
     def _cross_field(self) -> InferenceServiceSpec:
@@ -552,6 +579,21 @@ class AutoscalerStatus(_Model):
     ] = None
 
 
+class RolloutStrategy(enum.StrEnum):
+    SURGE = "Surge"  # one extra pod first: maxSurge 1, maxUnavailable 0
+    NO_SURGE = "NoSurge"  # one old pod down first: maxSurge 0, maxUnavailable 1
+
+
+class RolloutStatus(_Model):
+    """How the Deployment replaces pods on the next rollout, and why (core.rollout)."""
+
+    strategy: RolloutStrategy
+    max_surge: Annotated[int, Field(ge=0, le=1)]
+    max_unavailable: Annotated[int, Field(ge=0, le=1)]
+    reason: str
+    message: str = ""
+
+
 class InferenceServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -561,6 +603,7 @@ class InferenceServiceStatus(_Model):
     url: str | None = None
     runtime: str | None = None
     conditions: list[Condition] = []
+    rollout: RolloutStatus | None = None
     autoscaler: AutoscalerStatus | None = None
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubeinfer.core import api, storage_uri, triton
+from kubeinfer.core import api, rollout, storage_uri, triton
 from kubeinfer.core.config import OperatorConfig
 
 LABEL_ISVC = "kubeinfer.io/inferenceservice"
@@ -351,7 +351,12 @@ def build_deployment(
     runtime_name: str,
     runtime: api.InferenceRuntimeSpec,
     config: OperatorConfig = DEFAULT_CONFIG,
+    *,
+    strategy: api.RolloutStatus | None = None,
 ) -> dict[str, Any]:
+    """The Deployment; ``strategy`` is the rollout decision (``core.rollout``), recorded in
+    annotations beside the strategy it sets; without one, the default for the service."""
+    decision = strategy or rollout.default(spec.gpu.count)
     filename, content = build_model_config(spec, runtime)
     volumes, init, mounts = _storage(owner, spec, runtime, filename, config)
     pod_spec: dict[str, Any] = {
@@ -383,13 +388,14 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, runtime_name),
+        "metadata": {
+            **_metadata(owner, runtime_name),
+            "annotations": rollout.to_annotations(decision),
+        },
         "spec": {
             "selector": {"matchLabels": selector(owner)},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
+            "strategy": rollout.strategy_spec(decision),
+            "progressDeadlineSeconds": rollout.progress_deadline_seconds(runtime),
             "template": {
                 "metadata": {
                     "labels": {**spec.pod_metadata.labels, **labels(owner, runtime_name)},

@@ -5,6 +5,7 @@ Owns: the set of children an InferenceService wants (from the builders), the rul
 what differs" (``contains``: every field we set is already live with the same value), and the
 replica rule (a Deployment created now starts at ``initial_replicas``; afterwards only bounds,
 ``stopped`` and mode Off are enforced, so a scaled count survives any number of re-applies).
+The InferencePool is a child only where its CRD is installed (the caller says so).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from kubeinfer.core import api, builders
+from kubeinfer.core import api, builders, inference_pool
 from kubeinfer.core.config import OperatorConfig
 
 Key = tuple[str, str, str]  # (apiVersion, kind, name)
@@ -60,10 +61,15 @@ def build(
     runtime_name: str,
     runtime: api.InferenceRuntimeSpec,
     config: OperatorConfig,
+    *,
+    strategy: api.RolloutStatus | None = None,
+    inference_pools: bool = False,
 ) -> Wanted:
+    """``strategy``: the rollout decision; ``inference_pools``: the InferencePool CRD is
+    installed (without it the kind does not exist, so there is nothing to apply or delete)."""
     manifests = [
         builders.build_config_map(owner, spec, runtime_name, runtime),
-        builders.build_deployment(owner, spec, runtime_name, runtime, config),
+        builders.build_deployment(owner, spec, runtime_name, runtime, config, strategy=strategy),
         builders.build_service(owner, runtime_name, runtime),
     ]
     pdb = builders.build_pdb(owner, spec, runtime_name)
@@ -73,6 +79,10 @@ def build(
         manifests.append(pdb)
     else:
         absent.append(Child("policy/v1", "PodDisruptionBudget", name))
+    if inference_pools and spec.inference_pool.enabled:
+        manifests.append(inference_pool.build_inference_pool(owner, spec, runtime_name, runtime))
+    elif inference_pools:
+        absent.append(Child(inference_pool.API_VERSION, inference_pool.KIND, name))
     return Wanted(apply=manifests, absent=absent, deployment_key=("apps/v1", "Deployment", name))
 
 
@@ -84,6 +94,14 @@ def differences(wanted: Wanted, live: Mapping[Key, dict[str, Any] | None]) -> Pl
         delete=[c for c in wanted.absent if live.get(c.key) is not None],
         creates_deployment=live.get(wanted.deployment_key) is None,
     )
+
+
+def template_changes(deployment: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Applying ``deployment`` changes the live pod template, i.e. starts a rollout (a
+    Deployment being created has no rollout: its pods are the first)."""
+    if live is None:
+        return False
+    return not contains(deployment["spec"]["template"], (live.get("spec") or {}).get("template"))
 
 
 def contains(desired: Any, live: Any) -> bool:

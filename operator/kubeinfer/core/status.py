@@ -10,6 +10,10 @@ a selector, taints), the termination message of a container that exited (the sto
 initializer's one-line error, the runtime's model-load error). Inputs are the raw objects the
 API returned (dicts); the output is ``api.InferenceServiceStatus``, the model the CRD's schema
 is generated from, so what is written is what the schema publishes.
+
+A rollout is reported apart from Ready (the old pods still serve): ``status.rollout`` is the
+strategy the Deployment carries and why (``core.rollout``), and RolloutStuck is True when the
+Deployment gave up (ProgressDeadlineExceeded) or the rollout's new pods cannot be scheduled.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import pydantic
 
-from kubeinfer.core import api, census, metrics, runtime_failures, storage_uri
+from kubeinfer.core import api, census, metrics, rollout, runtime_failures, storage_uri
 
 
 class ConditionType(enum.StrEnum):
@@ -31,6 +35,7 @@ class ConditionType(enum.StrEnum):
     PODS_SCHEDULED = "PodsScheduled"
     PODS_HEALTHY = "PodsHealthy"
     GPU_IN_USE = "GPUInUse"
+    ROLLOUT_STUCK = "RolloutStuck"
 
 
 # Container waiting/terminated reasons that mean the pod will not become Ready on its own.
@@ -227,9 +232,7 @@ def _scheduling(obs: Observed) -> tuple[list[api.Condition], list[Problem]]:
     other = [u for u in refused if not u.waits_for_gpu]
     if other:
         first = other[0]
-        reason = _UNSCHEDULABLE_REASONS.get(first.reason) or (
-            "Insufficient" + first.reason.rsplit("/", 1)[-1].title().replace("-", "")
-        )
+        reason = _unschedulable_reason(first)
         msg = f"{len(other)} pod(s) cannot be scheduled; e.g. {first.pod}: {first.message}"
         scheduled = _condition(ConditionType.PODS_SCHEDULED, False, reason, msg, gen)
         problems.append(Problem(ConditionType.PODS_SCHEDULED, reason, msg))
@@ -242,6 +245,59 @@ def _scheduling(obs: Observed) -> tuple[list[api.Condition], list[Problem]]:
             ConditionType.PODS_SCHEDULED, True, "Scheduled", "Every pod has a node.", gen
         )
     return [waiting, scheduled], problems
+
+
+def _unschedulable_reason(refused: census.Unschedulable) -> str:
+    return _UNSCHEDULABLE_REASONS.get(refused.reason) or (
+        "Insufficient" + refused.reason.rsplit("/", 1)[-1].title().replace("-", "")
+    )
+
+
+def _revision(deployment: dict[str, Any]) -> int:
+    notes = (deployment.get("metadata") or {}).get("annotations") or {}
+    try:
+        return int(notes.get("deployment.kubernetes.io/revision") or 0)
+    except ValueError:
+        return 0
+
+
+def _rollout_condition(obs: Observed) -> api.Condition:
+    """RolloutStuck: the Deployment's own verdict first, then the scheduler's on new pods.
+
+    A rollout is a template change after the first (revision 2 on): the first pods of a new
+    service are not "stuck", WaitingForGPUCapacity and PodsScheduled already name their wait.
+    A pod refused while one of ours terminates is not stuck either: with no surge, the new pod
+    waits for the GPUs the old one is releasing."""
+    gen, dep = obs.generation, obs.deployment or {}
+    exceeded = rollout.deadline_exceeded(dep)
+    if exceeded is not None:
+        deadline = (dep.get("spec") or {}).get("progressDeadlineSeconds")
+        return _condition(
+            ConditionType.ROLLOUT_STUCK,
+            True,
+            "ProgressDeadlineExceeded",
+            f"The rollout made no progress for {deadline} s: {exceeded}",
+            gen,
+        )
+    if not rollout.rolling(dep) or _revision(dep) < 2:
+        return _condition(
+            ConditionType.ROLLOUT_STUCK, False, "NoRollout", "No rollout is under way.", gen
+        )
+    refused = census.unschedulable(obs.pods, obs.gpu_resource)
+    releasing = any((p.get("metadata") or {}).get("deletionTimestamp") for p in obs.pods)
+    if refused and not releasing:
+        first = refused[0]
+        return _condition(
+            ConditionType.ROLLOUT_STUCK,
+            True,
+            _unschedulable_reason(first),
+            f"{len(refused)} new pod(s) of the rollout cannot be scheduled; e.g. "
+            f"{first.pod}: {first.message}",
+            gen,
+        )
+    return _condition(
+        ConditionType.ROLLOUT_STUCK, False, "RolloutProgressing", "A rollout is under way.", gen
+    )
 
 
 def _health(obs: Observed) -> tuple[api.Condition, list[Problem]]:
@@ -330,6 +386,8 @@ def build_status(obs: Observed) -> api.InferenceServiceStatus:
     gpu_in_use = _gpu_condition(obs)
     if gpu_in_use is not None:
         conditions.append(gpu_in_use)
+    if obs.deployment is not None:
+        conditions.append(_rollout_condition(obs))
     problems += unplaced + failures
     if obs.stopped and not (obs.spec_problem or obs.runtime_problem):
         ready_cond = _condition(
@@ -357,6 +415,7 @@ def build_status(obs: Observed) -> api.InferenceServiceStatus:
         url=obs.url,
         runtime=obs.runtime_name,
         conditions=[ready_cond, *conditions],
+        rollout=rollout.recorded(obs.deployment),
     )
 
 

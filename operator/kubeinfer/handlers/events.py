@@ -17,8 +17,9 @@ from typing import Any
 import kopf
 
 from kubeinfer import telemetry
+from kubeinfer.clients import cluster
 from kubeinfer.clients.store import STORE
-from kubeinfer.core import api, builders
+from kubeinfer.core import api, builders, inference_pool
 from kubeinfer.handlers import state
 from kubeinfer.reconcilers import inferenceservice
 
@@ -34,6 +35,26 @@ def runtime_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     # A runtime that appears or changes may resolve services that were waiting for one.
     for namespace, name in sorted(shared.known):
         inferenceservice.reconcile_by_name(namespace, name, shared.config)
+
+
+def _is_inference_pool_crd(name: str, **_: Any) -> bool:
+    return name == inference_pool.CRD_NAME
+
+
+@kopf.on.event(
+    "apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_inference_pool_crd
+)
+def inference_pool_crd_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # The InferencePool CRD installed (Established) or removed: every service gains or loses
+    # its pool now, not at the next resync.
+    if not cluster.observe_crd(dict(body), deleted=type == "DELETED"):
+        return
+    shared = state.of(memo)
+    for namespace, name in sorted(shared.known):
+        try:
+            inferenceservice.reconcile_by_name(namespace, name, shared.config)
+        except Exception:  # one service that fails (its namespace terminating) must not stop
+            log.exception("reconcile of %s/%s after the InferencePool CRD changed", namespace, name)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "inferenceservices")

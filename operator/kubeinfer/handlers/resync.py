@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from kubeinfer.clients import kube
+from kubeinfer.clients import cluster, kube
 from kubeinfer.clients.store import STORE
 from kubeinfer.core import api, builders
 from kubeinfer.handlers.state import OperatorState
@@ -46,6 +46,8 @@ def relist(namespaces: tuple[str, ...]) -> None:
             # Several namespaces: the oldest listing bounds what may be dropped.
             newest = rv if newest is None or rv is None else min(newest, rv)
         STORE.replace(api_version, kind, items, newest)
+    # Optional kinds: the InferencePool CRD may come and go; read once per resync, cached.
+    cluster.refresh_inference_pools(namespaces)
 
 
 async def forever(state: OperatorState) -> None:

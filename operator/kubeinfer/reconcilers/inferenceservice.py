@@ -19,8 +19,8 @@ from typing import Any
 import pydantic
 
 from kubeinfer import telemetry
-from kubeinfer.clients import catalogue, kube
-from kubeinfer.core import api, builders, children, status
+from kubeinfer.clients import catalogue, cluster, kube
+from kubeinfer.core import api, builders, census, children, rollout, status
 from kubeinfer.core.config import OperatorConfig
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -155,7 +155,15 @@ def _act_children(
     """Apply the children that differ from what the store holds; delete what is no longer
     wanted; enforce the replica bounds. Returns the Deployment as it now is."""
     owner, ns = seen.owner, seen.owner.namespace
-    wanted = children.build(owner, spec, runtime_name, runtime, config)
+    wanted = children.build(
+        owner,
+        spec,
+        runtime_name,
+        runtime,
+        config,
+        strategy=_rollout_strategy(owner, spec, runtime_name, runtime, config),
+        inference_pools=cluster.inference_pools_installed(config.namespaces),
+    )
     live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}
     plan = children.differences(wanted, live)
     verbs: dict[str, list[str]] = {}
@@ -190,6 +198,44 @@ def _act_children(
         f"({'stopped' if spec.stopped else spec.scaling.mode.value}).",
     )
     return {**deployment, "spec": {**(deployment.get("spec") or {}), "replicas": target}}
+
+
+def _rollout_strategy(
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+    config: OperatorConfig,
+) -> api.RolloutStatus:
+    """Observe what the rollout decision needs, then decide (``core.rollout``). Free GPUs are
+    counted (two cluster-wide listings) only when the decision depends on them: a GPU service
+    whose pod template is about to change. Never on creation, never per reconcile."""
+    live = kube.cached_get("apps/v1", "Deployment", owner.namespace, builders.child_name(owner))
+    wanted = builders.build_deployment(owner, spec, runtime_name, runtime, config)
+    changes = children.template_changes(wanted, live)
+    recorded = rollout.recorded(live)
+    spare = None
+    if spec.gpu.count > 0 and changes:
+        pod = wanted["spec"]["template"]["spec"]
+        spare = cluster.spare_gpus(
+            config,
+            resource=spec.gpu.resource_name,
+            node_selector=pod.get("nodeSelector") or {},
+            tolerations=pod.get("tolerations") or [],
+        )
+    pods = kube.cached_pods(owner.namespace, owner.name) if live is not None else []
+    return rollout.decide(
+        rollout.Seen(
+            gpus_per_replica=spec.gpu.count,
+            gpu_resource=spec.gpu.resource_name,
+            template_changes=changes,
+            rolling=rollout.rolling(live),
+            live=recorded,
+            spare_gpus=spare,
+            pod_waits_for_gpu=census.classify_pods(pods, spec.gpu.resource_name).waiting_for_gpu
+            > 0,
+        )
+    )
 
 
 def _write_status(

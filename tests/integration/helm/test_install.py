@@ -292,6 +292,11 @@ def test_cluster_wide_rbac_sufficient_and_pods_restricted(
     # The whole suite's operator work runs without any access to Secrets.
     for verb in ("get", "list", "watch"):
         assert not can_i(cluster, account, verb, "secrets", ns), verb
+    # The GPU census a GPU rollout takes (clients/cluster.py; pods are listed under the pod
+    # rule), and the InferencePools it creates where their CRD is installed.
+    assert can_i(cluster, account, "list", "nodes", None)
+    assert may_write_pools(cluster, account, ns)
+    assert not can_i(cluster, account, "get", "nodes", None)
     try:
         serve_and_check(cluster, proc, ns)
     finally:
@@ -308,6 +313,23 @@ def can_i(cluster: ClusterHandle, account: str, verb: str, resource: str, ns: st
         cluster, "auth", "can-i", verb, resource, *extra, f"--as={account}", *where, check=False
     )
     return out == "yes"
+
+
+def may_write_pools(cluster: ClusterHandle, account: str, ns: str) -> bool:
+    """InferencePool create/patch/delete, asked as a SubjectAccessReview: `kubectl auth can-i`
+    cannot name a resource whose CRD is not installed (this session has none)."""
+
+    def allowed(verb: str) -> bool:
+        attributes = client.V1ResourceAttributes(
+            verb=verb, group="inference.networking.k8s.io", resource="inferencepools", namespace=ns
+        )
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(user=account, resource_attributes=attributes)
+        )
+        answer = client.AuthorizationV1Api(cluster.api).create_subject_access_review(review)
+        return bool(answer.status.allowed)
+
+    return all(allowed(verb) for verb in ("create", "patch", "delete"))
 
 
 def test_operator_pod_template_passes_restricted_dry_run(
@@ -369,8 +391,12 @@ def test_namespaced_mode_sufficient_and_confined(
             ("create", "pods"),
             ("delete", "deployments.apps"),
             ("delete", "namespaces"),
+            # No GPU census in namespaced mode: a GPU rollout there never surges.
+            ("list", "nodes"),
         ):
             assert not can_i(cluster, account, verb, resource, None), (verb, resource)
+        assert may_write_pools(cluster, account, watched)
+        assert not may_write_pools(cluster, account, other)
         assert can_i(cluster, account, "list", "inferenceruntimes.kubeinfer.io", None)
         proc = run_as_account(cluster, release, name, chart_operator_args(helm, *values), tmp_path)
         try:

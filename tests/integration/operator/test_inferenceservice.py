@@ -142,6 +142,7 @@ def test_quickstart_becomes_ready_with_children(
         ("mig.yaml", "embedder-mig"),
         ("tensor-parallel.yaml", "llm-tp4"),
         ("triton-pytorch.yaml", "ranker"),
+        ("inference-pool.yaml", "ranker-gw"),
     ],
 )
 def test_every_example_becomes_ready(

@@ -75,3 +75,17 @@ def test_replicas_start_at_the_minimum_then_stay_inside_the_bounds() -> None:
     # The autoscaler moved it to 4: re-applying the same manifest keeps it.
     assert children.replicas(s, {"spec": {"replicas": 4}}, created=False) == 4
     assert children.replicas(s, {"spec": {"replicas": 9}}, created=False) == 5
+
+
+def test_a_rollout_starts_only_when_the_pod_template_changes() -> None:
+    w = wanted()
+    live = live_copies(w)[w.deployment_key]
+    [deployment] = [m for m in w.apply if m["kind"] == "Deployment"]
+    assert not children.template_changes(deployment, None)  # being created: first pods
+    assert not children.template_changes(deployment, live)
+    # The strategy is not the template: changing it rolls nothing.
+    other = copy.deepcopy(deployment)
+    other["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    assert not children.template_changes(other, live)
+    other["spec"]["template"]["spec"]["containers"][0]["image"] = "new:2"
+    assert children.template_changes(other, live)

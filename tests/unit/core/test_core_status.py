@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubeinfer.core import api, status
+from kubeinfer.core import api, rollout, status
 
 AVAILABLE = {
     "status": {
@@ -191,6 +191,90 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     assert status.merge_conditions(new, old, "T1")[0]["lastTransitionTime"] == "T0"
     flipped = [{"type": "Ready", "status": "False"}]
     assert status.merge_conditions(flipped, old, "T1")[0]["lastTransitionTime"] == "T1"
+
+
+# --- rollouts -------------------------------------------------------------------------------
+
+
+def rolling_deployment(revision: str = "2", **status_: Any) -> dict[str, Any]:
+    """A Deployment in the middle of a rollout: one old pod left, the new one not available."""
+    return {
+        "metadata": {
+            "generation": 2,
+            "annotations": {
+                "deployment.kubernetes.io/revision": revision,
+                **rollout.to_annotations(rollout.default(1)),
+            },
+        },
+        "spec": {"replicas": 1, "progressDeadlineSeconds": 900},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": 2,
+            "updatedReplicas": 1,
+            "availableReplicas": 1,
+            **status_,
+        },
+    }
+
+
+REFUSED = pod(
+    "m-new",
+    conditions=[
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+        }
+    ],
+)
+
+
+def test_status_names_the_rollout_strategy_the_deployment_carries() -> None:
+    st = built(observed(deployment=rolling_deployment()))
+    assert st["rollout"] == {
+        "strategy": "NoSurge",
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+        "reason": "GPUCapacityUnknown",
+        "message": rollout.default(1).message,
+    }
+    # A Deployment with no decision recorded (made by an older operator): no claim.
+    assert "rollout" not in built(observed())
+
+
+def test_a_new_pod_the_scheduler_refuses_during_a_rollout_is_a_stuck_rollout() -> None:
+    st = built(observed(deployment=rolling_deployment(), pods=[REFUSED]))
+    stuck = cond(st, "RolloutStuck")
+    assert stuck["status"] == "True" and stuck["reason"] == "InsufficientGPU"
+    assert "m-new" in stuck["message"] and "4 Insufficient nvidia.com/gpu" in stuck["message"]
+
+
+def test_not_stuck_while_an_old_pod_releases_its_gpus_or_on_the_first_start() -> None:
+    releasing = {"metadata": {"name": "m-old", "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    st = built(observed(deployment=rolling_deployment(), pods=[REFUSED, releasing]))
+    assert cond(st, "RolloutStuck")["status"] == "False"
+    # Revision 1 is the service's first pods: WaitingForGPUCapacity says why they wait.
+    st = built(observed(deployment=rolling_deployment(revision="1"), pods=[REFUSED]))
+    assert cond(st, "RolloutStuck")["reason"] == "NoRollout"
+    st = built(observed(deployment=rolling_deployment()))
+    assert cond(st, "RolloutStuck")["reason"] == "RolloutProgressing"
+
+
+def test_the_deployments_deadline_is_a_stuck_rollout() -> None:
+    dep = rolling_deployment(
+        conditions=[
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": 'ReplicaSet "m-predictor-7f" has timed out progressing.',
+            }
+        ]
+    )
+    stuck = cond(built(observed(deployment=dep)), "RolloutStuck")
+    assert stuck["status"] == "True" and stuck["reason"] == "ProgressDeadlineExceeded"
+    assert "900 s" in stuck["message"] and "timed out progressing" in stuck["message"]
 
 
 # ---- GPUInUse: does a service given GPUs compute on them? ------------------------------------
