@@ -74,10 +74,12 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
-# Pods: readiness for status, and the Ready pods the autoscaler scrapes.
+# Pods: readiness for status, and the Ready pods the autoscaler scrapes. patch: a scale-in's
+# marks on the pods it removes (pod-deletion-cost and the router's draining annotation),
+# server-side applied by the kubeinfer-autoscaler field manager.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 # InferencePools (Gateway API Inference Extension), one per InferenceService where that CRD is
 # installed: applied, listed each resync for drift, deleted when spec.inferencePool.enabled is
 # false (clients/cluster.py). Without the CRD the operator never calls these.

@@ -186,6 +186,45 @@ def apply(obj: dict[str, Any], *, field_manager: str = RECONCILER_MANAGER) -> di
     return result
 
 
+def apply_marks(
+    namespace: str,
+    pod: str,
+    annotations: dict[str, str],
+    *,
+    uid: str,
+    field_manager: str = SCALER_MANAGER,
+) -> bool:
+    """Server-side apply of the annotations ``field_manager`` owns on a pod (an empty mapping
+    removes the ones it owned). Never forced: a field another manager owns raises Conflict,
+    the same ownership rule ``core.scale_in`` reads from managedFields. The uid is a
+    precondition, so a pod replaced under the same name is not marked. False when the pod
+    is gone."""
+    _count("apply", "Pod", namespace)
+    meta: dict[str, Any] = {"name": pod, "namespace": namespace}
+    if uid:
+        meta["uid"] = uid
+    if annotations:
+        # Left out when empty: the apply then owns no annotation, so those it owned go.
+        meta["annotations"] = annotations
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
+    try:
+        result: dict[str, Any] = _request(
+            "PATCH",
+            _path("v1", "Pod", namespace, pod),
+            query=[("fieldManager", field_manager)],
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(str(exc.body)) from exc
+        if exc.status == 404:
+            return False
+        raise
+    STORE.observe(result)
+    return True
+
+
 def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
     _count("delete", kind, namespace)
     try:

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from kubeinfer.core import builders
+from kubeinfer.core import builders, scale_in
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -63,8 +63,13 @@ class Store:
         meta = obj.get("metadata") or {}
         if "managedFields" in meta:
             # Often half an object's size and never read here: at N=500 the held copies
-            # were most of the operator's memory.
+            # were most of the operator's memory. A pod keeps the entries that own its
+            # scale-in marks: who owns pod-deletion-cost decides whether the autoscaler may
+            # write it (core/scale_in.py), and those entries are usually none.
+            kept = scale_in.mark_fields(meta["managedFields"]) if obj.get("kind") == "Pod" else []
             meta = {k: v for k, v in meta.items() if k != "managedFields"}
+            if kept:
+                meta["managedFields"] = kept
             obj = {**obj, "metadata": meta}
         kind, ns, name = obj.get("kind") or "", meta.get("namespace") or "", meta.get("name")
         if not kind or not name:

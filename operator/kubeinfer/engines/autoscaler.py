@@ -3,9 +3,11 @@
 Owns: time and I/O for scaling. ``observe`` reads the service's Deployment and pods from the
 watch-fed store and scrapes the Ready pods' /metrics (concurrently, with a timeout), turning
 them into an ``Observation``; ``core.scaling.step.step`` (pure, ``now`` passed in) decides;
-``act`` writes the result: the Deployment's scale subresource (field manager
-``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler, which
-also records where the pods' models compute (``executionProviders``, read off the same
+``core.scale_in.plan`` (pure) picks the pods a scale-in removes from the same scrape; ``act``
+writes the result: first those pods' marks (pod-deletion-cost and the router's draining
+annotation, server-side applied), then the Deployment's scale subresource (both as field
+manager ``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.autoscaler,
+which also records where the pods' models compute (``executionProviders``, read off the same
 scrape; the reconciler turns it into the GPUInUse condition, so each status field keeps one
 writer). The step's memory (window, last scale time, learned cold start) is persisted in
 status.autoscaler.state and the decision history in status.autoscaler.decisions, so an
@@ -29,7 +31,7 @@ import pydantic
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, kube, scrape
 from kubeinfer.clients.store import STORE
-from kubeinfer.core import api, builders, census, metrics, status
+from kubeinfer.core import api, builders, census, metrics, scale_in, status
 from kubeinfer.core.scaling import decide, policy, signals, step, window
 from kubeinfer.core.scaling import state as memory_
 
@@ -88,6 +90,14 @@ def persisted_state(memory: step.Memory) -> str:
         },
         separators=(",", ":"),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """One tick's observation, and the service's live pods as the scale-in reads them."""
+
+    observation: step.Observation
+    pods: tuple[scale_in.PodView, ...]
 
 
 class Autoscaler:
@@ -191,14 +201,12 @@ class Autoscaler:
             # forget() removed. act() reports the metrics before it awaits anything.
             return
         now = self.clock()
-        out = step.step(tracked.policy, seen, tracked.memory, now)
+        out = step.step(tracked.policy, seen.observation, tracked.memory, now)
         tracked.memory = out.memory
-        await self.act(tracked, out, now)
+        await self.act(tracked, out, self._plan_scale_in(tracked, seen, out.result), now)
 
     # ---- observe -------------------------------------------------------------------------
-    async def observe(
-        self, session: aiohttp.ClientSession, tracked: Tracked
-    ) -> step.Observation | None:
+    async def observe(self, session: aiohttp.ClientSession, tracked: Tracked) -> Seen | None:
         ns, name = tracked.namespace, tracked.name
         deployment_name = builders.child_name(builders.Owner(name=name, namespace=ns, uid=""))
         # Both from the watch-fed store: no API read per service per tick. Only a store miss
@@ -225,7 +233,24 @@ class Autoscaler:
             {p: (ip, port) for p, ip in seen.ready.items()},
             timeout_s=self.scrape_timeout_s,
         )
-        return step.Observation(
+        signals_ = self._pod_signals(tracked, texts, names, self.clock())
+        load = {s.pod: s.in_flight for s in signals_}
+        # The pods the ReplicaSet controller counts: not terminating, not finished.
+        live = [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+        views = tuple(
+            scale_in.view(
+                p,
+                ready=p["metadata"]["name"] in seen.ready,
+                load=load.get(p["metadata"]["name"]),
+            )
+            for p in live
+        )
+        observation = step.Observation(
             replicas=decide.Replicas(
                 current=current,
                 ready=len(seen.ready),
@@ -234,9 +259,10 @@ class Autoscaler:
                 # Pods the Deployment controller has yet to create are not placed either.
                 placing=seen.unplaced + max(0, current - seen.live),
             ),
-            pods=self._pod_signals(tracked, texts, names, self.clock()),
+            pods=signals_,
             cold_starts=seen.cold_starts,
         )
+        return Seen(observation=observation, pods=views)
 
     @staticmethod
     def _pod_signals(
@@ -258,13 +284,37 @@ class Autoscaler:
         tracked.providers = metrics.pod_providers(tracked.providers, scrapes)
         return tracked.baselines.signals(scrapes, now)
 
+    # ---- decide which pods go -------------------------------------------------------------
+    @staticmethod
+    def _plan_scale_in(
+        tracked: Tracked, seen: Seen, result: decide.ScaleResult
+    ) -> scale_in.Plan | None:
+        """The marks for this tick (None: leave them as they are). Only Auto mode writes."""
+        if tracked.spec.scaling.mode is not api.ScalingMode.AUTO:
+            return None
+        remove = scale_in.removal(
+            live=len(seen.pods), current=result.inputs.current, desired=result.desired
+        )
+        if remove is None:
+            return None
+        return scale_in.plan(pods=seen.pods, remove=remove, manager=kube.SCALER_MANAGER)
+
     # ---- act -----------------------------------------------------------------------------
-    async def act(self, tracked: Tracked, out: step.Step, now: float) -> None:
+    async def act(
+        self, tracked: Tracked, out: step.Step, marks: scale_in.Plan | None, now: float
+    ) -> None:
         result = out.result
         self._report_metrics(tracked, result)
+        if marks is not None and marks.writes:
+            # Before the scale: the ReplicaSet controller reads the costs when it scales.
+            marks = await asyncio.to_thread(self._mark, tracked, marks)
+        scaling_in = result.desired < result.inputs.current
+        note = marks.summary if marks is not None and scaling_in else ""
         if tracked.spec.scaling.mode is api.ScalingMode.AUTO and result.changed:
-            await asyncio.to_thread(self._scale, tracked, result)
+            await asyncio.to_thread(self._scale, tracked, result, note)
         record = result.record(now=now)
+        if note:
+            record = record.model_copy(update={"message": f"{record.message} {note}"})
         news = memory_.is_news(tracked.history, record)
         if news:
             tracked.history = memory_.append_history(tracked.history, record)
@@ -281,7 +331,27 @@ class Autoscaler:
             tracked.written_providers = providers
 
     @staticmethod
-    def _scale(tracked: Tracked, result: decide.ScaleResult) -> None:
+    def _mark(tracked: Tracked, marks: scale_in.Plan) -> scale_in.Plan:
+        """Write the plan's marks; a conflict (another manager took the annotation since the
+        store saw the pod) backs off, and the plan returned says so."""
+        for pod, wanted in marks.writes.items():
+            try:
+                kube.apply_marks(tracked.namespace, pod, dict(wanted), uid=marks.uids.get(pod, ""))
+            except kube.Conflict:
+                log.info("scale-in marks on %s/%s: conflict, backing off", tracked.namespace, pod)
+                return dataclasses.replace(
+                    marks,
+                    outcome=scale_in.Outcome.BACKED_OFF,
+                    chosen=(),
+                    summary=f"Not choosing the pods to remove: another field manager took "
+                    f"{scale_in.DELETION_COST} on {pod} while it was being marked.",
+                )
+        if marks.outcome is scale_in.Outcome.CLEARED:
+            log.info("%s/%s: %s", tracked.namespace, tracked.name, marks.summary)
+        return marks
+
+    @staticmethod
+    def _scale(tracked: Tracked, result: decide.ScaleResult, note: str = "") -> None:
         current = result.inputs.current
         deployment = builders.child_name(
             builders.Owner(name=tracked.name, namespace=tracked.namespace, uid="")
@@ -292,7 +362,7 @@ class Autoscaler:
             type_="Normal",
             reason="ScaledUp" if result.desired > current else "ScaledDown",
             message=f"{current} -> {result.desired} replicas ({result.reason.value}): "
-            f"{result.message}",
+            f"{result.message}{' ' + note if note else ''}",
         )
 
     @staticmethod

@@ -94,6 +94,29 @@ def test_rbac_has_no_wildcards(helm_offline: Helm, values: list[str]) -> None:
             ), rule
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[], ["-f", str(CHART / "ci" / "namespaced.yaml")]],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_rbac_lets_the_autoscaler_mark_pods_and_no_more(
+    helm_offline: Helm, values: list[str]
+) -> None:
+    """A scale-in patches the pods it removes (pod-deletion-cost, the router's draining mark);
+    the Deployment controller alone creates and deletes them."""
+    docs = _kinds(helm_offline.template(*values))
+    roles = docs.get("Role", []) if values else docs["ClusterRole"]
+    assert roles
+    for role in roles:
+        verbs = {
+            v
+            for rule in role["rules"]
+            if "pods" in rule["resources"] and "" in rule["apiGroups"]
+            for v in rule["verbs"]
+        }
+        assert verbs == {"get", "list", "watch", "patch"}, (role["metadata"]["name"], verbs)
+
+
 def test_namespaced_mode_keeps_namespaced_rules_out_of_the_cluster_role(
     helm_offline: Helm,
 ) -> None:

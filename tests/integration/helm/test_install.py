@@ -374,8 +374,11 @@ def test_namespaced_mode_sufficient_and_confined(
         account = f"system:serviceaccount:{release}:{name}"
         assert can_i(cluster, account, "create", "deployments.apps", watched)
         assert can_i(cluster, account, "patch", "inferenceservices.kubeinfer.io/status", watched)
+        # A scale-in's marks on the pods it removes.
+        assert can_i(cluster, account, "patch", "pods", watched)
         for verb, resource in (
             ("get", "pods"),
+            ("patch", "pods"),
             ("create", "deployments.apps"),
             ("patch", "inferenceservices.kubeinfer.io/status"),
             ("get", "secrets"),

@@ -101,3 +101,32 @@ def test_managed_fields_are_not_held() -> None:
     held = store.lookup("Deployment", "ns", "a")[1]
     assert held is not None and "managedFields" not in held["metadata"]
     assert "managedFields" in big["metadata"]  # the caller's copy is left alone
+
+
+def test_a_pod_keeps_only_the_managed_fields_that_own_its_scale_in_marks() -> None:
+    store = Store()
+    cost = "f:controller.kubernetes.io/pod-deletion-cost"
+    pod = obj("Pod", "p", 3)
+    pod["metadata"]["managedFields"] = [
+        {"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {}}},
+        {
+            "manager": "karpenter",
+            "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:annotations": {cost: {}, "f:x": {}}}},
+        },
+    ]
+    store.observe(pod)
+    [held] = store.pods("ns", "svc")
+    assert held["metadata"]["managedFields"] == [
+        {
+            "manager": "karpenter",
+            "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:annotations": {cost: {}}}},
+        }
+    ]
+    # A pod without such entries holds no managedFields at all.
+    pod = obj("Pod", "q", 4)
+    pod["metadata"]["managedFields"] = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
+    store.observe(pod)
+    held = next(p for p in store.pods("ns", "svc") if p["metadata"]["name"] == "q")
+    assert "managedFields" not in held["metadata"]

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from kubeinfer.clients import catalogue, kube, store
-from kubeinfer.core import api, metrics, status
+from kubeinfer.core import api, metrics, scale_in, status
 from kubeinfer.engines import autoscaler
 
 NS, NAME = "unit-tick", "svc"
@@ -154,6 +154,195 @@ async def test_a_queue_scales_up_and_status_explains_it(
     # The memory that survives a restart is in status, within the CRD's size limit.
     saved = json.loads(status["state"])
     assert saved["window"]["buckets"] and len(status["state"]) < 16_384
+
+
+# ---- load-aware scale-in ---------------------------------------------------------------------
+COST, DRAIN = scale_in.DELETION_COST, scale_in.DRAINING
+
+
+async def _serve(pod: Pod, host: str, port: int) -> web.AppRunner:
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=pod.text())
+
+    app = web.Application()
+    app.router.add_get("/metrics", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def _second_pod(
+    STORE: store.Store, *, name: str, ip: str, managed: list[dict[str, Any]] | None = None
+) -> None:
+    """Another Ready pod of the service (the first, p1 on 127.0.0.1, comes from _objects)."""
+    meta: dict[str, Any] = {
+        "namespace": NS,
+        "name": name,
+        "uid": f"uid-{name}",
+        "resourceVersion": "2",
+        "labels": {"kubeinfer.io/inferenceservice": NAME},
+        "creationTimestamp": "2026-12-02T00:00:00Z",
+    }
+    if managed:
+        meta["managedFields"] = managed
+        meta["annotations"] = {COST: "10"}
+    STORE.observe(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "status": {
+                "podIP": ip,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "lastTransitionTime": "2026-12-02T00:00:05Z",
+                    }
+                ],
+            },
+        }
+    )
+
+
+async def _scale_in_two_pods(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch, *, managed: list[dict[str, Any]] | None
+) -> list[tuple[str, Any]]:
+    """Two Ready pods, p1 busy (3 queued) and p2 idle, at 2 replicas with a target of 10 per
+    replica: the engine scales in to 1. Returns the API writes in the order they were made."""
+    busy, port = pod_server
+    STORE = _objects(port, monkeypatch)
+    deployment = STORE.lookup("Deployment", NS, f"{NAME}-predictor")[1]
+    assert deployment is not None
+    STORE.observe({**deployment, "spec": {"replicas": 2}})
+    _second_pod(STORE, name="p2", ip="127.0.0.2", managed=managed)
+    idle = Pod()
+    runner = await _serve(idle, "127.0.0.2", port)
+    writes: list[tuple[str, Any]] = []
+    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
+    monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
+    monkeypatch.setattr(
+        kube, "patch_status", lambda *a: writes.append(("status", a[-1]["autoscaler"]))
+    )
+    monkeypatch.setattr(
+        kube,
+        "apply_marks",
+        lambda ns, pod, marks, *, uid: writes.append(("marks", (pod, uid, marks))) or True,
+    )
+    monkeypatch.setattr(catalogue, "_parsed", {})
+    clock = Clock()
+    engine = autoscaler.Autoscaler(clock=clock)
+    engine.track(
+        {
+            "metadata": {"namespace": NS, "name": NAME},
+            "spec": {
+                "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+                "scaling": {
+                    "minReplicas": 1,
+                    "target": 10,
+                    "stableWindowSeconds": 6,
+                    "scaleDownDelaySeconds": 0,
+                },
+            },
+            "status": {"runtime": "onnxruntime"},
+        }
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            busy.pending = 3.0
+            for _ in range(3):
+                await engine.tick(session, (NS, NAME))
+                clock.now += 2.0
+                if any(w[0] == "scale" for w in writes):
+                    break
+    finally:
+        await runner.cleanup()
+    return writes
+
+
+async def test_a_scale_in_marks_the_idle_pod_just_before_the_scale(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = await _scale_in_two_pods(pod_server, monkeypatch, managed=None)
+    kinds = [w[0] for w in writes]
+    assert ("scale", 1) in writes, writes
+    # The marks on the idle pod, then the scale: the ReplicaSet controller reads the cost
+    # when it scales.
+    [marks] = [w[1] for w in writes if w[0] == "marks"]
+    assert marks == ("p2", "uid-p2", {COST: scale_in.MARKED_COST, DRAIN: "true"})
+    assert kinds.index("marks") < kinds.index("scale")
+    [event] = [w[1] for w in writes if w[0] == "event"]
+    assert "Removing the least loaded: p2 (0 in flight)." in event["message"]
+    status = [w[1] for w in writes if w[0] == "status"][-1]
+    assert status["decisions"][-1]["reason"] == "ScaleDown"
+    assert status["decisions"][-1]["message"].endswith(
+        "Removing the least loaded: p2 (0 in flight)."
+    )
+
+
+async def test_a_scale_in_backs_off_when_another_manager_owns_the_cost(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    karpenter = [
+        {
+            "manager": "karpenter",
+            "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{COST}": {}}}},
+        }
+    ]
+    writes = await _scale_in_two_pods(pod_server, monkeypatch, managed=karpenter)
+    # The scale-in itself goes ahead (the ReplicaSet controller follows karpenter's costs);
+    # no pod is marked.
+    assert ("scale", 1) in writes, writes
+    assert not [w for w in writes if w[0] == "marks"]
+    status = [w[1] for w in writes if w[0] == "status"][-1]
+    assert status["decisions"][-1]["message"].endswith(
+        f"another field manager owns {COST} on p2 (karpenter)."
+    )
+
+
+async def test_marks_left_on_a_survivor_are_cleared(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod marked for a scale-in that did not happen (the count went back up before the
+    ReplicaSet controller acted): once the count is settled, its marks go."""
+    _, port = pod_server
+    STORE = _objects(port, monkeypatch)
+    [p1] = STORE.pods(NS, NAME)
+    ours = {
+        "manager": "kubeinfer-autoscaler",
+        "operation": "Apply",
+        "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{COST}": {}, f"f:{DRAIN}": {}}}},
+    }
+    meta = {
+        **p1["metadata"],
+        "uid": "uid-p1",
+        "resourceVersion": "5",
+        "annotations": {COST: "-1", DRAIN: "true"},
+        "managedFields": [ours],
+    }
+    STORE.observe({**p1, "metadata": meta})
+    writes: list[tuple[str, Any]] = []
+    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
+    monkeypatch.setattr(kube, "patch_status", lambda *a: None)
+    monkeypatch.setattr(
+        kube,
+        "apply_marks",
+        lambda ns, pod, marks, *, uid: writes.append(("marks", (pod, uid, marks))) or True,
+    )
+    monkeypatch.setattr(catalogue, "_parsed", {})
+    engine = autoscaler.Autoscaler(clock=Clock())
+    engine.track(
+        {
+            "metadata": {"namespace": NS, "name": NAME},
+            "spec": {"model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"}},
+            "status": {"runtime": "onnxruntime"},
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        await engine.tick(session, (NS, NAME))
+    assert writes == [("marks", ("p1", "uid-p1", {}))]
 
 
 class OnnxPod(Pod):
