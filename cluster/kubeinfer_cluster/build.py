@@ -221,6 +221,11 @@ def _all_exist(paths: list[pathlib.Path]) -> bool:
 
 def build_kubernetes(root: pathlib.Path, version: str) -> pathlib.Path:
     """kube-apiserver, kube-controller-manager, kube-scheduler and kubectl at ``version``."""
+    with _exclusive(root, f"kubernetes-{version}"):
+        return _build_kubernetes(root, version)
+
+
+def _build_kubernetes(root: pathlib.Path, version: str) -> pathlib.Path:
     out = root / "bin" / f"kubernetes-{version}"
     if _all_exist([out / c for c in K8S_COMMANDS]):
         return out
@@ -269,6 +274,11 @@ def build_kubernetes(root: pathlib.Path, version: str) -> pathlib.Path:
 
 
 def build_etcd(root: pathlib.Path) -> pathlib.Path:
+    with _exclusive(root, f"etcd-{ETCD_VERSION}"):
+        return _build_etcd(root)
+
+
+def _build_etcd(root: pathlib.Path) -> pathlib.Path:
     out = root / "bin" / f"etcd-{ETCD_VERSION}"
     if _all_exist([out / "etcd"]):
         return out / "etcd"
@@ -307,6 +317,22 @@ def _build_tool_module(
     ldflags: str = "-s -w",
 ) -> pathlib.Path:
     """Build main packages of a module that has no replace directives (kwok, helm, prometheus)."""
+    with _exclusive(root, f"{name}-{version}"):
+        return _compile_tool_module(
+            root, name, module, version, packages, tags=tags, ldflags=ldflags
+        )
+
+
+def _compile_tool_module(
+    root: pathlib.Path,
+    name: str,
+    module: str,
+    version: str,
+    packages: list[str],
+    *,
+    tags: tuple[str, ...],
+    ldflags: str,
+) -> pathlib.Path:
     out = root / "bin" / f"{name}-{version}"
     binaries = [out / p.rsplit("/", 1)[1] for p in packages]
     if _all_exist(binaries):
@@ -371,14 +397,13 @@ def build_helm(root: pathlib.Path) -> pathlib.Path:
 
 
 def build_kubeconform(root: pathlib.Path) -> pathlib.Path:
-    with _exclusive(root):
-        out = _build_tool_module(
-            root,
-            "kubeconform",
-            "github.com/yannh/kubeconform",
-            KUBECONFORM_VERSION,
-            ["github.com/yannh/kubeconform/cmd/kubeconform"],
-        )
+    out = _build_tool_module(
+        root,
+        "kubeconform",
+        "github.com/yannh/kubeconform",
+        KUBECONFORM_VERSION,
+        ["github.com/yannh/kubeconform/cmd/kubeconform"],
+    )
     return out / "kubeconform"
 
 
@@ -404,16 +429,15 @@ def build_prometheus(root: pathlib.Path) -> Prometheus:
         f"-X github.com/prometheus/common/version.{key}={value}"
         for key, value in (("Version", release), ("Branch", "module-proxy"))
     )
-    with _exclusive(root):
-        out = _build_tool_module(
-            root,
-            "prometheus",
-            package,
-            PROMETHEUS_VERSION,
-            [f"{package}/cmd/prometheus", f"{package}/cmd/promtool"],
-            tags=PROMETHEUS_TAGS,
-            ldflags=f"-s -w {stamp}",
-        )
+    out = _build_tool_module(
+        root,
+        "prometheus",
+        package,
+        PROMETHEUS_VERSION,
+        [f"{package}/cmd/prometheus", f"{package}/cmd/promtool"],
+        tags=PROMETHEUS_TAGS,
+        ldflags=f"-s -w {stamp}",
+    )
     return Prometheus(
         prometheus=out / "prometheus", promtool=out / "promtool", version=PROMETHEUS_VERSION
     )
@@ -423,40 +447,35 @@ _held = threading.local()
 
 
 @contextlib.contextmanager
-def _exclusive(root: pathlib.Path) -> Iterator[None]:
-    """One build at a time per cache. Every checkout on the machine shares the cache, and each
-    build starts by wiping its source folder: two at once would delete each other's sources
-    (and pay for the same 20-minute compile twice). Re-entrant within a thread (flock is per
-    open file: a second open in this process would wait for itself)."""
-    if getattr(_held, "depth", 0):
-        _held.depth += 1
-        try:
-            yield
-        finally:
-            _held.depth -= 1
+def _exclusive(root: pathlib.Path, name: str) -> Iterator[None]:
+    """One build of ``name`` at a time per cache, taken only when it must be built. Every
+    checkout on the machine shares the cache, and a build starts by wiping its source folder:
+    two at once would delete each other's sources (and pay for the same 20-minute compile
+    twice). A lock per tool, so a long build of one never blocks a check of another.
+    Re-entrant within a thread (flock is per open file: a second open would wait for itself)."""
+    held: set[str] = getattr(_held, "names", set())
+    _held.names = held
+    if name in held:
+        yield
         return
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".build.lock").open("w") as lock:
+    locks = root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{name}.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _say("another build is using this cache; waiting for it to finish")
+            _say(f"another process is building {name} in this cache; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        _held.depth = 1
+        held.add(name)
         try:
             yield
         finally:
-            _held.depth = 0
+            held.discard(name)
 
 
 def ensure_tools(*, with_helm: bool = True) -> Tools:
     """Build whatever is missing and return the tool paths. Warm: milliseconds."""
     root = cache_root()
-    with _exclusive(root):
-        return _ensure_tools(root, with_helm=with_helm)
-
-
-def _ensure_tools(root: pathlib.Path, *, with_helm: bool) -> Tools:
     started = time.monotonic()
     errors: list[str] = []
     k8s_dir: pathlib.Path | None = None

@@ -1,4 +1,4 @@
-"""One build per cache at a time: a second builder waits for the first, and a builder that
+"""One build of a tool per cache at a time: a second builder waits for the first, and a builder that
 already holds the lock can take it again (ensure_tools inside the CLI's build, for example)."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ HOLDER = textwrap.dedent(
     """
     import pathlib, sys
     from kubeinfer_cluster import build
-    with build._exclusive(pathlib.Path(sys.argv[1])):
+    with build._exclusive(pathlib.Path(sys.argv[1]), "kubernetes-v0"):
         print("held", flush=True)
         sys.stdin.readline()
     """
 )
 
 
-def _free(root: pathlib.Path) -> bool:
-    with (root / ".build.lock").open("w") as lock:
+def _free(root: pathlib.Path, name: str = "kubernetes-v0") -> bool:
+    with (root / "locks" / f"{name}.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,8 +53,15 @@ def test_a_second_builder_waits_until_the_first_is_done(tmp_path: pathlib.Path) 
 
 
 def test_the_lock_is_reentrant_in_one_thread(tmp_path: pathlib.Path) -> None:
-    with build._exclusive(tmp_path):
-        with build._exclusive(tmp_path):
+    with build._exclusive(tmp_path, "kubernetes-v0"):
+        with build._exclusive(tmp_path, "kubernetes-v0"):
             assert not _free(tmp_path)
         assert not _free(tmp_path)  # the outer hold still stands
     assert _free(tmp_path)
+
+
+def test_a_build_of_one_tool_does_not_hold_another(tmp_path: pathlib.Path) -> None:
+    with build._exclusive(tmp_path, "keda-v2"):
+        (tmp_path / "locks" / "kubernetes-v0.lock").touch()
+        assert _free(tmp_path, "kubernetes-v0")
+        assert not _free(tmp_path, "keda-v2")
