@@ -26,6 +26,9 @@ from kubeinfer.core.config import OperatorConfig
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 _waiting: set[tuple[str, str]] = set()
+# Deployments created by ``reconcile_deployment`` and not yet named in a "Created" Event: the
+# full reconcile that follows names them with the other children, in one Event per create.
+_unannounced: dict[tuple[str, str], list[str]] = {}
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
@@ -98,6 +101,43 @@ def reconcile_by_name(namespace: str, name: str, config: OperatorConfig) -> Outc
     return reconcile({"metadata": {"namespace": namespace, "name": name}}, config)
 
 
+def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> Outcome:
+    """The first step of a create, alone: apply the Deployment (and its start replicas) if it
+    does not exist yet; nothing else, no Event, no status.
+
+    The work queue runs this for every new service before any full reconcile, so a burst of
+    creates gets its Deployments (what the controllers, the scheduler and the nodes wait on)
+    at one write each; the ConfigMap, Service, Event and status follow in the full reconcile.
+    Safe without the ConfigMap: the pod template mounts it as a non-optional volume, so no
+    server container starts until it exists (the kubelet retries the mount), and it then
+    reads the content the full reconcile wrote, the one the template's config hash names.
+    """
+    key = (namespace, name)
+    outcome = Outcome()
+    with _lock(*key), telemetry.reconcile_timer():
+        try:
+            fresh = kube.cached_get(api.API_VERSION, "InferenceService", *key)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return outcome
+            seen = _observe(fresh)
+            if seen.spec is None or seen.runtime is None or seen.runtime_name is None:
+                return outcome
+            wanted = children.build(seen.owner, seen.spec, seen.runtime_name, seen.runtime, config)
+            dkey = wanted.deployment_key
+            if kube.cached_get(dkey[0], dkey[1], namespace, dkey[2]) is not None:
+                return outcome
+            manifest = next(m for m in wanted.apply if children.key_of(m) == dkey)
+            deployment = kube.apply(manifest)
+            outcome.applied.append("Deployment")
+            with _locks_guard:
+                _unannounced.setdefault(key, []).append(f"Deployment {dkey[2]}")
+            _enforce_replicas(seen, seen.spec, deployment, created=True, outcome=outcome)
+        except Exception:
+            telemetry.RECONCILE_ERRORS.inc()
+            raise
+    return outcome
+
+
 def _observe(isvc: dict[str, Any]) -> _Seen:
     meta = isvc["metadata"]
     owner = builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
@@ -138,7 +178,7 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         deployment=deployment,
         pods=kube.cached_pods(owner.namespace, owner.name),
     )
-    _write_status(seen.isvc, status.build_status(observed), outcome)
+    _write_status(seen.isvc, status.build_status(observed), outcome, deployment=deployment)
     return outcome
 
 
@@ -157,7 +197,11 @@ def _act_children(
     live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}
     plan = children.differences(wanted, live)
     verbs: dict[str, list[str]] = {}
-    for manifest in plan.apply:
+    with _locks_guard:
+        created_before = _unannounced.pop((ns, owner.name), [])
+    if created_before:
+        verbs["Created"] = created_before
+    for manifest in write_order(plan.apply, live):
         result = kube.apply(manifest)
         live[children.key_of(manifest)] = result
         verb = "Created" if result.get("metadata", {}).get("generation", 1) == 1 else "Updated"
@@ -174,7 +218,44 @@ def _act_children(
     deployment = live.get(wanted.deployment_key)
     if deployment is None:
         return None
-    target = children.replicas(spec, deployment, created=plan.creates_deployment)
+    return _enforce_replicas(
+        seen, spec, deployment, created=plan.creates_deployment, outcome=outcome
+    )
+
+
+def write_order(
+    manifests: list[dict[str, Any]], live: dict[children.Key, dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """The order to apply ``manifests`` in. Pure.
+
+    A new Deployment goes first: it is what everything downstream (the controllers, the
+    scheduler, the nodes) waits on, and its pods cannot start before their ConfigMap exists
+    (a non-optional volume), so creating the ConfigMap after it is safe. An existing
+    ConfigMap, though, is updated before the Deployment: a config change rolls the pods, and
+    a new pod must not start on the old content (a subPath mount never sees later updates).
+    """
+
+    def rank(manifest: dict[str, Any]) -> int:
+        if manifest["kind"] == "Deployment" and live.get(children.key_of(manifest)) is None:
+            return 0
+        if manifest["kind"] == "ConfigMap" and live.get(children.key_of(manifest)) is not None:
+            return 0
+        return 1
+
+    return sorted(manifests, key=rank)  # stable: the builders' order otherwise
+
+
+def _enforce_replicas(
+    seen: _Seen,
+    spec: api.InferenceServiceSpec,
+    deployment: dict[str, Any],
+    *,
+    created: bool,
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """Scale to the replicas the spec allows, when the Deployment has another count."""
+    ns = seen.owner.namespace
+    target = children.replicas(spec, deployment, created=created)
     current = int((deployment.get("spec") or {}).get("replicas") or 0)
     if target == current:
         return deployment
@@ -190,8 +271,20 @@ def _act_children(
     return {**deployment, "spec": {**(deployment.get("spec") or {}), "replicas": target}}
 
 
+def _unobserved(deployment: dict[str, Any] | None) -> bool:
+    """True when the Deployment controller has not yet reported on this Deployment's spec."""
+    if deployment is None:
+        return False
+    observed = (deployment.get("status") or {}).get("observedGeneration")
+    return observed is None or int(observed) < int(deployment["metadata"].get("generation") or 1)
+
+
 def _write_status(
-    isvc: dict[str, Any], built: api.InferenceServiceStatus, outcome: Outcome
+    isvc: dict[str, Any],
+    built: api.InferenceServiceStatus,
+    outcome: Outcome,
+    *,
+    deployment: dict[str, Any] | None,
 ) -> None:
     meta = isvc["metadata"]
     current = isvc.get("status") or {}
@@ -203,9 +296,17 @@ def _write_status(
     outcome.ready = bool(ready and ready["status"] == "True")
     if not status.status_differs(desired, current):
         return
+    if ready and ready["reason"] == status.REPLICAS_NOT_READY and _unobserved(deployment):
+        # Nothing to report yet but "0 replicas ready": the Deployment controller's first
+        # status update is a watch event that brings a refresh within a second, and that
+        # refresh writes a status with real counts. One status write per create, not two.
+        return
     kube.patch_status(api.API_VERSION, "InferenceService", meta["namespace"], meta["name"], desired)
     outcome.status_written = True
     before = status.ready_condition(current)
+    if before is None and ready and ready["reason"] == status.REPLICAS_NOT_READY:
+        # A new service's first status: the "Created" Event has just said as much.
+        return
     if ready and (
         before is None
         or before.get("status") != ready["status"]
