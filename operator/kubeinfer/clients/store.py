@@ -30,6 +30,34 @@ from kubeinfer.core import builders
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
+# What is read from a pod (``core.census``, ``core.status``, the autoscaler): who it is, where it
+# runs, and its status. The spec (containers, volumes, probes) is most of a pod's size and is
+# never read, so it is not held: at N=500 the pods were the store's largest kind.
+_POD_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod kubeinfer reads (see ``_POD_METADATA``)."""
+    meta = pod.get("metadata") or {}
+    out: dict[str, Any] = {
+        "apiVersion": pod.get("apiVersion", "v1"),
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in _POD_METADATA if k in meta},
+        "status": pod.get("status") or {},
+    }
+    node = (pod.get("spec") or {}).get("nodeName")
+    if node:
+        out["spec"] = {"nodeName": node}
+    return out
+
 
 def resource_version(obj: dict[str, Any] | None) -> int | None:
     """metadata.resourceVersion as an integer; None when absent or not an integer."""
@@ -71,7 +99,7 @@ class Store:
             return
         with self._lock:
             if kind == "Pod":
-                self._observe_pod(obj, ns, name, deleted=deleted)
+                self._observe_pod(slim_pod(obj), ns, name, deleted=deleted)
             else:
                 self._observe_object((kind, ns, name), obj, deleted=deleted)
 

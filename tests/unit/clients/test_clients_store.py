@@ -101,3 +101,19 @@ def test_managed_fields_are_not_held() -> None:
     held = store.lookup("Deployment", "ns", "a")[1]
     assert held is not None and "managedFields" not in held["metadata"]
     assert "managedFields" in big["metadata"]  # the caller's copy is left alone
+
+
+def test_pods_are_held_without_their_spec() -> None:
+    store = Store()
+    pod = obj(
+        "Pod",
+        "p",
+        3,
+        spec={"nodeName": "n1", "containers": [{"name": "server", "image": "x"}]},
+        status={"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    )
+    store.observe(pod)
+    [held] = store.pods("ns", "svc")
+    assert held["spec"] == {"nodeName": "n1"}
+    assert held["status"] == pod["status"]
+    assert held["metadata"] == pod["metadata"]
