@@ -13,8 +13,10 @@ dependency, ``_tidy`` replaces it with the nearest newer served version and reco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import os
 import pathlib
 import re
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 GO_VERSION_DIRECTIVE = "1.26"
 
@@ -368,13 +371,14 @@ def build_helm(root: pathlib.Path) -> pathlib.Path:
 
 
 def build_kubeconform(root: pathlib.Path) -> pathlib.Path:
-    out = _build_tool_module(
-        root,
-        "kubeconform",
-        "github.com/yannh/kubeconform",
-        KUBECONFORM_VERSION,
-        ["github.com/yannh/kubeconform/cmd/kubeconform"],
-    )
+    with _exclusive(root):
+        out = _build_tool_module(
+            root,
+            "kubeconform",
+            "github.com/yannh/kubeconform",
+            KUBECONFORM_VERSION,
+            ["github.com/yannh/kubeconform/cmd/kubeconform"],
+        )
     return out / "kubeconform"
 
 
@@ -400,23 +404,59 @@ def build_prometheus(root: pathlib.Path) -> Prometheus:
         f"-X github.com/prometheus/common/version.{key}={value}"
         for key, value in (("Version", release), ("Branch", "module-proxy"))
     )
-    out = _build_tool_module(
-        root,
-        "prometheus",
-        package,
-        PROMETHEUS_VERSION,
-        [f"{package}/cmd/prometheus", f"{package}/cmd/promtool"],
-        tags=PROMETHEUS_TAGS,
-        ldflags=f"-s -w {stamp}",
-    )
+    with _exclusive(root):
+        out = _build_tool_module(
+            root,
+            "prometheus",
+            package,
+            PROMETHEUS_VERSION,
+            [f"{package}/cmd/prometheus", f"{package}/cmd/promtool"],
+            tags=PROMETHEUS_TAGS,
+            ldflags=f"-s -w {stamp}",
+        )
     return Prometheus(
         prometheus=out / "prometheus", promtool=out / "promtool", version=PROMETHEUS_VERSION
     )
 
 
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def _exclusive(root: pathlib.Path) -> Iterator[None]:
+    """One build at a time per cache. Every checkout on the machine shares the cache, and each
+    build starts by wiping its source folder: two at once would delete each other's sources
+    (and pay for the same 20-minute compile twice). Re-entrant within a thread (flock is per
+    open file: a second open in this process would wait for itself)."""
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".build.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say("another build is using this cache; waiting for it to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+
+
 def ensure_tools(*, with_helm: bool = True) -> Tools:
     """Build whatever is missing and return the tool paths. Warm: milliseconds."""
     root = cache_root()
+    with _exclusive(root):
+        return _ensure_tools(root, with_helm=with_helm)
+
+
+def _ensure_tools(root: pathlib.Path, *, with_helm: bool) -> Tools:
     started = time.monotonic()
     errors: list[str] = []
     k8s_dir: pathlib.Path | None = None
