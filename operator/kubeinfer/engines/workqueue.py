@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import collections
 import enum
+import heapq
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger("kubeinfer")
@@ -58,6 +60,8 @@ class WorkQueue:
         self._active: set[Key] = set()
         self._again: dict[Key, Lane] = {}  # added while active: runs again after
         self._failures: dict[Key, int] = {}
+        self._later: list[tuple[float, int, Key, Lane]] = []  # (due, tie-break, key, lane)
+        self._seq = 0
         self._threads: list[threading.Thread] = []
         self._stopped = False
 
@@ -72,9 +76,11 @@ class WorkQueue:
             self._enqueue(key, lane)
 
     def add_after(self, key: Key, delay_s: float, lane: Lane = Lane.REFRESH) -> None:
-        timer = threading.Timer(delay_s, self.add, args=(key, lane))
-        timer.daemon = True
-        timer.start()
+        """``add`` in ``delay_s`` seconds (held in one heap: no thread per delayed key)."""
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._later, (time.monotonic() + delay_s, self._seq, key, lane))
+            self._cond.notify()
 
     def depth(self) -> int:
         """Keys waiting (not counting those being worked on)."""
@@ -113,6 +119,13 @@ class WorkQueue:
     def _take(self) -> tuple[Key, Lane] | None:
         """(lock held) The next key to work on, most urgent lane first; None when stopped."""
         while not self._stopped:
+            now = time.monotonic()
+            while self._later and self._later[0][0] <= now:
+                _, _, key, lane = heapq.heappop(self._later)
+                if key in self._active:
+                    self._again[key] = min(lane, self._again.get(key, lane))
+                else:
+                    self._enqueue(key, lane)
             for lane in Lane:
                 queue = self._lanes[lane]
                 while queue:
@@ -121,7 +134,7 @@ class WorkQueue:
                         del self._waiting[key]
                         self._active.add(key)
                         return key, lane
-            self._cond.wait()
+            self._cond.wait(self._later[0][0] - now if self._later else None)
         return None
 
     def _run(self) -> None:

@@ -39,7 +39,9 @@ def work(shared: state.OperatorState, key: state.Key, lane: Lane) -> None:
         if shared.queue is not None:
             shared.queue.add(key, Lane.REFRESH)
         return
-    inferenceservice.reconcile_by_name(*key, shared.config)
+    outcome = inferenceservice.reconcile_by_name(*key, shared.config)
+    if outcome.requeue_after_s is not None and shared.queue is not None:
+        shared.queue.add_after(key, outcome.requeue_after_s)
 
 
 def enqueue(shared: state.OperatorState, key: state.Key, lane: Lane = Lane.REFRESH) -> None:

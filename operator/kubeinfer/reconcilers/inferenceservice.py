@@ -29,6 +29,8 @@ _waiting: set[tuple[str, str]] = set()
 # Deployments created by ``reconcile_deployment`` and not yet named in a "Created" Event: the
 # full reconcile that follows names them with the other children, in one Event per create.
 _unannounced: dict[tuple[str, str], list[str]] = {}
+# How long a new service coming up normally goes without a status (see ``_write_status``).
+FIRST_STATUS_GRACE_S = 10.0
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
@@ -45,6 +47,8 @@ class Outcome:
     scaled_to: int | None = None
     status_written: bool = False
     ready: bool = False
+    # Reconcile again after this many seconds even if no event comes (a deferred first status).
+    requeue_after_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +275,14 @@ def _enforce_replicas(
     return {**deployment, "spec": {**(deployment.get("spec") or {}), "replicas": target}}
 
 
+def _age_s(stamp: str | None) -> float:
+    """Seconds since an API timestamp (RFC 3339, whole seconds); 0 when absent."""
+    if not stamp:
+        return 0.0
+    then = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - then).total_seconds())
+
+
 def _unobserved(deployment: dict[str, Any] | None) -> bool:
     """True when the Deployment controller has not yet reported on this Deployment's spec."""
     if deployment is None:
@@ -296,10 +308,18 @@ def _write_status(
     outcome.ready = bool(ready and ready["status"] == "True")
     if not status.status_differs(desired, current):
         return
-    if ready and ready["reason"] == status.REPLICAS_NOT_READY and _unobserved(deployment):
-        # Nothing to report yet but "0 replicas ready": the Deployment controller's first
-        # status update is a watch event that brings a refresh within a second, and that
-        # refresh writes a status with real counts. One status write per create, not two.
+    progressing = bool(ready and ready["reason"] == status.REPLICAS_NOT_READY)
+    if progressing and _unobserved(deployment):
+        # Nothing to report yet but "0 replicas ready": the Deployment controller's status
+        # update is a watch event that brings a refresh within a second.
+        return
+    waited = _age_s(meta.get("creationTimestamp"))
+    if progressing and not current.get("conditions") and waited < FIRST_STATUS_GRACE_S:
+        # A new service coming up with nothing wrong: its first status waits until it is
+        # Ready, a problem is named, or the grace is over (a requeue sees to that), so a
+        # create writes one status, not one per replica count on the way ("0 of 1", "1 of 1").
+        # The "Created" Event has told the user meanwhile.
+        outcome.requeue_after_s = FIRST_STATUS_GRACE_S - waited
         return
     kube.patch_status(api.API_VERSION, "InferenceService", meta["namespace"], meta["name"], desired)
     outcome.status_written = True
