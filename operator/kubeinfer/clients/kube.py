@@ -167,7 +167,7 @@ def apply(obj: dict[str, Any], *, field_manager: str = RECONCILER_MANAGER) -> di
         if exc.status == 409:
             raise Conflict(str(exc.body)) from exc
         raise
-    STORE.observe(result)
+    STORE.observe_written(result)
     return result
 
 
@@ -203,7 +203,7 @@ def patch_status(
         body={"status": status},
         content_type="application/merge-patch+json",
     )
-    STORE.observe(result)
+    STORE.observe_written(result)
     return result
 
 
@@ -231,7 +231,7 @@ def set_scale(
             },
             "spec": {**(held.get("spec") or {}), "replicas": replicas},
         }
-        STORE.observe(updated)
+        STORE.observe_written(updated)
 
 
 def emit_event(

@@ -84,10 +84,23 @@ class Store:
         # The resourceVersion at which each deleted key went away: an older copy arriving late
         # (a slow GET, a delayed event) must not resurrect it.
         self._tombstones: dict[Key, int] = {}
+        # The resourceVersion of our last write to each key, until its watch event arrives.
+        self._written: dict[Key, int] = {}
 
     # ---- writes into the cache ------------------------------------------------------------
-    def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> None:
-        """A watch event or the result of our own write."""
+    def observe_written(self, obj: dict[str, Any]) -> None:
+        """The result of our own write: held, and its watch event (same resourceVersion) will
+        not count as news (``observe`` returns False for it)."""
+        self.observe(obj)
+        rv = resource_version(obj)
+        meta = obj.get("metadata") or {}
+        if rv is not None and obj.get("kind") and meta.get("name"):
+            with self._lock:
+                self._written[(obj["kind"], meta.get("namespace") or "", meta["name"])] = rv
+
+    def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> bool:
+        """A watch event or the result of our own write. Returns whether it is news: False
+        for the echo of our own last write (a reconcile would find nothing to do)."""
         meta = obj.get("metadata") or {}
         if "managedFields" in meta:
             # Often half an object's size and never read here: at N=500 the held copies
@@ -96,12 +109,15 @@ class Store:
             obj = {**obj, "metadata": meta}
         kind, ns, name = obj.get("kind") or "", meta.get("namespace") or "", meta.get("name")
         if not kind or not name:
-            return
+            return True
         with self._lock:
+            # Consumed by the first event after the write, whatever it carries.
+            echo = self._written.pop((kind, ns, name), None)
             if kind == "Pod":
                 self._observe_pod(slim_pod(obj), ns, name, deleted=deleted)
             else:
                 self._observe_object((kind, ns, name), obj, deleted=deleted)
+            return deleted or echo is None or resource_version(obj) != echo
 
     def remember_absent(self, kind: str, namespace: str, name: str) -> None:
         """A GET found nothing (or we deleted it): absent until a watch event says otherwise."""
@@ -157,6 +173,7 @@ class Store:
         """An InferenceService is gone: its pods' entries go too (their own events may lag)."""
         with self._lock:
             self._pods.pop((namespace, name), None)
+            self._written.pop(("InferenceService", namespace, name), None)
 
     # ---- reads ----------------------------------------------------------------------------
     def lookup(self, kind: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:

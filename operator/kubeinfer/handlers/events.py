@@ -6,8 +6,10 @@ queues in the create lane, whose work is the Deployment alone (then a full recon
 refresh lane). A runtime's events re-queue every service. A child's events (a pod turning
 Ready, a Deployment's status) only refresh their owner's status, so they wait
 ``CHILD_DEBOUNCE_S`` and merge with the others that arrive meanwhile (a pod start is 3-4
-events but needs one status write). No handler does API calls itself: they run on kopf's event
-loop and return at once, so kopf never holds a backlog of bodies. Handlers return None.
+events but needs one status write). The echo of our own write (an event carrying the
+resourceVersion a write of ours returned) queues nothing: the store already holds it. No
+handler makes API calls itself: they run on kopf's event loop and return at once, so kopf
+never holds a backlog of bodies. Handlers return None.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ async def runtime_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -
 async def isvc_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     shared = state.of(memo)
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    STORE.observe(dict(body), deleted=type == "DELETED")
+    news = STORE.observe(dict(body), deleted=type == "DELETED")
     if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
         # Children go with the owner through garbage collection.
         shared.known.discard(key)
@@ -76,7 +78,9 @@ async def isvc_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
     telemetry.MANAGED.set(len(shared.known))
     owner = builders.Owner(name=key[1], namespace=key[0], uid="")
     known, deployment = STORE.lookup("Deployment", key[0], builders.child_name(owner))
-    enqueue(shared, key, Lane.CREATE if known and deployment is None else Lane.REFRESH)
+    if news:
+        # Not the echo of our own status write (the store holds what it wrote already).
+        enqueue(shared, key, Lane.CREATE if known and deployment is None else Lane.REFRESH)
     if shared.engine is not None:
         # The store's copy: the same object without managedFields, shared, not one more body.
         held = STORE.lookup("InferenceService", *key)[1]
@@ -99,12 +103,13 @@ async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
     shared = state.of(memo)
     obj = dict(body)
     deleted = type == "DELETED"
-    STORE.observe(obj, deleted=deleted)
+    news = STORE.observe(obj, deleted=deleted)
     if shared.engine is not None and obj.get("kind") == "Pod":
         shared.engine.observe_pod(obj, deleted=deleted)
     owner = body["metadata"].get("labels", {}).get(builders.LABEL_ISVC)
     key = (body["metadata"].get("namespace") or "", owner or "")
-    if not owner or key not in shared.known or key in shared.pending:
+    # The echo of our own apply changes nothing the last reconcile did not already see.
+    if not news or not owner or key not in shared.known or key in shared.pending:
         return
     shared.pending.add(key)
     shared.keep(asyncio.get_running_loop().create_task(_refresh(shared, key)))

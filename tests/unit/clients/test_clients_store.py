@@ -117,3 +117,14 @@ def test_pods_are_held_without_their_spec() -> None:
     assert held["spec"] == {"nodeName": "n1"}
     assert held["status"] == pod["status"]
     assert held["metadata"] == pod["metadata"]
+
+
+def test_the_echo_of_our_own_write_is_not_news() -> None:
+    store = Store()
+    assert store.observe(obj("Deployment", "a", 3))  # a watch event: news
+    store.observe_written(obj("Deployment", "a", 5))  # what our apply returned
+    assert not store.observe(obj("Deployment", "a", 5))  # its watch event: the echo
+    assert store.observe(obj("Deployment", "a", 6))  # the controller's status update
+    store.observe_written(obj("Deployment", "a", 8))
+    assert store.observe(obj("Deployment", "a", 7))  # an older event: consumed, news
+    assert store.observe(obj("Deployment", "a", 8), deleted=True)
