@@ -4,9 +4,9 @@ small).
 Owns: which key is worked on next, and on how many threads. A key waits in the queue at most
 once (adding it again while it waits merges the two, keeping the more urgent lane), and no key
 is worked on by two threads at once (one added while it is being worked on runs again after).
-Two lanes: ``Lane.CREATE`` is always served before ``Lane.REFRESH``, so a burst of creates
-(a GitOps sync of 500 services) is not queued behind the status refreshes of the services
-created a moment earlier. A failed item is retried after a backoff.
+Three lanes, each served before the next: ``CREATE``, ``FINISH``, ``REFRESH``, so a burst of
+creates (a GitOps sync of 500 services) is not queued behind the status refreshes of the
+services created a moment earlier. A failed item is retried after a backoff.
 
 Why not kopf's own concurrency: kopf runs one worker per object, all at once, each holding the
 full body of every event it has not handled yet. At N=500 that was 500 reconciles contending
@@ -35,8 +35,9 @@ Key = tuple[str, str]  # (namespace, name)
 class Lane(enum.IntEnum):
     """Lower runs first."""
 
-    CREATE = 0
-    REFRESH = 1
+    CREATE = 0  # a new service's first step (its Deployment)
+    FINISH = 1  # the rest of a create (what its pods wait on before they can start)
+    REFRESH = 2  # everything else: spec changes, status refreshes, resyncs
 
 
 class WorkQueue:

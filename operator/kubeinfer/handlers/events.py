@@ -3,13 +3,13 @@
 Owns: the routing, and what each queued key runs (``work``). An InferenceService's own events
 (creates, spec changes) queue a reconcile at once and feed the autoscaler; a new service
 queues in the create lane, whose work is the Deployment alone (then a full reconcile in the
-refresh lane). A runtime's events re-queue every service. A child's events (a pod turning
-Ready, a Deployment's status) only refresh their owner's status, so they wait
-``CHILD_DEBOUNCE_S`` and merge with the others that arrive meanwhile (a pod start is 3-4
-events but needs one status write). The echo of our own write (an event carrying the
-resourceVersion a write of ours returned) queues nothing: the store already holds it. No
-handler makes API calls itself: they run on kopf's event loop and return at once, so kopf
-never holds a backlog of bodies. Handlers return None.
+finish lane, ahead of every status refresh). A runtime's events re-queue every service. A
+child's events (a pod turning Ready, a Deployment's status) only refresh their owner's
+status, so they wait ``CHILD_DEBOUNCE_S`` and merge with the others that arrive meanwhile (a
+pod start is 3-4 events but needs one status write). The echo of our own write (an event
+carrying the resourceVersion a write of ours returned) queues nothing: the store already
+holds it. No handler makes API calls itself: they run on kopf's event loop and return at
+once, so kopf never holds a backlog of bodies. Handlers return None.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def work(shared: state.OperatorState, key: state.Key, lane: Lane) -> None:
     if lane is Lane.CREATE:
         inferenceservice.reconcile_deployment(*key, shared.config)
         if shared.queue is not None:
-            shared.queue.add(key, Lane.REFRESH)
+            # Before any status refresh: the pods of this Deployment wait on its ConfigMap.
+            shared.queue.add(key, Lane.FINISH)
         return
     outcome = inferenceservice.reconcile_by_name(*key, shared.config)
     if outcome.requeue_after_s is not None and shared.queue is not None:
