@@ -288,7 +288,8 @@ def _post_event(namespace: str, event: dict[str, Any]) -> None:
     global _events_pending
     try:
         with contextlib.suppress(ApiException):
-            _request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+            # A short timeout: at exit, the interpreter waits for the Event in flight.
+            _request("POST", f"/api/v1/namespaces/{namespace}/events", body=event, timeout=10)
     finally:
         with _events_lock:
             _events_pending -= 1
