@@ -74,6 +74,9 @@ class Store:
         self._lock = threading.Lock()
         # None = known absent (a GET found nothing, or we deleted it).
         self._objects: dict[Key, dict[str, Any] | None] = {}
+        # The keys of each kind: ``objects`` (the runtime catalogue, read on every reconcile)
+        # must not scan every pod-owner and child held (thousands at N=500) under the lock.
+        self._keys_of: dict[str, set[Key]] = {}
         # Pods by (namespace, InferenceService name), then pod name.
         self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         # Whether a full pod listing has been taken in: until then an empty pod list could
@@ -124,7 +127,7 @@ class Store:
         with self._lock:
             key = (kind, namespace, name)
             if self._objects.get(key) is None:
-                self._objects[key] = None
+                self._set(key, None)
 
     def remember(self, kind: str, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
         """The result of a fallback GET, kept unless something newer arrived meanwhile."""
@@ -168,6 +171,7 @@ class Store:
                     continue
                 if self._older_than(held, list_rv):
                     del self._objects[key]
+                    self._keys_of[kind].discard(key)
 
     def forget_service(self, namespace: str, name: str) -> None:
         """An InferenceService is gone: its pods' entries go too (their own events may lag)."""
@@ -189,7 +193,8 @@ class Store:
         with self._lock:
             if kind not in self._primed:
                 return None
-            return [o for k, o in self._objects.items() if k[0] == kind and o is not None]
+            held = (self._objects[k] for k in self._keys_of.get(kind, ()))
+            return [o for o in held if o is not None]
 
     def pods(self, namespace: str, isvc: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -217,12 +222,16 @@ class Store:
             rv = resource_version(obj)
             if rv is not None:
                 self._tombstones[key] = rv
-            self._objects[key] = None
+            self._set(key, None)
             return
         if self._is_stale(key, obj, held):
             return
         self._tombstones.pop(key, None)
+        self._set(key, obj)
+
+    def _set(self, key: Key, obj: dict[str, Any] | None) -> None:
         self._objects[key] = obj
+        self._keys_of.setdefault(key[0], set()).add(key)
 
     def _observe_pod(self, pod: dict[str, Any], ns: str, name: str, *, deleted: bool) -> None:
         owner = (pod["metadata"].get("labels") or {}).get(builders.LABEL_ISVC)
