@@ -22,7 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kubeinfer import telemetry
-from kubeinfer.clients.store import STORE, resource_version
+from kubeinfer.clients.store import STORE, resource_version, slim
 from kubeinfer.core import api, builders
 
 RECONCILER_MANAGER = "kubeinfer-reconciler"
@@ -122,15 +122,39 @@ def list_objects(
     return list_collection(api_version, kind, namespace, label_selector)[0]
 
 
+# Items per page of a listing: a full listing of every pod at N=500 decoded in one piece was
+# tens of MB held at once (the operator's peak memory); pages are slimmed as they arrive.
+LIST_PAGE = 250
+
+
 def list_collection(
     api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """(items, the listing's resourceVersion); namespace None lists across the cluster."""
+    """(items, the listing's resourceVersion); namespace None lists across the cluster.
+
+    Read in pages (one consistent snapshot: the API serves every page at the first one's
+    resourceVersion); each item is slimmed to what the store holds as its page arrives."""
     base = _PATHS[(api_version, kind)]
     path = base.format(ns=namespace) if namespace else base.replace("/namespaces/{ns}", "")
     query = [("labelSelector", label_selector)] if label_selector else []
-    out: dict[str, Any] = _request("GET", path, query=query)
-    return out.get("items", []), resource_version(out)
+    query.append(("limit", str(LIST_PAGE)))
+    items: list[dict[str, Any]] = []
+    listing_rv: int | None = None
+    token = ""
+    while True:
+        page: dict[str, Any] = _request(
+            "GET", path, query=query + ([("continue", token)] if token else [])
+        )
+        if listing_rv is None:
+            listing_rv = resource_version(page)
+        for item in page.get("items") or []:
+            # List items come without their type.
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+            items.append(slim(item))
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return items, listing_rv
 
 
 def cached_get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -69,6 +69,17 @@ def resource_version(obj: dict[str, Any] | None) -> int | None:
         return None
 
 
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the store holds of ``obj``: a pod's read fields, anything else without
+    managedFields (often half an object's size, never read here)."""
+    if obj.get("kind") == "Pod":
+        return slim_pod(obj)
+    meta = obj.get("metadata") or {}
+    if "managedFields" in meta:
+        return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
+
+
 class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -104,12 +115,8 @@ class Store:
     def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> bool:
         """A watch event or the result of our own write. Returns whether it is news: False
         for the echo of our own last write (a reconcile would find nothing to do)."""
+        obj = slim(obj)
         meta = obj.get("metadata") or {}
-        if "managedFields" in meta:
-            # Often half an object's size and never read here: at N=500 the held copies
-            # were most of the operator's memory.
-            meta = {k: v for k, v in meta.items() if k != "managedFields"}
-            obj = {**obj, "metadata": meta}
         kind, ns, name = obj.get("kind") or "", meta.get("namespace") or "", meta.get("name")
         if not kind or not name:
             return True
@@ -117,7 +124,7 @@ class Store:
             # Consumed by the first event after the write, whatever it carries.
             echo = self._written.pop((kind, ns, name), None)
             if kind == "Pod":
-                self._observe_pod(slim_pod(obj), ns, name, deleted=deleted)
+                self._observe_pod(obj, ns, name, deleted=deleted)
             else:
                 self._observe_object((kind, ns, name), obj, deleted=deleted)
             return deleted or echo is None or resource_version(obj) != echo
