@@ -36,6 +36,7 @@ from kubeinfer_cluster import run  # noqa: E402
 from tests.operator_process import OperatorProcess, install, python_env  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parent
+FLOOR_LABEL = "bench.kubeinfer.io/floor-service"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -170,7 +171,10 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
         spec = api.parse_spec(isvc(name)["spec"])
         dep = builders.build_deployment(owner, spec, "onnxruntime", runtime)
         dep["metadata"].pop("ownerReferences")
-        apps.create_namespaced_deployment(floor_ns, dep)
+        # Not kubeinfer's: under its label (renamed here, nothing else changes) the
+        # operator watch and hold the floor's Deployments and pods through our phase.
+        text = json.dumps(dep).replace(f'"{builders.LABEL_ISVC}"', f'"{FLOOR_LABEL}"')
+        apps.create_namespaced_deployment(floor_ns, json.loads(text))
 
     floor = run_phase(floor_ns, floor_create, False)
     print(f"[bench] N={n}: floor {floor}", flush=True)
