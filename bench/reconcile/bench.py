@@ -172,7 +172,7 @@ def bench_size(n: int, api_client: client.ApiClient, operator: OperatorProcess) 
         dep = builders.build_deployment(owner, spec, "onnxruntime", runtime)
         dep["metadata"].pop("ownerReferences")
         # Not kubeinfer's: under its label (renamed here, nothing else changes) the
-        # operator watch and hold the floor's Deployments and pods through our phase.
+        # operator would watch and hold the floor's Deployments and pods through our phase.
         text = json.dumps(dep).replace(f'"{builders.LABEL_ISVC}"', f'"{FLOOR_LABEL}"')
         apps.create_namespaced_deployment(floor_ns, json.loads(text))
 
