@@ -114,8 +114,8 @@ def spare_gpus(
     if config.namespaces:
         return None
     try:
-        nodes, _ = kube.list_collection("v1", "Node", None)
-        pods, _ = kube.list_collection("v1", "Pod", None, field_selector=_HOLDING)
+        nodes, _ = kube.list_collection("v1", "Node", None, whole=True)
+        pods, _ = kube.list_collection("v1", "Pod", None, field_selector=_HOLDING, whole=True)
     except ApiException as exc:
         _failed("counting free GPUs", exc)
         return None

@@ -30,6 +30,41 @@ from kubeinfer.core import builders, scale_in
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
+# What is read from a pod (``core.census``, ``core.status``, the autoscaler): who it is, where it
+# runs, and its status. The spec (containers, volumes, probes) is most of a pod's size and is
+# never read, so it is not held: at N=500 the pods were the store's largest kind.
+_POD_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "creationTimestamp",
+    "deletionTimestamp",
+    # The scale-in marks (pod-deletion-cost, draining) are read from here (core/scale_in.py).
+    "annotations",
+)
+
+
+def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod kubeinfer reads (see ``_POD_METADATA``)."""
+    meta = pod.get("metadata") or {}
+    out: dict[str, Any] = {
+        "apiVersion": pod.get("apiVersion", "v1"),
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in _POD_METADATA if k in meta},
+        "status": pod.get("status") or {},
+    }
+    # Who owns each scale-in mark decides whether the autoscaler may write it: the entries
+    # that own one are kept, cut down to the marks (usually none; the rest is never read).
+    owners = scale_in.mark_fields(meta.get("managedFields"))
+    if owners:
+        out["metadata"]["managedFields"] = owners
+    node = (pod.get("spec") or {}).get("nodeName")
+    if node:
+        out["spec"] = {"nodeName": node}
+    return out
+
 
 def resource_version(obj: dict[str, Any] | None) -> int | None:
     """metadata.resourceVersion as an integer; None when absent or not an integer."""
@@ -41,11 +76,25 @@ def resource_version(obj: dict[str, Any] | None) -> int | None:
         return None
 
 
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the store holds of ``obj``: a pod's read fields, anything else without
+    managedFields (often half an object's size, never read here)."""
+    if obj.get("kind") == "Pod":
+        return slim_pod(obj)
+    meta = obj.get("metadata") or {}
+    if "managedFields" in meta:
+        return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
+
+
 class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # None = known absent (a GET found nothing, or we deleted it).
         self._objects: dict[Key, dict[str, Any] | None] = {}
+        # The keys of each kind: ``objects`` (the runtime catalogue, read on every reconcile)
+        # must not scan every pod-owner and child held (thousands at N=500) under the lock.
+        self._keys_of: dict[str, set[Key]] = {}
         # Pods by (namespace, InferenceService name), then pod name.
         self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         # Whether a full pod listing has been taken in: until then an empty pod list could
@@ -56,36 +105,43 @@ class Store:
         # The resourceVersion at which each deleted key went away: an older copy arriving late
         # (a slow GET, a delayed event) must not resurrect it.
         self._tombstones: dict[Key, int] = {}
+        # The resourceVersion of our last write to each key, until its watch event arrives.
+        self._written: dict[Key, int] = {}
 
     # ---- writes into the cache ------------------------------------------------------------
-    def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> None:
-        """A watch event or the result of our own write."""
+    def observe_written(self, obj: dict[str, Any]) -> None:
+        """The result of our own write: held, and its watch event (same resourceVersion) will
+        not count as news (``observe`` returns False for it)."""
+        self.observe(obj)
+        rv = resource_version(obj)
         meta = obj.get("metadata") or {}
-        if "managedFields" in meta:
-            # Often half an object's size and never read here: at N=500 the held copies
-            # were most of the operator's memory. A pod keeps the entries that own its
-            # scale-in marks: who owns pod-deletion-cost decides whether the autoscaler may
-            # write it (core/scale_in.py), and those entries are usually none.
-            kept = scale_in.mark_fields(meta["managedFields"]) if obj.get("kind") == "Pod" else []
-            meta = {k: v for k, v in meta.items() if k != "managedFields"}
-            if kept:
-                meta["managedFields"] = kept
-            obj = {**obj, "metadata": meta}
+        if rv is not None and obj.get("kind") and meta.get("name"):
+            with self._lock:
+                self._written[(obj["kind"], meta.get("namespace") or "", meta["name"])] = rv
+
+    def observe(self, obj: dict[str, Any], *, deleted: bool = False) -> bool:
+        """A watch event or the result of our own write. Returns whether it is news: False
+        for the echo of our own last write (a reconcile would find nothing to do)."""
+        obj = slim(obj)
+        meta = obj.get("metadata") or {}
         kind, ns, name = obj.get("kind") or "", meta.get("namespace") or "", meta.get("name")
         if not kind or not name:
-            return
+            return True
         with self._lock:
+            # Consumed by the first event after the write, whatever it carries.
+            echo = self._written.pop((kind, ns, name), None)
             if kind == "Pod":
                 self._observe_pod(obj, ns, name, deleted=deleted)
             else:
                 self._observe_object((kind, ns, name), obj, deleted=deleted)
+            return deleted or echo is None or resource_version(obj) != echo
 
     def remember_absent(self, kind: str, namespace: str, name: str) -> None:
         """A GET found nothing (or we deleted it): absent until a watch event says otherwise."""
         with self._lock:
             key = (kind, namespace, name)
             if self._objects.get(key) is None:
-                self._objects[key] = None
+                self._set(key, None)
 
     def remember(self, kind: str, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
         """The result of a fallback GET, kept unless something newer arrived meanwhile."""
@@ -129,11 +185,13 @@ class Store:
                     continue
                 if self._older_than(held, list_rv):
                     del self._objects[key]
+                    self._keys_of[kind].discard(key)
 
     def forget_service(self, namespace: str, name: str) -> None:
         """An InferenceService is gone: its pods' entries go too (their own events may lag)."""
         with self._lock:
             self._pods.pop((namespace, name), None)
+            self._written.pop(("InferenceService", namespace, name), None)
 
     # ---- reads ----------------------------------------------------------------------------
     def lookup(self, kind: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
@@ -149,7 +207,8 @@ class Store:
         with self._lock:
             if kind not in self._primed:
                 return None
-            return [o for k, o in self._objects.items() if k[0] == kind and o is not None]
+            held = (self._objects[k] for k in self._keys_of.get(kind, ()))
+            return [o for o in held if o is not None]
 
     def pods(self, namespace: str, isvc: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -177,12 +236,16 @@ class Store:
             rv = resource_version(obj)
             if rv is not None:
                 self._tombstones[key] = rv
-            self._objects[key] = None
+            self._set(key, None)
             return
         if self._is_stale(key, obj, held):
             return
         self._tombstones.pop(key, None)
+        self._set(key, obj)
+
+    def _set(self, key: Key, obj: dict[str, Any] | None) -> None:
         self._objects[key] = obj
+        self._keys_of.setdefault(key[0], set()).add(key)
 
     def _observe_pod(self, pod: dict[str, Any], ns: str, name: str, *, deleted: bool) -> None:
         owner = (pod["metadata"].get("labels") or {}).get(builders.LABEL_ISVC)

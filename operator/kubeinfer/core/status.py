@@ -52,6 +52,8 @@ FAILING_WAIT_REASONS = frozenset(
 )
 FAILING_TERMINATED_REASONS = frozenset({"OOMKilled", "Error", "ContainerCannotRun"})
 STORAGE_INIT_FAILED = "StorageInitFailed"
+# Ready's reason while a healthy Deployment is still bringing replicas up.
+REPLICAS_NOT_READY = "ReplicasNotReady"
 # Condition reasons for a pod the scheduler refused, by what it lacks.
 _UNSCHEDULABLE_REASONS = {
     "gpu": "InsufficientGPU",
@@ -204,7 +206,7 @@ def _deployment_condition(obs: Observed, ready: int, replicas: int) -> api.Condi
             True,
         )
     else:
-        reason, message, ok = "ReplicasNotReady", f"{ready} of {replicas} replicas ready.", False
+        reason, message, ok = REPLICAS_NOT_READY, f"{ready} of {replicas} replicas ready.", False
     return _condition(ConditionType.DEPLOYMENT_AVAILABLE, ok, reason, message, gen)
 
 

@@ -1,4 +1,5 @@
-"""Start and stop: kopf's settings, the store's first listing, the autoscaler and the resync.
+"""Start and stop: kopf's settings, the store's first listing, the work queue, the autoscaler
+and the resync.
 
 Only event handlers and this startup task are used: no kopf change handlers, daemons or
 finalizers, so kopf itself never writes annotations, status or finalizers to user objects and
@@ -8,13 +9,14 @@ a restarted operator makes no writes to objects that are already right.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 import kopf
 
-from kubeinfer.engines import autoscaler
-from kubeinfer.handlers import resync, state
+from kubeinfer.engines import autoscaler, workqueue
+from kubeinfer.handlers import events, resync, state
 
 log = logging.getLogger("kubeinfer")
 
@@ -51,6 +53,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     except Exception:
         # Reads fall back to the API until the resync lists successfully.
         log.warning("could not prime the store; reading from the API until the next resync")
+    shared.queue = workqueue.WorkQueue(
+        functools.partial(events.work, shared), workers=state.WORKERS
+    )
+    shared.queue.start()
     shared.engine = autoscaler.Autoscaler()
     loop = asyncio.get_running_loop()
     shared.keep(loop.create_task(shared.engine.run()))
@@ -62,5 +68,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     shared = state.of(memo)
     if shared.engine is not None:
         shared.engine.stop()
+    if shared.queue is not None:
+        await asyncio.to_thread(shared.queue.stop)
     for task in shared.tasks:
         task.cancel()

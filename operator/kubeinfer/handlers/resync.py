@@ -1,7 +1,8 @@
 """The periodic safety net: re-list everything into the store, then reconcile from memory.
 
 Owns: the full listing of every cached kind (informer-style replace; run at start-up and every
-minute), and the loop that follows each listing with a reconcile of every known service. A
+minute), and the loop that follows each listing with a reconcile of every known service (queued
+in the refresh lane, so a resync never delays a create). A
 watch broken by an API server restart never reports the deletions it missed; this catches
 them. Not a kopf timer: kopf would add a finalizer to every InferenceService to stop it.
 """
@@ -15,8 +16,8 @@ from typing import Any
 from kubeinfer.clients import cluster, kube
 from kubeinfer.clients.store import STORE
 from kubeinfer.core import api, builders
+from kubeinfer.engines.workqueue import Lane
 from kubeinfer.handlers.state import OperatorState
-from kubeinfer.reconcilers import inferenceservice
 
 log = logging.getLogger("kubeinfer")
 INTERVAL_S = 60.0
@@ -57,10 +58,6 @@ async def forever(state: OperatorState) -> None:
             await asyncio.to_thread(relist, state.config.namespaces)
         except Exception:
             log.warning("resync listing failed; the store keeps its last state", exc_info=True)
-        for namespace, name in sorted(state.known):
-            try:
-                await asyncio.to_thread(
-                    inferenceservice.reconcile_by_name, namespace, name, state.config
-                )
-            except Exception:  # one bad object must not stop the resync of the others
-                log.exception("resync of %s/%s failed", namespace, name)
+        if state.queue is not None:
+            for key in sorted(state.known):
+                state.queue.add(key, Lane.REFRESH)

@@ -1,23 +1,26 @@
 """What the handlers share while the operator runs, carried in kopf's memo (never globals).
 
 Owns: the operator's configuration, the InferenceServices known to exist, the autoscaler
-engine, the background tasks, and the child-event debounce (which services have a refresh
-pending, and the small thread pool those refreshes run on).
+engine, the work queue every reconcile runs through, the background tasks, and the child-event
+debounce (which services have a refresh pending).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 from typing import Any
 
 import kopf
 
 from kubeinfer.core.config import OperatorConfig
-from kubeinfer.engines import autoscaler
+from kubeinfer.engines import autoscaler, workqueue
 
 Key = tuple[str, str]
+# Reconciles in flight at once. They spend most of their time waiting on the API server, but
+# every one also holds a connection and a thread: 16 keeps 2 cores busy without a pile-up
+# (kopf alone ran one per object, 500 at once at N=500).
+WORKERS = 16
 
 
 @dataclasses.dataclass
@@ -26,14 +29,10 @@ class OperatorState:
     known: set[Key] = dataclasses.field(default_factory=set)
     engine: autoscaler.Autoscaler | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
-    # Owners with a debounced refresh waiting, and where those refreshes run: their own pool,
-    # so a burst of pod events never starves the creates and spec changes on kopf's.
+    # Set at start-up (it needs the reconcile function, which the handlers hand it).
+    queue: workqueue.WorkQueue | None = None
+    # Owners with a debounced refresh waiting: a pod start is 3-4 events but one refresh.
     pending: set[Key] = dataclasses.field(default_factory=set)
-    refresh_pool: concurrent.futures.ThreadPoolExecutor = dataclasses.field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
-            max_workers=8, thread_name_prefix="refresh"
-        )
-    )
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         self.tasks.append(task)

@@ -26,6 +26,11 @@ from kubeinfer.core.config import OperatorConfig
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 _waiting: set[tuple[str, str]] = set()
+# Deployments created by ``reconcile_deployment`` and not yet named in a "Created" Event: the
+# full reconcile that follows names them with the other children, in one Event per create.
+_unannounced: dict[tuple[str, str], list[str]] = {}
+# How long a new service coming up normally goes without a status (see ``_write_status``).
+FIRST_STATUS_GRACE_S = 10.0
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
@@ -42,6 +47,8 @@ class Outcome:
     scaled_to: int | None = None
     status_written: bool = False
     ready: bool = False
+    # Reconcile again after this many seconds even if no event comes (a deferred first status).
+    requeue_after_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +105,43 @@ def reconcile_by_name(namespace: str, name: str, config: OperatorConfig) -> Outc
     return reconcile({"metadata": {"namespace": namespace, "name": name}}, config)
 
 
+def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> Outcome:
+    """The first step of a create, alone: apply the Deployment (and its start replicas) if it
+    does not exist yet; nothing else, no Event, no status.
+
+    The work queue runs this for every new service before any full reconcile, so a burst of
+    creates gets its Deployments (what the controllers, the scheduler and the nodes wait on)
+    at one write each; the ConfigMap, Service, Event and status follow in the full reconcile.
+    Safe without the ConfigMap: the pod template mounts it as a non-optional volume, so no
+    server container starts until it exists (the kubelet retries the mount), and it then
+    reads the content the full reconcile wrote, the one the template's config hash names.
+    """
+    key = (namespace, name)
+    outcome = Outcome()
+    with _lock(*key), telemetry.reconcile_timer():
+        try:
+            fresh = kube.cached_get(api.API_VERSION, "InferenceService", *key)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return outcome
+            seen = _observe(fresh)
+            if seen.spec is None or seen.runtime is None or seen.runtime_name is None:
+                return outcome
+            wanted = children.build(seen.owner, seen.spec, seen.runtime_name, seen.runtime, config)
+            dkey = wanted.deployment_key
+            if kube.cached_get(dkey[0], dkey[1], namespace, dkey[2]) is not None:
+                return outcome
+            manifest = next(m for m in wanted.apply if children.key_of(m) == dkey)
+            deployment = kube.apply(manifest)
+            outcome.applied.append("Deployment")
+            with _locks_guard:
+                _unannounced.setdefault(key, []).append(f"Deployment {dkey[2]}")
+            _enforce_replicas(seen, seen.spec, deployment, created=True, outcome=outcome)
+        except Exception:
+            telemetry.RECONCILE_ERRORS.inc()
+            raise
+    return outcome
+
+
 def _observe(isvc: dict[str, Any]) -> _Seen:
     meta = isvc["metadata"]
     owner = builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
@@ -140,7 +184,7 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
         runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
     )
-    _write_status(seen.isvc, status.build_status(observed), outcome)
+    _write_status(seen.isvc, status.build_status(observed), outcome, deployment=deployment)
     return outcome
 
 
@@ -167,7 +211,11 @@ def _act_children(
     live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}
     plan = children.differences(wanted, live)
     verbs: dict[str, list[str]] = {}
-    for manifest in plan.apply:
+    with _locks_guard:
+        created_before = _unannounced.pop((ns, owner.name), [])
+    if created_before:
+        verbs["Created"] = created_before
+    for manifest in write_order(plan.apply, live):
         result = kube.apply(manifest)
         live[children.key_of(manifest)] = result
         verb = "Created" if result.get("metadata", {}).get("generation", 1) == 1 else "Updated"
@@ -184,7 +232,44 @@ def _act_children(
     deployment = live.get(wanted.deployment_key)
     if deployment is None:
         return None
-    target = children.replicas(spec, deployment, created=plan.creates_deployment)
+    return _enforce_replicas(
+        seen, spec, deployment, created=plan.creates_deployment, outcome=outcome
+    )
+
+
+def write_order(
+    manifests: list[dict[str, Any]], live: dict[children.Key, dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """The order to apply ``manifests`` in. Pure.
+
+    A new Deployment goes first: it is what everything downstream (the controllers, the
+    scheduler, the nodes) waits on, and its pods cannot start before their ConfigMap exists
+    (a non-optional volume), so creating the ConfigMap after it is safe. An existing
+    ConfigMap, though, is updated before the Deployment: a config change rolls the pods, and
+    a new pod must not start on the old content (a subPath mount never sees later updates).
+    """
+
+    def rank(manifest: dict[str, Any]) -> int:
+        if manifest["kind"] == "Deployment" and live.get(children.key_of(manifest)) is None:
+            return 0
+        if manifest["kind"] == "ConfigMap" and live.get(children.key_of(manifest)) is not None:
+            return 0
+        return 1
+
+    return sorted(manifests, key=rank)  # stable: the builders' order otherwise
+
+
+def _enforce_replicas(
+    seen: _Seen,
+    spec: api.InferenceServiceSpec,
+    deployment: dict[str, Any],
+    *,
+    created: bool,
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """Scale to the replicas the spec allows, when the Deployment has another count."""
+    ns = seen.owner.namespace
+    target = children.replicas(spec, deployment, created=created)
     current = int((deployment.get("spec") or {}).get("replicas") or 0)
     if target == current:
         return deployment
@@ -238,8 +323,28 @@ def _rollout_strategy(
     )
 
 
+def _age_s(stamp: str | None) -> float:
+    """Seconds since an API timestamp (RFC 3339, whole seconds); 0 when absent."""
+    if not stamp:
+        return 0.0
+    then = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - then).total_seconds())
+
+
+def _unobserved(deployment: dict[str, Any] | None) -> bool:
+    """True when the Deployment controller has not yet reported on this Deployment's spec."""
+    if deployment is None:
+        return False
+    observed = (deployment.get("status") or {}).get("observedGeneration")
+    return observed is None or int(observed) < int(deployment["metadata"].get("generation") or 1)
+
+
 def _write_status(
-    isvc: dict[str, Any], built: api.InferenceServiceStatus, outcome: Outcome
+    isvc: dict[str, Any],
+    built: api.InferenceServiceStatus,
+    outcome: Outcome,
+    *,
+    deployment: dict[str, Any] | None,
 ) -> None:
     meta = isvc["metadata"]
     current = isvc.get("status") or {}
@@ -251,9 +356,25 @@ def _write_status(
     outcome.ready = bool(ready and ready["status"] == "True")
     if not status.status_differs(desired, current):
         return
+    progressing = bool(ready and ready["reason"] == status.REPLICAS_NOT_READY)
+    if progressing and _unobserved(deployment):
+        # Nothing to report yet but "0 replicas ready": the Deployment controller's status
+        # update is a watch event that brings a refresh within a second.
+        return
+    waited = _age_s(meta.get("creationTimestamp"))
+    if progressing and not current.get("conditions") and waited < FIRST_STATUS_GRACE_S:
+        # A new service coming up with nothing wrong: its first status waits until it is
+        # Ready, a problem is named, or the grace is over (a requeue sees to that), so a
+        # create writes one status, not one per replica count on the way ("0 of 1", "1 of 1").
+        # The "Created" Event has told the user meanwhile.
+        outcome.requeue_after_s = FIRST_STATUS_GRACE_S - waited
+        return
     kube.patch_status(api.API_VERSION, "InferenceService", meta["namespace"], meta["name"], desired)
     outcome.status_written = True
     before = status.ready_condition(current)
+    if before is None and ready and ready["reason"] == status.REPLICAS_NOT_READY:
+        # A new service's first status: the "Created" Event has just said as much.
+        return
     if ready and (
         before is None
         or before.get("status") != ready["status"]

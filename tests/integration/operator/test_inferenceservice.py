@@ -129,9 +129,13 @@ def test_quickstart_becomes_ready_with_children(
     # Every pod landed on a GPU node with a loopback IP.
     pods = cluster.core.list_namespaced_pod(namespace).items
     assert pods and all(p.status.pod_ip.startswith("127.1.") for p in pods)
-    events = cluster.core.list_namespaced_event(namespace).items
-    reasons = {e.reason for e in events if e.involved_object.name == "quickstart"}
-    assert {"Created", "Ready"} <= reasons
+
+    def reasons() -> set[str]:
+        events = cluster.core.list_namespaced_event(namespace).items
+        return {e.reason for e in events if e.involved_object.name == "quickstart"}
+
+    # Events are posted in the background: the Ready one may land just after the status.
+    wait_for(lambda: {"Created", "Ready"} <= reasons(), 30, "Created and Ready Events")
 
 
 @pytest.mark.parametrize(

@@ -130,3 +130,30 @@ def test_a_pod_keeps_only_the_managed_fields_that_own_its_scale_in_marks() -> No
     store.observe(pod)
     held = next(p for p in store.pods("ns", "svc") if p["metadata"]["name"] == "q")
     assert "managedFields" not in held["metadata"]
+
+
+def test_pods_are_held_without_their_spec() -> None:
+    store = Store()
+    pod = obj(
+        "Pod",
+        "p",
+        3,
+        spec={"nodeName": "n1", "containers": [{"name": "server", "image": "x"}]},
+        status={"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    )
+    store.observe(pod)
+    [held] = store.pods("ns", "svc")
+    assert held["spec"] == {"nodeName": "n1"}
+    assert held["status"] == pod["status"]
+    assert held["metadata"] == pod["metadata"]
+
+
+def test_the_echo_of_our_own_write_is_not_news() -> None:
+    store = Store()
+    assert store.observe(obj("Deployment", "a", 3))  # a watch event: news
+    store.observe_written(obj("Deployment", "a", 5))  # what our apply returned
+    assert not store.observe(obj("Deployment", "a", 5))  # its watch event: the echo
+    assert store.observe(obj("Deployment", "a", 6))  # the controller's status update
+    store.observe_written(obj("Deployment", "a", 8))
+    assert store.observe(obj("Deployment", "a", 7))  # an older event: consumed, news
+    assert store.observe(obj("Deployment", "a", 8), deleted=True)
