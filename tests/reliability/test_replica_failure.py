@@ -62,8 +62,12 @@ def test_replica_killed_under_load_loses_nothing(
         victim = endpoints()[0]
         os.kill(scenario.server_pid(victim), signal.SIGKILL)
         killed = time.monotonic()
+        # The local kubelet sees the exit within a tick (0.1 s); the bound is for its status
+        # write and our listing on a saturated machine (once > 10 s while another cluster's
+        # etcd was writing 500 services to the same disk). The promise is asserted below: no
+        # request lost. The figure records how long it took.
         wait_for(
-            lambda: victim not in endpoints(), 10, "the killed pod out of the endpoints", every=0.05
+            lambda: victim not in endpoints(), 30, "the killed pod out of the endpoints", every=0.05
         )
         dropped_s = time.monotonic() - killed
         wait_for(lambda: victim in endpoints(), 60, "the restarted server Ready again", every=0.1)

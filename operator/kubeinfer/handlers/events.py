@@ -74,12 +74,11 @@ def inference_pool_crd_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: A
     # its pool now, not at the next resync.
     if not cluster.observe_crd(dict(body), deleted=type == "DELETED"):
         return
+    # Through the work queue, as every reconcile: never two workers on one service, and one
+    # that fails (its namespace terminating) is retried alone without stopping the others.
     shared = state.of(memo)
-    for namespace, name in sorted(shared.known):
-        try:
-            inferenceservice.reconcile_by_name(namespace, name, shared.config)
-        except Exception:  # one service that fails (its namespace terminating) must not stop
-            log.exception("reconcile of %s/%s after the InferencePool CRD changed", namespace, name)
+    for key in sorted(shared.known):
+        enqueue(shared, key)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "inferenceservices")
