@@ -126,7 +126,14 @@ def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> O
             seen = _observe(fresh)
             if seen.spec is None or seen.runtime is None or seen.runtime_name is None:
                 return outcome
-            wanted = children.build(seen.owner, seen.spec, seen.runtime_name, seen.runtime, config)
+            # The strategy a new service gets (no census: nothing is rolling yet), recorded on
+            # the Deployment as the full reconcile would, so that reconcile finds it decided.
+            strategy = _rollout_strategy(
+                seen.owner, seen.spec, seen.runtime_name, seen.runtime, config
+            )
+            wanted = children.build(
+                seen.owner, seen.spec, seen.runtime_name, seen.runtime, config, strategy=strategy
+            )
             dkey = wanted.deployment_key
             if kube.cached_get(dkey[0], dkey[1], namespace, dkey[2]) is not None:
                 return outcome
