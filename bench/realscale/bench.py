@@ -195,6 +195,10 @@ def run_load(
         rejected_503=result.rejected_503,
         p50_ms=round(result.percentile(50) * 1000, 1),
         p99_ms=round(result.percentile(99) * 1000, 1),
+        # SLO attainment: the share of sent requests answered within 1 s.
+        within_1s_pct=round(
+            100 * sum(1 for x in result.latencies_s if x <= 1.0) / max(1, result.sent), 2
+        ),
         lag_max_ms=round(max(result.lag_s, default=0.0) * 1000, 1),
         send_s=round(result.send_s, 1),
         errors=sorted(set(result.errors))[:5],

@@ -109,6 +109,7 @@ ROWS = (
     ("503 answers (retried)", "rejected_503", ""),
     ("p50 latency", "p50_ms", " ms"),
     ("p99 latency", "p99_ms", " ms"),
+    ("Answered within 1 s (share of sent)", "within_1s_pct", " %"),
     ("Replica-seconds (spec, {total:g} s window)", "replica_seconds", ""),
     ("Ready-replica-seconds", "ready_replica_seconds", ""),
     ("Back to the minimum after the step ended", "back_to_min_after_step_s", " s"),
