@@ -19,7 +19,7 @@ PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
 .PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e \
         test-router test-reliability test-images soak demo cluster cluster-down images bench-reconcile \
-        bench-runtime bench-images bench-autoscaling clean
+        bench-runtime bench-images bench-autoscaling bench-realscale clean
 
 help:
 	@echo "make demo    - local cluster, operator, an InferenceService under load, scaling"
@@ -108,6 +108,11 @@ bench-images: venv images
 
 bench-autoscaling: venv
 	$(PY) bench/autoscaling/simulate.py
+
+# kubeinfer's autoscaler vs the real HPA fed by KEDA, on the local cluster, same open-loop step
+# (bench/realscale/RESULTS.md). The first run builds KEDA from the Go module proxy (long).
+bench-realscale: tools
+	$(IN_NETNS) $(PY) bench/realscale/bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

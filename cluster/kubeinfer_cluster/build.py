@@ -315,11 +315,23 @@ def _build_tool_module(
     *,
     tags: tuple[str, ...] = (),
     ldflags: str = "-s -w",
+    go_mod_extra: tuple[str, ...] = (),
 ) -> pathlib.Path:
-    """Build main packages of a module that has no replace directives (kwok, helm, prometheus)."""
+    """Build main packages of a module that has no replace directives (kwok, helm, prometheus).
+
+    ``go_mod_extra`` lines (``replace``/``exclude``) are copied into the wrapper for a module
+    that has a few: only the main module's directives apply, so the wrapper must repeat them.
+    """
     with _exclusive(root, f"{name}-{version}"):
         return _compile_tool_module(
-            root, name, module, version, packages, tags=tags, ldflags=ldflags
+            root,
+            name,
+            module,
+            version,
+            packages,
+            tags=tags,
+            ldflags=ldflags,
+            go_mod_extra=go_mod_extra,
         )
 
 
@@ -332,6 +344,7 @@ def _compile_tool_module(
     *,
     tags: tuple[str, ...],
     ldflags: str,
+    go_mod_extra: tuple[str, ...],
 ) -> pathlib.Path:
     out = root / "bin" / f"{name}-{version}"
     binaries = [out / p.rsplit("/", 1)[1] for p in packages]
@@ -352,6 +365,8 @@ def _compile_tool_module(
                 "tool (",
                 *(f"\t{p}" for p in packages),
                 ")",
+                "",
+                *go_mod_extra,
                 "",
             ]
         ),
@@ -441,6 +456,48 @@ def build_prometheus(root: pathlib.Path) -> Prometheus:
     return Prometheus(
         prometheus=out / "prometheus", promtool=out / "promtool", version=PROMETHEUS_VERSION
     )
+
+
+KEDA_VERSION = "v2.21.0"
+# KEDA's own go.mod directives at KEDA_VERSION, repeated in the wrapper (see _build_tool_module).
+KEDA_GO_MOD_EXTRA = (
+    "replace github.com/nexus-rpc/nexus-proto-annotations v0.1.0 => "
+    "github.com/nexus-rpc/nexus-proto-annotations v0.1.1-0.20260629224316-835bd8d49cb4",
+    "exclude github.com/go-chi/chi/v5 v5.2.3",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Keda:
+    """KEDA's operator and metrics apiserver (``cmd/adapter``), and its CRDs from the module."""
+
+    operator: pathlib.Path
+    adapter: pathlib.Path
+    crds: pathlib.Path
+    version: str
+
+
+def build_keda(root: pathlib.Path) -> Keda:
+    """KEDA's operator and metrics apiserver at ``KEDA_VERSION`` from the Go module proxy, for
+    bench/realscale (a real HPA fed by KEDA). Every scaler is linked in, as KEDA ships it: the
+    cold build is long (every cloud SDK), a warm one is instant."""
+    package = "github.com/kedacore/keda/v2"
+    stamp = (
+        f"-X {package}/version.Version={KEDA_VERSION.lstrip('v')} "
+        f"-X {package}/version.GitCommit=module-proxy"
+    )
+    out = _build_tool_module(
+        root,
+        "keda",
+        package,
+        KEDA_VERSION,
+        [f"{package}/cmd/operator", f"{package}/cmd/adapter"],
+        ldflags=f"-s -w {stamp}",
+        go_mod_extra=KEDA_GO_MOD_EXTRA,
+    )
+    module_dir = root / "go" / "mod" / "github.com" / "kedacore" / "keda" / f"v2@{KEDA_VERSION}"
+    crds = module_dir / "config" / "crd" / "bases"
+    return Keda(operator=out / "operator", adapter=out / "adapter", crds=crds, version=KEDA_VERSION)
 
 
 _held = threading.local()

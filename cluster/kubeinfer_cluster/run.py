@@ -38,6 +38,8 @@ GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 SERVICE_CIDR = "127.96.0.0/16"
 # kwok's fallback pool; nodes get their own 127.1.N.0/24 so pod IPs say which node they are on.
 KWOK_CIDR = "127.2.0.0/16"
+# The common name the API server's front-proxy client certificate carries (aggregation layer).
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 class ClusterError(RuntimeError):
@@ -233,6 +235,66 @@ def _service_account_keys(pki: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path
     return key, pub
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def front_proxy_certs(pki: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The aggregation layer's front-proxy CA and the API server's client certificate under it.
+
+    With them the API server proxies aggregated APIs (``external.metrics.k8s.io`` served by
+    KEDA's metrics apiserver, say) with the caller's identity in request headers, and an
+    extension API server trusts those headers because the client certificate is signed by the
+    CA the API server publishes in ``kube-system/extension-apiserver-authentication``.
+    Returns (CA certificate, client certificate, client key)."""
+    ca, ca_key = pki / "front-proxy-ca.crt", pki / "front-proxy-ca.key"
+    cert, key = pki / "front-proxy-client.crt", pki / "front-proxy-client.key"
+    if cert.exists():
+        return ca, cert, key
+    if shutil.which("openssl") is None:
+        raise ClusterError(
+            "openssl is needed for the front-proxy certificates (apt install openssl)"
+        )
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=kubeinfer-front-proxy-ca",
+    )
+    csr = pki / "front-proxy-client.csr"
+    _openssl(
+        "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={FRONT_PROXY_CLIENT}"
+    )
+    ext = pki / "front-proxy-client.ext"
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "3650",
+        "-extfile",
+        str(ext),
+    )
+    return ca, cert, key
+
+
 def _write_kubeconfig(
     path: pathlib.Path, server: str, token: str, name: str, ca: pathlib.Path | None = None
 ) -> None:
@@ -309,6 +371,7 @@ def _component_args(
 ) -> dict[str, list[str]]:
     """Each component's command line, in start order; recorded so one can be restarted."""
     etcd_url = f"http://127.0.0.1:{ports.etcd}"
+    proxy_ca, proxy_cert, proxy_key = front_proxy_certs(state / "pki")
     return {
         "etcd": [
             str(tools.etcd),
@@ -339,6 +402,18 @@ def _component_args(
             f"--service-account-key-file={sa_pub}",
             f"--service-account-signing-key-file={sa_key}",
             "--kubelet-preferred-address-types=InternalIP",
+            # The aggregation layer, as kubeadm configures it: aggregated APIs (an external
+            # metrics server for a real HPA) are proxied with the caller's identity in headers.
+            # An APIService's Service must be an ExternalName on a loopback address here:
+            # EndpointSlices reject loopback, and a ClusterIP Service without endpoints is
+            # marked unavailable.
+            f"--requestheader-client-ca-file={proxy_ca}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={proxy_cert}",
+            f"--proxy-client-key-file={proxy_key}",
             "--v=1",
         ],
         "kube-controller-manager": [
