@@ -389,18 +389,30 @@ def _compile_tool_module(
 
 
 def build_kwok(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    out = _build_tool_module(
-        root, "kwok", "sigs.k8s.io/kwok", KWOK_VERSION, ["sigs.k8s.io/kwok/cmd/kwok"]
-    )
-    stages = out / "stages"
-    if not stages.is_dir():
-        # The stage files ship inside the module; copy the ones a kubelet stand-in needs.
-        mod = root / "go" / "mod" / "sigs.k8s.io" / f"kwok@{KWOK_VERSION}" / "kustomize" / "stage"
-        stages.mkdir()
-        for pattern in ("node/fast/*.yaml", "node/heartbeat-with-lease/*.yaml", "pod/fast/*.yaml"):
-            for f in mod.glob(pattern):
-                if f.name != "kustomization.yaml":
-                    shutil.copy(f, stages / f"{f.parent.name}-{f.name}")
+    # Under kwok's lock (re-entrant) with the binary: two first runs must not both copy.
+    with _exclusive(root, f"kwok-{KWOK_VERSION}"):
+        out = _build_tool_module(
+            root, "kwok", "sigs.k8s.io/kwok", KWOK_VERSION, ["sigs.k8s.io/kwok/cmd/kwok"]
+        )
+        stages = out / "stages"
+        if not stages.is_dir():
+            # The stage files ship inside the module; copy the ones a kubelet stand-in needs,
+            # into a fresh folder renamed into place, so a half copy is never taken as done.
+            mod = (
+                root / "go" / "mod" / "sigs.k8s.io" / f"kwok@{KWOK_VERSION}" / "kustomize" / "stage"
+            )
+            partial = out / "stages.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            for pattern in (
+                "node/fast/*.yaml",
+                "node/heartbeat-with-lease/*.yaml",
+                "pod/fast/*.yaml",
+            ):
+                for f in mod.glob(pattern):
+                    if f.name != "kustomization.yaml":
+                        shutil.copy(f, partial / f"{f.parent.name}-{f.name}")
+            partial.rename(stages)
     return out / "kwok", stages
 
 

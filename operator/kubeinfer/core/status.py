@@ -271,6 +271,11 @@ def _rollout_condition(obs: Observed) -> api.Condition:
     A pod refused while one of ours terminates is not stuck either: with no surge, the new pod
     waits for the GPUs the old one is releasing."""
     gen, dep = obs.generation, obs.deployment or {}
+    if _revision(dep) < 2:
+        # A new service past its deadline waits for capacity; that is not a rollout.
+        return _condition(
+            ConditionType.ROLLOUT_STUCK, False, "NoRollout", "No rollout is under way.", gen
+        )
     exceeded = rollout.deadline_exceeded(dep)
     if exceeded is not None:
         deadline = (dep.get("spec") or {}).get("progressDeadlineSeconds")
@@ -281,7 +286,7 @@ def _rollout_condition(obs: Observed) -> api.Condition:
             f"The rollout made no progress for {deadline} s: {exceeded}",
             gen,
         )
-    if not rollout.rolling(dep) or _revision(dep) < 2:
+    if not rollout.rolling(dep):
         return _condition(
             ConditionType.ROLLOUT_STUCK, False, "NoRollout", "No rollout is under way.", gen
         )

@@ -277,6 +277,18 @@ def test_the_deployments_deadline_is_a_stuck_rollout() -> None:
     assert "900 s" in stuck["message"] and "timed out progressing" in stuck["message"]
 
 
+def test_a_new_service_past_its_deadline_is_not_a_stuck_rollout() -> None:
+    # Its first pods wait for capacity (WaitingForGPUCapacity says so); nothing is rolling.
+    dep = rolling_deployment(
+        revision="1",
+        conditions=[
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+        ],
+    )
+    stuck = cond(built(observed(deployment=dep, pods=[REFUSED])), "RolloutStuck")
+    assert stuck["status"] == "False" and stuck["reason"] == "NoRollout"
+
+
 # ---- GPUInUse: does a service given GPUs compute on them? ------------------------------------
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
