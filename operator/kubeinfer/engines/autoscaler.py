@@ -289,9 +289,10 @@ class Autoscaler:
     def _plan_scale_in(
         tracked: Tracked, seen: Seen, result: decide.ScaleResult
     ) -> scale_in.Plan | None:
-        """The marks for this tick (None: leave them as they are). Only Auto mode writes."""
+        """The marks for this tick (None: leave them as they are). Only Auto mode marks; in
+        any other mode marks left from Auto are cleared (a pod left draining gets no work)."""
         if tracked.spec.scaling.mode is not api.ScalingMode.AUTO:
-            return None
+            return scale_in.plan(pods=seen.pods, remove=0, manager=kube.SCALER_MANAGER)
         remove = scale_in.removal(
             live=len(seen.pods), current=result.inputs.current, desired=result.desired
         )

@@ -302,11 +302,14 @@ async def test_a_scale_in_backs_off_when_another_manager_owns_the_cost(
     )
 
 
+@pytest.mark.parametrize("mode", [None, "Recommend"])
 async def test_marks_left_on_a_survivor_are_cleared(
-    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str | None
 ) -> None:
     """A pod marked for a scale-in that did not happen (the count went back up before the
-    ReplicaSet controller acted): once the count is settled, its marks go."""
+    ReplicaSet controller acted): once the count is settled, its marks go. Also when the
+    service left Auto meanwhile: nothing else would clear them, and a pod left draining
+    gets no work."""
     _, port = pod_server
     STORE = _objects(port, monkeypatch)
     [p1] = STORE.pods(NS, NAME)
@@ -336,7 +339,10 @@ async def test_marks_left_on_a_survivor_are_cleared(
     engine.track(
         {
             "metadata": {"namespace": NS, "name": NAME},
-            "spec": {"model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"}},
+            "spec": {
+                "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+                **({"scaling": {"mode": mode}} if mode else {}),
+            },
             "status": {"runtime": "onnxruntime"},
         }
     )
