@@ -273,9 +273,18 @@ def delete(api_version: str, kind: str, namespace: str | None, name: str) -> boo
 
 
 def patch_status(
-    api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    *,
+    news: bool = False,
 ) -> dict[str, Any]:
-    """Merge-patch the status subresource. Keys we do not send are left to their writer."""
+    """Merge-patch the status subresource. Keys we do not send are left to their writer.
+
+    ``news``: its watch event must reach the reconciler (the autoscaler writing a fact the
+    reconciler turns into a condition); otherwise the echo of our own write queues nothing."""
     # The autoscaler writes status.autoscaler alone; counted apart, so a benchmark can tell
     # the reconciler's status writes from the autoscaler's.
     _count("status" if set(status) != {"autoscaler"} else "status.autoscaler", kind, namespace)
@@ -285,7 +294,10 @@ def patch_status(
         body={"status": status},
         content_type="application/merge-patch+json",
     )
-    STORE.observe_written(result)
+    if news:
+        STORE.observe(result)
+    else:
+        STORE.observe_written(result)
     return result
 
 

@@ -326,7 +326,14 @@ class Autoscaler:
             or providers != tracked.written_providers
             or (out.sample is not None and now - tracked.last_persist > PERSIST_EVERY_S)
         ):
-            await asyncio.to_thread(self._write_status, tracked, result, providers)
+            await asyncio.to_thread(
+                self._write_status,
+                tracked,
+                result,
+                providers,
+                # The reconciler turns providers into GPUInUse: that write must reach it.
+                providers != tracked.written_providers,
+            )
             tracked.last_persist = now
             tracked.last_desired = result.desired
             tracked.written_providers = providers
@@ -376,7 +383,10 @@ class Autoscaler:
 
     @staticmethod
     def _write_status(
-        tracked: Tracked, result: decide.ScaleResult, providers: list[api.ProviderUse]
+        tracked: Tracked,
+        result: decide.ScaleResult,
+        providers: list[api.ProviderUse],
+        news: bool = False,
     ) -> None:
         last_scale = tracked.memory.state.last_scale_time
         body = api.AutoscalerStatus(
@@ -394,4 +404,5 @@ class Autoscaler:
             tracked.namespace,
             tracked.name,
             {"autoscaler": body.model_dump(by_alias=True, exclude_none=False, mode="json")},
+            news=news,
         )

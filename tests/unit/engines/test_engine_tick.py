@@ -122,7 +122,7 @@ async def test_a_queue_scales_up_and_status_explains_it(
     monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
     monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
     monkeypatch.setattr(
-        kube, "patch_status", lambda *a: writes.append(("status", a[-1]["autoscaler"]))
+        kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
     )
     monkeypatch.setattr(catalogue, "_parsed", {})
     clock = Clock()
@@ -223,7 +223,7 @@ async def _scale_in_two_pods(
     monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
     monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
     monkeypatch.setattr(
-        kube, "patch_status", lambda *a: writes.append(("status", a[-1]["autoscaler"]))
+        kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
     )
     monkeypatch.setattr(
         kube,
@@ -328,7 +328,7 @@ async def test_marks_left_on_a_survivor_are_cleared(
     STORE.observe({**p1, "metadata": meta})
     writes: list[tuple[str, Any]] = []
     monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
-    monkeypatch.setattr(kube, "patch_status", lambda *a: None)
+    monkeypatch.setattr(kube, "patch_status", lambda *a, **_: None)
     monkeypatch.setattr(
         kube,
         "apply_marks",
@@ -397,7 +397,13 @@ async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
     written: list[dict[str, Any]] = []
     monkeypatch.setattr(kube, "set_scale", lambda *a: None)
     monkeypatch.setattr(kube, "emit_event", lambda *a, **kw: None)
-    monkeypatch.setattr(kube, "patch_status", lambda *a: written.append(a[-1]["autoscaler"]))
+    news: list[bool] = []
+
+    def patch_status(*a: Any, **kw: Any) -> None:
+        written.append(a[-1]["autoscaler"])
+        news.append(bool(kw.get("news")))
+
+    monkeypatch.setattr(kube, "patch_status", patch_status)
     monkeypatch.setattr(catalogue, "_parsed", {})
     clock = Clock()
     isvc = {
@@ -448,6 +454,9 @@ async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
             assert len(written) == before + 1
             gpu = gpu_condition(written[-1])
             assert (gpu["status"], gpu["reason"]) == ("True", "RunningOnGPU")
+            # A changed provider is news for the reconciler (it builds GPUInUse from it): the
+            # write's watch event must queue a reconcile, not pass as the echo of our own.
+            assert news[-1] is True
             # A restarted operator seeds what it wrote: the same fact is not written again.
             restarted = autoscaler.Autoscaler(clock=clock)
             restarted.track(
