@@ -190,6 +190,21 @@ def rolling(deployment: Mapping[str, Any] | None) -> bool:
     )
 
 
+def replacing(deployment: Mapping[str, Any] | None) -> bool:
+    """Pods of an older template are being replaced: the controller has not caught up with
+    the spec, or old pods remain, or the new ReplicaSet is short of the replicas asked for.
+    Unlike ``rolling``, a scale-up whose new pods are not yet available is not replacing:
+    its pending pods wait for capacity (WaitingForGPUCapacity names it), not for a rollout."""
+    if not deployment:
+        return False
+    meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
+    st = deployment.get("status") or {}
+    if int(st.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+        return True
+    updated = int(st.get("updatedReplicas") or 0)
+    return updated < int(spec.get("replicas") or 0) or int(st.get("replicas") or 0) > updated
+
+
 def deadline_exceeded(deployment: Mapping[str, Any] | None) -> str | None:
     """The Deployment's own message when it reports Progressing=False ProgressDeadlineExceeded."""
     for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:

@@ -286,7 +286,7 @@ def _rollout_condition(obs: Observed) -> api.Condition:
             f"The rollout made no progress for {deadline} s: {exceeded}",
             gen,
         )
-    if not rollout.rolling(dep):
+    if not rollout.replacing(dep):
         return _condition(
             ConditionType.ROLLOUT_STUCK, False, "NoRollout", "No rollout is under way.", gen
         )

@@ -91,6 +91,7 @@ async def isvc_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
         shared.known.discard(key)
         if type == "DELETED":
             STORE.forget_service(*key)
+            inferenceservice.forget(*key)
         if shared.engine is not None:
             shared.engine.forget(key)
         telemetry.MANAGED.set(len(shared.known))

@@ -38,6 +38,14 @@ def _lock(namespace: str, name: str) -> threading.Lock:
         return _locks.setdefault((namespace, name), threading.Lock())
 
 
+def forget(namespace: str, name: str) -> None:
+    """A deleted service: drop what is kept per service, so a later one of the same name does
+    not announce the old one's Deployment, and the per-service tables do not grow forever."""
+    with _locks_guard:
+        _unannounced.pop((namespace, name), None)
+        _locks.pop((namespace, name), None)
+
+
 @dataclasses.dataclass
 class Outcome:
     """What one reconcile did, for logs, tests and benchmarks."""

@@ -261,6 +261,15 @@ def test_not_stuck_while_an_old_pod_releases_its_gpus_or_on_the_first_start() ->
     assert cond(st, "RolloutStuck")["reason"] == "RolloutProgressing"
 
 
+def test_a_scale_up_waiting_for_gpus_after_a_rollout_is_not_a_stuck_rollout() -> None:
+    # Revision 2, every pod of the current template, one more asked for than is available:
+    # the autoscaler's new pod waits for a GPU (WaitingForGPUCapacity), nothing is replaced.
+    dep = rolling_deployment(replicas=3, updatedReplicas=3, availableReplicas=2)
+    dep["spec"]["replicas"] = 3
+    stuck = cond(built(observed(deployment=dep, pods=[REFUSED])), "RolloutStuck")
+    assert stuck["status"] == "False" and stuck["reason"] == "NoRollout"
+
+
 def test_the_deployments_deadline_is_a_stuck_rollout() -> None:
     dep = rolling_deployment(
         conditions=[
