@@ -42,6 +42,12 @@ def stress_ng() -> str:
 def one_run(index: int, work: pathlib.Path, *, busy: bool, ci: bool) -> dict[str, object]:
     clone = work / f"run-{index}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     summary = work / f"run-{index}.json"
     log = work / f"run-{index}.log"
     env = dict(os.environ, KUBEINFER_TEST_SUMMARY=str(summary))
@@ -70,6 +76,7 @@ def one_run(index: int, work: pathlib.Path, *, busy: bool, ci: bool) -> dict[str
     shutil.rmtree(clone / ".venv", ignore_errors=True)  # the logs stay; the venv is 1 GB
     return {
         "run": index,
+        "commit": commit,
         "busy": busy,
         "passed": code == 0,
         "wall_s": round(wall, 1),
@@ -90,12 +97,12 @@ def summarize(runs: list[dict[str, object]]) -> str:
         f"{datetime.date.today().isoformat()}; {platform.platform()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}.",
         "",
-        "| run | one core busy | result | wall (min) |",
-        "|---:|:---:|:---:|---:|",
+        "| run | commit | one core busy | result | wall (min) |",
+        "|---:|---|:---:|:---:|---:|",
     ]
     for run in runs:
         lines.append(
-            f"| {run['run']} | {'yes' if run['busy'] else ''} | "
+            f"| {run['run']} | {run.get('commit', '')} | {'yes' if run['busy'] else ''} | "
             f"{'passed' if run['passed'] else 'FAILED'} | {float(run['wall_s']) / 60:.1f} |"  # type: ignore[arg-type]
         )
     lines += ["", "| tier | passed | median wall (s) | max wall (s) |", "|---|---:|---:|---:|"]
