@@ -175,19 +175,10 @@ def recorded(deployment: Mapping[str, Any] | None) -> api.RolloutStatus | None:
 def rolling(deployment: Mapping[str, Any] | None) -> bool:
     """A rollout is under way: the controller has not caught up with the spec, or old or
     not-yet-available pods remain (kubectl rollout status' rule)."""
-    if not deployment:
-        return False
-    meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
-    st = deployment.get("status") or {}
-    if int(st.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+    if replacing(deployment):
         return True
-    wanted = int(spec.get("replicas") or 0)
-    updated = int(st.get("updatedReplicas") or 0)
-    return (
-        updated < wanted
-        or int(st.get("replicas") or 0) > updated
-        or int(st.get("availableReplicas") or 0) < updated
-    )
+    st = (deployment or {}).get("status") or {}
+    return int(st.get("availableReplicas") or 0) < int(st.get("updatedReplicas") or 0)
 
 
 def replacing(deployment: Mapping[str, Any] | None) -> bool:

@@ -139,7 +139,7 @@ def test_pods_are_held_without_their_spec() -> None:
         "p",
         3,
         spec={"nodeName": "n1", "containers": [{"name": "server", "image": "x"}]},
-        status={"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        status={"podIP": "127.1.0.5", "conditions": [{"type": "Ready", "status": "True"}]},
     )
     store.observe(pod)
     [held] = store.pods("ns", "svc")

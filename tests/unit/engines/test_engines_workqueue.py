@@ -5,17 +5,14 @@ Real threads, no sleeps: each test waits on an event or on the queue going idle.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from kubeinfer.engines.workqueue import Key, Lane, WorkQueue
+from tests.waiting import wait_for
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
+    wait_for(check, timeout, "the queue's condition", every=0.005)
 
 
 def test_keys_added_while_waiting_merge_and_the_create_lane_runs_first() -> None:

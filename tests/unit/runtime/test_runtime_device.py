@@ -172,13 +172,16 @@ async def test_queued_and_running_gauges_follow_the_batcher(mlp_repo: pathlib.Pa
             asyncio.create_task(mlp.batcher.submit({"INPUT0": np.ones((1, 64), np.float32)}, 1))
             for _ in range(3)
         ]
-        await asyncio.sleep(0.01)
 
         def gauge(name: str) -> float:
             text = registry.render().decode()
             [family] = [f for f in text_string_to_metric_families(text) if f.name == name]
             return float(family.samples[0].value)
 
+        # The three submissions run on this loop: wait until they are queued, not a fixed time.
+        deadline = loop.time() + 10
+        while gauge(metrics.QUEUED_REQUESTS) < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.005)
         assert gauge(metrics.RUNNING_REQUESTS) == 1
         assert gauge(metrics.QUEUED_REQUESTS) == 3
         release.set()
