@@ -1,14 +1,15 @@
 """Proof that `make test` is not flaky: run it N times in a row on a fresh clone, then once
 more while another process keeps one core busy, and write what each tier did each time.
 
-    python tests/repeat.py [--runs 5] [--busy-runs 1] [--ci] [--out tests/repeat-results]
+    python tests/repeat.py [--runs 5] [--busy-runs 1] [--ci] [--out tests/repeat-results] [--append]
 
 Each run is `make test` in a fresh `git clone` of this repository's HEAD (its own .venv, the
 shared build cache, as a new user's second run would be). The busy runs start
 `stress-ng --cpu 1` (installed with apt-get when missing) for their whole duration and stop it
 by pid afterwards. Writes <out>/results.json (every tier of every run: result and wall time)
-and <out>/SUMMARY.md (pass counts and wall times per tier); the full logs stay under the
-temporary folder printed at the start.
+and <out>/SUMMARY.md (pass counts and wall times per tier) after every run, so a run cut short
+keeps what it finished; `--append` adds to the runs already in <out>/results.json. The full logs
+stay under the temporary folder printed at the start.
 """
 
 from __future__ import annotations
@@ -123,14 +124,20 @@ def main() -> int:
     parser.add_argument("--busy-runs", type=int, default=1)
     parser.add_argument("--ci", action="store_true", help="CI=true, as .ci/run does")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "tests" / "repeat-results")
+    parser.add_argument("--append", action="store_true", help="keep the runs already in --out")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-repeat-"))
     print(f"logs in {work}", flush=True)
-    runs = [one_run(i + 1, work, busy=False, ci=args.ci) for i in range(args.runs)]
-    runs += [one_run(args.runs + i + 1, work, busy=True, ci=args.ci) for i in range(args.busy_runs)]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(runs, indent=2) + "\n")
-    (args.out / "SUMMARY.md").write_text(summarize(runs))
+    existing = args.out / "results.json"
+    runs: list[dict[str, object]] = (
+        json.loads(existing.read_text()) if args.append and existing.exists() else []
+    )
+    plan = [False] * args.runs + [True] * args.busy_runs
+    for busy in plan:
+        runs.append(one_run(len(runs) + 1, work, busy=busy, ci=args.ci))
+        existing.write_text(json.dumps(runs, indent=2) + "\n")
+        (args.out / "SUMMARY.md").write_text(summarize(runs))
     print(summarize(runs))
     return 0 if all(r["passed"] for r in runs) else 1
 
