@@ -22,13 +22,13 @@ from kubernetes.client.rest import ApiException
 
 from kubeinfer.clients import kube
 from kubeinfer.clients.store import STORE
-from kubeinfer.core import builders, capacity, inference_pool
+from kubeinfer.core import builders, capacity, census, inference_pool
 from kubeinfer.core.config import OperatorConfig
 
 log = logging.getLogger("kubeinfer")
 CRD_API = "apiextensions.k8s.io/v1"
 # Pods that hold their node's resources: the scheduler counts every pod not yet finished.
-_HOLDING = "status.phase!=Succeeded,status.phase!=Failed"
+_HOLDING = ",".join(f"status.phase!={phase}" for phase in sorted(census.FINISHED_PHASES))
 
 _lock = threading.Lock()
 _pools_installed: bool | None = None  # None: not read yet

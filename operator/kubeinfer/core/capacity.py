@@ -18,7 +18,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-_DONE_PHASES = frozenset({"Succeeded", "Failed"})
+from kubeinfer.core import census
+
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
 
@@ -75,7 +76,7 @@ def build_census(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str,
     used: dict[str, dict[str, int]] = {}
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
-        if not node or (pod.get("status") or {}).get("phase") in _DONE_PHASES:
+        if not node or census.finished(pod):
             continue
         held = used.setdefault(node, {})
         for name, n in pod_requests(pod).items():

@@ -12,8 +12,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+# A pod in one of these phases has finished: it holds nothing on its node (the scheduler's
+# count) and the ReplicaSet controller no longer counts it among the replicas. Such a pod stays
+# listed until it is garbage-collected (an evicted pod, for one), so every count skips it.
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def finished(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in FINISHED_PHASES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -239,8 +239,7 @@ class Autoscaler:
         live = [
             p
             for p in pods
-            if not p["metadata"].get("deletionTimestamp")
-            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            if not p["metadata"].get("deletionTimestamp") and not census.finished(p)
         ]
         views = tuple(
             scale_in.view(
