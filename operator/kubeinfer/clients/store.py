@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from kubeinfer.core import builders, scale_in
+from kubeinfer.core import api, builders, scale_in
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -96,7 +96,7 @@ class Store:
         # must not scan every pod-owner and child held (thousands at N=500) under the lock.
         self._keys_of: dict[str, set[Key]] = {}
         # Pods by (namespace, InferenceService name), then pod name.
-        self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._pods: dict[api.ServiceKey, dict[str, dict[str, Any]]] = {}
         # Whether a full pod listing has been taken in: until then an empty pod list could
         # just mean "not seen yet", and the callers list from the API instead.
         self.pods_primed = False

@@ -23,6 +23,9 @@ from kubeinfer.core import storage_uri
 GROUP = "kubeinfer.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# An InferenceService's (namespace, name): what the handlers, the work queue, the autoscaler,
+# the reconciler and the store key their per-service entries by.
+ServiceKey = tuple[str, str]
 
 STORAGE_URI_PATTERN = r"^(pvc|https|http|s3|file)://.+"
 GPU_RESOURCE_PATTERN = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb)$"

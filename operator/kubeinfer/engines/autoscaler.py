@@ -111,7 +111,7 @@ class Autoscaler:
         self.interval_s = interval_s
         self.scrape_timeout_s = scrape_timeout_s
         self.clock = clock
-        self._tracked: dict[tuple[str, str], Tracked] = {}
+        self._tracked: dict[api.ServiceKey, Tracked] = {}
         self._stopped = asyncio.Event()
 
     # ---- fed by the handlers -------------------------------------------------------------
@@ -153,7 +153,7 @@ class Autoscaler:
             written_providers=list(status.recorded_providers(isvc.get("status") or {})),
         )
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: api.ServiceKey) -> None:
         if self._tracked.pop(key, None) is not None:
             telemetry.forget_service(namespace=key[0], name=key[1])
 
@@ -182,14 +182,14 @@ class Autoscaler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=delay)
 
-    async def _tick_safely(self, session: aiohttp.ClientSession, key: tuple[str, str]) -> None:
+    async def _tick_safely(self, session: aiohttp.ClientSession, key: api.ServiceKey) -> None:
         try:
             await self.tick(session, key)
         except Exception:
             # The API server may be unreachable: hold (no write happened), try next tick.
             log.warning("autoscaler tick for %s/%s failed", *key, exc_info=True)
 
-    async def tick(self, session: aiohttp.ClientSession, key: tuple[str, str]) -> None:
+    async def tick(self, session: aiohttp.ClientSession, key: api.ServiceKey) -> None:
         tracked = self._tracked.get(key)
         if tracked is None:
             return

@@ -27,9 +27,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-log = logging.getLogger("kubeinfer")
+from kubeinfer.core import api
 
-Key = tuple[str, str]  # (namespace, name)
+log = logging.getLogger("kubeinfer")
 
 
 class Lane(enum.IntEnum):
@@ -43,7 +43,7 @@ class Lane(enum.IntEnum):
 class WorkQueue:
     def __init__(
         self,
-        work: Callable[[Key, Lane], None],
+        work: Callable[[api.ServiceKey, Lane], None],
         *,
         workers: int,
         name: str = "reconcile",
@@ -54,20 +54,21 @@ class WorkQueue:
         self._name = name
         self._backoffs_s = tuple(backoffs_s)
         self._cond = threading.Condition()
-        self._lanes: dict[Lane, collections.deque[Key]] = {
+        self._lanes: dict[Lane, collections.deque[api.ServiceKey]] = {
             lane: collections.deque() for lane in Lane
         }
-        self._waiting: dict[Key, Lane] = {}  # key -> the lane it waits in
-        self._active: set[Key] = set()
-        self._again: dict[Key, Lane] = {}  # added while active: runs again after
-        self._failures: dict[Key, int] = {}
-        self._later: list[tuple[float, int, Key, Lane]] = []  # (due, tie-break, key, lane)
+        self._waiting: dict[api.ServiceKey, Lane] = {}  # key -> the lane it waits in
+        self._active: set[api.ServiceKey] = set()
+        self._again: dict[api.ServiceKey, Lane] = {}  # added while active: runs again after
+        self._failures: dict[api.ServiceKey, int] = {}
+        # (due, tie-break, key, lane)
+        self._later: list[tuple[float, int, api.ServiceKey, Lane]] = []
         self._seq = 0
         self._threads: list[threading.Thread] = []
         self._stopped = False
 
     # ---- producers (any thread, including the event loop: never blocks for long) ----------
-    def add(self, key: Key, lane: Lane = Lane.REFRESH) -> None:
+    def add(self, key: api.ServiceKey, lane: Lane = Lane.REFRESH) -> None:
         with self._cond:
             if self._stopped:
                 return
@@ -76,7 +77,7 @@ class WorkQueue:
                 return
             self._enqueue(key, lane)
 
-    def add_after(self, key: Key, delay_s: float, lane: Lane = Lane.REFRESH) -> None:
+    def add_after(self, key: api.ServiceKey, delay_s: float, lane: Lane = Lane.REFRESH) -> None:
         """``add`` in ``delay_s`` seconds (held in one heap: no thread per delayed key)."""
         with self._cond:
             self._seq += 1
@@ -107,7 +108,7 @@ class WorkQueue:
             thread.join(timeout_s)
 
     # ---- internals ------------------------------------------------------------------------
-    def _enqueue(self, key: Key, lane: Lane) -> None:
+    def _enqueue(self, key: api.ServiceKey, lane: Lane) -> None:
         """(lock held) Put ``key`` in ``lane`` unless it already waits in an earlier one."""
         before = self._waiting.get(key)
         if before is not None and before <= lane:
@@ -117,7 +118,7 @@ class WorkQueue:
         self._lanes[lane].append(key)
         self._cond.notify()
 
-    def _take(self) -> tuple[Key, Lane] | None:
+    def _take(self) -> tuple[api.ServiceKey, Lane] | None:
         """(lock held) The next key to work on, most urgent lane first; None when stopped."""
         while not self._stopped:
             now = time.monotonic()

@@ -33,7 +33,7 @@ CHILD_DEBOUNCE_S = 0.5
 LABELS = {builders.LABEL_ISVC: kopf.PRESENT}
 
 
-def work(shared: state.OperatorState, key: state.Key, lane: Lane) -> None:
+def work(shared: state.OperatorState, key: api.ServiceKey, lane: Lane) -> None:
     """What a worker does with a key (on a worker thread, never the event loop)."""
     if key not in shared.known:
         return
@@ -48,7 +48,7 @@ def work(shared: state.OperatorState, key: state.Key, lane: Lane) -> None:
         shared.queue.add_after(key, outcome.requeue_after_s)
 
 
-def enqueue(shared: state.OperatorState, key: state.Key, lane: Lane = Lane.REFRESH) -> None:
+def enqueue(shared: state.OperatorState, key: api.ServiceKey, lane: Lane = Lane.REFRESH) -> None:
     if shared.queue is not None:
         shared.queue.add(key, lane)
 
@@ -109,7 +109,7 @@ async def isvc_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
         shared.engine.track(held if held is not None else dict(body))
 
 
-async def _refresh(shared: state.OperatorState, key: state.Key) -> None:
+async def _refresh(shared: state.OperatorState, key: api.ServiceKey) -> None:
     await asyncio.sleep(CHILD_DEBOUNCE_S)
     shared.pending.discard(key)
     if key in shared.known:

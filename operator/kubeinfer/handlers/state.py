@@ -13,10 +13,10 @@ from typing import Any
 
 import kopf
 
+from kubeinfer.core import api
 from kubeinfer.core.config import OperatorConfig
 from kubeinfer.engines import autoscaler, workqueue
 
-Key = tuple[str, str]
 # Reconciles in flight at once. They spend most of their time waiting on the API server, but
 # every one also holds a connection and a thread: 16 keeps 2 cores busy without a pile-up
 # (kopf alone ran one per object, 500 at once at N=500).
@@ -26,13 +26,13 @@ WORKERS = 16
 @dataclasses.dataclass
 class OperatorState:
     config: OperatorConfig
-    known: set[Key] = dataclasses.field(default_factory=set)
+    known: set[api.ServiceKey] = dataclasses.field(default_factory=set)
     engine: autoscaler.Autoscaler | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     # Set at start-up (it needs the reconcile function, which the handlers hand it).
     queue: workqueue.WorkQueue | None = None
     # Owners with a debounced refresh waiting: a pod start is 3-4 events but one refresh.
-    pending: set[Key] = dataclasses.field(default_factory=set)
+    pending: set[api.ServiceKey] = dataclasses.field(default_factory=set)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         self.tasks.append(task)

@@ -23,12 +23,12 @@ from kubeinfer.clients import catalogue, cluster, kube
 from kubeinfer.core import api, builders, census, children, rollout, status
 from kubeinfer.core.config import OperatorConfig
 
-_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks: dict[api.ServiceKey, threading.Lock] = {}
 _locks_guard = threading.Lock()
-_waiting: set[tuple[str, str]] = set()
+_waiting: set[api.ServiceKey] = set()
 # Deployments created by ``reconcile_deployment`` and not yet named in a "Created" Event: the
 # full reconcile that follows names them with the other children, in one Event per create.
-_unannounced: dict[tuple[str, str], list[str]] = {}
+_unannounced: dict[api.ServiceKey, list[str]] = {}
 # How long a new service coming up normally goes without a status (see ``_write_status``).
 FIRST_STATUS_GRACE_S = 10.0
 

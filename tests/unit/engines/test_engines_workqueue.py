@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from kubeinfer.engines.workqueue import Key, Lane, WorkQueue
+from kubeinfer.core import api
+from kubeinfer.engines.workqueue import Lane, WorkQueue
 from tests.waiting import wait_for
 
 
@@ -17,9 +18,9 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def test_keys_added_while_waiting_merge_and_the_create_lane_runs_first() -> None:
     gate = threading.Event()
-    done: list[tuple[Key, Lane]] = []
+    done: list[tuple[api.ServiceKey, Lane]] = []
 
-    def work(key: Key, lane: Lane) -> None:
+    def work(key: api.ServiceKey, lane: Lane) -> None:
         gate.wait(5)
         done.append((key, lane))
 
@@ -45,12 +46,12 @@ def test_keys_added_while_waiting_merge_and_the_create_lane_runs_first() -> None
 
 
 def test_a_key_never_runs_on_two_workers_and_runs_again_when_added_meanwhile() -> None:
-    running: set[Key] = set()
-    overlaps: list[Key] = []
-    calls: list[Key] = []
+    running: set[api.ServiceKey] = set()
+    overlaps: list[api.ServiceKey] = []
+    calls: list[api.ServiceKey] = []
     started, release = threading.Event(), threading.Event()
 
-    def work(key: Key, lane: Lane) -> None:
+    def work(key: api.ServiceKey, lane: Lane) -> None:
         if key in running:
             overlaps.append(key)
         running.add(key)
@@ -74,9 +75,9 @@ def test_a_key_never_runs_on_two_workers_and_runs_again_when_added_meanwhile() -
 
 
 def test_a_failed_key_is_retried_after_its_backoff() -> None:
-    calls: list[Key] = []
+    calls: list[api.ServiceKey] = []
 
-    def work(key: Key, lane: Lane) -> None:
+    def work(key: api.ServiceKey, lane: Lane) -> None:
         calls.append(key)
         if len(calls) == 1:
             raise RuntimeError("the API server blinked")
