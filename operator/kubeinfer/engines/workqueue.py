@@ -3,7 +3,8 @@ small).
 
 Owns: which key is worked on next, and on how many threads. A key waits in the queue at most
 once (adding it again while it waits merges the two, keeping the more urgent lane), and no key
-is worked on by two threads at once (one added while it is being worked on runs again after).
+is worked on by two threads at once (one added while it is being worked on runs again after;
+the reconcilers rely on this and keep no lock of their own).
 Three lanes, each served before the next: ``CREATE``, ``FINISH``, ``REFRESH``, so a burst of
 creates (a GitOps sync of 500 services) is not queued behind the status refreshes of the
 services created a moment earlier. A failed item is retried after a backoff.

@@ -23,27 +23,26 @@ from kubeinfer.clients import catalogue, cluster, kube
 from kubeinfer.core import api, builders, census, children, rollout, status
 from kubeinfer.core.config import OperatorConfig
 
-_locks: dict[api.ServiceKey, threading.Lock] = {}
-_locks_guard = threading.Lock()
-_waiting: set[api.ServiceKey] = set()
+# No per-service lock here: every call comes from a work-queue worker (handlers.events.work;
+# the kopf handlers never call a reconciler directly, and an import-linter contract keeps the
+# engines from importing one). The queue never hands one key to two workers at once and merges
+# a key added while it waits, so a burst of child events already makes one reconcile. A second
+# exclusion here could only hide a caller that bypasses the queue: route new callers through it.
+#
 # Deployments created by ``reconcile_deployment`` and not yet named in a "Created" Event: the
 # full reconcile that follows names them with the other children, in one Event per create.
 _unannounced: dict[api.ServiceKey, list[str]] = {}
+# Workers of different services share the table; forget() runs on the event loop.
+_unannounced_guard = threading.Lock()
 # How long a new service coming up normally goes without a status (see ``_write_status``).
 FIRST_STATUS_GRACE_S = 10.0
 
 
-def _lock(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault((namespace, name), threading.Lock())
-
-
 def forget(namespace: str, name: str) -> None:
     """A deleted service: drop what is kept per service, so a later one of the same name does
-    not announce the old one's Deployment, and the per-service tables do not grow forever."""
-    with _locks_guard:
+    not announce the old one's Deployment, and the table does not grow forever."""
+    with _unannounced_guard:
         _unannounced.pop((namespace, name), None)
-        _locks.pop((namespace, name), None)
 
 
 @dataclasses.dataclass
@@ -85,27 +84,18 @@ def _describe_validation(exc: pydantic.ValidationError) -> str:
 def reconcile(isvc: dict[str, Any], config: OperatorConfig) -> Outcome:
     meta = isvc["metadata"]
     key = (meta["namespace"], meta["name"])
-    with _locks_guard:
-        # A burst of child events (every pod status change) needs one reconcile, not one
-        # each: if a reconcile for this key is already waiting, it will read the newest state.
-        if key in _waiting:
-            return Outcome()
-        _waiting.add(key)
-    with _lock(*key):
-        with _locks_guard:
-            _waiting.discard(key)
-        with telemetry.reconcile_timer():
-            try:
-                # The event that brought us here can be stale by the time a worker runs (our
-                # own status write may already be stored); the store holds the newest copy
-                # seen from watches and from our writes, which keeps writes and Events exact.
-                fresh = kube.cached_get(api.API_VERSION, "InferenceService", *key)
-                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                    return Outcome()
-                return _reconcile(_observe(fresh), config)
-            except Exception:
-                telemetry.RECONCILE_ERRORS.inc()
-                raise
+    with telemetry.reconcile_timer():
+        try:
+            # The event that brought us here can be stale by the time a worker runs (our own
+            # status write may already be stored); the store holds the newest copy seen from
+            # watches and from our writes, which keeps writes and Events exact.
+            fresh = kube.cached_get(api.API_VERSION, "InferenceService", *key)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return Outcome()
+            return _reconcile(_observe(fresh), config)
+        except Exception:
+            telemetry.RECONCILE_ERRORS.inc()
+            raise
 
 
 def reconcile_by_name(namespace: str, name: str, config: OperatorConfig) -> Outcome:
@@ -126,7 +116,7 @@ def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> O
     """
     key = (namespace, name)
     outcome = Outcome()
-    with _lock(*key), telemetry.reconcile_timer():
+    with telemetry.reconcile_timer():
         try:
             fresh = kube.cached_get(api.API_VERSION, "InferenceService", *key)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
@@ -148,7 +138,7 @@ def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> O
             manifest = next(m for m in wanted.apply if children.key_of(m) == dkey)
             deployment = kube.apply(manifest)
             outcome.applied.append("Deployment")
-            with _locks_guard:
+            with _unannounced_guard:
                 _unannounced.setdefault(key, []).append(f"Deployment {dkey[2]}")
             _enforce_replicas(seen, seen.spec, deployment, created=True, outcome=outcome)
         except Exception:
@@ -226,7 +216,7 @@ def _act_children(
     live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}
     plan = children.differences(wanted, live)
     verbs: dict[str, list[str]] = {}
-    with _locks_guard:
+    with _unannounced_guard:
         created_before = _unannounced.pop((ns, owner.name), [])
     if created_before:
         verbs["Created"] = created_before
