@@ -587,9 +587,18 @@ class RolloutStrategy(enum.StrEnum):
     NO_SURGE = "NoSurge"  # one old pod down first: maxSurge 0, maxUnavailable 1
 
 
-class RolloutStatus(_Model):
-    """How the Deployment replaces pods on the next rollout, and why (core.rollout)."""
+class RolloutState(enum.StrEnum):
+    NOT_STARTED = "NotStarted"  # no rollout since the service was created
+    PROGRESSING = "Progressing"  # pods of an older template are being replaced
+    COMPLETE = "Complete"  # the last rollout has replaced every pod
 
+
+class RolloutStatus(_Model):
+    """How the Deployment replaces pods in a rollout, and why (core.rollout)."""
+
+    # Only in status: whether the rollout this strategy was decided for is under way
+    # (Progressing) or done (Complete); a new service has had none (NotStarted).
+    state: RolloutState | None = None
     strategy: RolloutStrategy
     max_surge: Annotated[int, Field(ge=0, le=1)]
     max_unavailable: Annotated[int, Field(ge=0, le=1)]

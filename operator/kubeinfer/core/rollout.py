@@ -2,7 +2,7 @@
 
 Owns: the rollout strategy decision, where it is recorded (annotations on the Deployment, so
 the reason travels with the strategy it explains and status reads both from one place), and
-what "a rollout is under way" means.
+what "a rollout is under way" means (``state``: what status.rollout and RolloutStuck report).
 
 Why it matters: with maxSurge 1 / maxUnavailable 0 the new pod must be placed before an old one
 goes. On a GPU pool with no free GPU the new pod waits for a GPU the old pod holds, and the old
@@ -170,6 +170,37 @@ def recorded(deployment: Mapping[str, Any] | None) -> api.RolloutStatus | None:
     return _decision(
         strategy, str(notes.get(ANNOTATION_REASON) or ""), str(notes.get(ANNOTATION_MESSAGE) or "")
     )
+
+
+def revision(deployment: Mapping[str, Any] | None) -> int:
+    """The Deployment controller's revision: 1 for a new service's first pods, one more for
+    each pod template after that."""
+    notes = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        return int(notes.get("deployment.kubernetes.io/revision") or 0)
+    except ValueError:
+        return 0
+
+
+def state(deployment: Mapping[str, Any] | None) -> api.RolloutState:
+    """Where the Deployment's rollouts stand. A rollout is a template change after the first
+    (revision 2 on): a new service's first pods are not one, whatever they wait for. It is
+    under way while pods of the older template are being replaced (``replacing``: a scale-up
+    waiting for capacity afterwards is not a rollout), and Complete after that."""
+    if revision(deployment) < 2:
+        return api.RolloutState.NOT_STARTED
+    if replacing(deployment):
+        return api.RolloutState.PROGRESSING
+    return api.RolloutState.COMPLETE
+
+
+def report(deployment: Mapping[str, Any] | None) -> api.RolloutStatus | None:
+    """status.rollout: the decision the Deployment carries and where its rollout stands, so a
+    finished rollout reads as finished; None when the Deployment carries no decision."""
+    decision = recorded(deployment)
+    if decision is None:
+        return None
+    return decision.model_copy(update={"state": state(deployment)})
 
 
 def rolling(deployment: Mapping[str, Any] | None) -> bool:

@@ -12,8 +12,9 @@ API returned (dicts); the output is ``api.InferenceServiceStatus``, the model th
 is generated from, so what is written is what the schema publishes.
 
 A rollout is reported apart from Ready (the old pods still serve): ``status.rollout`` is the
-strategy the Deployment carries and why (``core.rollout``), and RolloutStuck is True when the
-Deployment gave up (ProgressDeadlineExceeded) or the rollout's new pods cannot be scheduled.
+strategy the Deployment carries, why, and whether its rollout is under way or done
+(``core.rollout``); RolloutStuck is True when the Deployment gave up
+(ProgressDeadlineExceeded) or the rollout's new pods cannot be scheduled.
 """
 
 from __future__ import annotations
@@ -255,23 +256,16 @@ def _unschedulable_reason(refused: census.Unschedulable) -> str:
     )
 
 
-def _revision(deployment: dict[str, Any]) -> int:
-    notes = (deployment.get("metadata") or {}).get("annotations") or {}
-    try:
-        return int(notes.get("deployment.kubernetes.io/revision") or 0)
-    except ValueError:
-        return 0
-
-
 def _rollout_condition(obs: Observed) -> api.Condition:
     """RolloutStuck: the Deployment's own verdict first, then the scheduler's on new pods.
 
-    A rollout is a template change after the first (revision 2 on): the first pods of a new
-    service are not "stuck", WaitingForGPUCapacity and PodsScheduled already name their wait.
-    A pod refused while one of ours terminates is not stuck either: with no surge, the new pod
-    waits for the GPUs the old one is releasing."""
+    Only a rollout (``core.rollout.state``) can be stuck: the first pods of a new service are
+    not, WaitingForGPUCapacity and PodsScheduled already name their wait. A pod refused while
+    one of ours terminates is not stuck either: with no surge, the new pod waits for the GPUs
+    the old one is releasing."""
     gen, dep = obs.generation, obs.deployment or {}
-    if _revision(dep) < 2:
+    where = rollout.state(dep)
+    if where is api.RolloutState.NOT_STARTED:
         # A new service past its deadline waits for capacity; that is not a rollout.
         return _condition(
             ConditionType.ROLLOUT_STUCK, False, "NoRollout", "No rollout is under way.", gen
@@ -286,7 +280,7 @@ def _rollout_condition(obs: Observed) -> api.Condition:
             f"The rollout made no progress for {deadline} s: {exceeded}",
             gen,
         )
-    if not rollout.replacing(dep):
+    if where is api.RolloutState.COMPLETE:
         return _condition(
             ConditionType.ROLLOUT_STUCK, False, "NoRollout", "No rollout is under way.", gen
         )
@@ -422,7 +416,7 @@ def build_status(obs: Observed) -> api.InferenceServiceStatus:
         url=obs.url,
         runtime=obs.runtime_name,
         conditions=[ready_cond, *conditions],
-        rollout=rollout.recorded(obs.deployment),
+        rollout=rollout.report(obs.deployment),
     )
 
 

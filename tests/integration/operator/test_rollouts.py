@@ -60,6 +60,11 @@ def rollout_status(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]
     return st
 
 
+def finished(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
+    st = rollout_status(cluster, ns, name)
+    return st if st.get("state") == "Complete" else None
+
+
 def rolled_out(cluster: ClusterHandle, ns: str, name: str, template_hash: str) -> bool:
     """The Deployment finished: one up-to-date available replica, no old pod left, and the pod
     that serves is from a new ReplicaSet."""
@@ -96,7 +101,11 @@ def serve_then_roll(cluster: ClusterHandle, ns: str, name: str, product: str) ->
     wait_condition(cluster, ns, name, "Ready", "True", timeout=60)
     # Created, never rolled: nothing was counted yet, and the safe strategy stands.
     st = rollout_status(cluster, ns, name)
-    assert (st["strategy"], st["reason"]) == ("NoSurge", "NoRolloutYet"), st
+    assert (st["state"], st["strategy"], st["reason"]) == (
+        "NotStarted",
+        "NoSurge",
+        "NoRolloutYet",
+    ), st
     [before] = cluster.core.list_namespaced_pod(
         ns, label_selector=f"kubeinfer.io/inferenceservice={name}"
     ).items
@@ -126,6 +135,9 @@ def test_a_full_gpu_pool_rolls_out_without_deadlock(
     assert (update.max_surge, update.max_unavailable) == (0, 1)
     # With a surge the new pod would wait for the only GPU forever; here it gets it.
     wait_for(lambda: rolled_out(cluster, namespace, "full", old), 90, "the rollout to finish")
+    # Finished: status.rollout says so, and still why the rollout went without a surge.
+    done = wait_for(lambda: finished(cluster, namespace, "full"), 30, "status.rollout Complete")
+    assert done["reason"] == "NoSpareGPUCapacity", done
     [pod] = cluster.core.list_namespaced_pod(
         namespace, label_selector="kubeinfer.io/inferenceservice=full"
     ).items
@@ -157,3 +169,5 @@ def test_a_pool_with_a_free_gpu_surges(
     update = dep.spec.strategy.rolling_update
     assert (update.max_surge, update.max_unavailable) == (1, 0)
     wait_for(lambda: rolled_out(cluster, namespace, "roomy", old), 90, "the rollout to finish")
+    done = wait_for(lambda: finished(cluster, namespace, "roomy"), 30, "status.rollout Complete")
+    assert done["reason"] == "SpareGPUCapacity", done

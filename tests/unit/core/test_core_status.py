@@ -233,6 +233,7 @@ REFUSED = pod(
 def test_status_names_the_rollout_strategy_the_deployment_carries() -> None:
     st = built(observed(deployment=rolling_deployment()))
     assert st["rollout"] == {
+        "state": "Progressing",
         "strategy": "NoSurge",
         "maxSurge": 0,
         "maxUnavailable": 1,
@@ -241,6 +242,19 @@ def test_status_names_the_rollout_strategy_the_deployment_carries() -> None:
     }
     # A Deployment with no decision recorded (made by an older operator): no claim.
     assert "rollout" not in built(observed())
+
+
+def test_status_rollout_reads_as_done_once_the_rollout_has_finished() -> None:
+    # Every pod replaced and available: the strategy and its reason stay (why the last
+    # rollout went as it did), marked Complete, not reported as if still under way.
+    done = rolling_deployment(replicas=1, updatedReplicas=1, availableReplicas=1)
+    st = built(observed(deployment=done))
+    assert st["rollout"]["state"] == "Complete"
+    assert st["rollout"]["reason"] == "GPUCapacityUnknown"
+    assert cond(st, "RolloutStuck")["reason"] == "NoRollout"
+    # A new service's first pods: no rollout yet, whatever they wait for.
+    first = built(observed(deployment=rolling_deployment(revision="1")))
+    assert first["rollout"]["state"] == "NotStarted"
 
 
 def test_a_new_pod_the_scheduler_refuses_during_a_rollout_is_a_stuck_rollout() -> None:
