@@ -26,6 +26,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubeinfer.core import census
+
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 # The router reads the same key (kubeinfer_router.inventory.DRAINING_ANNOTATION; the packages
 # are independent, a unit test keeps the two equal).
@@ -118,6 +120,15 @@ def view(pod: Mapping[str, Any], *, ready: bool, load: float | None) -> PodView:
         annotations=dict(meta.get("annotations") or {}),
         owners=owners(meta.get("managedFields")),
     )
+
+
+def live(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods the ReplicaSet controller counts: not terminating, not finished."""
+    return [
+        p
+        for p in pods
+        if not (p.get("metadata") or {}).get("deletionTimestamp") and not census.finished(p)
+    ]
 
 
 def removal(*, live: int, current: int, desired: int) -> int | None:

@@ -11,7 +11,8 @@ which also records where the pods' models compute (``executionProviders``, read 
 scrape; the reconciler turns it into the GPUInUse condition, so each status field keeps one
 writer). The step's memory (window, last scale time, learned cold start) is persisted in
 status.autoscaler.state and the decision history in status.autoscaler.decisions, so an
-operator restart neither forgets a burst nor scales down on a fresh, empty window.
+operator restart neither forgets a burst nor scales down on a fresh, empty window. A service
+whose scaling is Off gets no tick, only a pass that clears the marks it left on its pods in Auto.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class Autoscaler:
         self.scrape_timeout_s = scrape_timeout_s
         self.clock = clock
         self._tracked: dict[api.ServiceKey, Tracked] = {}
+        # Services whose scaling is Off: no tick, but the scale-in marks left on their pods
+        # from Auto must still go (``_plan_scale_in``). Each gets one clearing pass per round
+        # after track() sees it Off, then leaves the set.
+        self._unmark: set[api.ServiceKey] = set()
         self._stopped = asyncio.Event()
 
     # ---- fed by the handlers -------------------------------------------------------------
@@ -125,7 +130,10 @@ class Autoscaler:
             return
         if spec.stopped or spec.scaling.mode is api.ScalingMode.OFF:
             self.forget(key)
+            if not spec.stopped:  # a stopped service's pods go, and their marks with them
+                self._unmark.add(key)
             return
+        self._unmark.discard(key)
         new_policy = policy.from_spec(spec.scaling)
         current = self._tracked.get(key)
         if current is not None:
@@ -154,6 +162,7 @@ class Autoscaler:
         )
 
     def forget(self, key: api.ServiceKey) -> None:
+        self._unmark.discard(key)
         if self._tracked.pop(key, None) is not None:
             telemetry.forget_service(namespace=key[0], name=key[1])
 
@@ -175,12 +184,17 @@ class Autoscaler:
         async with aiohttp.ClientSession() as session:
             while not self._stopped.is_set():
                 started = time.monotonic()
-                await asyncio.gather(
-                    *(self._tick_safely(session, key) for key in list(self._tracked))
-                )
+                await self.tick_all(session)
                 delay = max(0.0, self.interval_s - (time.monotonic() - started))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+
+    async def tick_all(self, session: aiohttp.ClientSession) -> None:
+        """One round: a tick for each tracked service, a clearing pass for each one gone Off."""
+        await asyncio.gather(
+            *(self._tick_safely(session, key) for key in list(self._tracked)),
+            *(self.unmark(key) for key in list(self._unmark)),
+        )
 
     async def _tick_safely(self, session: aiohttp.ClientSession, key: api.ServiceKey) -> None:
         try:
@@ -203,7 +217,26 @@ class Autoscaler:
         now = self.clock()
         out = step.step(tracked.policy, seen.observation, tracked.memory, now)
         tracked.memory = out.memory
-        await self.act(tracked, out, self._plan_scale_in(tracked, seen, out.result), now)
+        marks = self._plan_scale_in(tracked.spec.scaling.mode, seen.pods, out.result)
+        await self.act(tracked, out, marks, now)
+
+    async def unmark(self, key: api.ServiceKey) -> None:
+        """A service whose scaling is Off: clear the marks it left on its pods in Auto, from
+        the store's pods (no scrape: nothing is decided), by the same rule as a tick's."""
+        self._unmark.discard(key)  # a track() while this awaits adds it again
+        try:
+            if STORE.pods_primed:
+                pods = STORE.pods(*key)
+            else:
+                pods = await asyncio.to_thread(kube.cached_pods, *key)
+            views = tuple(scale_in.view(p, ready=False, load=None) for p in scale_in.live(pods))
+            marks = self._plan_scale_in(api.ScalingMode.OFF, views, None)
+            if marks is not None and marks.writes:
+                await asyncio.to_thread(self._mark, *key, marks)
+        except Exception:
+            log.warning("clearing the scale-in marks of %s/%s failed", *key, exc_info=True)
+            if key not in self._tracked:  # still Off: try again next round
+                self._unmark.add(key)
 
     # ---- observe -------------------------------------------------------------------------
     async def observe(self, session: aiohttp.ClientSession, tracked: Tracked) -> Seen | None:
@@ -235,19 +268,13 @@ class Autoscaler:
         )
         signals_ = self._pod_signals(tracked, texts, names, self.clock())
         load = {s.pod: s.in_flight for s in signals_}
-        # The pods the ReplicaSet controller counts: not terminating, not finished.
-        live = [
-            p
-            for p in pods
-            if not p["metadata"].get("deletionTimestamp") and not census.finished(p)
-        ]
         views = tuple(
             scale_in.view(
                 p,
                 ready=p["metadata"]["name"] in seen.ready,
                 load=load.get(p["metadata"]["name"]),
             )
-            for p in live
+            for p in scale_in.live(pods)
         )
         observation = step.Observation(
             replicas=decide.Replicas(
@@ -286,18 +313,21 @@ class Autoscaler:
     # ---- decide which pods go -------------------------------------------------------------
     @staticmethod
     def _plan_scale_in(
-        tracked: Tracked, seen: Seen, result: decide.ScaleResult
+        mode: api.ScalingMode,
+        pods: tuple[scale_in.PodView, ...],
+        result: decide.ScaleResult | None,
     ) -> scale_in.Plan | None:
         """The marks for this tick (None: leave them as they are). Only Auto mode marks; in
-        any other mode marks left from Auto are cleared (a pod left draining gets no work)."""
-        if tracked.spec.scaling.mode is not api.ScalingMode.AUTO:
-            return scale_in.plan(pods=seen.pods, remove=0, manager=kube.SCALER_MANAGER)
+        any other mode (Recommend; Off, which decides nothing: ``result`` None) marks left
+        from Auto are cleared: a pod left draining gets no work."""
+        if mode is not api.ScalingMode.AUTO or result is None:
+            return scale_in.plan(pods=pods, remove=0, manager=kube.SCALER_MANAGER)
         remove = scale_in.removal(
-            live=len(seen.pods), current=result.inputs.current, desired=result.desired
+            live=len(pods), current=result.inputs.current, desired=result.desired
         )
         if remove is None:
             return None
-        return scale_in.plan(pods=seen.pods, remove=remove, manager=kube.SCALER_MANAGER)
+        return scale_in.plan(pods=pods, remove=remove, manager=kube.SCALER_MANAGER)
 
     # ---- act -----------------------------------------------------------------------------
     async def act(
@@ -307,7 +337,7 @@ class Autoscaler:
         self._report_metrics(tracked, result)
         if marks is not None and marks.writes:
             # Before the scale: the ReplicaSet controller reads the costs when it scales.
-            marks = await asyncio.to_thread(self._mark, tracked, marks)
+            marks = await asyncio.to_thread(self._mark, tracked.namespace, tracked.name, marks)
         scaling_in = result.desired < result.inputs.current
         note = marks.summary if marks is not None and scaling_in else ""
         if tracked.spec.scaling.mode is api.ScalingMode.AUTO and result.changed:
@@ -338,14 +368,14 @@ class Autoscaler:
             tracked.written_providers = providers
 
     @staticmethod
-    def _mark(tracked: Tracked, marks: scale_in.Plan) -> scale_in.Plan:
+    def _mark(namespace: str, name: str, marks: scale_in.Plan) -> scale_in.Plan:
         """Write the plan's marks; a conflict (another manager took the annotation since the
         store saw the pod) backs off, and the plan returned says so."""
         for pod, wanted in marks.writes.items():
             try:
-                kube.apply_marks(tracked.namespace, pod, dict(wanted), uid=marks.uids.get(pod, ""))
+                kube.apply_marks(namespace, pod, dict(wanted), uid=marks.uids.get(pod, ""))
             except kube.Conflict:
-                log.info("scale-in marks on %s/%s: conflict, backing off", tracked.namespace, pod)
+                log.info("scale-in marks on %s/%s: conflict, backing off", namespace, pod)
                 return dataclasses.replace(
                     marks,
                     outcome=scale_in.Outcome.BACKED_OFF,
@@ -354,7 +384,7 @@ class Autoscaler:
                     f"{scale_in.DELETION_COST} on {pod} while it was being marked.",
                 )
         if marks.outcome is scale_in.Outcome.CLEARED:
-            log.info("%s/%s: %s", tracked.namespace, tracked.name, marks.summary)
+            log.info("%s/%s: %s", namespace, name, marks.summary)
         return marks
 
     @staticmethod

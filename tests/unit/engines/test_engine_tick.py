@@ -302,14 +302,14 @@ async def test_a_scale_in_backs_off_when_another_manager_owns_the_cost(
     )
 
 
-@pytest.mark.parametrize("mode", [None, "Recommend"])
+@pytest.mark.parametrize("mode", [None, "Recommend", "Off"])
 async def test_marks_left_on_a_survivor_are_cleared(
     pod_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str | None
 ) -> None:
     """A pod marked for a scale-in that did not happen (the count went back up before the
     ReplicaSet controller acted): once the count is settled, its marks go. Also when the
-    service left Auto meanwhile: nothing else would clear them, and a pod left draining
-    gets no work."""
+    service left Auto meanwhile, for Recommend or Off (which has no tick, only this pass):
+    nothing else would clear them, and a pod left draining gets no work."""
     _, port = pod_server
     STORE = _objects(port, monkeypatch)
     [p1] = STORE.pods(NS, NAME)
@@ -347,8 +347,12 @@ async def test_marks_left_on_a_survivor_are_cleared(
         }
     )
     async with aiohttp.ClientSession() as session:
-        await engine.tick(session, (NS, NAME))
-    assert writes == [("marks", ("p1", "uid-p1", {}))]
+        await engine.tick_all(session)
+        assert writes == [("marks", ("p1", "uid-p1", {}))]
+        if mode == "Off":
+            # One pass: an Off service leaves the loop until its next event.
+            await engine.tick_all(session)
+            assert len(writes) == 1
 
 
 class OnnxPod(Pod):
