@@ -53,8 +53,35 @@ _PATHS = {
 }
 
 
-class Conflict(Exception):
+class Refused(Exception):
+    """The API server refused a write on its merits (a field another manager owns, an invalid
+    value, an admission webhook's no): sending the same write again would be refused again."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(f"{status} {why}")
+        self.status = status
+        self.why = why
+
+
+class Conflict(Refused):
     """Another field manager owns a field we tried to apply."""
+
+
+# What a write refused on its merits answers. Not 404 (gone), 429 or 5xx (try again later).
+_REFUSALS = frozenset({400, 403, 409, 422})
+
+
+def _refused(exc: ApiException) -> Refused:
+    """The API server's own reason and message (its Status body), shortened for a sentence."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    reason = str(body.get("reason") or exc.reason or "")
+    message = str(body.get("message") or "")
+    why = f"{reason}: {message}" if message else reason
+    cls = Conflict if exc.status == 409 else Refused
+    return cls(int(exc.status or 0), why[:300])
 
 
 def _count(verb: str, kind: str, namespace: str | None = None) -> None:
@@ -208,7 +235,7 @@ def apply(obj: dict[str, Any], *, field_manager: str = RECONCILER_MANAGER) -> di
         )
     except ApiException as exc:
         if exc.status == 409:
-            raise Conflict(str(exc.body)) from exc
+            raise _refused(exc) from exc
         raise
     STORE.observe_written(result)
     return result
@@ -224,9 +251,9 @@ def apply_marks(
 ) -> bool:
     """Server-side apply of the annotations ``field_manager`` owns on a pod (an empty mapping
     removes the ones it owned). Never forced: a field another manager owns raises Conflict,
-    the same ownership rule ``core.scale_in`` reads from managedFields. The uid is a
-    precondition, so a pod replaced under the same name is not marked. False when the pod
-    is gone."""
+    the same ownership rule ``core.scale_in`` reads from managedFields; any other refusal
+    (422 invalid, 403 from an admission webhook) raises Refused. The uid is a precondition,
+    so a pod replaced under the same name is not marked. False when the pod is gone."""
     _count("apply", "Pod", namespace)
     meta: dict[str, Any] = {"name": pod, "namespace": namespace}
     if uid:
@@ -244,8 +271,8 @@ def apply_marks(
             content_type="application/apply-patch+yaml",
         )
     except ApiException as exc:
-        if exc.status == 409:
-            raise Conflict(str(exc.body)) from exc
+        if exc.status in _REFUSALS:
+            raise _refused(exc) from exc
         if exc.status == 404:
             return False
         raise

@@ -5,9 +5,11 @@ the marks that make it so - ``controller.kubernetes.io/pod-deletion-cost`` (the 
 controller deletes the lowest cost first) and ``router.kubeinfer.io/draining`` (the router
 sends a draining pod no new work and lets its in-flight requests finish) - the rule for
 clearing marks on pods that were marked but survived, and backing off when another field
-manager owns the deletion cost. No I/O here: the autoscaler engine reads the pods, calls
-``plan`` and writes the returned annotations (server-side apply as its own field manager,
-without force) just before it lowers the replica count.
+manager owns the deletion cost or the API server refused our marks on a pod (a 409 from a
+manager the store had not seen yet, a 422 invalid value, an admission webhook's no). No I/O
+here: the autoscaler engine reads the pods, calls ``plan`` and writes the returned
+annotations (server-side apply as its own field manager, without force) just before it
+lowers the replica count.
 
 Why marks, not a delete: the Deployment controller alone removes pods; pod-deletion-cost is
 its documented hook (beta since 1.22), and it is read when the ReplicaSet scales, so it is
@@ -62,7 +64,8 @@ class PodView:
 class Outcome(enum.StrEnum):
     MARKED = "Marked"  # the chosen pods get marks, stale ones are cleared
     CLEARED = "Cleared"  # no scale-in: marks left on survivors are removed
-    BACKED_OFF = "BackedOff"  # another manager owns the deletion cost: no marks
+    # Another manager owns the deletion cost, or the API server refused our marks: no marks.
+    BACKED_OFF = "BackedOff"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -166,7 +169,26 @@ def _foreign(pods: Sequence[PodView], manager: str) -> list[str]:
     return out
 
 
-def plan(*, pods: Sequence[PodView], remove: int, manager: str) -> Plan:
+def refusal(*, plan: Plan, pod: str, why: str) -> Plan:
+    """``plan`` after the API server refused its write to ``pod``: backed off (the chosen pods
+    are dropped; marks written before the refusal are cleared by the next plan, which backs
+    off too while the pod is named in ``refused``)."""
+    return dataclasses.replace(
+        plan,
+        outcome=Outcome.BACKED_OFF,
+        chosen=(),
+        summary=f"Not choosing the pods to remove: the API server refused the scale-in marks on "
+        f"{pod} ({why}).",
+    )
+
+
+def plan(
+    *,
+    pods: Sequence[PodView],
+    remove: int,
+    manager: str,
+    refused: Mapping[str, str] | None = None,
+) -> Plan:
     """The marks for a scale-in of ``remove`` pods (0: none, clear what is left).
 
     Chosen: the least loaded Ready pods, a pod already marked by us first (the router has been
@@ -174,21 +196,29 @@ def plan(*, pods: Sequence[PodView], remove: int, manager: str) -> Plan:
     busy to answer), ties by name. Not-Ready pods are never marked: the ReplicaSet controller
     removes them first anyway, so they count towards ``remove``.
 
-    Backing off (another manager owns the deletion cost on any pod) marks nothing; marks our
-    own manager wrote earlier are still removed, since a server-side apply removes only the
-    fields its manager owns, and a pod left marked draining would get no traffic.
+    Backing off (another manager owns the deletion cost on any pod, or the API server
+    refused our marks on one: ``refused``, pod name -> why) marks nothing; marks our own
+    manager wrote earlier are still removed, since a server-side apply removes only the
+    fields its manager owns, and a pod left marked draining would get no traffic. A refused
+    pod is not written again at all while it lives: the same write would be refused again.
     """
-    clears: dict[str, Mapping[str, str]] = {p.name: {} for p in pods if p.owned_by(manager)}
+    refusals = {p.name: why for p in pods if (why := (refused or {}).get(p.name)) is not None}
+    clears: dict[str, Mapping[str, str]] = {
+        p.name: {} for p in pods if p.owned_by(manager) and p.name not in refusals
+    }
     foreign = _foreign(pods, manager)
-    if foreign:
+    if foreign or refusals:
+        reasons = []
+        if foreign:
+            reasons.append(f"another field manager owns {DELETION_COST} on {_names(foreign)}")
+        if refusals:
+            named = [f"{name} ({why})" for name, why in sorted(refusals.items())]
+            reasons.append(f"the API server refused the scale-in marks on {_names(named)}")
         return Plan(
             outcome=Outcome.BACKED_OFF,
             writes=clears,
             uids={p.name: p.uid for p in pods if p.name in clears},
-            summary=(
-                f"Not choosing the pods to remove: another field manager owns {DELETION_COST} "
-                f"on {_names(foreign)}."
-            ),
+            summary=f"Not choosing the pods to remove: {'; '.join(reasons)}.",
         )
     ready = [p for p in pods if p.ready]
     # The ReplicaSet controller takes the pods that are not Ready first.

@@ -58,6 +58,9 @@ class Tracked:
     # Each Ready pod's execution provider from its last scrape, and the summary last written.
     providers: dict[str, str] = dataclasses.field(default_factory=dict)
     written_providers: list[api.ProviderUse] = dataclasses.field(default_factory=list)
+    # Pods whose scale-in marks the API server refused (name -> why): backed off while they
+    # live (core.scale_in.plan), not written again each tick to be refused again.
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def restore(
@@ -217,7 +220,11 @@ class Autoscaler:
         now = self.clock()
         out = step.step(tracked.policy, seen.observation, tracked.memory, now)
         tracked.memory = out.memory
-        marks = self._plan_scale_in(tracked.spec.scaling.mode, seen.pods, out.result)
+        names = {p.name for p in seen.pods}
+        tracked.refused = {n: why for n, why in tracked.refused.items() if n in names}
+        marks = self._plan_scale_in(
+            tracked.spec.scaling.mode, seen.pods, out.result, tracked.refused
+        )
         await self.act(tracked, out, marks, now)
 
     async def unmark(self, key: api.ServiceKey) -> None:
@@ -232,7 +239,7 @@ class Autoscaler:
             views = tuple(scale_in.view(p, ready=False, load=None) for p in scale_in.live(pods))
             marks = self._plan_scale_in(api.ScalingMode.OFF, views, None)
             if marks is not None and marks.writes:
-                await asyncio.to_thread(self._mark, *key, marks)
+                await asyncio.to_thread(self._mark, *key, marks, {})
         except Exception:
             log.warning("clearing the scale-in marks of %s/%s failed", *key, exc_info=True)
             if key not in self._tracked:  # still Off: try again next round
@@ -316,18 +323,20 @@ class Autoscaler:
         mode: api.ScalingMode,
         pods: tuple[scale_in.PodView, ...],
         result: decide.ScaleResult | None,
+        refused: dict[str, str] | None = None,
     ) -> scale_in.Plan | None:
         """The marks for this tick (None: leave them as they are). Only Auto mode marks; in
         any other mode (Recommend; Off, which decides nothing: ``result`` None) marks left
         from Auto are cleared: a pod left draining gets no work."""
+        manager = kube.SCALER_MANAGER
         if mode is not api.ScalingMode.AUTO or result is None:
-            return scale_in.plan(pods=pods, remove=0, manager=kube.SCALER_MANAGER)
+            return scale_in.plan(pods=pods, remove=0, manager=manager, refused=refused)
         remove = scale_in.removal(
             live=len(pods), current=result.inputs.current, desired=result.desired
         )
         if remove is None:
             return None
-        return scale_in.plan(pods=pods, remove=remove, manager=kube.SCALER_MANAGER)
+        return scale_in.plan(pods=pods, remove=remove, manager=manager, refused=refused)
 
     # ---- act -----------------------------------------------------------------------------
     async def act(
@@ -337,7 +346,9 @@ class Autoscaler:
         self._report_metrics(tracked, result)
         if marks is not None and marks.writes:
             # Before the scale: the ReplicaSet controller reads the costs when it scales.
-            marks = await asyncio.to_thread(self._mark, tracked.namespace, tracked.name, marks)
+            marks = await asyncio.to_thread(
+                self._mark, tracked.namespace, tracked.name, marks, tracked.refused
+            )
         scaling_in = result.desired < result.inputs.current
         note = marks.summary if marks is not None and scaling_in else ""
         if tracked.spec.scaling.mode is api.ScalingMode.AUTO and result.changed:
@@ -368,21 +379,20 @@ class Autoscaler:
             tracked.written_providers = providers
 
     @staticmethod
-    def _mark(namespace: str, name: str, marks: scale_in.Plan) -> scale_in.Plan:
-        """Write the plan's marks; a conflict (another manager took the annotation since the
-        store saw the pod) backs off, and the plan returned says so."""
+    def _mark(
+        namespace: str, name: str, marks: scale_in.Plan, refused: dict[str, str]
+    ) -> scale_in.Plan:
+        """Write the plan's marks. A refusal (409: another manager took the annotation since
+        the store saw the pod; 422: an invalid value; a webhook's no) backs off: the pod goes
+        into ``refused`` with the server's reason, and the plan returned says so."""
         for pod, wanted in marks.writes.items():
             try:
                 kube.apply_marks(namespace, pod, dict(wanted), uid=marks.uids.get(pod, ""))
-            except kube.Conflict:
-                log.info("scale-in marks on %s/%s: conflict, backing off", namespace, pod)
-                return dataclasses.replace(
-                    marks,
-                    outcome=scale_in.Outcome.BACKED_OFF,
-                    chosen=(),
-                    summary=f"Not choosing the pods to remove: another field manager took "
-                    f"{scale_in.DELETION_COST} on {pod} while it was being marked.",
-                )
+            except kube.Refused as exc:
+                why = f"{exc.status} {exc.why}"
+                log.warning("scale-in marks on %s/%s refused, backing off: %s", namespace, pod, why)
+                refused[pod] = why
+                return scale_in.refusal(plan=marks, pod=pod, why=why)
         if marks.outcome is scale_in.Outcome.CLEARED:
             log.info("%s/%s: %s", namespace, name, marks.summary)
         return marks

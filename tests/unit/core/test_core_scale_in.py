@@ -138,6 +138,34 @@ def test_backing_off_still_removes_our_own_earlier_marks() -> None:
     assert "x (karpenter)" in out.summary
 
 
+def test_a_pod_whose_marks_the_api_server_refused_is_backed_off_and_left_alone() -> None:
+    why = "422 Invalid: metadata.annotations: Invalid value"
+    ours = pod("b", 0, marks=MARKS)
+    refused = scale_in.plan(
+        pods=[pod("a", 0), ours, pod("c", 5, marks=MARKS)],
+        remove=1,
+        manager=ME,
+        refused={"b": why, "gone": "409 Conflict"},
+    )
+    assert refused.outcome is scale_in.Outcome.BACKED_OFF and refused.chosen == ()
+    # Our marks elsewhere still go; the refused pod is not written again (it would be
+    # refused again), and a refused pod no longer there is not named.
+    assert refused.writes == {"c": {}}
+    assert refused.summary == (
+        f"Not choosing the pods to remove: the API server refused the scale-in marks on b ({why})."
+    )
+
+
+def test_a_refusal_while_marking_backs_the_plan_off() -> None:
+    marked = plan([pod("a", 3), pod("b", 0)], 1)
+    assert marked.outcome is scale_in.Outcome.MARKED
+    after = scale_in.refusal(plan=marked, pod="b", why="409 Conflict: owned by karpenter")
+    assert after.outcome is scale_in.Outcome.BACKED_OFF and after.chosen == ()
+    assert after.summary.endswith(
+        "refused the scale-in marks on b (409 Conflict: owned by karpenter)."
+    )
+
+
 def test_a_long_list_is_named_briefly() -> None:
     pods = [pod(f"p{i}", 0) for i in range(10)]
     out = plan(pods, 7)

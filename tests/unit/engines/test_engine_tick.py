@@ -207,10 +207,16 @@ def _second_pod(
 
 
 async def _scale_in_two_pods(
-    pod_server: Any, monkeypatch: pytest.MonkeyPatch, *, managed: list[dict[str, Any]] | None
+    pod_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    managed: list[dict[str, Any]] | None,
+    refuse: kube.Refused | None = None,
+    ticks_after: int = 0,
 ) -> list[tuple[str, Any]]:
     """Two Ready pods, p1 busy (3 queued) and p2 idle, at 2 replicas with a target of 10 per
-    replica: the engine scales in to 1. Returns the API writes in the order they were made."""
+    replica: the engine scales in to 1 (then ticks ``ticks_after`` more times). Returns the
+    API writes in the order they were made; ``refuse``: what the API server answers marks."""
     busy, port = pod_server
     STORE = _objects(port, monkeypatch)
     deployment = STORE.lookup("Deployment", NS, f"{NAME}-predictor")[1]
@@ -225,11 +231,14 @@ async def _scale_in_two_pods(
     monkeypatch.setattr(
         kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
     )
-    monkeypatch.setattr(
-        kube,
-        "apply_marks",
-        lambda ns, pod, marks, *, uid: writes.append(("marks", (pod, uid, marks))) or True,
-    )
+
+    def apply_marks(ns: str, pod: str, marks: dict[str, str], *, uid: str) -> bool:
+        writes.append(("marks", (pod, uid, marks)))
+        if refuse is not None:
+            raise refuse
+        return True
+
+    monkeypatch.setattr(kube, "apply_marks", apply_marks)
     monkeypatch.setattr(catalogue, "_parsed", {})
     clock = Clock()
     engine = autoscaler.Autoscaler(clock=clock)
@@ -256,6 +265,9 @@ async def _scale_in_two_pods(
                 clock.now += 2.0
                 if any(w[0] == "scale" for w in writes):
                     break
+            for _ in range(ticks_after):
+                await engine.tick(session, (NS, NAME))
+                clock.now += 2.0
     finally:
         await runner.cleanup()
     return writes
@@ -300,6 +312,32 @@ async def test_a_scale_in_backs_off_when_another_manager_owns_the_cost(
     assert status["decisions"][-1]["message"].endswith(
         f"another field manager owns {COST} on p2 (karpenter)."
     )
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        kube.Refused(422, "Invalid: metadata.annotations: Invalid value"),
+        kube.Conflict(409, 'Conflict: Apply failed with 1 conflict: conflict with "karpenter"'),
+    ],
+)
+async def test_a_scale_in_backs_off_when_the_api_server_refuses_the_marks(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch, refuse: kube.Refused
+) -> None:
+    """The store showed no other owner, but the API server refuses the marks on the chosen pod
+    (another manager took the annotation meanwhile, an invalid value, a webhook's no): the
+    tick backs off and says why, the scale-in still goes ahead, and the pod is not written
+    again on the next ticks."""
+    writes = await _scale_in_two_pods(
+        pod_server, monkeypatch, managed=None, refuse=refuse, ticks_after=2
+    )
+    assert ("scale", 1) in writes, writes
+    assert [w[1][0] for w in writes if w[0] == "marks"] == ["p2"]
+    message = [w[1] for w in writes if w[0] == "status"][-1]["decisions"][-1]["message"]
+    assert message.endswith(
+        f"Not choosing the pods to remove: the API server refused the scale-in marks on p2 "
+        f"({refuse.status} {refuse.why})."
+    ), message
 
 
 @pytest.mark.parametrize("mode", [None, "Recommend", "Off"])
