@@ -115,7 +115,8 @@ def classify_pods(pods: Sequence[dict[str, Any]], gpu_resource: str) -> PodCensu
     pairs: list[tuple[float, float]] = []
     for pod in pods:
         meta, st = pod["metadata"], pod.get("status") or {}
-        if meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp") or finished(pod):
+            # An evicted pod (Failed) stays listed until garbage-collected: no capacity.
             continue
         conds = {c.get("type"): c for c in st.get("conditions") or []}
         if conds.get("Ready", {}).get("status") == "True" and st.get("podIP"):

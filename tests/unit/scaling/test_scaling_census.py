@@ -40,6 +40,15 @@ GPU = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 n
 CPU = "0/4 nodes are available: 4 Insufficient cpu."
 
 
+def test_a_finished_pod_is_no_capacity() -> None:
+    # Evicted (Failed) or completed pods stay listed, bound to their node, until the garbage
+    # collector removes them: neither serving nor on their way.
+    for phase in ("Failed", "Succeeded"):
+        done = {**pod("e", scheduled="True", node="n1"), "status": {"phase": phase}}
+        seen = census.classify_pods([done, pod("a", ready=True, node="n1")], "nvidia.com/gpu")
+        assert (seen.live, seen.starting, list(seen.ready)) == (1, 0, ["a"])
+
+
 def test_each_pod_lands_in_one_bucket() -> None:
     seen = census.classify_pods(
         [
