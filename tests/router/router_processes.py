@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -300,12 +301,19 @@ def mlp_request(rows: int = 1, seed: int = 0) -> bytes:
 
 
 async def open_loop(
-    url: str, *, rate: float, seconds: float, body: bytes, timeout: float = 30.0
+    url: str,
+    *,
+    rate: float,
+    seconds: float,
+    body: bytes,
+    timeout: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> list[tuple[int, float]]:
     """POST `body` at a fixed rate (arrivals do not wait for answers): (status, latency) each.
 
-    A transport error reads as status 0. Python drives a few hundred requests per second on
-    two cores; that is what behaviour tests need, not what throughput figures need.
+    Sends for `seconds`, or until `stop` is set (from another thread), then waits for every
+    answer. A transport error reads as status 0. Python drives a few hundred requests per
+    second on two cores; that is what behaviour tests need, not what throughput figures need.
     """
     loop = asyncio.get_running_loop()
     results: list[tuple[int, float]] = []
@@ -327,9 +335,51 @@ async def open_loop(
         tasks = []
         start = loop.time()
         for i in range(int(rate * seconds)):
+            if stop is not None and stop.is_set():
+                break
             delay = start + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(session)))
         await asyncio.gather(*tasks)
     return results
+
+
+# -- the local cluster ---------------------------------------------------------------------
+
+COLD_START = "kubeinfer.io/simulated-cold-start"  # the local cluster's kwok stage
+
+
+def deployment(name: str, *, replicas: int, cold_start: str | None = None) -> dict[str, Any]:
+    """A Deployment whose pods kwok runs (Ready at once, or after `cold_start`) on loopback IPs;
+    the tests start a real server on a pod's IP as its container."""
+    annotations = {COLD_START: cold_start} if cold_start else {}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "example.invalid/kubeinfer-onnx:1",
+                            "ports": [
+                                {"name": "http", "containerPort": 8000},
+                                {"name": "metrics", "containerPort": 8002},
+                            ],
+                        }
+                    ]
+                },
+            },
+        },
+    }
+
+
+def replicas(apps: Any, namespace: str, name: str) -> int:
+    """The Deployment's replicas, read through its scale subresource (an AppsV1Api)."""
+    return int(apps.read_namespaced_deployment_scale(name, namespace).spec.replicas or 0)

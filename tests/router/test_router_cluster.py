@@ -14,8 +14,10 @@ import pytest
 from router_processes import (
     OnnxServer,
     build_repo,
+    deployment,
     mlp_request,
     open_loop,
+    replicas,
     start_onnx,
     start_router,
 )
@@ -26,40 +28,6 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-COLD_START = "kubeinfer.io/simulated-cold-start"  # the local cluster's kwok stage
-
-
-def deployment(name: str, *, replicas: int, cold_start: str | None = None) -> dict[str, Any]:
-    annotations = {COLD_START: cold_start} if cold_start else {}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.invalid/kubeinfer-onnx:1",
-                            "ports": [
-                                {"name": "http", "containerPort": 8000},
-                                {"name": "metrics", "containerPort": 8002},
-                            ],
-                        }
-                    ]
-                },
-            },
-        },
-    }
-
-
-def replicas(cluster: ClusterHandle, namespace: str, name: str) -> int:
-    return int(cluster.apps.read_namespaced_deployment_scale(name, namespace).spec.replicas or 0)
-
 
 def test_the_wake_writes_zero_to_one_through_the_scale_subresource_and_nothing_else(
     cluster: ClusterHandle, namespace: str
@@ -67,7 +35,7 @@ def test_the_wake_writes_zero_to_one_through_the_scale_subresource_and_nothing_e
     cluster.apps.create_namespaced_deployment(namespace, deployment("m", replicas=0))
     wake = waking.ScaleWake(api=cluster.api, namespace=namespace, deployments=["m"])
     assert wake.wake_sync() == ["m"]
-    assert replicas(cluster, namespace, "m") == 1
+    assert replicas(cluster.apps, namespace, "m") == 1
     managed = cluster.apps.read_namespaced_deployment("m", namespace).metadata.managed_fields
     ours = [f for f in managed if f.manager == waking.FIELD_MANAGER]
     assert len(ours) == 1 and ours[0].subresource == "scale"
@@ -76,7 +44,7 @@ def test_the_wake_writes_zero_to_one_through_the_scale_subresource_and_nothing_e
     assert wake.wake_sync() == []
     cluster.apps.patch_namespaced_deployment_scale("m", namespace, {"spec": {"replicas": 3}})
     assert wake.wake_sync() == []
-    assert replicas(cluster, namespace, "m") == 3
+    assert replicas(cluster.apps, namespace, "m") == 3
 
 
 async def test_pod_discovery_follows_ready_pods_and_draining_marks(
@@ -175,7 +143,7 @@ async def test_scale_from_zero_on_the_cluster(
         )  # fmt: skip
         results = await load
         assert [status for status, _ in results] == [200] * 10
-        assert replicas(cluster, namespace, "z") == 1
+        assert replicas(cluster.apps, namespace, "z") == 1
         assert router.metric("kubeinfer_router_wake_calls_total", outcome="ok") == 1
         assert woke_in < 30
     finally:
