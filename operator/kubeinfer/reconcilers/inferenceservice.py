@@ -20,7 +20,7 @@ import pydantic
 
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, cluster, kube
-from kubeinfer.core import api, builders, census, children, rollout, status
+from kubeinfer.core import api, builders, census, children, rollout, router, status
 from kubeinfer.core.config import OperatorConfig
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -198,6 +198,9 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         pods=kube.cached_pods(owner.namespace, owner.name),
         execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
         runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
+        may_scale_to_zero=bool(
+            spec and spec.router.enabled and spec.scaling.min_replicas == 0 and not spec.stopped
+        ),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome, deployment=deployment)
     return outcome
@@ -265,7 +268,13 @@ def write_order(
     """
 
     def rank(manifest: dict[str, Any]) -> int:
-        if manifest["kind"] == "Deployment" and live.get(children.key_of(manifest)) is None:
+        # Not the router's: its pods need the ServiceAccount applied before it (builder order).
+        component = manifest["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if (
+            manifest["kind"] == "Deployment"
+            and component != router.COMPONENT
+            and live.get(children.key_of(manifest)) is None
+        ):
             return 0
         if manifest["kind"] == "ConfigMap" and live.get(children.key_of(manifest)) is not None:
             return 0
