@@ -3,6 +3,7 @@ scaling to zero needs the router."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pydantic
@@ -149,3 +150,10 @@ def test_switching_the_router_off_deletes_its_children_and_the_service_selects_t
 def test_a_service_that_may_scale_to_zero_starts_with_one_replica() -> None:
     assert builders.initial_replicas(spec(**ROUTED)) == 1
     assert builders.clamp_replicas(spec(**ROUTED), 0) == 0
+
+
+def test_the_scale_to_zero_example_is_valid() -> None:
+    repo = pathlib.Path(__file__).resolve().parents[3]
+    doc = yaml.safe_load((repo / "examples" / "scale-to-zero.yaml").read_text())
+    parsed = api.parse_spec(doc["spec"])
+    assert parsed.router.enabled and parsed.scaling.min_replicas == 0
