@@ -22,6 +22,8 @@ import urllib.request
 from typing import Any
 
 import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterHandle
 from tests.e2e import load, scenario
@@ -207,3 +209,63 @@ def test_min_replicas_zero_without_the_router_is_refused_by_the_api_server(
     )
     assert proc.returncode != 0
     assert "scaling.minReplicas 0 needs router.enabled" in proc.stderr, proc.stderr
+
+
+def test_switching_the_router_on_and_off_creates_and_deletes_its_children(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    """The reconciler's side of spec.router: children with owner references, the Service's
+    selector moved to the router pods and back, everything of the router's deleted when it is
+    switched off. Pods here are kwok's (no run label): nothing needs to serve."""
+    name = "toggle"
+    doc = {
+        "apiVersion": f"{scenario.GROUP}/{scenario.VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "m", "format": "onnx", "storageUri": "https://h.example/m.onnx"},
+            "router": {"enabled": True},
+        },
+    }
+    scenario.apply(cluster, namespace, yaml.safe_dump(doc))
+    router = f"{name}-router"
+    rbac = client.RbacAuthorizationV1Api(cluster.core.api_client)
+
+    def children() -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for kind, read in (
+            ("Deployment", cluster.apps.read_namespaced_deployment),
+            ("ConfigMap", cluster.core.read_namespaced_config_map),
+            ("ServiceAccount", cluster.core.read_namespaced_service_account),
+            ("Role", rbac.read_namespaced_role),
+            ("RoleBinding", rbac.read_namespaced_role_binding),
+        ):
+            try:
+                found[kind] = read(router, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return found
+
+    def selector() -> dict[str, str]:
+        svc = cluster.core.read_namespaced_service(f"{name}-predictor", namespace)
+        return dict(svc.spec.selector or {})
+
+    made = wait_for(lambda: len(children()) == 5 and children(), 60, "the router's children")
+    owner_uid = scenario.get(cluster, namespace, name)["metadata"]["uid"]
+    for kind, obj in made.items():
+        assert [r.uid for r in obj.metadata.owner_references or []] == [owner_uid], kind
+    wait_for(lambda: selector() == {ROUTER_LABEL: name}, 30, "the Service on the router pods")
+
+    cluster.custom.patch_namespaced_custom_object(
+        scenario.GROUP,
+        scenario.VERSION,
+        namespace,
+        scenario.PLURAL,
+        name,
+        {"spec": {"router": {"enabled": False}}},
+    )
+    wait_for(lambda: not children(), 60, "the router's children deleted")
+    wait_for(
+        lambda: selector() == {scenario.LABEL: name}, 30, "the Service back on the serving pods"
+    )
