@@ -73,13 +73,14 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
   verbs: [get, list, watch, create, patch, delete]
 # kubeinfer-router (spec.router): its ServiceAccount, and a Role and RoleBinding granting it
 # pods get/list/watch and deployments/scale get/patch, which this role holds above (RBAC
-# refuses a Role granting more than its creator has). Deleted when the router is switched off.
+# refuses a Role granting more than its creator has). Listed each resync (drift), deleted when
+# the router is switched off.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 # A PodDisruptionBudget is deleted again when a service scales to one replica or opts out.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
