@@ -59,7 +59,12 @@ def run(
     print(kubectl("apply", "-f", "-", stdin=manifest(scenario.model_uri(work))))
 
     def state() -> tuple[int, str, str]:
-        dep = apps.read_namespaced_deployment(f"{NAME}-predictor", "default")
+        try:
+            dep = apps.read_namespaced_deployment(f"{NAME}-predictor", "default")
+        except client.ApiException as exc:
+            if exc.status == 404:  # the operator has not created it yet
+                return -1, "-", ""
+            raise
         obj = custom.get_namespaced_custom_object(
             "kubeinfer.io", "v1alpha1", "default", "inferenceservices", NAME
         )
@@ -117,13 +122,11 @@ def run(
     sender.start()
     follow(lambda s: s[0] == 1 and bool(answer), 150)
     sender.join()
-    dep = apps.read_namespaced_deployment(f"{NAME}-predictor", "default")
-    writers = sorted(
-        m.manager for m in dep.metadata.managed_fields or [] if m.subresource == "scale"
-    )
     print(
         f"answered {answer.get('status')} after {answer.get('seconds', 0):.1f} s (held while the "
-        f"replica started); replicas written through the scale subresource by: {writers}"
+        "replica started). The operator's own replica writes (its Events) went 1 -> 0 only; "
+        "the router wrote 0 -> 1:"
     )
+    print(kubectl("get", "events", "--field-selector", f"involvedObject.name={NAME}"))
     step("kubectl describe kisvc sentiment (decisions: ScaledToZero, AtZero, WokenByRouter)")
     print(kubectl("describe", "kisvc", NAME))

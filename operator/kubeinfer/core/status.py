@@ -55,6 +55,7 @@ STORAGE_INIT_FAILED = "StorageInitFailed"
 # Ready's reason while a healthy Deployment is still bringing replicas up.
 REPLICAS_NOT_READY = "ReplicasNotReady"
 SCALED_TO_ZERO = "ScaledToZero"
+WAKING_UP = "WakingUp"
 # Condition reasons for a pod the scheduler refused, by what it lacks.
 _UNSCHEDULABLE_REASONS = {
     "gpu": "InsufficientGPU",
@@ -107,6 +108,9 @@ class Observed:
     # spec.router.enabled with minReplicas 0: zero replicas is a resting state, not an outage
     # (the router holds requests and wakes the service).
     may_scale_to_zero: bool = False
+    # ... and the autoscaler last saw it at zero (or woken): replicas not ready yet are a
+    # wake in progress (WakingUp), not a first start or an outage.
+    waking: bool = False
 
 
 def _condition(
@@ -195,6 +199,16 @@ def _runtime_condition(obs: Observed) -> api.Condition | None:
     return None
 
 
+# The autoscaler's decisions (core/scaling/zero.py) after which a service is waking up.
+AT_ZERO_DECISIONS = frozenset({"ScaledToZero", "AtZero", "WokenByRouter"})
+
+
+def waking(status: dict[str, Any]) -> bool:
+    """The autoscaler's newest decision left the service at zero or saw it woken."""
+    decisions = (status.get("autoscaler") or {}).get("decisions") or []
+    return bool(decisions) and decisions[-1].get("reason") in AT_ZERO_DECISIONS
+
+
 def _at_zero(obs: Observed) -> bool:
     """The Deployment asks for no replica and has none left."""
     spec = (obs.deployment or {}).get("spec") or {}
@@ -216,6 +230,14 @@ def _deployment_condition(obs: Observed, ready: int, replicas: int) -> api.Condi
             SCALED_TO_ZERO,
             "Scaled to zero: kubeinfer-router holds requests and scales to 1 on the first.",
             True,
+        )
+    elif obs.waking and ready == 0 and not _at_zero(obs):
+        # Woken from zero: not ready yet, but named, so nobody mistakes it for an outage.
+        reason, message, ok = (
+            WAKING_UP,
+            f"Scaling from zero: {ready} of {replicas} replicas ready; kubeinfer-router holds "
+            "requests until one is.",
+            False,
         )
     elif available and ready > 0:
         reason, message, ok = (

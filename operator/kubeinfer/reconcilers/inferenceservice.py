@@ -184,6 +184,9 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         deployment = kube.cached_get(
             "apps/v1", "Deployment", owner.namespace, builders.child_name(owner)
         )
+    zero = bool(
+        spec and spec.router.enabled and spec.scaling.min_replicas == 0 and not spec.stopped
+    )
     observed = status.Observed(
         generation=int(seen.isvc["metadata"].get("generation") or 0),
         runtime_name=seen.runtime_name,
@@ -198,9 +201,8 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         pods=kube.cached_pods(owner.namespace, owner.name),
         execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
         runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
-        may_scale_to_zero=bool(
-            spec and spec.router.enabled and spec.scaling.min_replicas == 0 and not spec.stopped
-        ),
+        may_scale_to_zero=zero,
+        waking=zero and status.waking(seen.isvc.get("status") or {}),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome, deployment=deployment)
     return outcome
@@ -399,6 +401,7 @@ def _write_status(
     if before is None and ready and ready["reason"] == status.REPLICAS_NOT_READY:
         # A new service's first status: the "Created" Event has just said as much.
         return
+    woke = bool(ready and ready["reason"] == status.WAKING_UP)
     if ready and (
         before is None
         or before.get("status") != ready["status"]
@@ -406,7 +409,8 @@ def _write_status(
     ):
         kube.emit_event(
             isvc,
-            type_="Normal" if ready["status"] == "True" else "Warning",
+            # A wake from zero is the router doing its job, not a warning.
+            type_="Normal" if ready["status"] == "True" or woke else "Warning",
             reason=ready["reason"],
             message=ready["message"],
         )

@@ -173,3 +173,11 @@ def test_the_router_page_is_summed_over_its_pods() -> None:
     )
     got = metrics.parse_router_metrics([page, page])
     assert got == signals.RouterSignals(requests_total=10.0, held=4.0)
+
+
+def test_holding_the_last_replica_says_when_it_goes() -> None:
+    t = Tick()
+    t.run(1)
+    result = t.run(1)
+    assert result.reason is decide.Reason.AT_MIN
+    assert f"scaling to zero after {IDLE_S:.0f} s without demand" in result.message

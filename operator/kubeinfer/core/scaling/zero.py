@@ -108,4 +108,12 @@ def hand_off(
             "service.",
             state=dataclasses.replace(memory, last_scale_time=now),
         )
+    if current == 1 and result.reason is decide.Reason.AT_MIN:
+        # The floor of one is decide's, not the spec's: say what takes the replica away.
+        return dataclasses.replace(
+            result,
+            message=f"Holding 1 replica: {'demand' if seen else 'no demand'} for "
+            f"{idle:.0f} s; scaling to zero after {wait:.0f} s without demand.",
+            state=memory,
+        )
     return dataclasses.replace(result, state=memory)
