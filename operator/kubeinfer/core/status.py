@@ -204,9 +204,15 @@ AT_ZERO_DECISIONS = frozenset({"ScaledToZero", "AtZero", "WokenByRouter"})
 
 
 def waking(status: dict[str, Any]) -> bool:
-    """The autoscaler's newest decision left the service at zero or saw it woken."""
-    decisions = (status.get("autoscaler") or {}).get("decisions") or []
-    return bool(decisions) and decisions[-1].get("reason") in AT_ZERO_DECISIONS
+    """The autoscaler last left the service at zero (or saw it woken), and has not seen a
+    Ready replica since: newest first, decisions without one (NoData while the woken replica
+    starts) are passed over until one names zero or saw a replica."""
+    for decision in reversed((status.get("autoscaler") or {}).get("decisions") or []):
+        if decision.get("reason") in AT_ZERO_DECISIONS:
+            return True
+        if (decision.get("inputs") or {}).get("ready", 0) >= 1:
+            return False
+    return False
 
 
 def _at_zero(obs: Observed) -> bool:
@@ -231,7 +237,11 @@ def _deployment_condition(obs: Observed, ready: int, replicas: int) -> api.Condi
             "Scaled to zero: kubeinfer-router holds requests and scales to 1 on the first.",
             True,
         )
-    elif obs.waking and ready == 0 and not _at_zero(obs):
+    elif (
+        obs.waking
+        and ready == 0
+        and int((obs.deployment or {}).get("spec", {}).get("replicas") or 0)
+    ):
         # Woken from zero: not ready yet, but named, so nobody mistakes it for an outage.
         reason, message, ok = (
             WAKING_UP,

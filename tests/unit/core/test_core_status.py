@@ -416,11 +416,20 @@ def test_a_routed_service_at_zero_is_ready_and_a_wake_is_named() -> None:
     assert cond(st, "Ready")["status"] == "False"
 
 
-def test_waking_reads_the_autoscalers_newest_decision() -> None:
-    def decided(*reasons: str) -> dict[str, Any]:
-        return {"autoscaler": {"decisions": [{"reason": r} for r in reasons]}}
+def test_waking_reads_the_autoscalers_decisions_since_a_replica_was_ready() -> None:
+    def decided(*reasons: tuple[str, int]) -> dict[str, Any]:
+        return {
+            "autoscaler": {
+                "decisions": [{"reason": r, "inputs": {"ready": float(n)}} for r, n in reasons]
+            }
+        }
 
-    assert status.waking(decided("AtMin", "ScaledToZero"))
-    assert status.waking(decided("AtZero"))
-    assert not status.waking(decided("ScaledToZero", "WokenByRouter", "AtMin"))
+    assert status.waking(decided(("AtMin", 1), ("ScaledToZero", 1)))
+    assert status.waking(decided(("AtZero", 0)))
+    assert not status.waking(decided(("ScaledToZero", 1), ("WokenByRouter", 0), ("AtMin", 1)))
     assert not status.waking({})
+    # The woken replica still starting: decisions without a Ready pod keep it waking...
+    assert status.waking(decided(("WokenByRouter", 0), ("NoData", 0), ("NoData", 0)))
+    # ...until one saw a Ready replica; and a first start (NoData alone) is no wake.
+    assert not status.waking(decided(("WokenByRouter", 0), ("Hold", 1)))
+    assert not status.waking(decided(("NoData", 0)))
