@@ -1,5 +1,7 @@
-# kubeinfer operator image: the `kubeinfer` package (operator, storage initializer, CLI). No
-# model runtime: no onnxruntime, no tritonclient (operator/pyproject.toml lists what it carries).
+# kubeinfer operator image: the `kubeinfer` package (operator, storage initializer, CLI) and
+# kubeinfer-router (router/, the `kubeinfer-router` command the operator's router Deployments
+# run: its dependencies are the operator's plus uvloop). No model runtime: no onnxruntime, no
+# tritonclient (operator/pyproject.toml and router/pyproject.toml list what it carries).
 #
 # Build from the repository root:   docker build -f docker/operator.Dockerfile -t kubeinfer-operator .
 # `make images` builds it here with buildah on a Python base made from Debian packages
@@ -23,20 +25,22 @@ ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 
 # (`make images` passes the host's); it is mounted for the step only, never stored in a layer.
 # A current pip first: Debian's 23.0 backtracks for minutes over boto3/botocore versions.
 COPY operator/pyproject.toml ./operator/
+COPY router/pyproject.toml ./router/
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('operator/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && python -c "import tomllib; print('\n'.join(d for p in ('operator', 'router') for d in tomllib.load(open(f'{p}/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && pip install -q --upgrade pip \
  && pip install -q -r /tmp/requirements.txt
 COPY VERSION ./
 COPY operator ./operator
+COPY router ./router
 # Size: kubernetes' asyncio twin of its client (kubernetes/aio, ~70 MB) is never imported
 # (kubeinfer uses the sync client, kopf its own). Unchecked-hash bytecode: valid whatever the
 # file times after COPY, so the interpreter never tries (and fails, on a read-only root) to
 # rewrite a .pyc. pip and setuptools do not ship.
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && pip install -q --no-deps ./operator \
+ && pip install -q --no-deps ./operator ./router \
  && pip uninstall -q -y pip setuptools \
  && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
  && rm -rf "$site/kubernetes/aio" \
@@ -44,7 +48,8 @@ RUN --mount=type=secret,id=pip_ca \
  && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
  && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
  && kubeinfer --help >/dev/null \
- && python -c "import kubeinfer.handlers.main, kubeinfer.storage.main"
+ && kubeinfer-router --help >/dev/null \
+ && python -c "import kubeinfer.handlers.main, kubeinfer.storage.main, kubeinfer_router.proxy"
 
 # ---- runtime: the venv only, as uid 1000 (the chart's runAsUser), read-only root friendly ----
 FROM ${PYTHON_IMAGE}

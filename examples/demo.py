@@ -11,7 +11,8 @@ Steps (each printed as it runs):
 5. show `kubectl describe kisvc quickstart` with the autoscaler's decisions.
 Everything started here is stopped at the end (KEEP=1 keeps the cluster for exploring).
 KUBEINFER_INSTALL=helm installs CRDs, runtimes and RBAC with the chart and runs the operator
-with the chart's ServiceAccount identity.
+with the chart's ServiceAccount identity. DEMO=scale-to-zero shows scale to zero and back
+through kubeinfer-router instead of steps 3-5 (examples/demo_zero.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 import yaml  # noqa: E402
+from examples import demo_zero  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from kubeinfer_cluster import build, run  # noqa: E402
@@ -157,6 +159,17 @@ def main() -> int:
             install(cluster.tools.kubectl, env)
         operator.start()
         print(kubectl("get", "inferenceruntimes"))
+        if os.environ.get("DEMO") == "scale-to-zero":
+            config.load_kube_config(config_file=str(cluster.kubeconfig))
+            demo_zero.run(
+                kubectl=kubectl,
+                core=client.CoreV1Api(),
+                apps=client.AppsV1Api(),
+                custom=client.CustomObjectsApi(),
+                work=work,
+                step=step,
+            )
+            return 0
 
         step("Applying examples/quickstart.yaml (an ONNX model on 1 GPU, 1-4 replicas)")
         print(

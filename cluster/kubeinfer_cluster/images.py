@@ -63,8 +63,9 @@ class ImageSpec:
 
 
 IMAGES = (
-    # The operator, also the storage initializer (`kubeinfer storage-init`).
-    ImageSpec("operator", "docker/operator.Dockerfile", ("VERSION", "operator")),
+    # The operator, also the storage initializer (`kubeinfer storage-init`) and the router
+    # (`kubeinfer-router`, which the operator's router Deployments run).
+    ImageSpec("operator", "docker/operator.Dockerfile", ("VERSION", "operator", "router")),
     ImageSpec(
         "onnx-server", "runtimes/onnxruntime/Dockerfile", ("VERSION", "runtimes/onnxruntime")
     ),

@@ -60,16 +60,27 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
   resources: [inferenceservices/status]
   verbs: [get, patch]
 # Children, server-side applied by the kubeinfer-reconciler field manager and watched by kopf.
+# delete: a router Deployment goes when spec.router.enabled is switched off.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Replicas: written only by the kubeinfer-autoscaler field manager through the scale subresource.
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [get, patch]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+# kubeinfer-router (spec.router): its ServiceAccount, and a Role and RoleBinding granting it
+# pods get/list/watch and deployments/scale get/patch, which this role holds above (RBAC
+# refuses a Role granting more than its creator has). Listed each resync (drift), deleted when
+# the router is switched off.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, create, patch, delete]
 # A PodDisruptionBudget is deleted again when a service scales to one replica or opts out.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]

@@ -345,7 +345,12 @@ class PodWorker(threading.Thread):
             try:
                 contents, secrets = self.kubelet.volume_contents(self.pod)
                 plan = plan_.pod_plan(
-                    self.pod, ip=self.ip, sandbox=self.sandbox, contents=contents, secrets=secrets
+                    self.pod,
+                    ip=self.ip,
+                    sandbox=self.sandbox,
+                    contents=contents,
+                    secrets=secrets,
+                    api_server=self.kubelet.api_server,
                 )
                 break
             except plan_.Unsupported as exc:
@@ -483,6 +488,8 @@ class Kubelet:
         self.state = state
         # What every container learns about the API server (KUBERNETES_SERVICE_*): the
         # `kubernetes` Service's ClusterIP is not routable here, so the real address.
+        # Host processes with a ServiceAccount token reach it by its real address too.
+        self.api_server = str(api.configuration.host)
         server = urllib.parse.urlsplit(api.configuration.host)
         self.cluster_env = {
             "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",

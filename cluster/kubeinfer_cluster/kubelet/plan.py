@@ -41,6 +41,8 @@ HOST_COMMANDS: dict[str, list[str]] = {
     "kubeinfer-onnx-server": [sys.executable, "-m", "kubeinfer_onnx.server"],
     # Real Triton 2.51 (the pytriton wheel) with the CPU stand-in: triton/host.py.
     "tritonserver": [sys.executable, "-m", "kubeinfer_cluster.triton.host"],
+    # kubeinfer-router (router/), which the operator image carries and runs by this command.
+    "kubeinfer-router": [sys.executable, "-m", "kubeinfer_router"],
 }
 # The last path element of an image repository -> its ENTRYPOINT (docker/*.Dockerfile).
 IMAGE_ENTRYPOINTS = {
@@ -48,6 +50,12 @@ IMAGE_ENTRYPOINTS = {
     "onnx-server": "kubeinfer-onnx-server",
     "tritonserver": "tritonserver",
 }
+
+
+# Where the API server's ServiceAccount admission mounts a pod's token, CA and namespace. A
+# host process cannot read it there (the host's own path), so it gets a kubeconfig naming the
+# same files in the pod's sandbox: the pod's own identity, never the host's credentials.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class Unsupported(ValueError):
@@ -273,6 +281,7 @@ def container_plan(
     sandbox: pathlib.Path,
     run_as: tuple[int, int] = (1000, 1000),
     in_containers: bool = False,
+    api_server: str = "",
 ) -> ContainerPlan:
     name = str(container["name"])
     host, command_args = ([], []) if in_containers else entrypoint(container)
@@ -294,6 +303,11 @@ def container_plan(
     argv = host + [rewrite_arg(a, table, ip) for a in args]
     # What a kubelet's downward API would give a container that asked: the pod's IP.
     env.setdefault("POD_IP", ip)
+    account = to_host(SERVICE_ACCOUNT_DIR, table)
+    if account is not None and api_server and not in_containers:
+        config = sandbox / "kubeconfig" / name
+        files[config] = service_account_kubeconfig(api_server, account)
+        env.setdefault("KUBECONFIG", str(config))
     device_ms = annotations.get(DEVICE_MS_ANNOTATION)
     if device_ms and host == HOST_COMMANDS["kubeinfer-onnx-server"]:
         argv.append(f"--emulate-device-ms={float(device_ms):g}")
@@ -325,6 +339,23 @@ def container_plan(
     )
 
 
+def service_account_kubeconfig(api_server: str, account: pathlib.Path) -> str:
+    """A kubeconfig for a host process that authenticates as its pod's ServiceAccount (the
+    token file the kubelet projected, re-read on each load) and trusts the cluster's CA."""
+    return (
+        "apiVersion: v1\n"
+        "kind: Config\n"
+        "clusters:\n"
+        f"- name: cluster\n  cluster:\n    server: {api_server}\n"
+        f"    certificate-authority: {account / 'ca.crt'}\n"
+        "users:\n"
+        f"- name: pod\n  user:\n    tokenFile: {account / 'token'}\n"
+        "contexts:\n"
+        "- name: pod\n  context:\n    cluster: cluster\n    user: pod\n"
+        "current-context: pod\n"
+    )
+
+
 def pod_plan(
     pod: Mapping[str, Any],
     *,
@@ -332,6 +363,7 @@ def pod_plan(
     sandbox: pathlib.Path,
     contents: Mapping[str, Mapping[str, str]],
     secrets: Mapping[str, Mapping[str, str]],
+    api_server: str = "",
 ) -> PodPlan:
     """The whole pod, or Unsupported naming the first thing this host cannot do."""
     annotations = pod["metadata"].get("annotations") or {}
@@ -354,6 +386,7 @@ def pod_plan(
             sandbox=sandbox,
             run_as=run_as,
             in_containers=in_containers,
+            api_server=api_server,
         )
 
     cold = annotations.get(COLD_START_ANNOTATION)

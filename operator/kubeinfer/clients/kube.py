@@ -35,6 +35,16 @@ _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
     ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
     ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets",
+    # kubeinfer-router's identity and permissions (core/router.py).
+    ("v1", "ServiceAccount"): "/api/v1/namespaces/{ns}/serviceaccounts",
+    (
+        "rbac.authorization.k8s.io/v1",
+        "Role",
+    ): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    (
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+    ): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     ("policy/v1", "PodDisruptionBudget"): "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     (
         api.API_VERSION,

@@ -278,7 +278,15 @@ class ScalingSpec(_Model):
             ),
         )
     )
-    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    min_replicas: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1000,
+            description="0 scales to zero after scaleToZeroAfterSeconds without demand; it "
+            "needs router.enabled (the router holds requests at zero and wakes the service).",
+        ),
+    ] = 1
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
     mode: ScalingMode = ScalingMode.AUTO
     metric: ScalingMetric = ScalingMetric.QUEUE_DEPTH
@@ -308,6 +316,15 @@ class ScalingSpec(_Model):
         int | None,
         Field(ge=1, le=1000, description="Replicas to hold after repeated metric failures."),
     ] = None
+    scale_to_zero_after_seconds: Annotated[
+        int,
+        Field(
+            ge=5,
+            le=86400,
+            description="With minReplicas 0: seconds without demand (nothing in flight or "
+            "queued on the pods, no request reaching the router) before the last replica goes.",
+        ),
+    ] = 300
 
 
 class Toleration(_Model):
@@ -369,6 +386,52 @@ class InferencePoolSpec(_Model):
     failure_mode: EndpointPickerFailureMode = EndpointPickerFailureMode.FAIL_CLOSE
 
 
+class RouterPolicy(enum.StrEnum):
+    """How kubeinfer-router picks a pod (its `policy` setting)."""
+
+    LEAST_WAIT = "least-wait"  # power of two choices over in-flight + queued per capacity
+    INFLIGHT_P2C = "inflight-p2c"  # power of two choices over the router's in-flight only
+    RANDOM = "random"  # what a Service through kube-proxy does; a baseline
+
+
+class RouterSpec(_Model):
+    """kubeinfer-router in front of the serving pods: queue-aware routing, and the requests
+    held at zero replicas (needed for scaling.minReplicas 0)."""
+
+    enabled: Annotated[
+        bool,
+        Field(
+            description="Deploy <name>-router and point the service's Service at it; the "
+            "serving pods stay reachable for the router by pod IP."
+        ),
+    ] = False
+    policy: RouterPolicy = RouterPolicy.LEAST_WAIT
+    max_queued: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description="Requests held while no replica is Ready; more are answered 429.",
+        ),
+    ] = 100
+    hold_timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=3600,
+            description="How long a held request waits for a Ready replica, then 503.",
+        ),
+    ] = 120
+
+
+# At zero replicas only the router answers (it holds the request and writes 0 -> 1): without
+# it a service at zero would refuse every request until someone scaled it by hand.
+SCALE_TO_ZERO_NEEDS_ROUTER = (
+    "scaling.minReplicas 0 needs router.enabled: true (at zero replicas the router holds "
+    "requests and wakes the service)"
+)
+
+
 class InferenceServiceSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -388,6 +451,10 @@ class InferenceServiceSpec(_Model):
             (
                 "self.gpu.parallelism != 'Model' || self.gpu.count >= 2",
                 "gpu.parallelism Model needs gpu.count of at least 2",
+            ),
+            (
+                "self.scaling.minReplicas >= 1 || self.router.enabled",
+                SCALE_TO_ZERO_NEEDS_ROUTER,
             ),
         )
     )
@@ -416,9 +483,12 @@ class InferenceServiceSpec(_Model):
     scheduling: SchedulingSpec = SchedulingSpec()
     pod_metadata: PodMetadata = PodMetadata()
     inference_pool: InferencePoolSpec = InferencePoolSpec()
+    router: RouterSpec = RouterSpec()
 
     @pydantic.model_validator(mode="after")
     def _cross_field(self) -> InferenceServiceSpec:
+        if self.scaling.min_replicas == 0 and not self.router.enabled:
+            raise ValueError(SCALE_TO_ZERO_NEEDS_ROUTER)
         if self.scaling.min_replicas > self.scaling.max_replicas:
             raise ValueError(
                 "scaling.minReplicas must be less than or equal to scaling.maxReplicas"

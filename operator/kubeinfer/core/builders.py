@@ -412,9 +412,29 @@ def _hash(text: str) -> str:
 
 
 def build_service(
-    owner: Owner, runtime_name: str, runtime: api.InferenceRuntimeSpec
+    owner: Owner,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+    *,
+    router_selector: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The Service clients call. With ``router_selector`` (spec.router.enabled) it selects
+    the router pods and carries HTTP only (the router proxies KServe v2 HTTP; its port is
+    named http too); the serving pods stay reachable for the router by pod IP."""
     ports = runtime.ports
+    if router_selector is not None:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(owner, runtime_name),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": router_selector,
+                "ports": [
+                    {"name": "http", "port": ports.http, "targetPort": "http", "protocol": "TCP"}
+                ],
+            },
+        }
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -466,12 +486,14 @@ def service_url(
 
 
 def initial_replicas(spec: api.InferenceServiceSpec) -> int:
-    """Replicas the scaling path sets when it first sees the Deployment."""
+    """Replicas the scaling path sets when it first sees the Deployment. A service that may
+    scale to zero still starts with one: its first replica proves the model loads (Ready),
+    and the autoscaler takes it away after the idle period."""
     if spec.stopped:
         return 0
     if spec.scaling.mode is api.ScalingMode.OFF:
         return spec.replicas if spec.replicas is not None else spec.scaling.min_replicas
-    return spec.scaling.min_replicas
+    return max(spec.scaling.min_replicas, 1)
 
 
 def clamp_replicas(spec: api.InferenceServiceSpec, current: int) -> int:

@@ -5,7 +5,8 @@ Owns: the set of children an InferenceService wants (from the builders), the rul
 what differs" (``contains``: every field we set is already live with the same value), and the
 replica rule (a Deployment created now starts at ``initial_replicas``; afterwards only bounds,
 ``stopped`` and mode Off are enforced, so a scaled count survives any number of re-applies).
-The InferencePool is a child only where its CRD is installed (the caller says so).
+The InferencePool is a child only where its CRD is installed (the caller says so). The
+router's children (``core.router``) are wanted while spec.router.enabled, absent otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from kubeinfer.core import api, builders, inference_pool
+from kubeinfer.core import api, builders, inference_pool, router
 from kubeinfer.core.config import OperatorConfig
 
 Key = tuple[str, str, str]  # (apiVersion, kind, name)
@@ -67,13 +68,23 @@ def build(
 ) -> Wanted:
     """``strategy``: the rollout decision; ``inference_pools``: the InferencePool CRD is
     installed (without it the kind does not exist, so there is nothing to apply or delete)."""
+    routed = spec.router.enabled
     manifests = [
         builders.build_config_map(owner, spec, runtime_name, runtime),
         builders.build_deployment(owner, spec, runtime_name, runtime, config, strategy=strategy),
-        builders.build_service(owner, runtime_name, runtime),
+        builders.build_service(
+            owner,
+            runtime_name,
+            runtime,
+            router_selector=router.pod_selector(owner) if routed else None,
+        ),
     ]
     pdb = builders.build_pdb(owner, spec, runtime_name)
     absent: list[Child] = []
+    if routed:
+        manifests.extend(router.build_all(owner, spec, runtime, config))
+    else:
+        absent.extend(Child(v, k, router.name(owner)) for v, k in router.KINDS)
     name = builders.child_name(owner)
     if pdb is not None:
         manifests.append(pdb)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from prometheus_client import parser
 
-from kubeinfer.core import api
+from kubeinfer.core import api, router
 from kubeinfer.core.scaling import signals
 
 
@@ -81,10 +81,32 @@ def parse_metrics(text: str, *, names: api.RuntimeMetricNames = TRITON) -> RawSc
                 gpu_values.append(float(sample.value) * names.gpu_utilization_scale)
     gpu = min(1.0, max(0.0, sum(gpu_values) / len(gpu_values))) if gpu_values else None
     # One model on CPU is enough to make the pod a CPU pod for the GPUInUse condition.
-    provider = (
-        CPU_PROVIDER if CPU_PROVIDER in providers else min(providers) if providers else None
-    )
+    provider = CPU_PROVIDER if CPU_PROVIDER in providers else min(providers) if providers else None
     return RawScrape(gpu_utilization=gpu, execution_provider=provider, **sums)
+
+
+# kubeinfer-router's families (core/router.py names them), as the parser names them.
+_ROUTER_FAMILIES = {
+    _family_name(router.REQUESTS_METRIC): "requests_total",
+    _family_name(router.HELD_METRIC): "held",
+}
+
+
+def parse_router_metrics(texts: list[str]) -> signals.RouterSignals:
+    """The router's request counter and held gauge, summed over its pods' pages.
+
+    Raises ValueError on text the Prometheus parser rejects.
+    """
+    sums = dict.fromkeys(_ROUTER_FAMILIES.values(), 0.0)
+    for text in texts:
+        for family in parser.text_string_to_metric_families(text):
+            field = _ROUTER_FAMILIES.get(family.name)
+            if field is None:
+                continue
+            for sample in family.samples:
+                if sample.name in (family.name, family.name + "_total"):
+                    sums[field] += float(sample.value)
+    return signals.RouterSignals(**sums)
 
 
 def pod_providers(

@@ -55,6 +55,8 @@ FAILING_TERMINATED_REASONS = frozenset({"OOMKilled", "Error", "ContainerCannotRu
 STORAGE_INIT_FAILED = "StorageInitFailed"
 # Ready's reason while a healthy Deployment is still bringing replicas up.
 REPLICAS_NOT_READY = "ReplicasNotReady"
+SCALED_TO_ZERO = "ScaledToZero"
+WAKING_UP = "WakingUp"
 # Condition reasons for a pod the scheduler refused, by what it lacks.
 _UNSCHEDULABLE_REASONS = {
     "gpu": "InsufficientGPU",
@@ -104,6 +106,12 @@ class Observed:
     # the runtime says at all (its metric names include an execution provider gauge).
     execution_providers: tuple[api.ProviderUse, ...] = ()
     runtime_reports_provider: bool = False
+    # spec.router.enabled with minReplicas 0: zero replicas is a resting state, not an outage
+    # (the router holds requests and wakes the service).
+    may_scale_to_zero: bool = False
+    # ... and the autoscaler last saw it at zero (or woken): replicas not ready yet are a
+    # wake in progress (WakingUp), not a first start or an outage.
+    waking: bool = False
 
 
 def _condition(
@@ -192,6 +200,30 @@ def _runtime_condition(obs: Observed) -> api.Condition | None:
     return None
 
 
+# The autoscaler's decisions (core/scaling/zero.py) after which a service is waking up.
+AT_ZERO_DECISIONS = frozenset({"ScaledToZero", "AtZero", "WokenByRouter"})
+
+
+def waking(status: dict[str, Any]) -> bool:
+    """The autoscaler last left the service at zero (or saw it woken), and has not seen a
+    Ready replica since: newest first, decisions without one (NoData while the woken replica
+    starts) are passed over until one names zero or saw a replica."""
+    for decision in reversed((status.get("autoscaler") or {}).get("decisions") or []):
+        if decision.get("reason") in AT_ZERO_DECISIONS:
+            return True
+        if (decision.get("inputs") or {}).get("ready", 0) >= 1:
+            return False
+    return False
+
+
+def _at_zero(obs: Observed) -> bool:
+    """The Deployment asks for no replica and has none left."""
+    spec = (obs.deployment or {}).get("spec") or {}
+    return int(spec.get("replicas") or 0) == 0 and not int(
+        ((obs.deployment or {}).get("status") or {}).get("replicas") or 0
+    )
+
+
 def _deployment_condition(obs: Observed, ready: int, replicas: int) -> api.Condition:
     gen = obs.generation
     conditions = (obs.deployment or {}).get("status", {}).get("conditions") or []
@@ -200,6 +232,24 @@ def _deployment_condition(obs: Observed, ready: int, replicas: int) -> api.Condi
         reason, message, ok = "DeploymentMissing", "The Deployment has not been created yet.", False
     elif obs.stopped:
         reason, message, ok = "Stopped", "Stopped: scaled to zero, GPUs released.", False
+    elif obs.may_scale_to_zero and _at_zero(obs):
+        reason, message, ok = (
+            SCALED_TO_ZERO,
+            "Scaled to zero: kubeinfer-router holds requests and scales to 1 on the first.",
+            True,
+        )
+    elif (
+        obs.waking
+        and ready == 0
+        and int((obs.deployment or {}).get("spec", {}).get("replicas") or 0)
+    ):
+        # Woken from zero: not ready yet, but named, so nobody mistakes it for an outage.
+        reason, message, ok = (
+            WAKING_UP,
+            f"Scaling from zero: {ready} of {replicas} replicas ready; kubeinfer-router holds "
+            "requests until one is.",
+            False,
+        )
     elif available and ready > 0:
         reason, message, ok = (
             "MinimumReplicasAvailable",
@@ -399,6 +449,15 @@ def build_status(obs: Observed) -> api.InferenceServiceStatus:
         # more than the "ReplicasNotReady" it causes.
         first = min(problems, key=lambda p: _PRIORITY.index(p.condition))
         ready_cond = _condition(ConditionType.READY, False, first.reason, first.message, gen)
+    elif deployment.reason == SCALED_TO_ZERO:
+        ready_cond = _condition(
+            ConditionType.READY,
+            True,
+            SCALED_TO_ZERO,
+            f"Scaled to zero; serving at {obs.url} through kubeinfer-router, which holds "
+            "requests and scales to 1 on the first.",
+            gen,
+        )
     else:
         ready_cond = _condition(
             ConditionType.READY,

@@ -31,6 +31,12 @@ CACHED_KINDS = [
     ("v1", "ConfigMap", builders.LABEL_ISVC),
     ("policy/v1", "PodDisruptionBudget", builders.LABEL_ISVC),
     ("v1", "Pod", builders.LABEL_ISVC),
+    # kubeinfer-router's identity (spec.router): listed, not watched (they change only by
+    # our own writes, which the store sees), so a deleted one is known gone, and put back,
+    # within a resync, and a service without a router reads none of them from the API.
+    ("v1", "ServiceAccount", builders.LABEL_ISVC),
+    ("rbac.authorization.k8s.io/v1", "Role", builders.LABEL_ISVC),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", builders.LABEL_ISVC),
 ]
 
 

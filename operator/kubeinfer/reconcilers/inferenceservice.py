@@ -20,7 +20,7 @@ import pydantic
 
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, cluster, kube
-from kubeinfer.core import api, builders, census, children, rollout, status
+from kubeinfer.core import api, builders, census, children, rollout, router, status
 from kubeinfer.core.config import OperatorConfig
 
 # No per-service lock here: every call comes from a work-queue worker (handlers.events.work;
@@ -174,6 +174,9 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         deployment = kube.cached_get(
             "apps/v1", "Deployment", owner.namespace, builders.child_name(owner)
         )
+    zero = bool(
+        spec and spec.router.enabled and spec.scaling.min_replicas == 0 and not spec.stopped
+    )
     observed = status.Observed(
         generation=int(seen.isvc["metadata"].get("generation") or 0),
         runtime_name=seen.runtime_name,
@@ -188,6 +191,8 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         pods=kube.cached_pods(owner.namespace, owner.name),
         execution_providers=status.recorded_providers(seen.isvc.get("status") or {}),
         runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
+        may_scale_to_zero=zero,
+        waking=zero and status.waking(seen.isvc.get("status") or {}),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome, deployment=deployment)
     return outcome
@@ -255,7 +260,13 @@ def write_order(
     """
 
     def rank(manifest: dict[str, Any]) -> int:
-        if manifest["kind"] == "Deployment" and live.get(children.key_of(manifest)) is None:
+        # Not the router's: its pods need the ServiceAccount applied before it (builder order).
+        component = manifest["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if (
+            manifest["kind"] == "Deployment"
+            and component != router.COMPONENT
+            and live.get(children.key_of(manifest)) is None
+        ):
             return 0
         if manifest["kind"] == "ConfigMap" and live.get(children.key_of(manifest)) is not None:
             return 0
@@ -380,6 +391,7 @@ def _write_status(
     if before is None and ready and ready["reason"] == status.REPLICAS_NOT_READY:
         # A new service's first status: the "Created" Event has just said as much.
         return
+    woke = bool(ready and ready["reason"] == status.WAKING_UP)
     if ready and (
         before is None
         or before.get("status") != ready["status"]
@@ -387,7 +399,8 @@ def _write_status(
     ):
         kube.emit_event(
             isvc,
-            type_="Normal" if ready["status"] == "True" else "Warning",
+            # A wake from zero is the router doing its job, not a warning.
+            type_="Normal" if ready["status"] == "True" or woke else "Warning",
             reason=ready["reason"],
             message=ready["message"],
         )

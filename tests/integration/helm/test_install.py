@@ -243,6 +243,10 @@ def isvc(name: str) -> dict[str, Any]:
             },
             "gpu": {"count": 1},
             "scaling": {"minReplicas": 2, "maxReplicas": 3},
+            # The router too: the operator creates its ServiceAccount, Role and RoleBinding
+            # with the chart's identity (RBAC lets it grant only what it holds itself), and
+            # the router's pods pass `restricted` admission.
+            "router": {"enabled": True},
         },
     }
 
@@ -270,6 +274,13 @@ def serve_and_check(cluster: ClusterHandle, proc: OperatorProcess, ns: str) -> N
         ns, label_selector="kubeinfer.io/inferenceservice=svc"
     ).items
     assert len(pods) == 2
+    wait_for(
+        lambda: (
+            cluster.core.list_namespaced_pod(ns, label_selector="kubeinfer.io/router=svc").items
+        ),
+        60,
+        f"{ns}/svc-router's pod admitted",
+    )
     assert not failed_creates(cluster, ns)
     client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("svc-predictor", ns)
     reasons = {

@@ -231,6 +231,11 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
             "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
         ),
         (
+            # Scale to zero needs the router: at zero replicas nothing else answers.
+            {"scaling": {"minReplicas": 0}},
+            "scaling.minReplicas 0 needs router.enabled",
+        ),
+        (
             {"model": {"name": "m", "format": "onnx", "storageUri": "ftp://x/y"}},
             "spec.model.storageUri",
         ),

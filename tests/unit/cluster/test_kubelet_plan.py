@@ -146,3 +146,60 @@ def test_termination_message_is_the_log_tail() -> None:
     message = podstatus.termination_message(log)
     assert message.endswith("line 199") and "line 119\n" not in message
     assert len(message.encode()) <= podstatus.TAIL_BYTES
+
+
+def test_the_operators_router_pod_runs_as_its_service_account() -> None:
+    """kubeinfer-router's pod (core/router.py), with the token volume the API server's
+    ServiceAccount admission adds: the host process gets a kubeconfig naming the pod's own
+    token and CA in the sandbox, and binds the pod's IP."""
+    from kubeinfer.core import config, router
+
+    runtime = api.parse_runtime(
+        yaml.safe_load((REPO / "runtimes/defaults/onnxruntime.yaml").read_text())["spec"]
+    )
+    spec = api.parse_spec(
+        {
+            "model": {"name": "mlp", "format": "onnx", "storageUri": "file:///m.onnx"},
+            "router": {"enabled": True},
+        }
+    )
+    owner = builders.Owner(name="q", namespace="ns", uid="u")
+    template = router.build_deployment(owner, spec, runtime, config.OperatorConfig())["spec"][
+        "template"
+    ]
+    pod: dict[str, Any] = {"metadata": {"name": "q-router-1", **template["metadata"]}, **template}
+    pod["spec"]["volumes"].append({"name": "kube-api-access", "projected": {"sources": []}})
+    pod["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "kube-api-access", "mountPath": plan.SERVICE_ACCOUNT_DIR, "readOnly": True}
+    )
+    contents = {"config": {router.CONFIG_FILE: "{}"}}
+    result = plan.pod_plan(
+        pod,
+        ip=IP,
+        sandbox=SANDBOX,
+        contents=contents,
+        secrets={},
+        api_server="https://127.0.0.1:6443",
+    )
+    [proc] = result.main
+    assert proc.argv[:3] == [sys.executable, "-m", "kubeinfer_router"]
+    assert f"--config={SANDBOX / 'volumes' / 'config' / router.CONFIG_FILE}" in proc.argv
+    assert f"--listen={IP}:{router.HTTP_PORT}" in proc.argv
+    kubeconfig = pathlib.Path(proc.env["KUBECONFIG"])
+    doc = yaml.safe_load(proc.files[kubeconfig])
+    account = SANDBOX / "volumes" / "kube-api-access"
+    assert doc["users"][0]["user"] == {"tokenFile": str(account / "token")}
+    assert doc["clusters"][0]["cluster"] == {
+        "server": "https://127.0.0.1:6443",
+        "certificate-authority": str(account / "ca.crt"),
+    }
+    # A pod without a token gets no credentials at all.
+    no_token = plan.pod_plan(
+        onnx_pod(),
+        ip=IP,
+        sandbox=SANDBOX,
+        contents=config_contents(onnx_pod()),
+        secrets={},
+        api_server="https://127.0.0.1:6443",
+    )
+    assert all("KUBECONFIG" not in c.env for c in [*no_token.init, *no_token.main])

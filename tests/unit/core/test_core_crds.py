@@ -46,6 +46,12 @@ def test_cel_rules_and_subresources() -> None:
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rules = [r["rule"] for r in spec["properties"]["scaling"]["x-kubernetes-validations"]]
     assert "self.minReplicas <= self.maxReplicas" in rules
+    # Scale to zero needs the router, in the API server too (its message names the field).
+    top = {r["rule"]: r["message"] for r in spec["x-kubernetes-validations"]}
+    assert top["self.scaling.minReplicas >= 1 || self.router.enabled"].startswith(
+        "scaling.minReplicas 0 needs router.enabled"
+    )
+    assert spec["properties"]["scaling"]["properties"]["minReplicas"]["minimum"] == 0
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert crd["spec"]["names"]["shortNames"] == ["kisvc"]
     assert [c["name"] for c in version["additionalPrinterColumns"]][:3] == [

@@ -404,3 +404,46 @@ def test_a_warning_event_when_gpu_in_use_turns_false(
     assert (news is not None) is warn
     if warn:
         assert news == {"type": "GPUInUse", "status": "False", "reason": "R", "message": "M"}
+
+
+AT_ZERO = {
+    "spec": {"replicas": 0},
+    "status": {"replicas": 0, "conditions": [{"type": "Available", "status": "True"}]},
+}
+WOKEN = {
+    "spec": {"replicas": 1},
+    "status": {"replicas": 1, "readyReplicas": 0, "conditions": []},
+}
+
+
+def test_a_routed_service_at_zero_is_ready_and_a_wake_is_named() -> None:
+    st = built(observed(deployment=AT_ZERO, may_scale_to_zero=True))
+    assert (cond(st, "Ready")["status"], cond(st, "Ready")["reason"]) == ("True", "ScaledToZero")
+    # Woken by the router, the replica not ready yet: named, not a bare ReplicasNotReady.
+    st = built(observed(deployment=WOKEN, may_scale_to_zero=True, waking=True))
+    assert (cond(st, "Ready")["status"], cond(st, "Ready")["reason"]) == ("False", "WakingUp")
+    # The first start of such a service is an ordinary start.
+    st = built(observed(deployment=WOKEN, may_scale_to_zero=True, waking=False))
+    assert cond(st, "Ready")["reason"] == "ReplicasNotReady"
+    # Without the router zero replicas is no resting state.
+    st = built(observed(deployment=AT_ZERO))
+    assert cond(st, "Ready")["status"] == "False"
+
+
+def test_waking_reads_the_autoscalers_decisions_since_a_replica_was_ready() -> None:
+    def decided(*reasons: tuple[str, int]) -> dict[str, Any]:
+        return {
+            "autoscaler": {
+                "decisions": [{"reason": r, "inputs": {"ready": float(n)}} for r, n in reasons]
+            }
+        }
+
+    assert status.waking(decided(("AtMin", 1), ("ScaledToZero", 1)))
+    assert status.waking(decided(("AtZero", 0)))
+    assert not status.waking(decided(("ScaledToZero", 1), ("WokenByRouter", 0), ("AtMin", 1)))
+    assert not status.waking({})
+    # The woken replica still starting: decisions without a Ready pod keep it waking...
+    assert status.waking(decided(("WokenByRouter", 0), ("NoData", 0), ("NoData", 0)))
+    # ...until one saw a Ready replica; and a first start (NoData alone) is no wake.
+    assert not status.waking(decided(("WokenByRouter", 0), ("Hold", 1)))
+    assert not status.waking(decided(("NoData", 0)))

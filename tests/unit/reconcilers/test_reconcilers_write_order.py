@@ -36,3 +36,25 @@ def test_write_order(live_kinds: tuple[str, ...], expected: list[str]) -> None:
         for m in (CM, DEP, SVC)
     }
     assert [m["kind"] for m in write_order([CM, DEP, SVC], live)] == expected
+
+
+def test_a_new_router_deployment_waits_for_its_service_account() -> None:
+    """The router's pods name its ServiceAccount: a pod created before it exists is refused
+    by admission, so only the predictor's new Deployment jumps the queue."""
+    from kubeinfer.core import api, builders, children, config
+
+    spec = api.parse_spec(
+        {
+            "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+            "router": {"enabled": True},
+        }
+    )
+    runtime = api.InferenceRuntimeSpec(
+        image="i", formats=[api.RuntimeFormat(name=api.ModelFormat.ONNX)]
+    )
+    owner = builders.Owner(name="m", namespace="ns", uid="u")
+    wanted = children.build(owner, spec, "onnxruntime", runtime, config.OperatorConfig())
+    order = [(m["kind"], m["metadata"]["name"]) for m in write_order(wanted.apply, {})]
+    assert order[0] == ("Deployment", "m-predictor")
+    assert order.index(("ServiceAccount", "m-router")) < order.index(("Deployment", "m-router"))
+    assert order.index(("ConfigMap", "m-router")) < order.index(("Deployment", "m-router"))

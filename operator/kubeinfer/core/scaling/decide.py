@@ -52,6 +52,11 @@ class Reason(enum.StrEnum):
     STABILIZING = "Stabilizing"
     AT_MAX = "AtMax"
     AT_MIN = "AtMin"
+    # Scale to zero (zero.py): the autoscaler's last replica goes; it holds at zero; the
+    # router's wake (0 -> 1, its write) is seen.
+    SCALED_TO_ZERO = "ScaledToZero"
+    AT_ZERO = "AtZero"
+    WOKEN_BY_ROUTER = "WokenByRouter"
 
 
 class Clamp(enum.StrEnum):

@@ -35,6 +35,8 @@ class ScalingPolicy:
     gpu_veto_utilization: float | None
     # Replicas to hold at least after this many consecutive failed scrapes; None: just hold.
     fallback_replicas: int | None
+    # With min_replicas 0: seconds without demand before the last replica goes (zero.py).
+    scale_to_zero_after_s: float
 
     # The engine's own knobs.
     # Relative deviation from the target that is ignored, so noise does not move replicas.
@@ -82,6 +84,7 @@ def from_spec(spec: api.ScalingSpec | None = None, **overrides: Any) -> ScalingP
         "scale_down_stabilization_s": float(spec.scale_down_delay_seconds),
         "gpu_veto_utilization": spec.gpu_utilization_veto,
         "fallback_replicas": spec.fallback_replicas,
+        "scale_to_zero_after_s": float(spec.scale_to_zero_after_seconds),
     }
     return ScalingPolicy(**{**knobs, **overrides})
 
@@ -119,6 +122,8 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append("fallback_replicas must be >= 0")
     if policy.failures_before_fallback < 1:
         problems.append("failures_before_fallback must be >= 1")
+    if policy.scale_to_zero_after_s <= 0:
+        problems.append("scale_to_zero_after_s must be > 0")
     if policy.scrape_interval_s <= 0:
         problems.append("scrape_interval_s must be > 0")
     return problems

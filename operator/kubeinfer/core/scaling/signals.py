@@ -39,6 +39,17 @@ class PodSignals:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RouterSignals:
+    """What kubeinfer-router's /metrics say at one scrape (summed over its pods): demand that
+    reaches the service even while it has no replica to report it."""
+
+    # Requests the router has answered, every variant and outcome (a counter).
+    requests_total: float
+    # Requests held now, waiting for a Ready replica (a gauge).
+    held: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TickSample:
     """One tick's service-wide signals, extrapolated from the pods that answered to all ready.
 

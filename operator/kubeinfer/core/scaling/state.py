@@ -33,6 +33,12 @@ class ScalerState:
     # When pods last waited for capacity (the scheduler could not place them): a cluster that
     # was full a moment ago is probably nearly full now, so scale-up then adds small steps.
     last_unschedulable_time: float | None = None
+    # Scale to zero (zero.py): when demand was last seen (pods busy, requests reaching the
+    # router, or a wake), the router's request counter at the last scrape, and the replica
+    # count the last tick saw (0 then more: the router woke the service).
+    last_demand_time: float | None = None
+    router_requests: float | None = None
+    previous_replicas: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +48,9 @@ class ScalerState:
             "coldStartSeconds": self.cold_start_s,
             "panicUntil": self.panic_until,
             "lastUnschedulableTime": self.last_unschedulable_time,
+            "lastDemandTime": self.last_demand_time,
+            "routerRequests": self.router_requests,
+            "previousReplicas": self.previous_replicas,
         }
 
     @classmethod
@@ -53,6 +62,11 @@ class ScalerState:
             cold_start_s=_opt_float(data.get("coldStartSeconds")),
             panic_until=_opt_float(data.get("panicUntil")),
             last_unschedulable_time=_opt_float(data.get("lastUnschedulableTime")),
+            last_demand_time=_opt_float(data.get("lastDemandTime")),
+            router_requests=_opt_float(data.get("routerRequests")),
+            previous_replicas=(
+                None if data.get("previousReplicas") is None else int(data["previousReplicas"])
+            ),
         )
 
 

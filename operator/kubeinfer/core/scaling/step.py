@@ -1,7 +1,8 @@
 """One autoscaler tick, pure: what was observed + what is remembered -> a decision + memory.
 
 Owns the order of a tick's thinking: aggregate the pods that answered into the tick's sample,
-keep it in the window, learn the cold start from pod timestamps, then ``decide``. The operator's
+keep it in the window, learn the cold start from pod timestamps, then ``decide``, then the
+scale-to-zero hand-off with the router (``zero``). The operator's
 engine calls ``step`` between gathering (the store and the scrape) and acting (the scale
 subresource, status, Events); bench/autoscaling's simulator calls the same ``step`` with the
 same policy defaults, so the published numbers are what the operator does.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from kubeinfer.core.scaling import cold_start, decide, policy, signals, state, window
+from kubeinfer.core.scaling import cold_start, decide, policy, signals, state, window, zero
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -24,6 +25,8 @@ class Observation:
     pods: Sequence[signals.PodSignals]
     # (created, ready) timestamps of Ready pods, oldest first: the cold starts to learn from.
     cold_starts: Sequence[tuple[float, float]] = ()
+    # kubeinfer-router's counters (spec.router.enabled), None when it is off or did not answer.
+    router: signals.RouterSignals | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,11 +60,19 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
     win.prune(now=now)
     learned = cold_start.learn(pairs=observation.cold_starts, previous_s=memory.state.cold_start_s)
     result = decide.decide(
-        policy=pol,
+        policy=zero.floor(pol),
         window=win,
         state=dataclasses.replace(memory.state, cold_start_s=learned),
         now=now,
         replicas=observation.replicas,
         scraped=sample is not None,
+    )
+    result = zero.hand_off(
+        pol=pol,
+        result=result,
+        before=memory.state,
+        sample=sample,
+        router=observation.router,
+        now=now,
     )
     return Step(result=result, memory=Memory(state=result.state, window=win), sample=sample)
