@@ -15,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from kubeinfer_onnx import __version__, errors, metrics, model, protocol
+import kubeinfer_onnx
+from kubeinfer_onnx import errors, metrics, model, protocol
 
 SERVER_NAME = "kubeinfer-onnx"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
@@ -77,7 +78,9 @@ def build_app(
         return web.Response(status=503 if models.draining else 200)
 
     async def server_metadata(request: web.Request) -> web.Response:
-        return _json({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+        return _json(
+            {"name": SERVER_NAME, "version": kubeinfer_onnx.__version__, "extensions": EXTENSIONS}
+        )
 
     async def model_metadata(request: web.Request) -> web.Response:
         served = lookup(request)
