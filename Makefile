@@ -105,7 +105,7 @@ bench-runtime: venv triton
 	$(PY) bench/runtime/bench.py $(ARGS)
 
 # Image sizes and container start-to-ready, ours vs Triton (bench/runtime/IMAGES.md).
-bench-images: venv images
+bench-images: venv triton images
 	$(PY) bench/runtime/images.py
 
 bench-autoscaling: venv
