@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -245,6 +246,10 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Everything loaded so far (modules, sessions, protobuf descriptors: ~60k objects) lives as
+    # long as the process. Frozen, the collector stops scanning it: a full collection under
+    # load took up to 73 ms, an event-loop stall every request in flight waited out (p99).
+    gc.freeze()
     if ready is not None:
         ready.set()
     try:
