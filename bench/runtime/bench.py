@@ -312,6 +312,29 @@ def measure(
     }
 
 
+def onnxruntime_alone(repos: dict[str, Any], model: str, threads: int, seconds: float) -> Any:
+    """The physical limit: rows/s of onnxruntime itself at each batch size, no server, one
+    caller, the same threads; run before the servers start, on the same quiet cores."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as ours runs
+    path = str(repos["ours"] / model / "1" / "model.onnx")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    limits = {}
+    for batch in (1, 8, 32, 64, 128):
+        x = np.random.default_rng(0).standard_normal((batch, MODELS[model][0][0]), np.float32)
+        runs, began = 0, time.monotonic()
+        while time.monotonic() - began < seconds:
+            session.run(None, {"INPUT0": x})
+            runs += 1
+        elapsed = time.monotonic() - began
+        limits[str(batch)] = {"rows_per_s": runs * batch / elapsed, "run_ms": elapsed / runs * 1e3}
+    return limits
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -375,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     pa = ensure_perf_analyzer(triton)
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-bench-runtime-"))
     say(f"building models {models} in {work}")
-    cmds = commands(write_repositories(work, models, args.threads), args.threads, triton)
+    repos = write_repositories(work, models, args.threads)
+    cmds = commands(repos, args.threads, triton)
     ports = {"ours": OURS["http"], "triton": TRITON["http"]}
     result: dict[str, Any] = {
         "command": " ".join(["python", "bench/runtime/bench.py", *(argv or sys.argv[1:])]),
@@ -385,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         "interval_ms": args.interval_ms,
         "models": {m: MODELS[m][1] for m in models},
         "versions": versions(triton, pa),
+        "onnxruntime_alone": {
+            m: onnxruntime_alone(repos, m, args.threads, 0.5 if args.quick else 2.0) for m in models
+        },
         "ready_after_start_s": {"ours": [], "triton": []},
         "points": [],
     }

@@ -86,6 +86,17 @@ def render(result: dict[str, Any]) -> str:
             f"{o['server_cpu_cores']:.2f} | {t['server_cpu_cores']:.2f} | "
             f"{verdict(p)}{_unstable(p)} |"
         )
+    lines += [
+        "",
+        "The physical limit, onnxruntime alone (no server, one caller, same threads): rows/s "
+        "(ms per run) by batch size. A server at concurrency c batches at most c requests.",
+        "",
+        "| model | " + " | ".join(f"batch {b}" for b in _batches(result)) + " |",
+        "|---|" + "---:|" * len(_batches(result)),
+    ]
+    for model, limits in result.get("onnxruntime_alone", {}).items():
+        cells = [f"{v['rows_per_s']:,.0f} ({v['run_ms']:.2f})" for v in limits.values()]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     met = sum(verdict(p) == "met" for p in result["points"])
     ready = result["ready_after_start_s"]
     ours_s, triton_s = statistics.median(ready["ours"]), statistics.median(ready["triton"])
@@ -119,3 +130,7 @@ def _load(values: list[float]) -> str:
 def _unstable(point: dict[str, Any]) -> str:
     sides = ("ours", "triton")
     return " *" if any(point[s].get("stability_percentage", 100) > 100 for s in sides) else ""
+
+
+def _batches(result: dict[str, Any]) -> list[str]:
+    return list(next(iter(result.get("onnxruntime_alone", {}).values()), {}))
