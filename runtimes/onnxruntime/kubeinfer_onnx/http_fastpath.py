@@ -67,6 +67,10 @@ class InferProtocol(asyncio.Protocol):
         self._busy = False  # a request is being answered; later ones wait in the buffer
         self._closing = False
         self._task: asyncio.Future[None] | None = None  # the answer in progress
+        # Backpressure both ways, as aiohttp applies it: a client that stops reading its
+        # answers gets no new ones started; one that sends far ahead is not read further.
+        self._write_paused = False
+        self._read_paused = False
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -74,17 +78,35 @@ class InferProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
 
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy:
+            self._next()
+
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        if len(self._buffer) > self._max + _MAX_HEAD and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
         if not self._busy:
             self._next()
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too (after any answer in progress has been written)
+        # The client will send nothing more: answer what is in progress, then close.
+        self._closing = True
+        return True if self._busy else None
 
     def _next(self) -> None:
         """Start the next complete request in the buffer, or hand the connection over."""
-        while self._buffer and not self._busy and self._transport is not None:
+        while (
+            self._buffer
+            and not self._busy
+            and not self._write_paused
+            and self._transport is not None
+        ):
             end = self._buffer.find(b"\r\n\r\n", 0, _MAX_HEAD)
             if end < 0:
                 if len(self._buffer) >= _MAX_HEAD or not self._buffer.startswith(b"POST "):
@@ -100,8 +122,11 @@ class InferProtocol(asyncio.Protocol):
                 return  # wait for the rest of the body
             body = bytes(self._buffer[start : start + length])
             del self._buffer[: start + length]
+            if self._read_paused:
+                self._read_paused = False
+                self._transport.resume_reading()
             self._busy = True
-            self._closing = not keep_alive
+            self._closing = self._closing or not keep_alive
             self._task = asyncio.ensure_future(self._answer(route, body, header_length, length))
 
     def _parse_head(
@@ -177,8 +202,7 @@ class InferProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
             return
-        if self._buffer:
-            self._next()
+        self._next()
 
     def _write(self, reply: http_server.Reply, *, close: bool) -> None:
         transport = self._transport
@@ -202,6 +226,8 @@ class InferProtocol(asyncio.Protocol):
     def _hand_over(self) -> None:
         """From now on aiohttp serves this connection, starting with the bytes buffered."""
         transport, data = self._transport, bytes(self._buffer)
+        if self._read_paused:
+            transport.resume_reading()  # aiohttp applies its own limits from here
         self._buffer.clear()
         self._transport = None
         protocol = self._fallback()

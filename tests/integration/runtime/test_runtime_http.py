@@ -208,3 +208,15 @@ def test_unknown_model_and_version_on_the_fast_path(server: Server, infer_json: 
     ((status, _, body),) = _exchange(server, raw, 1)
     assert status.split(b" ")[1] == b"404"
     assert json.loads(body) == {"error": "unknown model: 'nope'"}
+
+
+def test_half_closed_client_still_gets_its_answer(server: Server, infer_json: bytes) -> None:
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(_infer_request(infer_json))
+        conn.shutdown(socket.SHUT_WR)  # nothing more from this client
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"model_name":"mlp"' in answer
