@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.output_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output_dir / "RESULTS.md").write_text(report.render(result))
     say(f"wrote {args.output_dir / 'results.json'} and RESULTS.md; raw CSVs and logs in {work}")
+    # The README quotes this block as is; tests/unit/bench checks it against results.json.
+    print("\nREADME figures:\n" + report.readme_figures(result))
     return 0
 
 

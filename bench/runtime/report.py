@@ -123,6 +123,44 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_figures(result: dict[str, Any]) -> str:
+    """The README's runtime figures, from results.json (a unit test keeps the README equal)."""
+    lines = [
+        f"Against Triton {result['versions']['tritonserver']} under perf_analyzer, side by side "
+        f"({result['started'][:10]}, {result['versions']['cpus']} CPUs, load average "
+        f"{result['load_average_before'][0]:.2f}; `bench/runtime/RESULTS.md`):",
+        "",
+        "| model | protocol | throughput ours / Triton (c = "
+        + ", ".join(str(c) for c in _concurrencies(result))
+        + ") | points met (throughput and p99) |",
+        "|---|---|---|---:|",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for p in result["points"]:
+        groups.setdefault((p["model"], p["protocol"]), []).append(p)
+    for (model, protocol), points in groups.items():
+        ratios = [
+            f"{p['ours']['throughput'] / p['triton']['throughput']:.2f}"
+            if "error" not in p["ours"] and "error" not in p["triton"]
+            else "-"
+            for p in points
+        ]
+        met = sum(verdict(p) == "met" for p in points)
+        lines.append(f"| {model} | {protocol} | {' / '.join(ratios)} | {met} of {len(points)} |")
+    ready = result["ready_after_start_s"]
+    ours_s, triton_s = statistics.median(ready["ours"]), statistics.median(ready["triton"])
+    lines += [
+        "",
+        f"Ready after start: {ours_s:.2f} s vs Triton's {triton_s:.2f} s "
+        f"({ours_s / triton_s:.2f}x; the goal is <= {READY_GOAL}x).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _concurrencies(result: dict[str, Any]) -> list[int]:
+    return sorted({p["concurrency"] for p in result["points"]})
+
+
 def _load(values: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in values)
 
