@@ -109,7 +109,8 @@ class InferProtocol(asyncio.Protocol):
         ):
             end = self._buffer.find(b"\r\n\r\n", 0, _MAX_HEAD)
             if end < 0:
-                if len(self._buffer) >= _MAX_HEAD or not self._buffer.startswith(b"POST "):
+                prefix = bytes(self._buffer[:5])  # may be the first bytes of "POST " only
+                if len(self._buffer) >= _MAX_HEAD or not b"POST ".startswith(prefix):
                     self._hand_over()
                 return
             head = self._parse_head(bytes(self._buffer[:end]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import socket
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -220,3 +221,15 @@ def test_half_closed_client_still_gets_its_answer(server: Server, infer_json: by
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200")
     assert b'"model_name":"mlp"' in answer
+
+
+def test_a_request_in_small_pieces(server: Server, infer_json: bytes) -> None:
+    raw = _infer_request(infer_json)
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (raw[:2], raw[2:30], raw[30:-5], raw[-5:]):
+            conn.sendall(piece)
+            time.sleep(0.05)
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
