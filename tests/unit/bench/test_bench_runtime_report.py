@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 from typing import Any
 
@@ -45,3 +46,10 @@ def test_verdict(ours: tuple[float, float], triton: tuple[float, float], expecte
 def test_a_failed_measurement_is_no_verdict() -> None:
     failed = point((1, 1), (1, 1)) | {"ours": {"error": "unstable"}}
     assert report.verdict(failed).startswith("no measurement")
+
+
+def test_readme_quotes_the_committed_results() -> None:
+    """The README's runtime figures are report.readme_figures(results.json), word for word."""
+    root = _PATH.parents[2]
+    result = json.loads((root / "bench" / "runtime" / "results.json").read_text())
+    assert report.readme_figures(result) in (root / "README.md").read_text()
