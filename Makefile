@@ -99,11 +99,13 @@ images: venv
 bench-reconcile: tools
 	$(IN_NETNS) $(PY) bench/reconcile/bench.py
 
-bench-runtime: venv
-	$(PY) bench/runtime/bench.py
+# The ONNX server vs real Triton 2.51 under perf_analyzer (C++, cached on first use), both
+# protocols, side by side (bench/runtime/RESULTS.md); `make bench-runtime ARGS=--quick` to smoke.
+bench-runtime: venv triton
+	$(PY) bench/runtime/bench.py $(ARGS)
 
 # Image sizes and container start-to-ready, ours vs Triton (bench/runtime/IMAGES.md).
-bench-images: venv images
+bench-images: venv triton images
 	$(PY) bench/runtime/images.py
 
 bench-autoscaling: venv

@@ -38,13 +38,12 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
-import bench as runtime_bench  # noqa: E402  (Triton's install and model.py, shared)
 import yaml  # noqa: E402
 
 from kubeinfer.core import api, builders  # noqa: E402
 from kubeinfer_cluster import containers, images  # noqa: E402
+from kubeinfer_cluster.triton import install as triton_install  # noqa: E402
 from tests.images import pods  # noqa: E402
 from tests.integration.runtime import runtime_models  # noqa: E402
 
@@ -183,10 +182,11 @@ def start_ours_process(repo: pathlib.Path) -> dict[str, float]:
 
 
 class Triton:
-    """Real Triton 2.51 (bench.py's install) serving the MLP through its python backend."""
+    """Real Triton 2.51 (`make triton`'s install) serving the MLP through its python backend."""
 
     def __init__(self, work: pathlib.Path) -> None:
-        self.server, self.backends, self.env = runtime_bench.ensure_triton()
+        triton = triton_install.require()
+        self.server, self.backends, self.env = triton.server, triton.backends, triton.env()
         self.repo = work / "triton"
         (self.repo / MODEL / "1").mkdir(parents=True)
         runtime_models.build_mlp(self.repo / MODEL / "1" / "model.onnx")

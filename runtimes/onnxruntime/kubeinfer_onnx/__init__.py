@@ -7,7 +7,16 @@ keeps the counters, `cache` and `quantize` are the optional extras, `server` wir
 `profile` is the offline model profiler behind `kubeinfer profile`.
 """
 
-import importlib.metadata
+from typing import Any
 
-# The repository's VERSION, through the package's metadata.
-__version__ = importlib.metadata.version("kubeinfer-onnx")
+
+def __getattr__(name: str) -> Any:
+    # The repository's VERSION, through the package's metadata; looked up when first asked
+    # for, since importlib.metadata costs the server ~0.1 s of its start (bench/runtime).
+    if name == "__version__":
+        import importlib.metadata
+
+        version = importlib.metadata.version("kubeinfer-onnx")
+        globals()["__version__"] = version
+        return version
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ a model is `model`'s; handlers here only glue the two together.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from kubeinfer_onnx import __version__, errors, metrics, model, protocol
+import kubeinfer_onnx
+from kubeinfer_onnx import errors, metrics, model, protocol
 
 SERVER_NAME = "kubeinfer-onnx"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
@@ -35,12 +37,12 @@ def _json(document: Any, *, status: int = 200) -> web.Response:
 
 
 def error_response(exc: errors.InferenceError) -> web.Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.http_status == 503 else None
+    reply = Reply.error(exc)
     return web.Response(
-        body=protocol.error_body(str(exc)),
-        status=exc.http_status,
-        content_type="application/json",
-        headers=headers,
+        body=reply.body,
+        status=reply.status,
+        content_type=reply.content_type,
+        headers=reply.headers or None,
     )
 
 
@@ -76,7 +78,9 @@ def build_app(
         return web.Response(status=503 if models.draining else 200)
 
     async def server_metadata(request: web.Request) -> web.Response:
-        return _json({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+        return _json(
+            {"name": SERVER_NAME, "version": kubeinfer_onnx.__version__, "extensions": EXTENSIONS}
+        )
 
     async def model_metadata(request: web.Request) -> web.Response:
         served = lookup(request)
@@ -104,20 +108,29 @@ def build_app(
         return _json([{"name": m.name, "version": m.version, "state": "READY"} for m in models])
 
     async def infer(request: web.Request) -> web.Response:
-        started = time.monotonic_ns()
-        in_flight.count += 1
-        try:
-            served = lookup(request)
+        if request.content_length is not None and request.content_length > max_request_bytes:
+            body = None  # refused before any of it is buffered
+        else:
             try:
-                decoded = await _read_request(request, max_request_bytes)
-            except errors.InferenceError as exc:
-                served.record_failure(exc, started_ns=started)  # served.infer books the rest.
-                raise
-            names = None if decoded.outputs is None else [o.name for o in decoded.outputs]
-            outputs = await served.infer(decoded.inputs, outputs=names, started_ns=started)
-            return _response(served, decoded, outputs)
-        finally:
-            in_flight.count -= 1
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                body = None
+        reply = await run_infer(
+            models,
+            name=request.match_info["model"],
+            version=request.match_info.get("version"),
+            body=body,
+            content_length=request.content_length,
+            header_length=request.headers.get(protocol.HEADER_LENGTH),
+            max_request_bytes=max_request_bytes,
+            in_flight=in_flight,
+        )
+        return web.Response(
+            body=reply.body,
+            status=reply.status,
+            content_type=reply.content_type,
+            headers=reply.headers or None,
+        )
 
     routes = [
         ("GET", "/v2/health/live", live),
@@ -139,24 +152,62 @@ def build_app(
     return app
 
 
-async def _read_request(request: web.Request, max_request_bytes: int) -> protocol.InferRequest:
-    if request.content_length is not None and request.content_length > max_request_bytes:
-        raise errors.InvalidInputError(
-            f"request body of {request.content_length} bytes exceeds the limit of "
-            f"{max_request_bytes} bytes"
-        )
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer as bytes, for aiohttp or for the fast path (http_fastpath) to send."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+
+    @classmethod
+    def error(cls, exc: errors.InferenceError) -> Reply:
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.http_status == 503 else {}
+        return cls(exc.http_status, protocol.error_body(str(exc)), "application/json", headers)
+
+
+async def run_infer(
+    models: model.ModelSet,
+    *,
+    name: str,
+    version: str | None,
+    body: bytes | None,
+    content_length: int | None,
+    header_length: str | None,
+    max_request_bytes: int,
+    in_flight: InFlight,
+) -> Reply:
+    """One POST .../infer, whichever HTTP stack read it; body None means it was over the limit.
+
+    Every InferenceError becomes its v2 error reply here, so both stacks answer alike.
+    """
+    started = time.monotonic_ns()
+    in_flight.count += 1
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.InvalidInputError(
-            f"request body exceeds the limit of {max_request_bytes} bytes"
-        ) from None
-    return protocol.decode_infer_request(body, request.headers.get(protocol.HEADER_LENGTH))
+        served = models.get(name, version)
+        try:
+            if body is None:
+                size = f"of {content_length} bytes " if content_length is not None else ""
+                raise errors.InvalidInputError(
+                    f"request body {size}exceeds the limit of {max_request_bytes} bytes"
+                )
+            decoded = protocol.decode_infer_request(body, header_length)
+        except errors.InferenceError as exc:
+            served.record_failure(exc, started_ns=started)  # served.infer books the rest.
+            raise
+        names = None if decoded.outputs is None else [o.name for o in decoded.outputs]
+        outputs = await served.infer(decoded.inputs, outputs=names, started_ns=started)
+        return _reply(served, decoded, outputs)
+    except errors.InferenceError as exc:
+        return Reply.error(exc)
+    finally:
+        in_flight.count -= 1
 
 
-def _response(
+def _reply(
     served: model.ServedModel, decoded: protocol.InferRequest, outputs: dict[str, Any]
-) -> web.Response:
+) -> Reply:
     if decoded.outputs is None:
         binary = dict.fromkeys(outputs, decoded.binary_default)
     else:
@@ -169,11 +220,9 @@ def _response(
         binary=binary,
     )
     if header_length is None:
-        return web.Response(body=body, content_type="application/json")
-    return web.Response(
-        body=body,
-        content_type="application/octet-stream",
-        headers={protocol.HEADER_LENGTH: str(header_length)},
+        return Reply(200, body, "application/json", {})
+    return Reply(
+        200, body, "application/octet-stream", {protocol.HEADER_LENGTH: str(header_length)}
     )
 
 

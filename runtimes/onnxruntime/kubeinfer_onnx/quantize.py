@@ -11,8 +11,6 @@ import hashlib
 import pathlib
 import tempfile
 
-from onnxruntime.quantization import QuantType, quantize_dynamic
-
 
 def quantize_int8(source: pathlib.Path, *, scratch: pathlib.Path | None = None) -> pathlib.Path:
     """Write (or reuse) the INT8 copy of `source` and return its path.
@@ -20,6 +18,10 @@ def quantize_int8(source: pathlib.Path, *, scratch: pathlib.Path | None = None) 
     The name carries a digest of the source bytes, so a changed model is re-quantized and an
     unchanged one is not quantized twice by a restart that keeps the scratch folder.
     """
+    # Imported here: onnxruntime.quantization (and the onnx package it brings) costs every
+    # server start ~0.1 s, and few models are quantized.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     folder = scratch or pathlib.Path(tempfile.gettempdir()) / "kubeinfer-onnx-int8"
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]

@@ -1,6 +1,7 @@
 """ONNX models built in code for the runtime tests and the benchmark: nothing is downloaded.
 
 - mlp: FP32 [-1, 64] -> 256 -> ReLU -> 10; small, so serving overhead dominates.
+- dense: any widths, e.g. the benchmark's 256-1024-1024-10 MLP (the runtime issue's model).
 - heavy: FP32 [-1, 512] -> four 512x512 layers with ReLU -> 512; compute dominates.
 - addsub: two INT32 [-1, 16] inputs -> their sum and difference (Triton's "simple" model).
 - fixed: FP32 [4] -> doubled; no batch dimension, so it is never batched.
@@ -61,6 +62,10 @@ def _dense_stack(widths: list[int], *, seed: int, name: str) -> onnx.GraphProto:
 
 def build_mlp(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
     return _save(_dense_stack([64, 256, 10], seed=seed, name="mlp"), path)
+
+
+def build_dense(path: pathlib.Path, widths: list[int], *, name: str, seed: int = 0) -> pathlib.Path:
+    return _save(_dense_stack(widths, seed=seed, name=name), path)
 
 
 def build_heavy(path: pathlib.Path, *, width: int = 512, layers: int = 4) -> pathlib.Path:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
+import socket
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -136,3 +139,97 @@ async def test_aio_client_and_statistics(server: Server, model_repo: pathlib.Pat
         assert any(b["batch_size"] == 3 for b in after["batch_stats"])
     finally:
         await client.close()
+
+
+def _exchange(
+    server: Server, raw: bytes, answers: int
+) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Send raw bytes on one connection; read `answers` responses (status line, headers, body)."""
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(raw)
+        reader = conn.makefile("rb")
+        out = []
+        for _ in range(answers):
+            status = reader.readline().strip()
+            headers: dict[bytes, bytes] = {}
+            while (line := reader.readline().strip()) != b"":
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            out.append((status, headers, reader.read(int(headers[b"content-length"]))))
+        return out
+
+
+def _infer_request(body: bytes, *extra: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+    head = [b"POST /v2/models/mlp/infer " + version, b"Host: x", b"Content-Type: application/json"]
+    head += [*extra, b"Content-Length: %d" % len(body)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+def infer_json() -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
+    ).encode()
+
+
+def test_keep_alive_pipelining_and_hand_over(server: Server, infer_json: bytes) -> None:
+    """The infer fast path answers in order on a kept-alive connection, a bad request gets its
+    v2 error, and a GET hands the connection to aiohttp, which serves the rest."""
+    bad = json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 1], "data": [1]}]})
+    raw = (
+        _infer_request(infer_json)
+        + _infer_request(bad.encode())
+        + _infer_request(infer_json)
+        + b"GET /v2/models/mlp/ready HTTP/1.1\r\nHost: x\r\n\r\n"
+        + _infer_request(infer_json)  # after the hand-over aiohttp serves infer too
+    )
+    answers = _exchange(server, raw, 5)
+    assert [a[0].split(b" ")[1] for a in answers] == [b"200", b"400", b"200", b"200", b"200"]
+    assert b"unexpected input 'X'" in answers[1][2]
+    assert answers[1][1][b"content-type"].startswith(b"application/json")
+    first, last = json.loads(answers[0][2]), json.loads(answers[4][2])
+    assert first["outputs"][0]["shape"] == [1, 10]
+    assert first["outputs"] == last["outputs"]  # both stacks answer alike
+
+
+def test_http10_and_connection_close_end_the_connection(server: Server, infer_json: bytes) -> None:
+    for raw in (
+        _infer_request(infer_json, version=b"HTTP/1.0"),
+        _infer_request(infer_json, b"Connection: close"),
+    ):
+        ((status, headers, body),) = _exchange(server, raw, 1)
+        assert status.split(b" ")[1] == b"200"
+        assert headers.get(b"connection", b"").lower() == b"close"
+        assert json.loads(body)["model_name"] == "mlp"
+
+
+def test_unknown_model_and_version_on_the_fast_path(server: Server, infer_json: bytes) -> None:
+    raw = _infer_request(infer_json).replace(b"/mlp/infer", b"/nope/infer")
+    ((status, _, body),) = _exchange(server, raw, 1)
+    assert status.split(b" ")[1] == b"404"
+    assert json.loads(body) == {"error": "unknown model: 'nope'"}
+
+
+def test_half_closed_client_still_gets_its_answer(server: Server, infer_json: bytes) -> None:
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(_infer_request(infer_json))
+        conn.shutdown(socket.SHUT_WR)  # nothing more from this client
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"model_name":"mlp"' in answer
+
+
+def test_a_request_in_small_pieces(server: Server, infer_json: bytes) -> None:
+    raw = _infer_request(infer_json)
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (raw[:2], raw[2:30], raw[30:-5], raw[-5:]):
+            conn.sendall(piece)
+            time.sleep(0.05)
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
