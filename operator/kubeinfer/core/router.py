@@ -92,7 +92,9 @@ def _variants(
     if spec.canary is None:
         return [stable]
     # The weights come from status.canary (the canary engine's decision); a canary with no
-    # recorded state yet starts at its first step.
+    # recorded state yet starts at its first step. No wake target for the canary: its
+    # replicas are the reconciler's alone (core.canary.replicas), and the Role lets the
+    # router scale the predictor only.
     split = canary.weights(state or canary.start(spec.canary))
     return [
         {**stable, "weight": split[VARIANT_STABLE]},
@@ -100,7 +102,6 @@ def _variants(
             "name": VARIANT_CANARY,
             "weight": split[VARIANT_CANARY],
             "selector": canary.pod_selector(owner),
-            "deployment": canary.name(owner),
         },
     ]
 
