@@ -54,6 +54,8 @@ class CanaryEngine:
         self.scrape_timeout_s = scrape_timeout_s
         self.clock = clock
         self._tracked: dict[api.ServiceKey, Tracked] = {}
+        # Services whose spec.canary is gone while status.canary remains: it is ours to clear.
+        self._clear: dict[api.ServiceKey, dict[str, Any]] = {}
         self._stopped = asyncio.Event()
 
     # ---- fed by the handlers -------------------------------------------------------------
@@ -67,7 +69,10 @@ class CanaryEngine:
             return
         if spec.canary is None or not spec.router.enabled or spec.stopped:
             self.forget(key)
+            if spec.canary is None and (isvc.get("status") or {}).get("canary") is not None:
+                self._clear[key] = isvc
             return
+        self._clear.pop(key, None)
         current = self._tracked.get(key)
         if current is None:
             self._tracked[key] = Tracked(isvc=isvc, spec=spec.canary)
@@ -76,6 +81,7 @@ class CanaryEngine:
 
     def forget(self, key: api.ServiceKey) -> None:
         self._tracked.pop(key, None)
+        self._clear.pop(key, None)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -84,7 +90,10 @@ class CanaryEngine:
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:
             while not self._stopped.is_set():
-                await asyncio.gather(*(self._tick_safely(session, k) for k in list(self._tracked)))
+                await asyncio.gather(
+                    *(self._tick_safely(session, k) for k in list(self._tracked)),
+                    *(self._clear_safely(k) for k in list(self._clear)),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=self.tick_s)
 
@@ -94,6 +103,24 @@ class CanaryEngine:
         except Exception:
             # The API server or the router may be unreachable: nothing written, next tick.
             log.warning("canary tick for %s/%s failed", *key, exc_info=True)
+
+    async def _clear_safely(self, key: api.ServiceKey) -> None:
+        isvc = self._clear.pop(key, None)
+        if isvc is None:
+            return
+        try:
+            # null deletes the key in a merge patch; news: the reconciler drops the condition.
+            await asyncio.to_thread(
+                kube.patch_status,
+                api.API_VERSION,
+                "InferenceService",
+                *key,
+                {"canary": None},
+                news=True,
+            )
+        except Exception:
+            log.warning("clearing status.canary of %s/%s failed", *key, exc_info=True)
+            self._clear.setdefault(key, isvc)
 
     async def tick(self, session: aiohttp.ClientSession, key: api.ServiceKey) -> None:
         tracked = self._tracked.get(key)

@@ -217,6 +217,28 @@ def test_a_failing_canary_is_rolled_back(
     assert "CanaryRolledBack" in reasons and "CanaryCheckFailed" in reasons, reasons
     print(f"\nrolled back {took:.1f} s into the load; {traffic.result.summary()}; {state}")
 
+    # The user drops the canary: its Deployment, its variant and status.canary go.
+    cluster.custom.patch_namespaced_custom_object(
+        scenario.GROUP,
+        scenario.VERSION,
+        namespace,
+        scenario.PLURAL,
+        name,
+        {"spec": {"canary": None}},
+    )
+    wait_for(
+        lambda: (
+            not canary_status(cluster, namespace, name)
+            and router_weights(cluster, namespace, name) == {"stable": 100}
+            and not scenario.condition(scenario.get(cluster, namespace, name), "CanaryRolledBack")
+            and not cluster.apps.list_namespaced_deployment(
+                namespace, field_selector=f"metadata.name={name}-canary"
+            ).items
+        ),
+        30,
+        "the canary, its variant, its status and its condition gone",
+    )
+
 
 def test_a_healthy_canary_is_promoted_through_its_steps(
     cluster: ClusterHandle, operator: OperatorProcess, namespace: str, tmp_path: pathlib.Path
