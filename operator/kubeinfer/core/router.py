@@ -116,6 +116,11 @@ def build_config(
     cluster, the local one included, whose loopback pod IPs EndpointSlices refuse), the
     stable variant (and the canary, at its weight), the wake hook on the predictor
     Deployment, and the spec's limits."""
+    variants = _variants(owner, spec, canary_state)
+    # The router wakes the variants with traffic that name a Deployment: the predictor. A
+    # promoted canary takes all traffic and names none (the reconciler keeps it at 1 or more
+    # replicas, so there is nothing to wake), and a wake with no target is a config error.
+    wakes = any(v.get("deployment") and v["weight"] > 0 for v in variants)
     return {
         "listen": f"0.0.0.0:{HTTP_PORT}",
         "policy": spec.router.policy.value,
@@ -125,8 +130,8 @@ def build_config(
             "httpPort": "http",
             "metricsPort": "metrics",
         },
-        "variants": _variants(owner, spec, canary_state),
-        "wake": {"kind": "kubernetes"},
+        "variants": variants,
+        "wake": {"kind": "kubernetes" if wakes else "none"},
         "maxQueued": spec.router.max_queued,
         "holdTimeoutSeconds": spec.router.hold_timeout_seconds,
         "queueMetric": runtime.metrics.queue_depth,
