@@ -11,15 +11,19 @@ Every wait is on a condition; nothing sleeps a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import numpy as np
 import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import parser
 
 from tests.conftest import ClusterHandle
 from tests.e2e import load, scenario
@@ -96,6 +100,36 @@ def router_weights(cluster: ClusterHandle, namespace: str, name: str) -> dict[st
     cm = cluster.core.read_namespaced_config_map(f"{name}-router", namespace)
     doc = yaml.safe_load(cm.data["router.yaml"])
     return {v["name"]: int(v["weight"]) for v in doc["variants"]}
+
+
+def routed(ip: str) -> dict[str, float]:
+    """Answers per variant so far, from the router's own counter."""
+    with urllib.request.urlopen(f"http://{ip}:{ROUTER_PORT}/metrics", timeout=2) as resp:
+        families = parser.text_string_to_metric_families(resp.read().decode())
+        out: dict[str, float] = {}
+        for family in families:
+            if family.name == "kubeinfer_router_requests":
+                for sample in family.samples:
+                    if sample.name == "kubeinfer_router_requests_total":
+                        variant = sample.labels["variant"]
+                        out[variant] = out.get(variant, 0.0) + sample.value
+        return out
+
+
+def only_to(ip: str, variant: str, count: int = 10) -> bool:
+    """Send ``count`` requests through the router; True when every one went to ``variant``
+    (whatever the answer: the failing canary's are 500s)."""
+    before = routed(ip)
+    for _ in range(count):
+        request = urllib.request.Request(
+            f"http://{ip}:{ROUTER_PORT}/v2/models/mlp/infer",
+            data=load.mlp_request(),
+            headers={"Content-Type": "application/json"},
+        )
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10).close()
+    after = routed(ip)
+    return after.get(variant, 0.0) - before.get(variant, 0.0) == count
 
 
 def events(cluster: ClusterHandle, namespace: str, name: str) -> list[tuple[str, str]]:
@@ -213,6 +247,8 @@ def test_a_failing_canary_is_rolled_back(
         30,
         "the canary scaled to 0",
     )
+    # The router itself applied it (it re-reads router.yaml): nothing goes to the canary.
+    wait_for(lambda: only_to(ip, "stable"), 60, "the router sending everything to stable")
     reasons = [r for r, _ in events(cluster, namespace, name)]
     assert "CanaryRolledBack" in reasons and "CanaryCheckFailed" in reasons, reasons
     print(f"\nrolled back {took:.1f} s into the load; {traffic.result.summary()}; {state}")
@@ -273,6 +309,7 @@ def test_a_healthy_canary_is_promoted_through_its_steps(
         30,
         "router.yaml with all traffic to the canary",
     )
+    wait_for(lambda: only_to(ip, "canary"), 60, "the router sending everything to the canary")
     reasons = [r for r, _ in events(cluster, namespace, name)]
     assert "CanaryStep" in reasons and "CanaryPromoted" in reasons, reasons
     cond = scenario.condition(scenario.get(cluster, namespace, name), "CanaryRolledBack")
