@@ -98,7 +98,8 @@ def build(
                 runtime_name,
                 runtime,
                 config,
-                replicas_=canary.replicas(state, stable_replicas),
+                # A stopped service frees the canary's pods too.
+                replicas_=0 if spec.stopped else canary.replicas(state, stable_replicas),
             )
         )
     else:

@@ -181,6 +181,11 @@ def test_children_carry_the_canary_deployment_and_two_variants() -> None:
     assert variants[1]["selector"] == {canary.CANARY_LABEL: "m"}
     assert "deployment" not in variants[1]  # the router never wakes the canary
 
+    stopped = children.build(OWNER, spec(stopped=True), "onnx", RUNTIME, CONFIG, canary_state=state)
+    assert next(m for m in stopped.apply if m["metadata"]["name"] == "m-canary")["spec"][
+        "replicas"
+    ] == 0
+
     plain = spec(canary=None)
     without = children.build(OWNER, plain, "onnx", RUNTIME, CONFIG)
     assert ("apps/v1", "Deployment", "m-canary") in [c.key for c in without.absent]
