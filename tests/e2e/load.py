@@ -100,7 +100,9 @@ class LoadResult:
 
 
 def _url(ip: str, model: str) -> str:
-    return f"http://{ip}:8000/v2/models/{model}/infer"
+    # A pod IP gets the server's port; "host:port" (a router) is used as given.
+    host = ip if ":" in ip else f"{ip}:8000"
+    return f"http://{host}/v2/models/{model}/infer"
 
 
 async def measure_capacity(

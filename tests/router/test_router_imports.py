@@ -15,7 +15,7 @@ import pytest
 import kubeinfer_router
 
 PACKAGE = pathlib.Path(kubeinfer_router.__file__).parent
-PURE = ["analysis", "config", "exposition", "holding", "inventory", "picking", "splitting", "table"]
+PURE = ["config", "exposition", "holding", "inventory", "picking", "splitting", "table"]
 NO_IO = {"aiohttp", "asyncio", "kubernetes", "prometheus_client", "socket", "time", "urllib"}
 
 

@@ -50,6 +50,11 @@ BACKOFF_START_S, BACKOFF_MAX_S = 10.0, 300.0
 # the two allocators can never hand out the same address.
 IP_PREFIX = "127.3"
 TICK_S = 0.1
+# How often a running pod's configMap volumes are brought up to date, as the kubelet's sync
+# does (there about a minute: its sync period plus its cache TTL; short here, so a test of a
+# component that re-reads its mounted file, kubeinfer-router's weights, waits seconds).
+# subPath mounts are copies and never change, as on a real node.
+CONFIG_MAP_SYNC_S = 2.0
 
 
 def _die_with_parent() -> None:
@@ -376,11 +381,15 @@ class PodWorker(threading.Thread):
                 return
         if plan.cold_start_s and self.deleting.wait(plan.cold_start_s):
             return
+        next_sync = time.monotonic() + CONFIG_MAP_SYNC_S
         while not self.deleting.is_set():
             now = time.monotonic()
             for m in self.main:
                 m.step(self.ip, now)
             self._write()
+            if now >= next_sync:
+                self._sync_config_maps()
+                next_sync = now + CONFIG_MAP_SYNC_S
             self.deleting.wait(TICK_S)
 
     def _run_init(self, container_plan: plan_.ContainerPlan, record: podstatus.Container) -> bool:
@@ -436,6 +445,27 @@ class PodWorker(threading.Thread):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(value)
                 path.chmod(0o644)
+
+    def _sync_config_maps(self) -> None:
+        """Rewrite the keys of configMap volumes whose data changed, each file replaced in one
+        rename (a reader never sees half a file, and its mtime changes)."""
+        for volume in self.pod["spec"].get("volumes") or []:
+            if "configMap" not in volume:
+                continue
+            try:
+                data = self.kubelet.config_map(self.namespace, volume["configMap"]["name"])
+            except Exception:  # deleted, or an API blip: the pod keeps what it has
+                continue
+            folder = self.sandbox / "volumes" / volume["name"]
+            for key, value in data.items():
+                path = folder / key
+                with contextlib.suppress(OSError):
+                    if path.read_text() == value:
+                        continue
+                fresh = folder / f".{key}.sync"
+                fresh.write_text(value)
+                fresh.chmod(0o644)
+                os.replace(fresh, path)
 
     def _teardown(self) -> None:
         """preStop, SIGTERM, grace, SIGKILL; then the pod object goes (kwok does not)."""
@@ -521,7 +551,7 @@ class Kubelet:
         contents: dict[str, dict[str, str]] = {}
         for volume in pod["spec"].get("volumes") or []:
             if "configMap" in volume:
-                contents[volume["name"]] = self._config_map(ns, volume["configMap"]["name"])
+                contents[volume["name"]] = self.config_map(ns, volume["configMap"]["name"])
             elif "projected" in volume:
                 contents[volume["name"]] = self._projected(pod, volume["projected"])
             elif "secret" in volume:
@@ -535,7 +565,7 @@ class Kubelet:
                     sources[name] = self._secret(ns, name)
                 elif "configMapRef" in source:
                     name = source["configMapRef"]["name"]
-                    sources[name] = self._config_map(ns, name)
+                    sources[name] = self.config_map(ns, name)
         return contents, sources
 
     def _projected(self, pod: dict[str, Any], projected: dict[str, Any]) -> dict[str, str]:
@@ -556,7 +586,7 @@ class Kubelet:
                 made = self.core.create_namespaced_service_account_token(account, ns, request)
                 files[token.get("path", "token")] = made.status.token
             elif "configMap" in source:
-                data = self._config_map(ns, source["configMap"]["name"])
+                data = self.config_map(ns, source["configMap"]["name"])
                 for item in source["configMap"].get("items") or [
                     {"key": k, "path": k} for k in data
                 ]:
@@ -580,7 +610,7 @@ class Kubelet:
             raise
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
-    def _config_map(self, namespace: str, name: str) -> dict[str, str]:
+    def config_map(self, namespace: str, name: str) -> dict[str, str]:
         try:
             return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
         except ApiException as exc:

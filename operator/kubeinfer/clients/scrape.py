@@ -1,4 +1,5 @@
-"""HTTP scraping of serving pods' Prometheus endpoints (aiohttp, which kopf already brings).
+"""HTTP scraping of serving pods' and router pods' Prometheus endpoints (aiohttp, which kopf
+already brings).
 
 Owns: one GET per pod with a short timeout, all pods concurrently, so one slow pod never stalls
 the others. Returns raw text; parsing is the pure core's job (``core.metrics``).
@@ -9,6 +10,9 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+
+from kubeinfer.clients import kube
+from kubeinfer.core import api, builders, census, router
 
 MAX_BYTES = 4 * 1024 * 1024  # a metrics page larger than this is a bug, not a signal
 
@@ -45,3 +49,26 @@ async def scrape_all(
         )
     )
     return dict(zip(names, results, strict=True))
+
+
+async def router_pages(
+    session: aiohttp.ClientSession, *, namespace: str, name: str, timeout_s: float
+) -> list[str] | None:
+    """Every Ready router pod's /metrics page for one service; None when none is Ready or any
+    did not answer (a partial sum would read as fewer requests: no evidence of anything).
+
+    The router's pods are listed from the API: the store holds the serving pods only (router
+    pods do not carry their label). One list per call; the autoscaler (scale to zero) and the
+    canary engine (analysis) are its callers."""
+    owner = builders.Owner(name=name, namespace=namespace, uid="")
+    pods = await asyncio.to_thread(
+        kube.list_objects, "v1", "Pod", namespace, router.selector_string(owner)
+    )
+    ready = census.classify_pods(pods, api.GPUSpec().resource_name).ready
+    if not ready:
+        return None
+    texts = await scrape_all(
+        session, {p: (ip, router.HTTP_PORT) for p, ip in ready.items()}, timeout_s=timeout_s
+    )
+    pages = [t for t in texts.values() if t is not None]
+    return pages if len(pages) == len(texts) else None

@@ -12,6 +12,7 @@ parsed outside the API server (tests, ``kubeinfer plan``).
 from __future__ import annotations
 
 import enum
+import itertools
 from typing import Annotated, Any
 
 import pydantic
@@ -424,6 +425,80 @@ class RouterSpec(_Model):
     ] = 120
 
 
+class CanaryModel(_Model):
+    """What the canary serves instead of spec.model: the same model name and format (one v2
+    URL for both variants, so the router can split one request stream), another artifact."""
+
+    storage_uri: Annotated[
+        str,
+        Field(
+            max_length=2048,
+            pattern=STORAGE_URI_PATTERN,
+            description="The canary's model: pvc://, https://, s3:// or file://.",
+        ),
+    ]
+    version: Annotated[
+        int | None,
+        Field(ge=1, le=1_000_000, description="Version directory; spec.model.version if unset."),
+    ] = None
+
+    @pydantic.field_validator("storage_uri")
+    @classmethod
+    def _fetchable(cls, value: str) -> str:
+        storage_uri.parse_storage_uri(value)
+        return value
+
+
+class CanaryAnalysis(_Model):
+    """The check the operator makes once per interval on the router's per-variant metrics."""
+
+    interval_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+    max_error_rate: Annotated[
+        float, Field(ge=0.0, le=1.0, description="Canary 5xx share a passing check allows.")
+    ] = 0.01
+    max_p99_ratio: Annotated[
+        float, Field(ge=1.0, le=100.0, description="Canary p99 over stable p99 allowed.")
+    ] = 1.5
+    failure_limit: Annotated[
+        int, Field(ge=1, le=100, description="Failed checks (in all) that roll the canary back.")
+    ] = 3
+    min_requests: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Canary requests a window needs to count.")
+    ] = 20
+
+
+class CanarySpec(_Model):
+    """A second variant behind the router, promoted step by step or rolled back on its own
+    metrics (core.canary). Promotion sends all traffic to the canary and says so in status;
+    the user then moves canary.model into spec.model and removes spec.canary (the operator
+    never rewrites a spec: GitOps tools own it)."""
+
+    model: CanaryModel
+    steps: Annotated[
+        list[Annotated[int, Field(ge=1, le=99)]],
+        Field(
+            min_length=1,
+            max_length=20,
+            description="Canary traffic percents, one per passed check; a single step is a "
+            "fixed weight that is promoted after one passed check.",
+        ),
+    ] = [10, 25, 50]
+    analysis: CanaryAnalysis = CanaryAnalysis()
+
+    @pydantic.field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("canary.steps must increase")
+        return steps
+
+
+CANARY_NEEDS_ROUTER = (
+    "canary needs router.enabled: true (the router splits traffic between the variants and "
+    "measures each)"
+)
+
+
 # At zero replicas only the router answers (it holds the request and writes 0 -> 1): without
 # it a service at zero would refuse every request until someone scaled it by hand.
 SCALE_TO_ZERO_NEEDS_ROUTER = (
@@ -456,6 +531,7 @@ class InferenceServiceSpec(_Model):
                 "self.scaling.minReplicas >= 1 || self.router.enabled",
                 SCALE_TO_ZERO_NEEDS_ROUTER,
             ),
+            ("!has(self.canary) || self.router.enabled", CANARY_NEEDS_ROUTER),
         )
     )
     model: ModelSpec
@@ -484,11 +560,14 @@ class InferenceServiceSpec(_Model):
     pod_metadata: PodMetadata = PodMetadata()
     inference_pool: InferencePoolSpec = InferencePoolSpec()
     router: RouterSpec = RouterSpec()
+    canary: CanarySpec | None = None
 
     @pydantic.model_validator(mode="after")
     def _cross_field(self) -> InferenceServiceSpec:
         if self.scaling.min_replicas == 0 and not self.router.enabled:
             raise ValueError(SCALE_TO_ZERO_NEEDS_ROUTER)
+        if self.canary is not None and not self.router.enabled:
+            raise ValueError(CANARY_NEEDS_ROUTER)
         if self.scaling.min_replicas > self.scaling.max_replicas:
             raise ValueError(
                 "scaling.minReplicas must be less than or equal to scaling.maxReplicas"
@@ -676,6 +755,33 @@ class RolloutStatus(_Model):
     message: str = ""
 
 
+class CanaryPhase(enum.StrEnum):
+    PROGRESSING = "Progressing"  # at steps[step], checked every interval
+    PROMOTED = "Promoted"  # every step passed: all traffic to the canary
+    ROLLED_BACK = "RolledBack"  # failureLimit failed checks: no traffic, no replica
+
+
+class CanaryStatus(_Model):
+    """Where the canary stands (written by the canary engine only, core.canary decides)."""
+
+    revision: Annotated[str, Field(description="Hash of the spec.canary this is about.")]
+    phase: CanaryPhase
+    step: Annotated[int, Field(ge=0, description="Index into spec.canary.steps.")]
+    weight: Annotated[int, Field(ge=0, le=100, description="Canary traffic percent now.")]
+    failures: Annotated[int, Field(ge=0)] = 0
+    reason: Annotated[
+        str | None,
+        Field(description="Why it was rolled back: ErrorRate or LatencyRatio (both: ErrorRate)."),
+    ] = None
+    last_analysis_time: str | None = None
+    # The last judged window's figures, for status readers and the rollback condition.
+    requests: int | None = None
+    error_rate: float | None = None
+    p99_seconds: float | None = None
+    stable_p99_seconds: float | None = None
+    message: str = ""
+
+
 class InferenceServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -687,6 +793,7 @@ class InferenceServiceStatus(_Model):
     conditions: list[Condition] = []
     rollout: RolloutStatus | None = None
     autoscaler: AutoscalerStatus | None = None
+    canary: CanaryStatus | None = None
 
 
 def parse_spec(raw: dict[str, Any]) -> InferenceServiceSpec:

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from kubeinfer.core import api, builders, inference_pool, router
+from kubeinfer.core import api, builders, canary, inference_pool, router
 from kubeinfer.core.config import OperatorConfig
 
 Key = tuple[str, str, str]  # (apiVersion, kind, name)
@@ -65,9 +65,13 @@ def build(
     *,
     strategy: api.RolloutStatus | None = None,
     inference_pools: bool = False,
+    canary_state: api.CanaryStatus | None = None,
+    stable_replicas: int = 1,
 ) -> Wanted:
     """``strategy``: the rollout decision; ``inference_pools``: the InferencePool CRD is
-    installed (without it the kind does not exist, so there is nothing to apply or delete)."""
+    installed (without it the kind does not exist, so there is nothing to apply or delete);
+    ``canary_state``: status.canary (None before the engine's first word), and
+    ``stable_replicas`` the predictor's, which the canary's replicas follow."""
     routed = spec.router.enabled
     manifests = [
         builders.build_config_map(owner, spec, runtime_name, runtime),
@@ -82,9 +86,24 @@ def build(
     pdb = builders.build_pdb(owner, spec, runtime_name)
     absent: list[Child] = []
     if routed:
-        manifests.extend(router.build_all(owner, spec, runtime, config))
+        manifests.extend(router.build_all(owner, spec, runtime, config, canary_state))
     else:
         absent.extend(Child(v, k, router.name(owner)) for v, k in router.KINDS)
+    if routed and spec.canary is not None:
+        state = canary_state or canary.start(spec.canary)
+        manifests.append(
+            canary.build_deployment(
+                owner,
+                spec,
+                runtime_name,
+                runtime,
+                config,
+                # A stopped service frees the canary's pods too.
+                replicas_=0 if spec.stopped else canary.replicas(state, stable_replicas),
+            )
+        )
+    else:
+        absent.append(Child("apps/v1", "Deployment", canary.name(owner)))
     name = builders.child_name(owner)
     if pdb is not None:
         manifests.append(pdb)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from prometheus_client import parser
 
-from kubeinfer.core import api, router
+from kubeinfer.core import analysis, api, router
 from kubeinfer.core.scaling import signals
 
 
@@ -107,6 +107,43 @@ def parse_router_metrics(texts: list[str]) -> signals.RouterSignals:
                 if sample.name in (family.name, family.name + "_total"):
                     sums[field] += float(sample.value)
     return signals.RouterSignals(**sums)
+
+
+def parse_router_variants(texts: list[str]) -> dict[str, analysis.Snapshot]:
+    """Per variant: the router's cumulative answers (success, error) and latency histogram,
+    summed over its pods' pages (one pod today; a sum stays right with more).
+
+    Raises ValueError on text the Prometheus parser rejects.
+    """
+    requests = _family_name(router.REQUESTS_METRIC)
+    duration = _family_name(router.DURATION_METRIC)
+    counts: dict[str, dict[str, float]] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for text in texts:
+        for family in parser.text_string_to_metric_families(text):
+            if family.name == requests:
+                for sample in family.samples:
+                    if sample.name in (family.name, family.name + "_total"):
+                        by_outcome = counts.setdefault(sample.labels.get("variant", ""), {})
+                        outcome = sample.labels.get("outcome", "")
+                        by_outcome[outcome] = by_outcome.get(outcome, 0.0) + float(sample.value)
+            elif family.name == duration:
+                for sample in family.samples:
+                    if sample.name == family.name + "_bucket":
+                        le = float(sample.labels["le"])
+                        per = buckets.setdefault(sample.labels.get("variant", ""), {})
+                        per[le] = per.get(le, 0.0) + float(sample.value)
+    out: dict[str, analysis.Snapshot] = {}
+    for variant in set(counts) | set(buckets):
+        bounds = tuple(sorted(buckets.get(variant, {})))
+        outcomes = counts.get(variant, {})
+        out[variant] = analysis.Snapshot(
+            successes=outcomes.get("success", 0.0),
+            errors=outcomes.get("error", 0.0),
+            bounds=bounds,
+            buckets=tuple(buckets[variant][b] for b in bounds) if bounds else (),
+        )
+    return out
 
 
 def pod_providers(

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from kubeinfer.core import api, builders
+from kubeinfer.core import api, builders, canary
 from kubeinfer.core.config import OperatorConfig
 
 ROUTER_LABEL = "kubeinfer.io/router"
@@ -35,6 +35,11 @@ FIELD_MANAGER = "kubeinfer-router"
 # autoscaler as the demand that arrives while the serving pods are few or none.
 REQUESTS_METRIC = "kubeinfer_router_requests_total"
 HELD_METRIC = "kubeinfer_router_held_requests"
+# Per variant (label `variant`), for the canary analysis: answers by `outcome` (success, error)
+# and the arrival-to-answer histogram.
+DURATION_METRIC = "kubeinfer_router_request_duration_seconds"
+VARIANT_STABLE = "stable"
+VARIANT_CANARY = "canary"
 
 
 def name(owner: builders.Owner) -> str:
@@ -75,12 +80,47 @@ def _metadata(owner: builders.Owner) -> dict[str, Any]:
     }
 
 
+def _variants(
+    owner: builders.Owner, spec: api.InferenceServiceSpec, state: api.CanaryStatus | None
+) -> list[dict[str, Any]]:
+    stable = {
+        "name": VARIANT_STABLE,
+        "weight": 100,
+        "selector": builders.selector(owner),
+        "deployment": builders.child_name(owner),
+    }
+    if spec.canary is None:
+        return [stable]
+    # The weights come from status.canary (the canary engine's decision); a canary with no
+    # recorded state yet starts at its first step. No wake target for the canary: its
+    # replicas are the reconciler's alone (core.canary.replicas), and the Role lets the
+    # router scale the predictor only.
+    split = canary.weights(state or canary.start(spec.canary))
+    return [
+        {**stable, "weight": split[VARIANT_STABLE]},
+        {
+            "name": VARIANT_CANARY,
+            "weight": split[VARIANT_CANARY],
+            "selector": canary.pod_selector(owner),
+        },
+    ]
+
+
 def build_config(
-    owner: builders.Owner, spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    runtime: api.InferenceRuntimeSpec,
+    canary_state: api.CanaryStatus | None = None,
 ) -> dict[str, Any]:
     """router.yaml: the serving pods found by their selector (pods mode works on every
-    cluster, the local one included, whose loopback pod IPs EndpointSlices refuse), one
-    variant, the wake hook on the predictor Deployment, and the spec's limits."""
+    cluster, the local one included, whose loopback pod IPs EndpointSlices refuse), the
+    stable variant (and the canary, at its weight), the wake hook on the predictor
+    Deployment, and the spec's limits."""
+    variants = _variants(owner, spec, canary_state)
+    # The router wakes the variants with traffic that name a Deployment: the predictor. A
+    # promoted canary takes all traffic and names none (the reconciler keeps it at 1 or more
+    # replicas, so there is nothing to wake), and a wake with no target is a config error.
+    wakes = any(v.get("deployment") and v["weight"] > 0 for v in variants)
     return {
         "listen": f"0.0.0.0:{HTTP_PORT}",
         "policy": spec.router.policy.value,
@@ -90,15 +130,8 @@ def build_config(
             "httpPort": "http",
             "metricsPort": "metrics",
         },
-        "variants": [
-            {
-                "name": "stable",
-                "weight": 100,
-                "selector": builders.selector(owner),
-                "deployment": builders.child_name(owner),
-            }
-        ],
-        "wake": {"kind": "kubernetes"},
+        "variants": variants,
+        "wake": {"kind": "kubernetes" if wakes else "none"},
         "maxQueued": spec.router.max_queued,
         "holdTimeoutSeconds": spec.router.hold_timeout_seconds,
         "queueMetric": runtime.metrics.queue_depth,
@@ -106,19 +139,25 @@ def build_config(
 
 
 def render_config(
-    owner: builders.Owner, spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    runtime: api.InferenceRuntimeSpec,
+    canary_state: api.CanaryStatus | None = None,
 ) -> str:
-    return yaml.safe_dump(build_config(owner, spec, runtime), sort_keys=True)
+    return yaml.safe_dump(build_config(owner, spec, runtime, canary_state), sort_keys=True)
 
 
 def build_config_map(
-    owner: builders.Owner, spec: api.InferenceServiceSpec, runtime: api.InferenceRuntimeSpec
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    runtime: api.InferenceRuntimeSpec,
+    canary_state: api.CanaryStatus | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner),
-        "data": {CONFIG_FILE: render_config(owner, spec, runtime)},
+        "data": {CONFIG_FILE: render_config(owner, spec, runtime, canary_state)},
     }
 
 
@@ -257,6 +296,7 @@ def build_all(
     spec: api.InferenceServiceSpec,
     runtime: api.InferenceRuntimeSpec,
     config: OperatorConfig,
+    canary_state: api.CanaryStatus | None = None,
 ) -> list[dict[str, Any]]:
     """Every router child, in the order they can be created: the Role before the binding
     that names it, the ServiceAccount and ConfigMap before the pods that mount them."""
@@ -264,7 +304,7 @@ def build_all(
         build_service_account(owner),
         build_role(owner),
         build_role_binding(owner),
-        build_config_map(owner, spec, runtime),
+        build_config_map(owner, spec, runtime, canary_state),
         build_deployment(owner, spec, runtime, config),
     ]
 

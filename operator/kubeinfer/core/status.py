@@ -37,6 +37,7 @@ class ConditionType(enum.StrEnum):
     PODS_HEALTHY = "PodsHealthy"
     GPU_IN_USE = "GPUInUse"
     ROLLOUT_STUCK = "RolloutStuck"
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
 
 
 # Container waiting/terminated reasons that mean the pod will not become Ready on its own.
@@ -112,6 +113,8 @@ class Observed:
     # ... and the autoscaler last saw it at zero (or woken): replicas not ready yet are a
     # wake in progress (WakingUp), not a first start or an outage.
     waking: bool = False
+    # status.canary as the canary engine last wrote it, when spec.canary is set.
+    canary: api.CanaryStatus | None = None
 
 
 def _condition(
@@ -413,6 +416,25 @@ def _gpu_condition(obs: Observed) -> api.Condition | None:
     )
 
 
+def _canary_condition(obs: Observed) -> api.Condition | None:
+    """CanaryRolledBack, from the canary engine's status.canary: True with the figures that
+    failed once it rolled back; False while it progresses or after its promotion."""
+    state = obs.canary
+    if state is None:
+        return None
+    if state.phase is api.CanaryPhase.ROLLED_BACK:
+        return _condition(
+            ConditionType.CANARY_ROLLED_BACK,
+            True,
+            state.reason or "ChecksFailed",
+            state.message,
+            obs.generation,
+        )
+    reason = "Promoted" if state.phase is api.CanaryPhase.PROMOTED else "Progressing"
+    message = state.message or f"Canary at {state.weight} %."
+    return _condition(ConditionType.CANARY_ROLLED_BACK, False, reason, message, obs.generation)
+
+
 def build_status(obs: Observed) -> api.InferenceServiceStatus:
     """The status the reconciler writes (autoscaler keys aside); lastTransitionTime is added
     by :func:`merge_conditions`, which knows the previous status."""
@@ -439,6 +461,9 @@ def build_status(obs: Observed) -> api.InferenceServiceStatus:
         conditions.append(gpu_in_use)
     if obs.deployment is not None:
         conditions.append(_rollout_condition(obs))
+    canary_cond = _canary_condition(obs)
+    if canary_cond is not None:
+        conditions.append(canary_cond)
     problems += unplaced + failures
     if obs.stopped and not (obs.spec_problem or obs.runtime_problem):
         ready_cond = _condition(

@@ -32,7 +32,7 @@ import pydantic
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, kube, scrape
 from kubeinfer.clients.store import STORE
-from kubeinfer.core import api, builders, census, metrics, router, scale_in, status
+from kubeinfer.core import api, builders, census, metrics, scale_in, status
 from kubeinfer.core.scaling import decide, policy, signals, step, window
 from kubeinfer.core.scaling import state as memory_
 
@@ -303,27 +303,16 @@ class Autoscaler:
     ) -> signals.RouterSignals | None:
         """The router's counters, for a service that may scale to zero (the demand that
         reaches it while it has no replica to report it); None when any Ready router pod
-        did not answer, or none is Ready: no evidence of idleness.
-
-        Its pods are listed from the API: the store holds the serving pods only (router pods
-        do not carry their label). One list per such service per tick; a store index for
-        them is the next step if many services scale to zero."""
+        did not answer, or none is Ready: no evidence of idleness."""
         if tracked.spec.scaling.min_replicas > 0 or not tracked.spec.router.enabled:
             return None
-        owner = builders.Owner(name=tracked.name, namespace=tracked.namespace, uid="")
-        pods = await asyncio.to_thread(
-            kube.list_objects, "v1", "Pod", tracked.namespace, router.selector_string(owner)
-        )
-        ready = census.classify_pods(pods, tracked.spec.gpu.resource_name).ready
-        if not ready:
-            return None
-        texts = await scrape.scrape_all(
+        pages = await scrape.router_pages(
             session,
-            {p: (ip, router.HTTP_PORT) for p, ip in ready.items()},
+            namespace=tracked.namespace,
+            name=tracked.name,
             timeout_s=self.scrape_timeout_s,
         )
-        pages = [t for t in texts.values() if t is not None]
-        if len(pages) < len(texts):
+        if pages is None:
             return None
         try:
             return metrics.parse_router_metrics(pages)

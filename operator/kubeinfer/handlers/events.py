@@ -94,6 +94,8 @@ async def isvc_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
             inferenceservice.forget(*key)
         if shared.engine is not None:
             shared.engine.forget(key)
+        if shared.canary_engine is not None:
+            shared.canary_engine.forget(key)
         telemetry.MANAGED.set(len(shared.known))
         return
     shared.known.add(key)
@@ -107,6 +109,9 @@ async def isvc_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
         # The store's copy: the same object without managedFields, shared, not one more body.
         held = STORE.lookup("InferenceService", *key)[1]
         shared.engine.track(held if held is not None else dict(body))
+    if shared.canary_engine is not None:
+        held = STORE.lookup("InferenceService", *key)[1]
+        shared.canary_engine.track(held if held is not None else dict(body))
 
 
 async def _refresh(shared: state.OperatorState, key: api.ServiceKey) -> None:

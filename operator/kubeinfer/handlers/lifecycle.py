@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from kubeinfer.engines import autoscaler, workqueue
+from kubeinfer.engines import autoscaler, canary, workqueue
 from kubeinfer.handlers import events, resync, state
 
 log = logging.getLogger("kubeinfer")
@@ -60,6 +60,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     shared.engine = autoscaler.Autoscaler()
     loop = asyncio.get_running_loop()
     shared.keep(loop.create_task(shared.engine.run()))
+    shared.canary_engine = canary.CanaryEngine()
+    shared.keep(loop.create_task(shared.canary_engine.run()))
     shared.keep(loop.create_task(resync.forever(shared)))
 
 
@@ -68,6 +70,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     shared = state.of(memo)
     if shared.engine is not None:
         shared.engine.stop()
+    if shared.canary_engine is not None:
+        shared.canary_engine.stop()
     if shared.queue is not None:
         await asyncio.to_thread(shared.queue.stop)
     for task in shared.tasks:

@@ -20,7 +20,7 @@ import pydantic
 
 from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, cluster, kube
-from kubeinfer.core import api, builders, census, children, rollout, router, status
+from kubeinfer.core import api, builders, canary, census, children, rollout, router, status
 from kubeinfer.core.config import OperatorConfig
 
 # No per-service lock here: every call comes from a work-queue worker (handlers.events.work;
@@ -193,9 +193,18 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         runtime_reports_provider=bool(runtime and runtime.metrics.execution_provider),
         may_scale_to_zero=zero,
         waking=zero and status.waking(seen.isvc.get("status") or {}),
+        canary=_canary_state(seen, spec),
     )
     _write_status(seen.isvc, status.build_status(observed), outcome, deployment=deployment)
     return outcome
+
+
+def _canary_state(seen: _Seen, spec: api.InferenceServiceSpec | None) -> api.CanaryStatus | None:
+    """status.canary as the canary engine wrote it (a fresh start when it is about another
+    spec.canary, or absent); None without a canary."""
+    if spec is None or spec.canary is None or not spec.router.enabled:
+        return None
+    return canary.current(spec.canary, (seen.isvc.get("status") or {}).get("canary"))
 
 
 def _act_children(
@@ -209,6 +218,7 @@ def _act_children(
     """Apply the children that differ from what the store holds; delete what is no longer
     wanted; enforce the replica bounds. Returns the Deployment as it now is."""
     owner, ns = seen.owner, seen.owner.namespace
+    predictor = kube.cached_get("apps/v1", "Deployment", ns, builders.child_name(owner))
     wanted = children.build(
         owner,
         spec,
@@ -217,6 +227,8 @@ def _act_children(
         config,
         strategy=_rollout_strategy(owner, spec, runtime_name, runtime, config),
         inference_pools=cluster.inference_pools_installed(config.namespaces),
+        canary_state=_canary_state(seen, spec),
+        stable_replicas=int(((predictor or {}).get("spec") or {}).get("replicas") or 1),
     )
     live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}
     plan = children.differences(wanted, live)

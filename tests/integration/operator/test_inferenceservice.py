@@ -236,6 +236,11 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
             "scaling.minReplicas 0 needs router.enabled",
         ),
         (
+            # A canary needs the router: it splits the traffic and measures each variant.
+            {"canary": {"model": {"storageUri": "https://h/m2.onnx"}}},
+            "canary needs router.enabled",
+        ),
+        (
             {"model": {"name": "m", "format": "onnx", "storageUri": "ftp://x/y"}},
             "spec.model.storageUri",
         ),

@@ -1,6 +1,6 @@
 """The canary verdict: promote a step, hold, or roll back. Pure: no I/O, no clock.
 
-Owns the judgement an analysis loop makes once per interval from the router's own per-variant
+Owns the judgement made once per analysis interval from kubeinfer-router's per-variant
 metrics: the canary fails a check when its error rate is above `max_error_rate` or its p99 is
 more than `max_p99_ratio` times the stable variant's; `failure_limit` failed checks (counted
 over the whole canary, as Flagger counts them, not only consecutive ones) roll it back; a
@@ -8,8 +8,12 @@ passed check promotes one step. Too little canary traffic in a window judges not
 
 Also the arithmetic that turns two snapshots of the router's cumulative counters and latency
 histogram into a window (`window_between`), with Prometheus' `histogram_quantile` rule for
-the p99. The loop itself (reading /metrics, writing weights and status) comes with the
-operator; it calls these and acts on the result.
+the p99.
+
+Who owns what: the router measures (its telemetry module names the series and counts every
+answer per variant); the operator judges (this module, moved here from the router so the rule
+lives once, beside the loop that acts on it: the packages share no code). ``core.canary`` turns
+a verdict into the next weight; ``engines.canary`` reads /metrics and writes status.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kubeinfer_router import analysis
+from kubeinfer.core import analysis
 
 V = analysis.Verdict
 CRITERIA = analysis.Criteria(max_error_rate=0.01, max_p99_ratio=1.5, failure_limit=3)

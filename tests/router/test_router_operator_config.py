@@ -1,0 +1,56 @@
+"""The router.yaml the operator renders (kubeinfer.core.router) is one the router accepts and
+starts with, in every canary phase: the packages share no code, so this is where the two
+schemas meet."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from kubeinfer.core import api, builders, router
+from kubeinfer_router import cli, config, waking
+
+OWNER = builders.Owner(name="m", namespace="ns", uid="u")
+RUNTIME = api.InferenceRuntimeSpec(
+    image="ghcr.io/kubeinfer/onnx-server:1",
+    formats=[api.RuntimeFormat(name=api.ModelFormat.ONNX)],
+    batching_config=api.BatchingConfigKind.KUBEINFER_JSON,
+)
+SPEC = api.parse_spec(
+    {
+        "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+        "router": {"enabled": True},
+        "canary": {"model": {"storageUri": "https://h/m2.onnx"}},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("phase", "weight", "wake"),
+    [
+        (None, None, ["m-predictor"]),  # no canary state yet: the first step
+        (api.CanaryPhase.PROGRESSING, 25, ["m-predictor"]),
+        (api.CanaryPhase.ROLLED_BACK, 0, ["m-predictor"]),
+        (api.CanaryPhase.PROMOTED, 100, []),  # all traffic to the canary: nothing to wake
+    ],
+)
+def test_the_router_starts_on_what_the_operator_renders(
+    tmp_path: pathlib.Path, phase: api.CanaryPhase | None, weight: int | None, wake: list[str]
+) -> None:
+    state = (
+        None
+        if phase is None or weight is None
+        else api.CanaryStatus(revision="r", phase=phase, step=0, weight=weight)
+    )
+    path = tmp_path / "router.yaml"
+    path.write_text(router.render_config(OWNER, SPEC, RUNTIME, state))
+    cfg = cli.load_config(cli.parse_args([f"--config={path}"]))
+    weights = {v.name: v.weight for v in cfg.variants}
+    expected = SPEC.canary.steps[0] if weight is None else weight  # type: ignore[union-attr]
+    assert weights == {"stable": 100 - expected, "canary": expected}
+    hook = cli.build_wake(cfg, object())  # raises on a wake with no target
+    if wake:
+        assert isinstance(hook, waking.ScaleWake) and hook.deployments == wake
+    else:
+        assert hook is None and cfg.wake.kind is config.WakeKind.NONE
