@@ -448,9 +448,18 @@ class PodWorker(threading.Thread):
 
     def _sync_config_maps(self) -> None:
         """Rewrite the keys of configMap volumes whose data changed, each file replaced in one
-        rename (a reader never sees half a file, and its mtime changes)."""
-        for volume in self.pod["spec"].get("volumes") or []:
-            if "configMap" not in volume:
+        rename (a reader never sees half a file, and its mtime changes). A volume any
+        container mounts with subPath is left alone: on a node that mount is a copy made at
+        start and never changes, and the pod's files here are shared by all its mounts."""
+        spec = self.pod["spec"]
+        copied = {
+            m["name"]
+            for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+            for m in c.get("volumeMounts") or []
+            if m.get("subPath")
+        }
+        for volume in spec.get("volumes") or []:
+            if "configMap" not in volume or volume["name"] in copied:
                 continue
             try:
                 data = self.kubelet.config_map(self.namespace, volume["configMap"]["name"])
