@@ -12,7 +12,8 @@ Steps (each printed as it runs):
 Everything started here is stopped at the end (KEEP=1 keeps the cluster for exploring).
 KUBEINFER_INSTALL=helm installs CRDs, runtimes and RBAC with the chart and runs the operator
 with the chart's ServiceAccount identity. DEMO=scale-to-zero shows scale to zero and back
-through kubeinfer-router instead of steps 3-5 (examples/demo_zero.py).
+through kubeinfer-router instead of steps 3-5 (examples/demo_zero.py); DEMO=canary a canary
+behind the router rolled back on its own error rate (examples/demo_canary.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 import yaml  # noqa: E402
-from examples import demo_zero  # noqa: E402
+from examples import demo_canary, demo_zero  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from kubeinfer_cluster import build, run  # noqa: E402
@@ -159,9 +160,10 @@ def main() -> int:
             install(cluster.tools.kubectl, env)
         operator.start()
         print(kubectl("get", "inferenceruntimes"))
-        if os.environ.get("DEMO") == "scale-to-zero":
+        other = {"scale-to-zero": demo_zero.run, "canary": demo_canary.run}
+        if os.environ.get("DEMO") in other:
             config.load_kube_config(config_file=str(cluster.kubeconfig))
-            demo_zero.run(
+            other[os.environ["DEMO"]](
                 kubectl=kubectl,
                 core=client.CoreV1Api(),
                 apps=client.AppsV1Api(),

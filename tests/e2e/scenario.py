@@ -18,7 +18,10 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+import onnx
 import yaml
+from onnx import TensorProto, helper, numpy_helper
 
 from kubeinfer_cluster.kubelet import plan
 from tests.conftest import ClusterHandle
@@ -39,6 +42,25 @@ def model_uri(folder: pathlib.Path) -> str:
     """A real ONNX model (the MLP, 64 -> 10 features) on disk, as a storageUri."""
     path = folder / "model.onnx"
     build_mlp(path)
+    return f"file://{path}"
+
+
+def broken_model(path: pathlib.Path) -> str:
+    """Loads and validates like the MLP (INPUT0 [batch, 64] FP32), fails in onnxruntime:
+    64 values cannot be reshaped into rows of 7."""
+    shape = numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["INPUT0", "shape"], ["OUTPUT0"])],
+        "broken",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["rows", 7])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
     return f"file://{path}"
 
 

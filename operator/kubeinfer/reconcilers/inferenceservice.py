@@ -238,9 +238,14 @@ def _act_children(
     if created_before:
         verbs["Created"] = created_before
     for manifest in write_order(plan.apply, live):
+        key = children.key_of(manifest)
+        # ConfigMaps, ServiceAccounts and RBAC objects have no generation: whether the store
+        # held the child before the apply says which verb it was (an update is never "Created").
+        existed = live.get(key) is not None
         result = kube.apply(manifest)
-        live[children.key_of(manifest)] = result
-        verb = "Created" if result.get("metadata", {}).get("generation", 1) == 1 else "Updated"
+        live[key] = result
+        updated = existed or result.get("metadata", {}).get("generation", 1) > 1
+        verb = "Updated" if updated else "Created"
         outcome.applied.append(manifest["kind"])
         verbs.setdefault(verb, []).append(f"{manifest['kind']} {manifest['metadata']['name']}")
     # One Event per verb, not per child: at N=500 Events were a third of the writes.

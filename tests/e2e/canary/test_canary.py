@@ -19,10 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import numpy as np
-import onnx
 import yaml
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import parser
 
 from tests.conftest import ClusterHandle
@@ -34,25 +31,6 @@ ROUTER_PORT = 8080
 ROUTER_LABEL = "kubeinfer.io/router"
 INTERVAL_S = 5
 RATE = 30.0  # requests per second, open loop
-
-
-def broken_model(path: pathlib.Path) -> str:
-    """Loads and validates like the MLP (INPUT0 [batch, 64] FP32), fails in onnxruntime:
-    64 values cannot be reshaped into rows of 7."""
-    shape = numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "shape")
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["INPUT0", "shape"], ["OUTPUT0"])],
-        "broken",
-        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["rows", 7])],
-        initializer=[shape],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return f"file://{path}"
 
 
 def _mkdir(path: pathlib.Path) -> pathlib.Path:
@@ -192,7 +170,7 @@ def test_a_failing_canary_is_rolled_back(
 ) -> None:
     name, failure_limit = "canary-bad", 2
     canary = {
-        "model": {"storageUri": broken_model(tmp_path / "canary" / "model.onnx")},
+        "model": {"storageUri": scenario.broken_model(tmp_path / "canary" / "model.onnx")},
         "steps": [20, 50],
         "analysis": {
             "intervalSeconds": INTERVAL_S,
@@ -241,8 +219,7 @@ def test_a_failing_canary_is_rolled_back(
     )
     wait_for(
         lambda: (
-            cluster.apps.read_namespaced_deployment(f"{name}-canary", namespace).spec.replicas
-            == 0
+            cluster.apps.read_namespaced_deployment(f"{name}-canary", namespace).spec.replicas == 0
         ),
         30,
         "the canary scaled to 0",
