@@ -467,11 +467,25 @@ class CanaryAnalysis(_Model):
     ] = 20
 
 
+STEPS_INCREASE = "canary.steps must increase"
+
+
 class CanarySpec(_Model):
     """A second variant behind the router, promoted step by step or rolled back on its own
     metrics (core.canary). Promotion sends all traffic to the canary and says so in status;
     the user then moves canary.model into spec.model and removes spec.canary (the operator
     never rewrites a spec: GitOps tools own it)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                # Sorted and no repeats: strictly increasing (CEL has no pairwise walk).
+                "self.steps.isSorted() && "
+                "self.steps.all(x, self.steps.filter(y, y == x).size() == 1)",
+                STEPS_INCREASE,
+            )
+        )
+    )
 
     model: CanaryModel
     steps: Annotated[
@@ -489,7 +503,7 @@ class CanarySpec(_Model):
     @classmethod
     def _increasing(cls, steps: list[int]) -> list[int]:
         if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError("canary.steps must increase")
+            raise ValueError(STEPS_INCREASE)
         return steps
 
 

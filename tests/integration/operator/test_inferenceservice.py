@@ -241,6 +241,13 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
             "canary needs router.enabled",
         ),
         (
+            {
+                "router": {"enabled": True},
+                "canary": {"model": {"storageUri": "https://h/m2.onnx"}, "steps": [50, 20]},
+            },
+            "canary.steps must increase",
+        ),
+        (
             {"model": {"name": "m", "format": "onnx", "storageUri": "ftp://x/y"}},
             "spec.model.storageUri",
         ),
