@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -442,7 +441,17 @@ def test_restart_makes_zero_writes_and_apply_twice_is_a_noop(
     apply_yaml(cluster, namespace, manifest)
     diff = kubectl(cluster, "diff", "-n", namespace, "-f", "-", stdin=manifest, check=False)
     assert diff.returncode == 0, diff.stdout
-    time.sleep(2)
+
+    def ticks() -> float:
+        """The autoscaler's decisions on this service since the operator process started."""
+        return operator.metric(
+            "kubeinfer_autoscaler_decisions_total", namespace=namespace, inferenceservice="steady"
+        )
+
+    # Re-applying changes nothing, so no event comes to wait for: two autoscaler ticks are
+    # the window in which a wrong reaction (replicas reset to the manifest's) would show.
+    after_apply = ticks()
+    wait_for(lambda: ticks() >= after_apply + 2, what="two autoscaler ticks after the apply")
     assert deployment(cluster, namespace, "steady").spec.replicas == 3
     assert get_isvc(cluster, namespace, "steady")["metadata"]["generation"] == generation
     # The autoscaler has recorded what it saw (it holds 3: these pods serve no metrics).
@@ -456,7 +465,13 @@ def test_restart_makes_zero_writes_and_apply_twice_is_a_noop(
         what="autoscaler status",
     )
     operator.restart()
-    time.sleep(6)  # the initial listings are handled and the autoscaler has ticked twice
+    # The restarted operator has handled its initial listings (a reconcile) and the
+    # autoscaler has ticked twice: any write a restart would cause has been made by then.
+    wait_for(
+        lambda: ticks() >= 2 and operator.metric("kubeinfer_reconcile_duration_seconds_count") >= 1,
+        what="a reconcile and two autoscaler ticks after the restart",
+        tolerate_errors=True,
+    )
     writes = operator.metric("kubeinfer_api_writes_total", namespace=namespace)
     events = [
         f"{e.reason}: {e.message}"

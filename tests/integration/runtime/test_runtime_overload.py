@@ -144,9 +144,15 @@ async def test_sigterm_drains_every_accepted_request(
         ):
             assert time.monotonic() < deadline, "requests never queued"
         server.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
-        async with session.get(f"{url}/v2/health/ready") as response:
-            assert response.status == 503  # Not ready while draining...
+
+        async def ready_status() -> int:
+            async with session.get(f"{url}/v2/health/ready") as response:
+                return response.status
+
+        # Not ready once the signal is handled (waited for, not slept on)...
+        deadline = time.monotonic() + 10
+        while await ready_status() != 503:
+            assert time.monotonic() < deadline, "still ready 10 s after SIGTERM"
         late = await infer()  # ...but still answering during the drain delay.
         statuses = await asyncio.gather(*accepted)
     assert statuses == [200] * len(accepted)
