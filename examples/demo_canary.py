@@ -77,10 +77,7 @@ def run(
         return found
 
     def ready_ip(selector: str) -> str | None:
-        for pod in core.list_namespaced_pod("default", label_selector=selector).items:
-            if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
-                return str(pod.status.pod_ip)
-        return None
+        return scenario.ready_pod_ip(core, "default", selector)
 
     def wait(what: str, check: Callable[[], Any], limit_s: float = 180) -> Any:
         deadline = time.monotonic() + limit_s

@@ -89,12 +89,7 @@ def run(
             time.sleep(0.5)
 
     def router_ip() -> str | None:
-        for pod in core.list_namespaced_pod(
-            "default", label_selector=f"kubeinfer.io/router={NAME}"
-        ).items:
-            if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
-                return str(pod.status.pod_ip)
-        return None
+        return scenario.ready_pod_ip(core, "default", f"kubeinfer.io/router={NAME}")
 
     step("Waiting for the service and its router")
     follow(lambda s: s[0] == 1 and s[1] == "True" and router_ip() is not None, 180)

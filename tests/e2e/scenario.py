@@ -131,6 +131,16 @@ def apply(cluster: ClusterHandle, namespace: str, text: str) -> None:
     )
 
 
+def ready_pod_ip(core: Any, namespace: str, selector: str) -> str | None:
+    """The IP of a Ready, not terminating pod matching ``selector`` (a CoreV1Api), if any:
+    the router's, the canary's, whichever the caller names by label."""
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        if ready and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
+            return str(pod.status.pod_ip)
+    return None
+
+
 def get(cluster: ClusterHandle, namespace: str, name: str) -> dict[str, Any]:
     obj: dict[str, Any] = cluster.custom.get_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name

@@ -59,13 +59,7 @@ def manifest(uri: str) -> str:
 
 
 def router_ip(cluster: ClusterHandle, namespace: str) -> str | None:
-    for pod in cluster.core.list_namespaced_pod(
-        namespace, label_selector=f"{ROUTER_LABEL}={NAME}"
-    ).items:
-        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-        if ready and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
-            return str(pod.status.pod_ip)
-    return None
+    return scenario.ready_pod_ip(cluster.core, namespace, f"{ROUTER_LABEL}={NAME}")
 
 
 def serving_pods(cluster: ClusterHandle, namespace: str) -> int:

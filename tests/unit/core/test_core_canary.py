@@ -151,9 +151,7 @@ def test_a_changed_canary_starts_over() -> None:
     ("weight", "stable", "expected"), [(10, 1, 1), (10, 4, 1), (25, 8, 2), (50, 3, 2), (100, 3, 3)]
 )
 def test_canary_replicas_follow_its_share(weight: int, stable: int, expected: int) -> None:
-    state = api.CanaryStatus(
-        revision="r", phase=api.CanaryPhase.PROGRESSING, step=0, weight=weight
-    )
+    state = api.CanaryStatus(revision="r", phase=api.CanaryPhase.PROGRESSING, step=0, weight=weight)
     assert canary.replicas(state, stable) == expected
 
 
@@ -182,9 +180,10 @@ def test_children_carry_the_canary_deployment_and_two_variants() -> None:
     assert "deployment" not in variants[1]  # the router never wakes the canary
 
     stopped = children.build(OWNER, spec(stopped=True), "onnx", RUNTIME, CONFIG, canary_state=state)
-    assert next(m for m in stopped.apply if m["metadata"]["name"] == "m-canary")["spec"][
-        "replicas"
-    ] == 0
+    assert (
+        next(m for m in stopped.apply if m["metadata"]["name"] == "m-canary")["spec"]["replicas"]
+        == 0
+    )
 
     plain = spec(canary=None)
     without = children.build(OWNER, plain, "onnx", RUNTIME, CONFIG)
