@@ -3,7 +3,7 @@
 Run from the repository root (the router installed: `make venv && .venv/bin/pip install -e
 router`):
 
-    .venv/bin/python bench/router/bench.py                 # all four parts, ~6 minutes
+    .venv/bin/python bench/router/bench.py                 # all six parts, ~8 minutes
     .venv/bin/python bench/router/bench.py --parts a,d     # some of them
     .venv/bin/python bench/router/bench.py --quick         # shorter runs, for a look
 
@@ -19,6 +19,11 @@ Parts (each in one run, baselines and router alternating on the same servers):
   c. scale from zero: 50 concurrent requests at zero replicas, the wake hook (a webhook here)
      starts a server that is Ready 20 s later; errors, hook latency, added latency.
   d. canary split over 200 requests (90/10 and 75/25) counted by the servers themselves.
+  e. a canary with 5 % errors (canary_rollback.py): a static split with no analysis vs the
+     operator's own analysis step over the router's metrics; time to the rollback verdict,
+     failed requests, and requests sent to the canary before it was Ready.
+  f. bad input and a router restart (bad_input.py): malformed requests straight to a server
+     and through the router (same v2 error), and held requests across a router restart.
 
 Load for a and b comes from vegeta (Go, open loop at a fixed rate), installed on first use
 from the Go module proxy into ~/.cache/kubeinfer/bench-tools (never committed); c and d need
@@ -53,6 +58,8 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "router"))
+import bad_input  # noqa: E402  (part f, beside this file)
+import canary_rollback  # noqa: E402  (part e, beside this file)
 import router_processes as rp  # noqa: E402  (the router tests' process helpers, shared)
 
 CACHE = pathlib.Path(
@@ -862,6 +869,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
             "one canary replica.",
             "",
         ]
+    e = results.get("e")
+    if e:
+        lines += canary_rollback.markdown(e, ran(e))
+    f = results.get("f")
+    if f:
+        lines += bad_input.markdown(f, ran(f))
     return "\n".join(lines)
 
 
@@ -885,7 +898,7 @@ def workdir(keep: bool) -> Iterator[pathlib.Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="a,b,c,d")
+    parser.add_argument("--parts", default="a,b,c,d,e,f")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--startup", type=float, default=20.0, help="part c: seconds to Ready")
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
@@ -905,7 +918,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    vegeta_bin = ensure_vegeta() if parts & {"a", "b", "b-model", "b-cpu"} else None
+    vegeta_bin = ensure_vegeta() if parts & {"a", "b", "b-model", "b-cpu", "e"} else None
     results: dict[str, Any] = {"versions": versions(vegeta_bin)}
     previous = args.output_dir / "results.json"
     if args.merge and previous.is_file():
@@ -929,6 +942,14 @@ def main() -> int:
                 )
             if "d" in parts:
                 results["d"] = stamped(lambda: asyncio.run(part_canary(stack)))
+            if "e" in parts and vegeta:
+                say("e. a canary with 5 % errors: static split vs the operator's analysis")
+                results["e"] = stamped(
+                    lambda: canary_rollback.part_canary_rollback(stack, vegeta, args.quick)
+                )
+            if "f" in parts:
+                say("f. bad input and a router restart with held requests")
+                results["f"] = stamped(lambda: asyncio.run(bad_input.part_bad_input(stack)))
         finally:
             stack.close()
     command = "python bench/router/bench.py " + " ".join(sys.argv[1:])
