@@ -260,7 +260,8 @@ async def _scale_in_two_pods(
     try:
         async with aiohttp.ClientSession() as session:
             busy.pending = 3.0
-            for _ in range(3):
+            # Enough ticks for half a stable window of samples (decide.WARM_FRACTION).
+            for _ in range(5):
                 await engine.tick(session, (NS, NAME))
                 clock.now += 2.0
                 if any(w[0] == "scale" for w in writes):

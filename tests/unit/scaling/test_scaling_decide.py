@@ -473,7 +473,9 @@ def test_rising_trend_is_a_floor_for_scale_down() -> None:
     # 33 + 0.5 * 60 = 63 -> 8 one cold start ahead: keep 8 (the 2x rate limit alone allows 5).
     result = decide.decide(
         policy=WIDE,
-        window=window_of(RAMP),
+        # One earlier point on the same line: half a stable window of samples, enough to
+        # scale down at all (decide.WARM_FRACTION).
+        window=window_of([RAMP[0] - 1, *RAMP]),
         state=state.ScalerState(),
         now=NOW,
         replicas=decide.Replicas(current=10, ready=10),
@@ -487,7 +489,8 @@ def test_rising_trend_is_a_floor_for_scale_down() -> None:
 
 def test_trend_needs_half_its_window_of_points() -> None:
     # Three fresh points rising 5 per second (an operator that just started): no trend, so no
-    # projection to 30 + 5 * 60 = 330; the stable average 20 -> 3 replicas decides.
+    # projection to 30 + 5 * 60 = 330; the stable average 20 wants 3 replicas, and 4 s of
+    # samples are too few to give one back (WarmingUp); a rise would still scale up.
     result = decide.decide(
         policy=make_policy(),
         window=window_of([10.0, 20.0, 30.0]),
@@ -495,8 +498,33 @@ def test_trend_needs_half_its_window_of_points() -> None:
         now=NOW,
         replicas=decide.Replicas(current=4, ready=4),
     )
-    assert (result.desired, result.reason) == (3, R.SCALE_DOWN)
+    assert (result.desired, result.reason, result.clamps) == (4, R.WARMING_UP, (C.WARMING_UP,))
     assert result.inputs.trend_per_s is None
+    assert "4 s of metrics so far" in result.message
+
+
+@pytest.mark.parametrize(
+    ("samples", "desired", "reason"),
+    [
+        # One sample after a start reads low (a pod's first scrape has no executing count):
+        # no scale-down on it, however low.
+        ([4.0], 4, R.WARMING_UP),
+        ([4.0] * 14, 4, R.WARMING_UP),  # 26 s of samples: under half the 60 s window
+        ([4.0] * 16, 2, R.SCALE_DOWN),  # 30 s: half the window, scale-down as usual (rate 2x)
+        ([200.0], 10, R.PANIC_SCALE_UP),  # a burst needs no history to scale up
+    ],
+)
+def test_a_young_window_scales_up_but_never_down(
+    samples: list[float], desired: int, reason: decide.Reason
+) -> None:
+    result = decide.decide(
+        policy=make_policy(),
+        window=window_of(samples),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=4, ready=4),
+    )
+    assert (result.desired, result.reason) == (desired, reason)
 
 
 def test_small_projected_rise_is_within_tolerance() -> None:

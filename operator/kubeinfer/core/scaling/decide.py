@@ -50,6 +50,8 @@ class Reason(enum.StrEnum):
     AWAITING_PLACEMENT = "AwaitingPlacement"
     GPU_VETO = "GPUVeto"
     STABILIZING = "Stabilizing"
+    # Too little history for a scale-down yet (a new service, or the window lost).
+    WARMING_UP = "WarmingUp"
     AT_MAX = "AtMax"
     AT_MIN = "AtMin"
     # Scale to zero (zero.py): the autoscaler's last replica goes; it holds at zero; the
@@ -75,6 +77,16 @@ class Clamp(enum.StrEnum):
     TREND = "Trend"
     # The scale-down was smaller than scale_down_min_fraction of the current count.
     HYSTERESIS = "Hysteresis"
+    # The window holds under WARM_FRACTION of a stable window of samples.
+    WARMING_UP = "WarmingUp"
+
+
+# A scale-down needs this share of a stable window of samples. Right after a start (a new
+# service, an operator away for longer than the window) the window holds a sample or two, and a
+# pod's first scrape is its pending gauge alone (executing needs two counter readings), so the
+# load reads as about half of what it is: the simulator saw 5 -> 2 on the first tick and a
+# panic to 30 two seconds later. Scaling up needs no history: a burst is evidence enough.
+WARM_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,6 +124,8 @@ class Inputs:
     recommended: int
     panicking: bool
     scraped: bool
+    # Seconds of samples the window holds (for the WarmingUp message; not in the history).
+    covered_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         def rounded(value: float | None) -> float | None:
@@ -247,6 +261,8 @@ class _Tick:
     panic_until: float | None
     # When pods last waited for capacity, this tick included.
     full_at: float | None
+    # Seconds of samples the window holds for the policy's metric.
+    covered_s: float = 0.0
     trend_per_s: float | None = None
     clamps: list[Clamp] = dataclasses.field(default_factory=list)
 
@@ -283,6 +299,7 @@ def _read(
         gpu=window.average(series=window_.GPU, now=now, span_s=policy.panic_window_s),
         panic_until=panic_until,
         full_at=now if replicas.unschedulable > 0 else state.last_unschedulable_time,
+        covered_s=window.covered_s(series=series, now=now),
     )
 
 
@@ -334,6 +351,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
         recommended=recommended,
         panicking=tick.panic_until is not None,
         scraped=tick.scraped,
+        covered_s=tick.covered_s,
     )
     return ScaleResult(
         desired=bounded,
@@ -437,6 +455,9 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     if desired < current and not tick.scraped:
         tick.clamps.append(Clamp.NO_DATA)
         return _finish(tick, current, Reason.NO_DATA, recommended)
+    if desired < current and tick.covered_s < WARM_FRACTION * policy.stable_window_s:
+        tick.clamps.append(Clamp.WARMING_UP)
+        return _finish(tick, current, Reason.WARMING_UP, recommended)
     veto = policy.gpu_veto_utilization
     if desired < current and veto is not None and tick.gpu is not None and tick.gpu >= veto:
         tick.clamps.append(Clamp.GPU_VETO)
@@ -539,6 +560,10 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
         Reason.STABILIZING: (
             f"Holding {current} replicas: a higher recommendation within the scale-down "
             f"stabilization window keeps them ({seen})."
+        ),
+        Reason.WARMING_UP: (
+            f"Holding {current} replicas: {inputs.covered_s:.0f} s of metrics so far, too "
+            f"little to scale down to {inputs.recommended} ({seen})."
         ),
         Reason.AT_MAX: f"Holding {current} replicas at the maximum; {inputs.recommended} wanted.",
         Reason.AT_MIN: f"Holding {current} replicas at the minimum; {inputs.recommended} wanted.",

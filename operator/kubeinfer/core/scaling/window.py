@@ -79,6 +79,12 @@ class SignalWindow:
             return None
         return sum(v for _, v in points) / len(points)
 
+    def covered_s(self, *, series: str, now: float) -> float:
+        """How long the window has held ``series``: ``now`` minus its oldest bucket's start
+        (0 without data). Just under ``length_s`` once the window is full."""
+        starts = [index for index, bucket in self.buckets.items() if series in bucket]
+        return max(0.0, now - min(starts) * self.granularity_s) if starts else 0.0
+
     def latest_time(self) -> float | None:
         """Start time of the newest bucket holding any data."""
         if not self.buckets:
