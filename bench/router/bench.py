@@ -3,7 +3,7 @@
 Run from the repository root (the router installed: `make venv && .venv/bin/pip install -e
 router`):
 
-    .venv/bin/python bench/router/bench.py                 # all six parts, ~8 minutes
+    .venv/bin/python bench/router/bench.py                 # all seven parts, ~10 minutes
     .venv/bin/python bench/router/bench.py --parts a,d     # some of them
     .venv/bin/python bench/router/bench.py --quick         # shorter runs, for a look
 
@@ -24,6 +24,9 @@ Parts (each in one run, baselines and router alternating on the same servers):
      failed requests, and requests sent to the canary before it was Ready.
   f. bad input and a router restart (bad_input.py): malformed requests straight to a server
      and through the router (same v2 error), and held requests across a router restart.
+  g. ten scale-ins under load (scale_in.py): the least loaded server marked and drained by
+     the router vs the oldest server's SIGTERM with a 1 s endpoint propagation, random pick,
+     no retry and no probe.
 
 Load for a and b comes from vegeta (Go, open loop at a fixed rate), installed on first use
 from the Go module proxy into ~/.cache/kubeinfer/bench-tools (never committed); c and d need
@@ -61,6 +64,7 @@ sys.path.insert(0, str(ROOT / "tests" / "router"))
 import bad_input  # noqa: E402  (part f, beside this file)
 import canary_rollback  # noqa: E402  (part e, beside this file)
 import router_processes as rp  # noqa: E402  (the router tests' process helpers, shared)
+import scale_in  # noqa: E402  (part g, beside this file)
 
 CACHE = pathlib.Path(
     os.environ.get("KUBEINFER_BENCH_CACHE", pathlib.Path.home() / ".cache" / "kubeinfer")
@@ -875,6 +879,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
     f = results.get("f")
     if f:
         lines += bad_input.markdown(f, ran(f))
+    g = results.get("g")
+    if g:
+        lines += scale_in.markdown(g, ran(g))
     return "\n".join(lines)
 
 
@@ -898,7 +905,7 @@ def workdir(keep: bool) -> Iterator[pathlib.Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="a,b,c,d,e,f")
+    parser.add_argument("--parts", default="a,b,c,d,e,f,g")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--startup", type=float, default=20.0, help="part c: seconds to Ready")
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
@@ -918,7 +925,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    vegeta_bin = ensure_vegeta() if parts & {"a", "b", "b-model", "b-cpu", "e"} else None
+    vegeta_bin = ensure_vegeta() if parts & {"a", "b", "b-model", "b-cpu", "e", "g"} else None
     results: dict[str, Any] = {"versions": versions(vegeta_bin)}
     previous = args.output_dir / "results.json"
     if args.merge and previous.is_file():
@@ -950,6 +957,9 @@ def main() -> int:
             if "f" in parts:
                 say("f. bad input and a router restart with held requests")
                 results["f"] = stamped(lambda: asyncio.run(bad_input.part_bad_input(stack)))
+            if "g" in parts and vegeta:
+                say("g. ten scale-ins under load: marked and drained vs a plain Deployment")
+                results["g"] = stamped(lambda: scale_in.part_scale_in(stack, vegeta, args.quick))
         finally:
             stack.close()
     command = "python bench/router/bench.py " + " ".join(sys.argv[1:])
