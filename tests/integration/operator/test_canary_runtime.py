@@ -54,6 +54,9 @@ def test_admission_of_canary_runtime(
     same = {"model": {"storageUri": STABLE_URI}}
     # Same artifact, same version, same runtime: nothing to compare.
     assert api.CANARY_DIFFERS in refused(cluster, namespace, routed("same", same))
+    # Written out as nulls, the unset fields are still the stable set's.
+    nulls = {"model": {"storageUri": STABLE_URI, "version": None}, "runtime": None}
+    assert api.CANARY_DIFFERS in refused(cluster, namespace, routed("nulls", nulls, runtime=None))
     pinned = {**same, "model": {"storageUri": STABLE_URI, "version": 1}, "runtime": "triton"}
     assert api.CANARY_DIFFERS in refused(
         cluster, namespace, routed("pinned", pinned, runtime="triton")
