@@ -5,8 +5,8 @@ the canary's runtime, and a canary whose runtime does not exist: RuntimeResolved
 stable set stays Ready, and the canary's children are removed.
 
 The pods here are kwok's (GPU nodes, no process runs): what is proven is what the operator
-renders and reports; a canary served by real Triton would add minutes of start-up to prove
-what the Triton tier (tests/integration/triton) already proves of a Triton pod spec.
+renders and reports. A canary served by real Triton, traffic and promotion included, is
+tests/e2e/canary's.
 """
 
 from __future__ import annotations
