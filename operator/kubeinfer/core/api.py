@@ -427,7 +427,8 @@ class RouterSpec(_Model):
 
 class CanaryModel(_Model):
     """What the canary serves instead of spec.model: the same model name and format (one v2
-    URL for both variants, so the router can split one request stream), another artifact."""
+    URL for both variants, so the router can split one request stream), another artifact (or
+    the same one on another runtime, canary.runtime)."""
 
     storage_uri: Annotated[
         str,
@@ -473,8 +474,8 @@ STEPS_INCREASE = "canary.steps must increase"
 class CanarySpec(_Model):
     """A second variant behind the router, promoted step by step or rolled back on its own
     metrics (core.canary). Promotion sends all traffic to the canary and says so in status;
-    the user then moves canary.model into spec.model and removes spec.canary (the operator
-    never rewrites a spec: GitOps tools own it)."""
+    the user then moves canary.model into spec.model (and canary.runtime into spec.runtime)
+    and removes spec.canary (the operator never rewrites a spec: GitOps tools own it)."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -488,6 +489,15 @@ class CanarySpec(_Model):
     )
 
     model: CanaryModel
+    runtime: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description="InferenceRuntime the canary runs on (another server for the same "
+            "model: Triton beside the ONNX server, say); the service's runtime if unset.",
+        ),
+    ] = None
     steps: Annotated[
         list[Annotated[int, Field(ge=1, le=99)]],
         Field(
@@ -506,6 +516,13 @@ class CanarySpec(_Model):
             raise ValueError(STEPS_INCREASE)
         return steps
 
+
+# A canary that would run the stable set's exact pods has nothing to be judged on. Only what
+# the spec says can be compared here: a canary.runtime naming the runtime that spec.runtime
+# leaves to the catalogue's choice is not caught.
+CANARY_DIFFERS = (
+    "canary must differ from the stable set in model.storageUri, model.version or runtime"
+)
 
 CANARY_NEEDS_ROUTER = (
     "canary needs router.enabled: true (the router splits traffic between the variants and "
@@ -546,6 +563,15 @@ class InferenceServiceSpec(_Model):
                 SCALE_TO_ZERO_NEEDS_ROUTER,
             ),
             ("!has(self.canary) || self.router.enabled", CANARY_NEEDS_ROUTER),
+            (
+                # An unset canary version or runtime is the stable set's.
+                "!has(self.canary) || self.canary.model.storageUri != self.model.storageUri || "
+                "(has(self.canary.model.version) && "
+                "self.canary.model.version != self.model.version) || "
+                "(has(self.canary.runtime) && "
+                "(!has(self.runtime) || self.canary.runtime != self.runtime))",
+                CANARY_DIFFERS,
+            ),
         )
     )
     model: ModelSpec
@@ -582,6 +608,12 @@ class InferenceServiceSpec(_Model):
             raise ValueError(SCALE_TO_ZERO_NEEDS_ROUTER)
         if self.canary is not None and not self.router.enabled:
             raise ValueError(CANARY_NEEDS_ROUTER)
+        if self.canary is not None and (
+            self.canary.model.storage_uri,
+            self.canary.model.version or self.model.version,
+            self.canary.runtime or self.runtime,
+        ) == (self.model.storage_uri, self.model.version, self.runtime):
+            raise ValueError(CANARY_DIFFERS)
         if self.scaling.min_replicas > self.scaling.max_replicas:
             raise ValueError(
                 "scaling.minReplicas must be less than or equal to scaling.maxReplicas"

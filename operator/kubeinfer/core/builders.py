@@ -121,6 +121,10 @@ def child_name(owner: Owner) -> str:
     return f"{owner.name}-predictor"
 
 
+def config_map_name(owner: Owner) -> str:
+    return f"{owner.name}-model-config"
+
+
 def _metadata(owner: Owner, runtime_name: str, name: str | None = None) -> dict[str, Any]:
     return {
         "name": name or child_name(owner),
@@ -155,7 +159,7 @@ def build_config_map(
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(owner, runtime_name, f"{owner.name}-model-config"),
+        "metadata": _metadata(owner, runtime_name, config_map_name(owner)),
         "data": {filename: content},
     }
 
@@ -211,7 +215,7 @@ def _storage(
     volumes: list[dict[str, Any]] = [
         *plan.volumes,
         {"name": "tmp", "emptyDir": {}},
-        {"name": CONFIG_VOLUME, "configMap": {"name": f"{owner.name}-model-config"}},
+        {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(owner)}},
     ]
     mounts: list[dict[str, Any]] = [*plan.runtime_volume_mounts, tmp]
     merge_config = filename == "config.pbtxt" and plan.init_container is not None

@@ -1,8 +1,10 @@
 """The canary's progression: which step, which weight, promoted or rolled back. Pure: no I/O.
 
 Owns: what a verdict (``core.analysis``) does to a canary's state (``api.CanaryStatus``), the
-weights the router gets from that state, the canary's replicas, and its Deployment (the
-predictor's builder with the canary's model, under its own name and labels). The engine
+weights the router gets from that state, the canary's replicas, its runtime (canary.runtime,
+else the service's, resolved by ``builders.choose_runtime`` like spec.runtime), and its
+Deployment and model-config ConfigMap (the predictor's builders with the canary's model and
+runtime, under their own names and labels). The engine
 (``engines.canary``) reads the router's /metrics, calls ``decide`` once per interval with
 ``now`` and writes status.canary; the reconciler renders the router's weights and the canary
 Deployment from that status, so each of them has one writer.
@@ -11,7 +13,8 @@ What a user sees, as with Flagger: traffic moves through ``steps``; a failed che
 toward ``failureLimit``; at the limit the canary is rolled back (weight 0, no replica, the
 CanaryRolledBack condition with the figures); after the last step passes it is Promoted (all
 traffic to the canary). The operator never rewrites the spec (GitOps tools own it): the user
-makes the promotion permanent by moving canary.model into spec.model and removing spec.canary.
+makes the promotion permanent by moving canary.model into spec.model (and canary.runtime into
+spec.runtime) and removing spec.canary.
 A changed spec.canary (another revision) starts over at the first step.
 """
 
@@ -41,9 +44,16 @@ def pod_selector(owner: builders.Owner) -> dict[str, str]:
     return {CANARY_LABEL: owner.name}
 
 
+def config_map_name(owner: builders.Owner) -> str:
+    return f"{owner.name}-canary-model-config"
+
+
 def revision(spec: api.CanarySpec) -> str:
     """What a canary state is about: a changed spec.canary is a new canary."""
-    text = json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True)
+    # An unset runtime is left out, so a canary recorded before canary.runtime existed keeps
+    # its revision (and its step) across an operator upgrade.
+    unset = {"runtime"} if spec.runtime is None else None
+    text = json.dumps(spec.model_dump(by_alias=True, mode="json", exclude=unset), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -135,9 +145,7 @@ def decide(
         "message": " ".join(verdict.reasons),
     }
     if verdict.verdict is analysis.Verdict.ROLLBACK:
-        reason = (
-            "ErrorRate" if canary.error_rate > spec.analysis.max_error_rate else "LatencyRatio"
-        )
+        reason = "ErrorRate" if canary.error_rate > spec.analysis.max_error_rate else "LatencyRatio"
         after = state.model_copy(
             update={
                 **figures,
@@ -160,9 +168,12 @@ def decide(
         after = state.model_copy(
             update={**figures, "phase": api.CanaryPhase.PROMOTED, "weight": 100}
         )
+        moves = "canary.model into spec.model"
+        if spec.runtime is not None:
+            moves += f" and canary.runtime ({spec.runtime}) into spec.runtime"
         message = (
             f"{after.message} Every step passed: all traffic goes to the canary. Move "
-            "canary.model into spec.model and remove spec.canary to make it the stable set."
+            f"{moves} and remove spec.canary to make it the stable set."
         )
         after = after.model_copy(update={"message": message})
         return Decision(
@@ -177,7 +188,8 @@ def decide(
 
 
 def canary_spec(spec: api.InferenceServiceSpec) -> api.InferenceServiceSpec:
-    """The service as the canary serves it: spec.model with the canary's artifact."""
+    """The service as the canary serves it: spec.model with the canary's artifact, on the
+    canary's runtime (the service's when canary.runtime is unset)."""
     assert spec.canary is not None
     model = spec.model.model_copy(
         update={
@@ -185,7 +197,45 @@ def canary_spec(spec: api.InferenceServiceSpec) -> api.InferenceServiceSpec:
             "version": spec.canary.model.version or spec.model.version,
         }
     )
-    return spec.model_copy(update={"model": model, "canary": None})
+    runtime = spec.canary.runtime or spec.runtime
+    return spec.model_copy(update={"model": model, "runtime": runtime, "canary": None})
+
+
+def choose_runtime(
+    spec: api.InferenceServiceSpec, runtimes: dict[str, api.InferenceRuntimeSpec]
+) -> tuple[str, api.InferenceRuntimeSpec]:
+    """The canary's runtime, by the rules spec.runtime follows (``builders.choose_runtime``:
+    named, else by format and priority). Raises ``builders.RuntimeResolutionError`` with the
+    same reasons, its message saying it is the canary's and what that leaves running."""
+    try:
+        return builders.choose_runtime(canary_spec(spec), runtimes)
+    except builders.RuntimeResolutionError as exc:
+        raise builders.RuntimeResolutionError(
+            exc.reason,
+            f"spec.canary: {exc} The canary is not deployed; the stable set takes all traffic.",
+        ) from exc
+
+
+def _as_canary(manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest["metadata"]["labels"] = {
+        **manifest["metadata"]["labels"],
+        "app.kubernetes.io/component": "canary",
+    }
+    return manifest
+
+
+def build_config_map(
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    runtime_name: str,
+    runtime: api.InferenceRuntimeSpec,
+) -> dict[str, Any]:
+    """``<name>-canary-model-config``: the model config the canary's runtime reads (Triton's
+    config.pbtxt, the ONNX server's config.json). Its own even on the stable set's runtime:
+    the content is the canary's (its version), and a runtime change needs no special case."""
+    manifest = builders.build_config_map(owner, canary_spec(spec), runtime_name, runtime)
+    manifest["metadata"]["name"] = config_map_name(owner)
+    return _as_canary(manifest)
 
 
 def build_deployment(
@@ -197,9 +247,10 @@ def build_deployment(
     *,
     replicas_: int,
 ) -> dict[str, Any]:
-    """``<name>-canary``: the predictor's Deployment (same builder, same model config: one
-    model name, one batching) with the canary's model, its own selector and its replicas (the
-    reconciler is its only scaler: no autoscaler touches it)."""
+    """``<name>-canary``: the predictor's Deployment (same builder: one model name, one
+    batching) with the canary's model on the canary's runtime (``runtime_name``/``runtime``,
+    from ``choose_runtime``), mounting the canary's ConfigMap, with its own selector and its
+    replicas (the reconciler is its only scaler: no autoscaler touches it)."""
     manifest = builders.build_deployment(owner, canary_spec(spec), runtime_name, runtime, config)
     template = manifest["spec"]["template"]
     pod_labels = {
@@ -210,11 +261,10 @@ def build_deployment(
         **pod_selector(owner),
         "app.kubernetes.io/component": "canary",
     }
+    for volume in template["spec"]["volumes"]:
+        if volume["name"] == builders.CONFIG_VOLUME:
+            volume["configMap"] = {"name": config_map_name(owner)}
     manifest["metadata"]["name"] = name(owner)
-    manifest["metadata"]["labels"] = {
-        **manifest["metadata"]["labels"],
-        "app.kubernetes.io/component": "canary",
-    }
     manifest["spec"]["selector"] = {"matchLabels": pod_selector(owner)}
     manifest["spec"]["replicas"] = replicas_
-    return manifest
+    return _as_canary(manifest)

@@ -66,12 +66,18 @@ def build(
     strategy: api.RolloutStatus | None = None,
     inference_pools: bool = False,
     canary_state: api.CanaryStatus | None = None,
+    canary_runtime: tuple[str, api.InferenceRuntimeSpec] | None = None,
     stable_replicas: int = 1,
 ) -> Wanted:
     """``strategy``: the rollout decision; ``inference_pools``: the InferencePool CRD is
     installed (without it the kind does not exist, so there is nothing to apply or delete);
-    ``canary_state``: status.canary (None before the engine's first word), and
-    ``stable_replicas`` the predictor's, which the canary's replicas follow."""
+    ``canary_state``: status.canary (None before the engine's first word); ``canary_runtime``
+    the canary's resolved runtime (``canary.choose_runtime``), None when it has none: such a
+    canary is not deployed (no Deployment, ConfigMap or router variant), as without
+    spec.canary; and ``stable_replicas`` the predictor's, which the canary's replicas follow."""
+    if spec.canary is not None and canary_runtime is None:
+        spec = spec.model_copy(update={"canary": None})
+        canary_state = None
     routed = spec.router.enabled
     manifests = [
         builders.build_config_map(owner, spec, runtime_name, runtime),
@@ -89,21 +95,26 @@ def build(
         manifests.extend(router.build_all(owner, spec, runtime, config, canary_state))
     else:
         absent.extend(Child(v, k, router.name(owner)) for v, k in router.KINDS)
-    if routed and spec.canary is not None:
+    if routed and spec.canary is not None and canary_runtime is not None:
         state = canary_state or canary.start(spec.canary)
-        manifests.append(
+        canary_runtime_name, canary_runtime_spec = canary_runtime
+        manifests += [
+            canary.build_config_map(owner, spec, canary_runtime_name, canary_runtime_spec),
             canary.build_deployment(
                 owner,
                 spec,
-                runtime_name,
-                runtime,
+                canary_runtime_name,
+                canary_runtime_spec,
                 config,
                 # A stopped service frees the canary's pods too.
                 replicas_=0 if spec.stopped else canary.replicas(state, stable_replicas),
-            )
-        )
+            ),
+        ]
     else:
-        absent.append(Child("apps/v1", "Deployment", canary.name(owner)))
+        absent += [
+            Child("apps/v1", "Deployment", canary.name(owner)),
+            Child("v1", "ConfigMap", canary.config_map_name(owner)),
+        ]
     name = builders.child_name(owner)
     if pdb is not None:
         manifests.append(pdb)

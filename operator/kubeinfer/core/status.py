@@ -115,6 +115,10 @@ class Observed:
     waking: bool = False
     # status.canary as the canary engine last wrote it, when spec.canary is set.
     canary: api.CanaryStatus | None = None
+    # The canary's runtime, or why it has none (then the canary alone is not deployed: a
+    # RuntimeResolved problem that never makes Ready False, the stable set serves).
+    canary_runtime_name: str | None = None
+    canary_runtime_problem: Problem | None = None
 
 
 def _condition(
@@ -187,17 +191,18 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[Problem]:
 
 
 def _runtime_condition(obs: Observed) -> api.Condition | None:
-    if obs.runtime_problem:
-        p = obs.runtime_problem
+    p = obs.runtime_problem or (obs.canary_runtime_problem if obs.runtime_name else None)
+    if p:
         return _condition(
             ConditionType.RUNTIME_RESOLVED, False, p.reason, p.message, obs.generation
         )
     if obs.runtime_name:
+        canary = f" (the canary by {obs.canary_runtime_name})" if obs.canary_runtime_name else ""
         return _condition(
             ConditionType.RUNTIME_RESOLVED,
             True,
             "RuntimeResolved",
-            f"Served by InferenceRuntime {obs.runtime_name}.",
+            f"Served by InferenceRuntime {obs.runtime_name}{canary}.",
             obs.generation,
         )
     return None

@@ -60,7 +60,8 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class _Seen:
-    """One InferenceService as observed: its spec (or why it is invalid) and its runtime."""
+    """One InferenceService as observed: its spec (or why it is invalid) and its runtime,
+    and its canary's runtime (or why it has none) when it has a canary."""
 
     isvc: dict[str, Any]
     owner: builders.Owner
@@ -69,6 +70,8 @@ class _Seen:
     runtime: api.InferenceRuntimeSpec | None
     spec_problem: status.Problem | None
     runtime_problem: status.Problem | None
+    canary_runtime: tuple[str, api.InferenceRuntimeSpec] | None = None
+    canary_runtime_problem: status.Problem | None = None
 
 
 def _now() -> str:
@@ -157,12 +160,21 @@ def _observe(isvc: dict[str, Any]) -> _Seen:
             status.ConditionType.READY, "InvalidSpec", _describe_validation(exc)
         )
         return _Seen(isvc, owner, None, None, None, problem, None)
+    runtimes = catalogue.runtimes()
     try:
-        runtime_name, runtime = builders.choose_runtime(spec, catalogue.runtimes())
+        runtime_name, runtime = builders.choose_runtime(spec, runtimes)
     except builders.RuntimeResolutionError as exc:
         problem = status.Problem(status.ConditionType.RUNTIME_RESOLVED, exc.reason, str(exc))
         return _Seen(isvc, owner, spec, None, None, None, problem)
-    return _Seen(isvc, owner, spec, runtime_name, runtime, None, None)
+    if spec.canary is None or not spec.router.enabled:
+        return _Seen(isvc, owner, spec, runtime_name, runtime, None, None)
+    try:
+        chosen = canary.choose_runtime(spec, runtimes)
+    except builders.RuntimeResolutionError as exc:
+        # The stable set is unaffected: it keeps serving, and the canary waits for a runtime.
+        problem = status.Problem(status.ConditionType.RUNTIME_RESOLVED, exc.reason, str(exc))
+        return _Seen(isvc, owner, spec, runtime_name, runtime, None, None, None, problem)
+    return _Seen(isvc, owner, spec, runtime_name, runtime, None, None, chosen)
 
 
 def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
@@ -181,6 +193,8 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
         generation=int(seen.isvc["metadata"].get("generation") or 0),
         runtime_name=seen.runtime_name,
         runtime_problem=seen.runtime_problem,
+        canary_runtime_name=seen.canary_runtime[0] if seen.canary_runtime else None,
+        canary_runtime_problem=seen.canary_runtime_problem,
         spec_problem=seen.spec_problem,
         stopped=bool(spec and spec.stopped),
         gpu_resource=spec.gpu.resource_name if spec else api.GPUSpec().resource_name,
@@ -201,8 +215,10 @@ def _reconcile(seen: _Seen, config: OperatorConfig) -> Outcome:
 
 def _canary_state(seen: _Seen, spec: api.InferenceServiceSpec | None) -> api.CanaryStatus | None:
     """status.canary as the canary engine wrote it (a fresh start when it is about another
-    spec.canary, or absent); None without a canary."""
+    spec.canary, or absent); None without a canary, or one with no runtime (not deployed)."""
     if spec is None or spec.canary is None or not spec.router.enabled:
+        return None
+    if seen.canary_runtime is None:
         return None
     return canary.current(spec.canary, (seen.isvc.get("status") or {}).get("canary"))
 
@@ -228,6 +244,7 @@ def _act_children(
         strategy=_rollout_strategy(owner, spec, runtime_name, runtime, config),
         inference_pools=cluster.inference_pools_installed(config.namespaces),
         canary_state=_canary_state(seen, spec),
+        canary_runtime=seen.canary_runtime,
         stable_replicas=int(((predictor or {}).get("spec") or {}).get("replicas") or 1),
     )
     live = {key: kube.cached_get(key[0], key[1], ns, key[2]) for key in wanted.children()}

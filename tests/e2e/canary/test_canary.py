@@ -5,7 +5,9 @@ A canary whose model fails at execution (its Reshape cannot take a 64-feature ro
 request is the server's own 500, after validation) is rolled back on the router's per-variant
 metrics: status.canary RolledBack with weight 0, the CanaryRolledBack condition True with
 reason ErrorRate, router.yaml's canary weight 0 and the canary Deployment at 0 replicas. A
-healthy canary (the same MLP from another artifact, version 2) is promoted through its steps.
+healthy canary (the same MLP from another artifact, version 2) is promoted through its steps,
+and so is one on another runtime (the same artifact on real Triton beside the ONNX server:
+canary.runtime, its own config.pbtxt).
 Every wait is on a condition; nothing sleeps a fixed time.
 """
 
@@ -143,7 +145,13 @@ class Load:
 
 
 def start(
-    cluster: ClusterHandle, namespace: str, name: str, tmp_path: pathlib.Path, canary: Any
+    cluster: ClusterHandle,
+    namespace: str,
+    name: str,
+    tmp_path: pathlib.Path,
+    canary: Any,
+    *,
+    canary_start_s: float = 120,
 ) -> str:
     scenario.apply(cluster, namespace, manifest(name, scenario.model_uri(tmp_path), canary))
     ip = wait_for(lambda: router_ip(cluster, namespace, name), 120, "the router pod Ready")
@@ -155,7 +163,7 @@ def start(
         120,
         "the service Ready",
     )
-    wait_for(lambda: canary_ready(cluster, namespace, name), 120, "the canary pod Ready")
+    wait_for(lambda: canary_ready(cluster, namespace, name), canary_start_s, "the canary pod Ready")
     return str(ip)
 
 
@@ -285,3 +293,43 @@ def test_a_healthy_canary_is_promoted_through_its_steps(
     assert "CanaryStep" in reasons and "CanaryPromoted" in reasons, reasons
     cond = scenario.condition(scenario.get(cluster, namespace, name), "CanaryRolledBack")
     assert cond.get("status") == "False", cond
+
+
+def test_a_canary_on_triton_is_promoted(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    """canary.runtime: the stable set's artifact on real Triton (2.51, ``make triton``), from
+    the canary's own config.pbtxt, beside the ONNX server; the router splits one request
+    stream between the two servers and the canary is promoted with no failed request."""
+    name = "canary-triton"
+    canary = {
+        # The stable set's own artifact (start() serves the same file): only the runtime
+        # differs.
+        "model": {"storageUri": scenario.model_uri(tmp_path)},
+        "runtime": "triton",
+        "steps": [50],
+        "analysis": {"intervalSeconds": INTERVAL_S, "maxP99Ratio": 50, "minRequests": 10},
+    }
+    # Triton starts in tens of seconds on a busy host, not in one or two.
+    ip = start(cluster, namespace, name, tmp_path, canary, canary_start_s=240)
+    pod = cluster.apps.read_namespaced_deployment(f"{name}-canary", namespace).spec.template
+    assert pod.spec.containers[0].command == ["tritonserver"]
+    config = cluster.core.read_namespaced_config_map(f"{name}-canary-model-config", namespace)
+    assert list(config.data) == ["config.pbtxt"]
+    resolved = scenario.condition(scenario.get(cluster, namespace, name), "RuntimeResolved")
+    assert resolved["message"].endswith("(the canary by triton)."), resolved
+    with Load(ip) as traffic:
+        try:
+            wait_for(
+                lambda: canary_status(cluster, namespace, name).get("phase") == "Promoted",
+                INTERVAL_S * 4 + 30,
+                "the canary on Triton promoted",
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                (str(exc), canary_status(cluster, namespace, name), traffic.result.summary())
+            ) from exc
+    assert traffic.result.failed == 0, traffic.result.errors[:5]
+    promoted = [m for r, m in events(cluster, namespace, name) if r == "CanaryPromoted"]
+    assert promoted and "canary.runtime (triton) into spec.runtime" in promoted[0], promoted
+    wait_for(lambda: only_to(ip, "canary"), 60, "the router sending everything to Triton")

@@ -159,7 +159,14 @@ def test_children_carry_the_canary_deployment_and_two_variants() -> None:
     s = spec()
     state = api.CanaryStatus(revision="r", phase=api.CanaryPhase.PROGRESSING, step=1, weight=25)
     wanted = children.build(
-        OWNER, s, "onnx", RUNTIME, CONFIG, canary_state=state, stable_replicas=4
+        OWNER,
+        s,
+        "onnx",
+        RUNTIME,
+        CONFIG,
+        canary_state=state,
+        canary_runtime=("onnx", RUNTIME),
+        stable_replicas=4,
     )
     dep = next(m for m in wanted.apply if m["metadata"]["name"] == "m-canary")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -179,7 +186,15 @@ def test_children_carry_the_canary_deployment_and_two_variants() -> None:
     assert variants[1]["selector"] == {canary.CANARY_LABEL: "m"}
     assert "deployment" not in variants[1]  # the router never wakes the canary
 
-    stopped = children.build(OWNER, spec(stopped=True), "onnx", RUNTIME, CONFIG, canary_state=state)
+    stopped = children.build(
+        OWNER,
+        spec(stopped=True),
+        "onnx",
+        RUNTIME,
+        CONFIG,
+        canary_state=state,
+        canary_runtime=("onnx", RUNTIME),
+    )
     assert (
         next(m for m in stopped.apply if m["metadata"]["name"] == "m-canary")["spec"]["replicas"]
         == 0
