@@ -121,6 +121,9 @@ class KubeWatch:
         self.on_listing = on_listing
         self.loop = loop
         self.stopped = threading.Event()
+        # True from a complete listing until the next failure: the watch is delivering.
+        # Written by the watch's thread, read on the event loop (a plain bool is atomic).
+        self.live = False
         self.thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
 
     def start(self) -> None:
@@ -144,6 +147,7 @@ class KubeWatch:
                 objects = {_key(o): o for o in document.get("items") or []}
                 version = (document.get("metadata") or {}).get("resourceVersion")
                 self._post(objects)
+                self.live = True
                 failures = 0
                 stream = watch.Watch().stream(
                     self.list_call,
@@ -166,6 +170,7 @@ class KubeWatch:
                         objects[_key(obj)] = obj
                     self._post(objects)
             except Exception as exc:
+                self.live = False
                 delay = RELIST_BACKOFF_S[min(failures, len(RELIST_BACKOFF_S) - 1)]
                 failures += 1
                 log.warning("watch %s failed (%s); listing again in %.1fs", self.name, exc, delay)
