@@ -190,7 +190,7 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig, text: str | 
             load=lambda changed: load_config(args, changed),
             router=router,
             endpoints=endpoints,
-            static=static,
+            finder=static or watches,
         )
         if args.configmap:
             namespace, name = configmap_reference(args, cfg)

@@ -2,8 +2,8 @@
 that applies it.
 
 Two sources, one apply (`Reloader.apply`: parse, flags merged over as at start-up, then
-variant weights, static endpoints and limits go live; a document that does not parse is
-logged and the previous configuration kept):
+variant weights, static endpoints, the variants discovery watches and the limits go live; a
+document that does not parse is logged and the previous configuration kept):
 - the ConfigMap the file is mounted from, watched through the API (`--configmap`, a field
   selector on its name, so a Role limited to that one name allows it): a change applies the
   moment the watch delivers it. A kubelet refreshes a mounted ConfigMap only every 60-90 s
@@ -44,13 +44,13 @@ class Reloader:
         load: Callable[[str], config.RouterConfig],
         router: proxy.Proxy,
         endpoints: table.Table,
-        static: discovery.StaticDiscovery | None,
+        finder: discovery.StaticDiscovery | discovery.KubeDiscovery | None,
     ) -> None:
         self.current = text  # the last document applied, or refused (then not logged twice)
         self.load = load
         self.router = router
         self.table = endpoints
-        self.static = static
+        self.finder = finder  # discovery: new static addresses, or watches for new variants
         self.applied = 0  # documents applied since start-up
 
     def apply(self, text: str, *, source: str) -> bool:
@@ -65,8 +65,8 @@ class Reloader:
             return False
         self.table.set_variants([v.name for v in cfg.variants])
         self.router.reconfigure(cfg)
-        if self.static is not None:
-            self.static.update(cfg)
+        if self.finder is not None:
+            self.finder.update(cfg)
         self.applied += 1
         log.info(
             "config from %s applied: %s",

@@ -1,6 +1,7 @@
 """The router's own ConfigMap, watched through the local API server: a new weight reaches the
 router through the watch at once while its config file never changes (a real kubelet rewrites
-a mounted ConfigMap a minute late), a bad document is refused with the previous one kept, and
+a mounted ConfigMap a minute late), a canary variant added that way gets its pods discovered,
+a bad document is refused with the previous one kept, and
 the router does it with no more than the Role the operator renders (configmaps restricted to
 its own name by resourceNames; the list and watch pass it through their field selector)."""
 
@@ -78,15 +79,13 @@ def config_map(namespace: str, document: str) -> dict[str, Any]:
     }
 
 
-def router_yaml(namespace: str, stable: int, canary: int) -> str:
+def router_yaml(namespace: str, stable: int, canary: int | None = None) -> str:
+    """A two-variant router.yaml (stable only without a canary weight), pods discovery."""
+    variants = [{"name": "stable", "weight": stable, "selector": {"app": "ws"}}]
+    if canary is not None:
+        variants.append({"name": "canary", "weight": canary, "selector": {"app": "wc"}})
     return yaml.safe_dump(
-        {
-            "discovery": {"mode": "pods", "namespace": namespace},
-            "variants": [
-                {"name": "stable", "weight": stable, "selector": {"app": "ws"}},
-                {"name": "canary", "weight": canary, "selector": {"app": "wc"}},
-            ],
-        }
+        {"discovery": {"mode": "pods", "namespace": namespace}, "variants": variants}
     )
 
 
@@ -196,7 +195,9 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
     kubeconfig = tmp_path / "sa.kubeconfig"
     grant_router_identity(cluster, namespace, kubeconfig)
     mine = router.name(owner(namespace))
-    started_on = router_yaml(namespace, 100, 0)
+    # A service without a canary yet: the canary variant arrives with the first step, as
+    # when spec.canary is added to a running service.
+    started_on = router_yaml(namespace, 100)
     cluster.core.create_namespaced_config_map(namespace, config_map(namespace, started_on))
     repo = build_repo(tmp_path, "mlp")
     for app in ("ws", "wc"):
@@ -224,12 +225,12 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
     )
     try:
         wait_for(
-            lambda: proc.endpoints()["available"] == ["canary", "stable"],
+            lambda: proc.endpoints()["available"] == ["stable"],
             60,
-            "both variants Ready in the router",
+            "the stable pod Ready in the router",
             every=0.05,
         )
-        assert proc.endpoints()["weights"] == {"stable": 100, "canary": 0}
+        assert proc.endpoints()["weights"] == {"stable": 100}
         url = proc.url + "/v2/models/mlp/infer"
 
         def split(requests: int) -> dict[str, float]:
@@ -243,7 +244,7 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
                 for v in before
             }
 
-        assert split(10) == {"stable": 10, "canary": 0}
+        assert split(10) == {"stable": 10, "canary": 0}  # no canary variant yet
 
         # A canary step: written to the API, in the router within about a second.
         written = time.monotonic()
@@ -258,6 +259,13 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
         )
         took = time.monotonic() - written
         assert took < 1.0, took
+        # The new variant's pods are found by a watch of their own, started by that change.
+        wait_for(
+            lambda: proc.endpoints()["available"] == ["canary", "stable"],
+            30,
+            "the canary's pod Ready in the router",
+            every=0.05,
+        )
         # Smooth weighted round-robin: 50/50 is exactly every other request.
         assert split(20) == {"stable": 10, "canary": 10}
 

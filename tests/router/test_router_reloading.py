@@ -34,7 +34,7 @@ async def running(tmp_path: pathlib.Path) -> AsyncIterator[tuple[reloading.Reloa
         load=lambda text: cli.load_config(args, text),
         router=router,
         endpoints=endpoints,
-        static=None,
+        finder=None,
     )
     yield reloader, router
     await router.close()
