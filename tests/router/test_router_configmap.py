@@ -33,20 +33,29 @@ def owner(namespace: str) -> builders.Owner:
     return builders.Owner(name=NAME, namespace=namespace, uid="u")
 
 
-def grant_router_identity(cluster: ClusterHandle, namespace: str, path: pathlib.Path) -> Any:
-    """The ServiceAccount, Role and RoleBinding the operator renders for a router, and a
-    kubeconfig (and an ApiClient) that authenticates as that ServiceAccount."""
+def unowned(manifest: dict[str, Any]) -> dict[str, Any]:
+    # No InferenceService owns them here: the garbage collector would delete them.
+    manifest = copy.deepcopy(manifest)
+    del manifest["metadata"]["ownerReferences"]
+    return manifest
+
+
+def grant_router_identity(
+    cluster: ClusterHandle, namespace: str, path: pathlib.Path, *, configmaps: bool = True
+) -> Any:
+    """The ServiceAccount, Role and RoleBinding the operator renders for a router (without
+    the ConfigMap rule when `configmaps` is false), and a kubeconfig (and an ApiClient) that
+    authenticates as that ServiceAccount."""
     rbac = client.RbacAuthorizationV1Api(cluster.api)
     me = owner(namespace)
-    for build, create in (
-        (router.build_service_account, cluster.core.create_namespaced_service_account),
-        (router.build_role, rbac.create_namespaced_role),
-        (router.build_role_binding, rbac.create_namespaced_role_binding),
-    ):
-        manifest = copy.deepcopy(build(me))
-        # No InferenceService owns them here: the garbage collector would delete them.
-        del manifest["metadata"]["ownerReferences"]
-        create(namespace, manifest)
+    role = unowned(router.build_role(me))
+    if not configmaps:
+        role["rules"] = [r for r in role["rules"] if r["resources"] != ["configmaps"]]
+    cluster.core.create_namespaced_service_account(
+        namespace, unowned(router.build_service_account(me))
+    )
+    rbac.create_namespaced_role(namespace, role)
+    rbac.create_namespaced_role_binding(namespace, unowned(router.build_role_binding(me)))
     token = cluster.core.create_namespaced_service_account_token(
         router.name(me),
         namespace,
@@ -297,5 +306,54 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
         log = proc.log()
         assert log.count(f"config from configmap {namespace}/{mine} applied") == 2, log
         assert "forbidden" not in log.lower() and f"watch configmap/{mine} failed" not in log, log
+    finally:
+        proc.stop()
+
+
+def test_the_watch_recovers_from_errors_and_the_file_serves_meanwhile(
+    cluster: ClusterHandle, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    """A watch refused (here: a Role without the ConfigMap rule, as before an upgrade applies
+    the new one) lists again with a back-off; meanwhile the mounted file is the live source;
+    once allowed, the watch delivers the ConfigMap's newer document."""
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    grant_router_identity(cluster, namespace, kubeconfig, configmaps=False)
+    mine = router.name(owner(namespace))
+    path = tmp_path / "router.yaml"
+    path.write_text(router_yaml(namespace, 90, 10))
+    cluster.core.create_namespaced_config_map(
+        namespace, config_map(namespace, router_yaml(namespace, 90, 10))
+    )
+    proc = start_router(
+        tmp_path / "router.log",
+        f"--config={path}",
+        f"--configmap={namespace}/{mine}",
+        env={"KUBECONFIG": str(kubeconfig)},
+    )
+    try:
+        refused = f"watch configmap/{mine} failed"
+        wait_for(lambda: refused in proc.log(), 30, "the watch refused", every=0.05)
+        # The watch is down: a changed file applies (the kubelet's copy is all there is).
+        path.write_text(router_yaml(namespace, 80, 20))
+        wait_for(
+            lambda: proc.endpoints()["weights"] == {"stable": 80, "canary": 20},
+            10,
+            "the file applied while the watch is down",
+            every=0.05,
+        )
+        cluster.core.patch_namespaced_config_map(
+            mine, namespace, {"data": {router.CONFIG_FILE: router_yaml(namespace, 70, 30)}}
+        )
+        client.RbacAuthorizationV1Api(cluster.api).replace_namespaced_role(
+            mine, namespace, unowned(router.build_role(owner(namespace)))
+        )
+        # Allowed now: the next list (within the 5 s back-off) brings the newer document.
+        wait_for(
+            lambda: proc.endpoints()["weights"] == {"stable": 70, "canary": 30},
+            30,
+            "the ConfigMap's document once the watch is allowed",
+            every=0.05,
+        )
+        assert f"config from configmap {namespace}/{mine} applied" in proc.log()
     finally:
         proc.stop()
