@@ -9,7 +9,8 @@ accounting at zero replicas), `exposition` (reading a pod's Prometheus text) and
 `table` (the live endpoint set the proxy reads), `discovery` (static list, Pod watch,
 EndpointSlice watch), `scraping` (queue depth and readiness every ~250 ms), `waking` (the
 scale 0 -> 1 hooks), `telemetry` (the router's own /metrics), `proxy` (the aiohttp
-server and client) and `cli` (flags, start-up, shutdown).
+server and client), `reloading` (a changed configuration, from the ConfigMap watch or the
+mounted file, applied live) and `cli` (flags, start-up, shutdown).
 
 It must not import `kubeinfer` (the operator) or `kubeinfer_onnx` (the ONNX server): it is
 installed and shipped on its own.

@@ -1,11 +1,12 @@
 """`kubeinfer-router`: flags, the config file, start-up, reload and shutdown.
 
 Owns the process: read the config file (JSON or YAML) and merge flags over it, build the
-table, discovery, scraper, wake hook and proxy, serve on uvloop, re-read the file when it
-changes (variant weights and static endpoints apply live: that is how a canary step or a
-drain reaches a running router), and on SIGTERM/SIGINT stop cleanly: readiness false, every
-held request answered 503 with Retry-After at once, new requests 503, in-flight requests
-finished within the grace, then exit. Nothing else: each piece is its own module's job.
+table, discovery, scraper, wake hook and proxy, serve on uvloop, start the live sources of a
+changed configuration (`reloading`: the ConfigMap watch and the file poll; variant weights
+and static endpoints apply live: that is how a canary step or a drain reaches a running
+router), and on SIGTERM/SIGINT stop cleanly: readiness false, every held request answered 503
+with Retry-After at once, new requests 503, in-flight requests finished within the grace,
+then exit. Nothing else: each piece is its own module's job.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import pathlib
 import resource
 import signal
@@ -30,6 +30,7 @@ from kubeinfer_router import (
     config,
     discovery,
     proxy,
+    reloading,
     scraping,
     table,
     telemetry,
@@ -37,8 +38,6 @@ from kubeinfer_router import (
 )
 
 log = logging.getLogger("kubeinfer_router")
-
-RELOAD_POLL_S = 1.0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -68,21 +67,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-in-flight", type=int, help="proxied requests before 503 (1000)")
     parser.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.25)")
     parser.add_argument("--wake-webhook", metavar="URL", help="POST here to wake from zero")
+    parser.add_argument(
+        "--configmap",
+        metavar="[NAMESPACE/]NAME",
+        help="watch this ConfigMap through the API and apply its key named like the --config "
+        "file the moment it changes (the namespace defaults to the discovery namespace)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
 
 
-def read_document(path: pathlib.Path) -> dict[str, Any]:
-    text = path.read_text()
-    if path.suffix == ".json":
-        doc = json.loads(text)
-    else:
-        import yaml
+def parse_text(text: str, *, name: str) -> dict[str, Any]:
+    """A config document from a file's (or a ConfigMap key's) text; JSON by a .json name."""
+    import yaml
 
-        doc = yaml.safe_load(text) or {}
+    try:
+        doc = json.loads(text) if name.endswith(".json") else yaml.safe_load(text) or {}
+    except (ValueError, yaml.YAMLError) as exc:
+        raise config.ConfigError(f"{name}: {exc}") from None
     if not isinstance(doc, dict):
-        raise config.ConfigError(f"{path}: expected a mapping at the top")
+        raise config.ConfigError(f"{name}: expected a mapping at the top")
     return doc
 
 
@@ -123,8 +128,11 @@ def apply_weights(doc: dict[str, Any], weights: Sequence[str]) -> dict[str, Any]
     return doc
 
 
-def load_config(args: argparse.Namespace) -> config.RouterConfig:
-    base = read_document(args.config) if args.config else {}
+def load_config(args: argparse.Namespace, text: str | None = None) -> config.RouterConfig:
+    """The configuration: `text` (else the --config file's) with the flags merged over it."""
+    if text is None and args.config:
+        text = args.config.read_text()
+    base = parse_text(text, name=str(args.config)) if text is not None else {}
     doc = config.merge(base, flag_document(args))
     return config.parse_document(apply_weights(doc, args.weight))
 
@@ -145,11 +153,19 @@ def build_wake(cfg: config.RouterConfig, api: Any) -> proxy.Wake | None:
     return None
 
 
-async def serve(args: argparse.Namespace, cfg: config.RouterConfig) -> None:
+def configmap_reference(args: argparse.Namespace, cfg: config.RouterConfig) -> tuple[str, str]:
+    """--configmap as (namespace, name); it needs --config, whose file name is the key."""
+    if not args.config:
+        raise config.ConfigError("--configmap: needs --config (the start-up source and key)")
+    return reloading.parse_reference(args.configmap, namespace=cfg.discovery.namespace)
+
+
+async def serve(args: argparse.Namespace, cfg: config.RouterConfig, text: str | None) -> None:
     endpoints = table.Table(v.name for v in cfg.variants)
     stats = telemetry.Telemetry()
     kube = cfg.discovery.mode is not config.DiscoveryMode.STATIC
-    api = discovery.kube_api() if kube or cfg.wake.kind is config.WakeKind.KUBERNETES else None
+    wants_api = kube or args.configmap or cfg.wake.kind is config.WakeKind.KUBERNETES
+    api = discovery.kube_api() if wants_api else None
     wake = build_wake(cfg, api)
     router = proxy.Proxy(cfg=cfg, endpoints=endpoints, stats=stats, wake=wake)
     await router.start()
@@ -167,8 +183,27 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig) -> None:
         )
         tasks.append(asyncio.create_task(static.run()))
     tasks.append(asyncio.create_task(scraping.Scraper(cfg=cfg, endpoints=endpoints).run()))
-    if args.config:
-        tasks.append(asyncio.create_task(_reload(args, router, endpoints, static)))
+    configmap: reloading.ConfigMapWatch | None = None
+    if args.config and text is not None:
+        reloader = reloading.Reloader(
+            text=text,
+            load=lambda changed: load_config(args, changed),
+            router=router,
+            endpoints=endpoints,
+            finder=static or watches,
+        )
+        if args.configmap:
+            namespace, name = configmap_reference(args, cfg)
+            configmap = reloading.ConfigMapWatch(
+                api=api, namespace=namespace, name=name, key=args.config.name, reloader=reloader
+            )
+            configmap.start()
+        poll = reloading.FilePoll(
+            path=args.config,
+            reloader=reloader,
+            watching=lambda: configmap is not None and configmap.live,
+        )
+        tasks.append(asyncio.create_task(poll.run()))
 
     runner = web.AppRunner(
         router.build_app(), access_log=None, shutdown_timeout=cfg.shutdown_grace_s
@@ -200,44 +235,12 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig) -> None:
         task.cancel()
     if watches is not None:
         watches.stop()
+    if configmap is not None:
+        configmap.stop()
     await router.close()
     if isinstance(wake, waking.WebhookWake):
         await wake.close()
     log.info("stopped")
-
-
-async def _reload(
-    args: argparse.Namespace,
-    router: proxy.Proxy,
-    endpoints: table.Table,
-    static: discovery.StaticDiscovery | None,
-) -> None:
-    """Apply a changed config file: weights and static endpoints live, the rest on restart."""
-    path: pathlib.Path = args.config
-    seen = _mtime(path)
-    while True:
-        await asyncio.sleep(RELOAD_POLL_S)
-        current = _mtime(path)
-        if current == seen:
-            continue
-        seen = current
-        try:
-            cfg = load_config(args)
-        except (OSError, ValueError) as exc:
-            log.error("config reload: %s; keeping the previous configuration", exc)
-            continue
-        endpoints.set_variants([v.name for v in cfg.variants])
-        router.reconfigure(cfg)
-        if static is not None:
-            static.update(cfg)
-        log.info("config reloaded: %s", ", ".join(f"{v.name}={v.weight}" for v in cfg.variants))
-
-
-def _mtime(path: pathlib.Path) -> float | None:
-    # A ConfigMap volume swaps a symlink; stat follows it, so the change shows in mtime.
-    with contextlib.suppress(OSError):
-        return os.stat(path).st_mtime_ns / 1e9
-    return None
 
 
 def raise_file_limit() -> None:
@@ -257,16 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        cfg = load_config(args)
+        # Read once: the text the router starts on is the one the live sources compare with.
+        text = args.config.read_text() if args.config else None
+        cfg = load_config(args, text)
+        if args.configmap:
+            configmap_reference(args, cfg)
     except (OSError, ValueError) as exc:
         log.error("configuration: %s", exc)
         return 2
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args, cfg))
+        asyncio.run(serve(args, cfg, text))
     else:
-        uvloop.run(serve(args, cfg))
+        uvloop.run(serve(args, cfg, text))
     return 0
 
 

@@ -5,7 +5,8 @@ Owns the I/O that finds endpoints; what counts as routable is `inventory`'s (pur
   (every 50 ms while requests are held, so a pod that comes up is used at once), or taken as
   ready without a probe. A refusal or a non-200 answer takes a pod out at once; timeouts
   only after three in a row, as Kubernetes' probes count them.
-- pods: a list + watch of Pods by label selector, per variant. The local cluster needs this:
+- pods: a list + watch of Pods by label selector, per variant (a variant added by a reloaded
+  config, a canary on a running service, gets its watch then). The local cluster needs this:
   EndpointSlices cannot hold its loopback pod IPs.
 - endpointslices: a list + watch of a Service's EndpointSlices, per variant (real clusters).
 A watch runs in a thread (the official client is synchronous) and hands each full listing to
@@ -16,6 +17,7 @@ resourceVersion. Each source sets `synced` after its first complete listing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -121,6 +123,9 @@ class KubeWatch:
         self.on_listing = on_listing
         self.loop = loop
         self.stopped = threading.Event()
+        # True from a complete listing until the next failure: the watch is delivering.
+        # Written by the watch's thread, read on the event loop (a plain bool is atomic).
+        self.live = False
         self.thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
 
     def start(self) -> None:
@@ -144,6 +149,7 @@ class KubeWatch:
                 objects = {_key(o): o for o in document.get("items") or []}
                 version = (document.get("metadata") or {}).get("resourceVersion")
                 self._post(objects)
+                self.live = True
                 failures = 0
                 stream = watch.Watch().stream(
                     self.list_call,
@@ -166,6 +172,7 @@ class KubeWatch:
                         objects[_key(obj)] = obj
                     self._post(objects)
             except Exception as exc:
+                self.live = False
                 delay = RELIST_BACKOFF_S[min(failures, len(RELIST_BACKOFF_S) - 1)]
                 failures += 1
                 log.warning("watch %s failed (%s); listing again in %.1fs", self.name, exc, delay)
@@ -192,48 +199,72 @@ class KubeDiscovery:
         self.table = endpoints
         self.synced = synced
         self.api = api
-        self.watches: list[KubeWatch] = []
+        # Per variant: what its watch selects (a label selector) and the watch.
+        self.watches: dict[str, tuple[str, KubeWatch]] = {}
         self._listed: set[str] = set()
 
     def start(self) -> None:
+        for variant in self.cfg.variants:
+            self._watch(variant)
+
+    def update(self, cfg: config.RouterConfig) -> None:
+        """A reloaded config: a variant added (a canary on a running service) gets a watch, a
+        dropped one loses its own, one that selects other pods is watched afresh. The mode and
+        namespace apply on restart."""
+        self.cfg = dataclasses.replace(cfg, discovery=self.cfg.discovery)
+        wanted = {v.name: v for v in cfg.variants}
+        for name, (selector, watch) in list(self.watches.items()):
+            if name not in wanted or self._selector(wanted[name]) != selector:
+                watch.stop()
+                del self.watches[name]
+                self._listed.discard(name)
+        for variant in cfg.variants:
+            if variant.name not in self.watches:
+                self._watch(variant)
+
+    def _selector(self, variant: config.Variant) -> str:
+        if self.cfg.discovery.mode is config.DiscoveryMode.PODS:
+            return ",".join(f"{k}={v}" for k, v in sorted(variant.selector.items()))
+        return f"kubernetes.io/service-name={variant.service}"
+
+    def _watch(self, variant: config.Variant) -> None:
         from kubernetes import client
 
-        loop = asyncio.get_running_loop()
         d = self.cfg.discovery
-        for variant in self.cfg.variants:
-            list_call: Callable[..., Any]
-            if d.mode is config.DiscoveryMode.PODS:
-                list_call = client.CoreV1Api(self.api).list_namespaced_pod
-                selector = ",".join(f"{k}={v}" for k, v in sorted(variant.selector.items()))
-            else:
-                list_call = client.DiscoveryV1Api(self.api).list_namespaced_endpoint_slice
-                selector = f"kubernetes.io/service-name={variant.service}"
-            watch = KubeWatch(
-                name=f"{d.mode.value}/{variant.name}",
-                list_call=list_call,
-                kwargs={"namespace": d.namespace, "label_selector": selector},
-                on_listing=self._listing_handler(variant.name),
-                loop=loop,
-            )
-            watch.start()
-            self.watches.append(watch)
+        list_call: Callable[..., Any]
+        if d.mode is config.DiscoveryMode.PODS:
+            list_call = client.CoreV1Api(self.api).list_namespaced_pod
+        else:
+            list_call = client.DiscoveryV1Api(self.api).list_namespaced_endpoint_slice
+        selector = self._selector(variant)
+        watch = KubeWatch(
+            name=f"{d.mode.value}/{variant.name}",
+            list_call=list_call,
+            kwargs={"namespace": d.namespace, "label_selector": selector},
+            on_listing=lambda listing: self._listing(variant.name, watch, listing),
+            loop=asyncio.get_running_loop(),
+        )
+        self.watches[variant.name] = (selector, watch)
+        watch.start()
 
-    def _listing_handler(self, variant: str) -> Callable[[list[dict[str, Any]]], None]:
-        def handle(listing: list[dict[str, Any]]) -> None:
-            d = self.cfg.discovery
-            if d.mode is config.DiscoveryMode.PODS:
-                specs = inventory.from_pods(listing, discovery=d)
-            else:
-                specs = inventory.from_slices(listing, discovery=d)
-            self.table.reconcile(variant, specs)
-            self._listed.add(variant)
-            if len(self._listed) == len(self.cfg.variants):
-                self.synced.set()
-
-        return handle
+    def _listing(self, variant: str, watch: KubeWatch, listing: list[dict[str, Any]]) -> None:
+        # A stopped watch's thread may still post one listing: only the variant's current
+        # watch speaks for it.
+        current = self.watches.get(variant)
+        if current is None or current[1] is not watch:
+            return
+        d = self.cfg.discovery
+        if d.mode is config.DiscoveryMode.PODS:
+            specs = inventory.from_pods(listing, discovery=d)
+        else:
+            specs = inventory.from_slices(listing, discovery=d)
+        self.table.reconcile(variant, specs)
+        self._listed.add(variant)
+        if len(self._listed) == len(self.cfg.variants):
+            self.synced.set()
 
     def stop(self) -> None:
-        for watch in self.watches:
+        for _, watch in self.watches.values():
             watch.stop()
 
 

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from kubeinfer.core import api, builders, router
+from kubeinfer.core import config as operator_config
 from kubeinfer_router import cli, config, waking
 
 OWNER = builders.Owner(name="m", namespace="ns", uid="u")
@@ -54,3 +55,22 @@ def test_the_router_starts_on_what_the_operator_renders(
         assert isinstance(hook, waking.ScaleWake) and hook.deployments == wake
     else:
         assert hook is None and cfg.wake.kind is config.WakeKind.NONE
+
+
+def test_the_router_watches_the_configmap_it_mounts() -> None:
+    """The Deployment's args name the ConfigMap the operator writes, and the key the router
+    reads from it (the --config file's name) is the one router.yaml is rendered under."""
+    dep = router.build_deployment(OWNER, SPEC, RUNTIME, operator_config.OperatorConfig())
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    args = cli.parse_args(container["args"])
+    cfg = config.parse_document(router.build_config(OWNER, SPEC, RUNTIME))
+    cm = router.build_config_map(OWNER, SPEC, RUNTIME)
+    assert cli.configmap_reference(args, cfg) == (
+        cm["metadata"]["namespace"],
+        cm["metadata"]["name"],
+    )
+    assert args.config.name in cm["data"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert str(args.config.parent) == mount["mountPath"]
+    (volume,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"]
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]

@@ -72,9 +72,10 @@ Each line names the code that needs it (operator/kubeinfer/clients/kube.py and k
   resources: [services, configmaps]
   verbs: [get, list, watch, create, patch, delete]
 # kubeinfer-router (spec.router): its ServiceAccount, and a Role and RoleBinding granting it
-# pods get/list/watch and deployments/scale get/patch, which this role holds above (RBAC
-# refuses a Role granting more than its creator has). Listed each resync (drift), deleted when
-# the router is switched off.
+# pods get/list/watch, deployments/scale get/patch and configmaps get/list/watch (its own, by
+# name: it watches its router.yaml), which this role holds above (RBAC refuses a Role granting
+# more than its creator has; tests/integration/helm checks the chart covers core/router.py's
+# rules). Listed each resync (drift), deleted when the router is switched off.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, create, patch, delete]

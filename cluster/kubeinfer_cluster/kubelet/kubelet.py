@@ -52,7 +52,8 @@ IP_PREFIX = "127.3"
 TICK_S = 0.1
 # How often a running pod's configMap volumes are brought up to date, as the kubelet's sync
 # does (there about a minute: its sync period plus its cache TTL; short here, so a test of a
-# component that re-reads its mounted file, kubeinfer-router's weights, waits seconds).
+# component that re-reads its mounted file waits seconds; kubeinfer-router watches its
+# ConfigMap through the API and gets its weights before that).
 # subPath mounts are copies and never change, as on a real node.
 CONFIG_MAP_SYNC_S = 2.0
 

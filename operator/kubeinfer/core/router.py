@@ -1,9 +1,9 @@
 """Pure builders for kubeinfer-router in front of an InferenceService (``spec.router``).
 
-Owns: what the router's children look like - ``<name>-router`` ConfigMap (router.yaml, the
-file the router re-reads live), ServiceAccount, Role and RoleBinding (what the router may
-read and write, nothing more), and Deployment - and the labels that keep router pods apart
-from serving pods. No I/O here.
+Owns: what the router's children look like - ``<name>-router`` ConfigMap (router.yaml: the
+router starts on the mounted file and watches the ConfigMap itself for live changes),
+ServiceAccount, Role and RoleBinding (what the router may read and write, nothing more), and
+Deployment - and the labels that keep router pods apart from serving pods. No I/O here.
 
 The router pods never carry ``builders.LABEL_ISVC``: that label is the predictor
 Deployment's selector and the key the operator counts a service's serving pods by (status,
@@ -165,20 +165,30 @@ def build_service_account(owner: builders.Owner) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(owner)}
 
 
-# What the router reads (pods mode, the one the operator renders) and the one thing it
-# writes: the predictor's replicas, 0 -> 1, through the scale subresource (a read, then a
-# merge patch carrying the resourceVersion read). Nothing the operator does not hold itself:
-# RBAC refuses a Role granting more than its creator has (the escalation rule).
+# What the router reads (pods mode, the one the operator renders; its own ConfigMap, watched
+# so a new weight applies at once instead of when the kubelet refreshes the mounted file) and
+# the one thing it writes: the predictor's replicas, 0 -> 1, through the scale subresource (a
+# read, then a merge patch carrying the resourceVersion read). Nothing the operator does not
+# hold itself: RBAC refuses a Role granting more than its creator has (the escalation rule;
+# the chart's operator role holds all of these).
 RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
 ]
 
 
 def build_role(owner: builders.Owner) -> dict[str, Any]:
-    rules = [dict(r) for r in RULES]
-    # The scale write is limited to this service's predictor, not every Deployment around.
-    rules[1] = {**rules[1], "resourceNames": [builders.child_name(owner)]}
+    # The scale write is limited to this service's predictor and the ConfigMap read to the
+    # router's own, not every Deployment or ConfigMap around. A list or watch passes a rule
+    # with resourceNames when it selects that one name (the router's field selector).
+    names = {"deployments/scale": builders.child_name(owner), "configmaps": name(owner)}
+    rules = [
+        {**r, "resourceNames": [names[r["resources"][0]]]}
+        if r["resources"][0] in names
+        else dict(r)
+        for r in RULES
+    ]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -225,7 +235,13 @@ def build_deployment(
         "command": [COMMAND],
         # --listen repeats the file's address as a flag (flags win): a runtime that gives a
         # pod its own address for a wildcard (the local cluster's kubelet) rewrites args only.
-        "args": [f"--config={CONFIG_DIR}/{CONFIG_FILE}", f"--listen=0.0.0.0:{HTTP_PORT}"],
+        # --configmap: the router watches the ConfigMap it mounts, so a new weight applies
+        # the moment it is written, not a kubelet sync later; the file starts it up.
+        "args": [
+            f"--config={CONFIG_DIR}/{CONFIG_FILE}",
+            f"--listen=0.0.0.0:{HTTP_PORT}",
+            f"--configmap={owner.namespace}/{name(owner)}",
+        ],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
@@ -277,8 +293,8 @@ def build_deployment(
             "template": {
                 "metadata": {
                     "labels": _pod_labels(owner, spec),
-                    # No config hash here, unlike the serving pods: the router re-reads
-                    # its file live, and a rolled router pod would drop what it holds.
+                    # No config hash here, unlike the serving pods: the router applies
+                    # its ConfigMap live, and a rolled router pod would drop what it holds.
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(HTTP_PORT),

@@ -226,7 +226,7 @@ def test_a_failing_canary_is_rolled_back(
         30,
         "the canary scaled to 0",
     )
-    # The router itself applied it (it re-reads router.yaml): nothing goes to the canary.
+    # The router itself applied it (its ConfigMap watch): nothing goes to the canary.
     wait_for(lambda: only_to(ip, "stable"), 60, "the router sending everything to stable")
     reasons = [r for r, _ in events(cluster, namespace, name)]
     assert "CanaryRolledBack" in reasons and "CanaryCheckFailed" in reasons, reasons

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubeinfer.core import builders, router
 from tests.integration.helm.conftest import CHART, CI_VALUES, Helm
 from tests.operator_process import REPO
 
@@ -115,6 +116,41 @@ def test_rbac_lets_the_autoscaler_mark_pods_and_no_more(
             for v in rule["verbs"]
         }
         assert verbs == {"get", "list", "watch", "patch"}, (role["metadata"]["name"], verbs)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["-f", str(CHART / "ci" / "namespaced.yaml")]],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_the_operator_holds_everything_it_grants_the_router(
+    helm_offline: Helm, values: list[str]
+) -> None:
+    """RBAC's escalation rule: the operator may create the router's Role (core/router.py)
+    only when it holds every verb of it itself, so a rule added there needs one here."""
+    docs = _kinds(helm_offline.template(*values))
+    roles = docs.get("Role", []) if values else docs["ClusterRole"]
+    assert roles
+    wanted = router.build_role(builders.Owner(name="m", namespace="ns", uid="u"))["rules"]
+    for role in roles:
+        # A rule with resourceNames covers only those names: count the unrestricted ones.
+        held = {
+            (group, resource, verb)
+            for rule in role["rules"]
+            if not rule.get("resourceNames")
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        missing = [
+            (group, resource, verb)
+            for rule in wanted
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+            if (group, resource, verb) not in held
+        ]
+        assert not missing, (role["metadata"]["name"], missing)
 
 
 def test_namespaced_mode_keeps_namespaced_rules_out_of_the_cluster_role(

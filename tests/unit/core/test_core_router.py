@@ -96,12 +96,13 @@ def test_the_router_runs_on_the_operator_image_with_its_own_identity() -> None:
     assert container["args"] == [
         f"--config={router.CONFIG_DIR}/{router.CONFIG_FILE}",
         f"--listen=0.0.0.0:{router.HTTP_PORT}",
+        "--configmap=ns/m-router",  # watched, so a new weight applies at once
     ]
     assert pod["serviceAccountName"] == "m-router"
     assert {"name": "config", "configMap": {"name": "m-router"}} in pod["volumes"]
 
 
-def test_the_role_grants_only_what_the_router_uses_on_its_own_deployment() -> None:
+def test_the_role_grants_only_what_the_router_uses_on_its_own_objects() -> None:
     role = router.build_role(OWNER)
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
@@ -110,6 +111,13 @@ def test_the_role_grants_only_what_the_router_uses_on_its_own_deployment() -> No
             "resources": ["deployments/scale"],
             "verbs": ["get", "patch"],
             "resourceNames": ["m-predictor"],
+        },
+        # Its own ConfigMap only: the router watches it by a field selector on that name.
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["get", "list", "watch"],
+            "resourceNames": ["m-router"],
         },
     ]
     binding = router.build_role_binding(OWNER)
