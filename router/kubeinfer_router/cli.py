@@ -182,7 +182,8 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig, text: str | 
             cfg=cfg, endpoints=endpoints, synced=router.synced, holding=lambda: router.holds.open
         )
         tasks.append(asyncio.create_task(static.run()))
-    tasks.append(asyncio.create_task(scraping.Scraper(cfg=cfg, endpoints=endpoints).run()))
+    scraper = scraping.Scraper(cfg=cfg, endpoints=endpoints)
+    tasks.append(asyncio.create_task(scraper.run()))
     configmap: reloading.ConfigMapWatch | None = None
     if args.config and text is not None:
         reloader = reloading.Reloader(
@@ -191,6 +192,7 @@ async def serve(args: argparse.Namespace, cfg: config.RouterConfig, text: str | 
             router=router,
             endpoints=endpoints,
             finder=static or watches,
+            scraper=scraper,
         )
         if args.configmap:
             namespace, name = configmap_reference(args, cfg)

@@ -56,6 +56,9 @@ class Variant:
     service: str | None = None  # endpointslices mode: the Service whose slices to watch
     deployment: str | None = None  # the wake hook's scale target
     endpoints: tuple[StaticEndpoint, ...] = ()  # static mode
+    # This variant's queue-depth metric, when its runtime names it otherwise (a canary on
+    # another runtime); None: the router's queueMetric.
+    queue_metric: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -99,6 +102,13 @@ class RouterConfig:
     retry_after_s: int = 1
     max_request_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 30.0
+
+    def queue_metric_of(self, variant: str) -> str:
+        """The metric holding `variant`'s pods' queue depth."""
+        for v in self.variants:
+            if v.name == variant and v.queue_metric:
+                return v.queue_metric
+        return self.queue_metric
 
 
 def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -176,6 +186,7 @@ def _variant(raw: Any, index: int) -> Variant:
         selector=dict(selector),
         service=_get(raw, "service", str, None),
         deployment=_get(raw, "deployment", str, None),
+        queue_metric=_get(raw, "queueMetric", str, None) or None,
         endpoints=tuple(
             _static_endpoint(e, f"{field}.endpoints[{i}]") for i, e in enumerate(endpoints)
         ),

@@ -27,7 +27,7 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubeinfer_router import config, discovery, proxy, table
+from kubeinfer_router import config, discovery, proxy, scraping, table
 
 log = logging.getLogger("kubeinfer_router.reloading")
 
@@ -45,6 +45,7 @@ class Reloader:
         router: proxy.Proxy,
         endpoints: table.Table,
         finder: discovery.StaticDiscovery | discovery.KubeDiscovery | None,
+        scraper: scraping.Scraper | None = None,
     ) -> None:
         self.current = text  # the last document applied, or refused (then not logged twice)
         self.load = load
@@ -52,6 +53,7 @@ class Reloader:
         self.table = endpoints
         self.finder = finder  # discovery: new static addresses, or watches for new variants
         self.applied = 0  # documents applied since start-up
+        self.scraper = scraper  # the queue scrape: per-variant metric names
 
     def apply(self, text: str, *, source: str) -> bool:
         """Parse `text` and apply it; False when it is the current one or does not parse."""
@@ -67,6 +69,8 @@ class Reloader:
         self.router.reconfigure(cfg)
         if self.finder is not None:
             self.finder.update(cfg)
+        if self.scraper is not None:
+            self.scraper.reconfigure(cfg)
         self.applied += 1
         log.info(
             "config from %s applied: %s",

@@ -34,6 +34,10 @@ class Scraper:
         self.table = endpoints
         self.clock = clock
 
+    def reconfigure(self, cfg: config.RouterConfig) -> None:
+        """A reloaded config: the variants' queue metrics apply from the next scrape."""
+        self.cfg = cfg
+
     async def run(self) -> None:
         interval = self.cfg.scrape_interval_s
         timeout = aiohttp.ClientTimeout(total=interval)
@@ -62,7 +66,7 @@ class Scraper:
                 text = (await response.content.read(MAX_BYTES)).decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError, OSError):
             return
-        pending = exposition.sum_samples(text, self.cfg.queue_metric)
+        pending = exposition.sum_samples(text, self.cfg.queue_metric_of(ep.variant))
         if pending is None:
             return
         # The pod counted some of our own requests as pending: subtract the larger of our

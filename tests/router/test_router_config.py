@@ -104,3 +104,20 @@ def test_flags_merge_over_the_file(tmp_path: object) -> None:
     assert cfg.variants[0].endpoints[0].metrics_port == 2
     with pytest.raises(config.ConfigError, match="no variant named"):
         cli.load_config(cli.parse_args(["--endpoint", "127.0.0.9:1", "--weight", "x=1"]))
+
+
+def test_a_variant_may_name_its_own_queue_metric() -> None:
+    cfg = config.parse_document(
+        {
+            "queueMetric": "nv_inference_pending_request_count",
+            "variants": [
+                {"name": "stable", "endpoints": ["127.0.0.1:8000"]},
+                {"name": "canary", "endpoints": ["127.0.0.2:8000"], "queueMetric": "my_queue"},
+            ],
+        }
+    )
+    assert cfg.queue_metric_of("stable") == "nv_inference_pending_request_count"
+    assert cfg.queue_metric_of("canary") == "my_queue"
+    assert cfg.queue_metric_of("gone") == "nv_inference_pending_request_count"
+    with pytest.raises(config.ConfigError, match=r"queueMetric: expected str"):
+        config.parse_document({"variants": [{"name": "s", "queueMetric": 3}]})

@@ -92,7 +92,16 @@ def build(
     pdb = builders.build_pdb(owner, spec, runtime_name)
     absent: list[Child] = []
     if routed:
-        manifests.extend(router.build_all(owner, spec, runtime, config, canary_state))
+        manifests.extend(
+            router.build_all(
+                owner,
+                spec,
+                runtime,
+                config,
+                canary_state,
+                canary_runtime[1] if canary_runtime is not None else None,
+            )
+        )
     else:
         absent.extend(Child(v, k, router.name(owner)) for v, k in router.KINDS)
     if routed and spec.canary is not None and canary_runtime is not None:

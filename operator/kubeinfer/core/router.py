@@ -81,7 +81,10 @@ def _metadata(owner: builders.Owner) -> dict[str, Any]:
 
 
 def _variants(
-    owner: builders.Owner, spec: api.InferenceServiceSpec, state: api.CanaryStatus | None
+    owner: builders.Owner,
+    spec: api.InferenceServiceSpec,
+    state: api.CanaryStatus | None,
+    queue_metrics: tuple[str, str | None],
 ) -> list[dict[str, Any]]:
     stable = {
         "name": VARIANT_STABLE,
@@ -96,12 +99,17 @@ def _variants(
     # replicas are the reconciler's alone (core.canary.replicas), and the Role lets the
     # router scale the predictor only.
     split = canary.weights(state or canary.start(spec.canary))
+    stable_metric, canary_metric = queue_metrics
     return [
         {**stable, "weight": split[VARIANT_STABLE]},
         {
             "name": VARIANT_CANARY,
             "weight": split[VARIANT_CANARY],
             "selector": canary.pod_selector(owner),
+            # A canary on another runtime reports its queue under that runtime's name.
+            **(
+                {"queueMetric": canary_metric} if canary_metric not in (None, stable_metric) else {}
+            ),
         },
     ]
 
@@ -111,12 +119,17 @@ def build_config(
     spec: api.InferenceServiceSpec,
     runtime: api.InferenceRuntimeSpec,
     canary_state: api.CanaryStatus | None = None,
+    canary_runtime: api.InferenceRuntimeSpec | None = None,
 ) -> dict[str, Any]:
     """router.yaml: the serving pods found by their selector (pods mode works on every
     cluster, the local one included, whose loopback pod IPs EndpointSlices refuse), the
     stable variant (and the canary, at its weight), the wake hook on the predictor
     Deployment, and the spec's limits."""
-    variants = _variants(owner, spec, canary_state)
+    metrics = (
+        runtime.metrics.queue_depth,
+        canary_runtime.metrics.queue_depth if canary_runtime is not None else None,
+    )
+    variants = _variants(owner, spec, canary_state, metrics)
     # The router wakes the variants with traffic that name a Deployment: the predictor. A
     # promoted canary takes all traffic and names none (the reconciler keeps it at 1 or more
     # replicas, so there is nothing to wake), and a wake with no target is a config error.
@@ -143,8 +156,10 @@ def render_config(
     spec: api.InferenceServiceSpec,
     runtime: api.InferenceRuntimeSpec,
     canary_state: api.CanaryStatus | None = None,
+    canary_runtime: api.InferenceRuntimeSpec | None = None,
 ) -> str:
-    return yaml.safe_dump(build_config(owner, spec, runtime, canary_state), sort_keys=True)
+    doc = build_config(owner, spec, runtime, canary_state, canary_runtime)
+    return yaml.safe_dump(doc, sort_keys=True)
 
 
 def build_config_map(
@@ -152,12 +167,13 @@ def build_config_map(
     spec: api.InferenceServiceSpec,
     runtime: api.InferenceRuntimeSpec,
     canary_state: api.CanaryStatus | None = None,
+    canary_runtime: api.InferenceRuntimeSpec | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner),
-        "data": {CONFIG_FILE: render_config(owner, spec, runtime, canary_state)},
+        "data": {CONFIG_FILE: render_config(owner, spec, runtime, canary_state, canary_runtime)},
     }
 
 
@@ -313,14 +329,16 @@ def build_all(
     runtime: api.InferenceRuntimeSpec,
     config: OperatorConfig,
     canary_state: api.CanaryStatus | None = None,
+    canary_runtime: api.InferenceRuntimeSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Every router child, in the order they can be created: the Role before the binding
-    that names it, the ServiceAccount and ConfigMap before the pods that mount them."""
+    that names it, the ServiceAccount and ConfigMap before the pods that mount them.
+    ``canary_runtime``: the canary's resolved runtime, for its queue metric's name."""
     return [
         build_service_account(owner),
         build_role(owner),
         build_role_binding(owner),
-        build_config_map(owner, spec, runtime, canary_state),
+        build_config_map(owner, spec, runtime, canary_state, canary_runtime),
         build_deployment(owner, spec, runtime, config),
     ]
 

@@ -304,3 +304,42 @@ def test_the_crd_carries_canary_runtime_and_the_rule() -> None:
     text = crdgen.render_all()
     assert api.CANARY_DIFFERS in text
     assert "self.canary.runtime != self.runtime" in text
+
+
+def test_a_canary_runtime_with_another_queue_metric_names_it_for_the_router() -> None:
+    # The router reads each pod's queue depth by name; a canary runtime that calls it
+    # otherwise gets its own name in router.yaml (the stable one keeps the global).
+    other = RUNTIMES["triton"].model_copy(
+        update={
+            "metrics": RUNTIMES["triton"].metrics.model_copy(
+                update={"queue_depth": "my_server_queue_depth"}
+            )
+        }
+    )
+    runtimes = {**RUNTIMES, "mine": other}
+    s = spec({"model": {"storageUri": "https://h/m.onnx"}, "runtime": "mine"})
+    wanted = children.build(
+        OWNER,
+        s,
+        *builders.choose_runtime(s, runtimes),
+        CONFIG,
+        canary_runtime=canary.choose_runtime(s, runtimes),
+    )
+    doc = yaml.safe_load(
+        by_name(wanted, "ConfigMap", router.name(OWNER))["data"][router.CONFIG_FILE]
+    )
+    assert doc["queueMetric"] == RUNTIMES["onnxruntime"].metrics.queue_depth
+    assert [v.get("queueMetric") for v in doc["variants"]] == [None, "my_server_queue_depth"]
+    # The same name (both default runtimes share Triton's) is not repeated per variant.
+    s = spec({"model": {"storageUri": "https://h/m.onnx"}, "runtime": "triton"})
+    wanted = children.build(
+        OWNER,
+        s,
+        *builders.choose_runtime(s, RUNTIMES),
+        CONFIG,
+        canary_runtime=canary.choose_runtime(s, RUNTIMES),
+    )
+    doc = yaml.safe_load(
+        by_name(wanted, "ConfigMap", router.name(OWNER))["data"][router.CONFIG_FILE]
+    )
+    assert all("queueMetric" not in v for v in doc["variants"])
