@@ -53,9 +53,10 @@ async def scrape_all(
 
 async def router_pages(
     session: aiohttp.ClientSession, *, namespace: str, name: str, timeout_s: float
-) -> list[str] | None:
-    """Every Ready router pod's /metrics page for one service; None when none is Ready or any
-    did not answer (a partial sum would read as fewer requests: no evidence of anything).
+) -> dict[str, str] | None:
+    """Every Ready router pod's /metrics page for one service, by pod name; None when none is
+    Ready or any did not answer (a partial sum would read as fewer requests: no evidence of
+    anything). By pod, so a window can be taken per router and survive one's restart.
 
     The router's pods are listed from the API: the store holds the serving pods only (router
     pods do not carry their label). One list per call; the autoscaler (scale to zero) and the
@@ -70,5 +71,5 @@ async def router_pages(
     texts = await scrape_all(
         session, {p: (ip, router.HTTP_PORT) for p, ip in ready.items()}, timeout_s=timeout_s
     )
-    pages = [t for t in texts.values() if t is not None]
+    pages = {pod: t for pod, t in texts.items() if t is not None}
     return pages if len(pages) == len(texts) else None

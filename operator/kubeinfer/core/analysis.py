@@ -7,8 +7,8 @@ over the whole canary, as Flagger counts them, not only consecutive ones) roll i
 passed check promotes one step. Too little canary traffic in a window judges nothing (hold).
 
 Also the arithmetic that turns two snapshots of the router's cumulative counters and latency
-histogram into a window (`window_between`), with Prometheus' `histogram_quantile` rule for
-the p99.
+histogram into a window: per router pod (`delta`, which survives that router's restart), then
+summed over the pods (`window_of`), with Prometheus' `histogram_quantile` rule for the p99.
 
 Who owns what: the router measures (its telemetry module names the series and counts every
 answer per variant); the operator judges (this module, moved here from the router so the rule
@@ -135,16 +135,37 @@ def quantile(q: float, bounds: Sequence[float], buckets: Sequence[float]) -> flo
     return lower_bound
 
 
-def window_between(before: Snapshot, after: Snapshot) -> Window:
-    """The window between two snapshots; a counter that went down means the router restarted."""
+def delta(before: Snapshot, after: Snapshot) -> Snapshot:
+    """What one router pod counted between two snapshots; a counter that went down means
+    that router restarted, and then everything since its start is the delta."""
     restarted = after.successes < before.successes or after.errors < before.errors
     base = Snapshot(successes=0, errors=0, bounds=after.bounds, buckets=()) if restarted else before
     base_buckets = base.buckets or (0.0,) * len(after.buckets)
-    buckets = [a - b for a, b in zip(after.buckets, base_buckets, strict=True)]
-    successes = after.successes - base.successes
-    errors = after.errors - base.errors
+    return Snapshot(
+        successes=after.successes - base.successes,
+        errors=after.errors - base.errors,
+        bounds=after.bounds,
+        buckets=tuple(a - b for a, b in zip(after.buckets, base_buckets, strict=True)),
+    )
+
+
+def window_of(deltas: Sequence[Snapshot]) -> Window:
+    """One variant's window from each router pod's delta: counts and histogram buckets add
+    (every router exposes the same bounds), then one p99 over the sum."""
+    bounds = next((d.bounds for d in deltas if d.buckets), ())
+    buckets = [0.0] * len(bounds)
+    for d in deltas:
+        if d.buckets:
+            buckets = [a + b for a, b in zip(buckets, d.buckets, strict=True)]
+    successes = sum(d.successes for d in deltas)
+    errors = sum(d.errors for d in deltas)
     return Window(
         requests=round(successes + errors),
         errors=round(errors),
-        p99_s=quantile(0.99, after.bounds, buckets),
+        p99_s=quantile(0.99, bounds, buckets),
     )
+
+
+def window_between(before: Snapshot, after: Snapshot) -> Window:
+    """The window between two snapshots of one router pod."""
+    return window_of([delta(before, after)])

@@ -111,7 +111,8 @@ def parse_router_metrics(texts: list[str]) -> signals.RouterSignals:
 
 def parse_router_variants(texts: list[str]) -> dict[str, analysis.Snapshot]:
     """Per variant: the router's cumulative answers (success, error) and latency histogram,
-    summed over its pods' pages (one pod today; a sum stays right with more).
+    summed over the pages given (the canary engine gives one router pod's page at a time, so
+    that a window is taken per router: ``analysis.delta``).
 
     Raises ValueError on text the Prometheus parser rejects.
     """

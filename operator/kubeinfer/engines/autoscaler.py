@@ -315,7 +315,7 @@ class Autoscaler:
         if pages is None:
             return None
         try:
-            return metrics.parse_router_metrics(pages)
+            return metrics.parse_router_metrics(list(pages.values()))
         except ValueError:
             return None
 

@@ -38,7 +38,8 @@ class Tracked:
     isvc: dict[str, Any]
     spec: api.CanarySpec
     revision: str = ""
-    baseline: dict[str, analysis.Snapshot] | None = None
+    # Per router pod, per variant: the counters at the last check.
+    baseline: dict[str, dict[str, analysis.Snapshot]] | None = None
     baseline_time: float | None = None
 
 
@@ -147,15 +148,21 @@ class CanaryEngine:
         if pages is None:
             return
         try:
-            snaps = metrics.parse_router_variants(pages)
+            snaps = {pod: metrics.parse_router_variants([text]) for pod, text in pages.items()}
         except ValueError:
             return
         before, tracked.baseline, tracked.baseline_time = tracked.baseline, snaps, now
         if before is None:
             return  # the first page is a baseline: a window needs two
-        # Decide.
+        # Decide. A window per router pod (a new pod counts from its start; one that restarted
+        # from its restart), summed: more than one router, or a router rollout, reads right.
         windows = {
-            v: analysis.window_between(before.get(v, _EMPTY), snaps.get(v, _EMPTY))
+            v: analysis.window_of(
+                [
+                    analysis.delta(before.get(pod, {}).get(v, _EMPTY), snap.get(v, _EMPTY))
+                    for pod, snap in snaps.items()
+                ]
+            )
             for v in (router.VARIANT_STABLE, router.VARIANT_CANARY)
         }
         decision = canary.decide(

@@ -84,3 +84,23 @@ def test_window_between_snapshots_and_across_a_router_restart() -> None:
     restarted = analysis.Snapshot(successes=50, errors=0, bounds=BOUNDS, buckets=(50, 50, 50, 50))
     w = analysis.window_between(after, restarted)
     assert (w.requests, w.errors) == (50, 0)
+
+
+def test_a_window_over_two_routers_one_restarted_and_one_new() -> None:
+    # Router a counted 210 (10 errors) since the last check; router b restarted and counted
+    # 50 since; router c is new and counted 40 (all slow). The sum is the window, never the
+    # whole history of a router that restarted while the other kept counting.
+    a0 = analysis.Snapshot(successes=100, errors=2, bounds=BOUNDS, buckets=(90, 100, 102, 102))
+    a1 = analysis.Snapshot(successes=300, errors=12, bounds=BOUNDS, buckets=(90, 290, 312, 312))
+    b0 = analysis.Snapshot(successes=9000, errors=900, bounds=BOUNDS, buckets=(0, 0, 0, 9900))
+    b1 = analysis.Snapshot(successes=50, errors=0, bounds=BOUNDS, buckets=(50, 50, 50, 50))
+    c1 = analysis.Snapshot(successes=40, errors=0, bounds=BOUNDS, buckets=(0, 0, 0, 40))
+    empty = analysis.Snapshot(successes=0, errors=0, bounds=(), buckets=())
+    w = analysis.window_of(
+        [analysis.delta(a0, a1), analysis.delta(b0, b1), analysis.delta(empty, c1)]
+    )
+    assert (w.requests, w.errors) == (300, 10)
+    # Buckets add (a: 0/190/210/210, b: 50 each, c: 40 in +Inf); c's slow 40 put the p99
+    # above the last finite bound.
+    assert w.p99_s == analysis.quantile(0.99, BOUNDS, (50, 240, 260, 300)) == BOUNDS[-2]
+    assert analysis.window_of([]) == analysis.Window(requests=0, errors=0, p99_s=None)
