@@ -423,6 +423,16 @@ class RouterSpec(_Model):
             description="How long a held request waits for a Ready replica, then 503.",
         ),
     ] = 120
+    replicas: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10,
+            description="Router pods. Two or more survive a node's loss or a rollout without a "
+            "gap (a PodDisruptionBudget keeps one up, spread over nodes); each holds its own "
+            "requests at zero (maxQueued per router) and any of them may write the 0 -> 1.",
+        ),
+    ] = 1
 
 
 class CanaryModel(_Model):

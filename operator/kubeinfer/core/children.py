@@ -102,6 +102,8 @@ def build(
                 canary_runtime[1] if canary_runtime is not None else None,
             )
         )
+        if router.build_pdb(owner, spec) is None:
+            absent.append(Child("policy/v1", "PodDisruptionBudget", router.name(owner)))
     else:
         absent.extend(Child(v, k, router.name(owner)) for v, k in router.KINDS)
     if routed and spec.canary is not None and canary_runtime is not None:

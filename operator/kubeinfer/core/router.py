@@ -242,9 +242,10 @@ def build_deployment(
     runtime: api.InferenceRuntimeSpec,
     config: OperatorConfig,
 ) -> dict[str, Any]:
-    """One router replica (it holds requests in memory: a second one would split the held
-    set and double the wake calls; more replicas are future work), on the operator image,
-    which carries the router package."""
+    """``spec.router.replicas`` router pods on the operator image, which carries the router
+    package. Each holds its own requests at zero and flushes them when a replica is Ready;
+    two woken routers write the same 0 -> 1, which is idempotent. More than one: spread over
+    nodes where the scheduler can, and a PodDisruptionBudget (``build_pdb``)."""
     container: dict[str, Any] = {
         "name": "router",
         "image": config.init_image,
@@ -299,12 +300,22 @@ def build_deployment(
     }
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in config.image_pull_secrets]
+    if spec.router.replicas > 1:
+        # Preferred, not required: a one-node cluster still runs every router.
+        pod_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": pod_selector(owner)},
+            }
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(owner),
         "spec": {
-            "replicas": 1,
+            "replicas": spec.router.replicas,
             "selector": {"matchLabels": pod_selector(owner)},
             "template": {
                 "metadata": {
@@ -323,6 +334,19 @@ def build_deployment(
     }
 
 
+def build_pdb(owner: builders.Owner, spec: api.InferenceServiceSpec) -> dict[str, Any] | None:
+    """With two or more routers, a voluntary eviction (a node drain) takes one at a time; one
+    router cannot stay up through its own eviction, so it gets none."""
+    if spec.router.replicas < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_selector(owner)}},
+    }
+
+
 def build_all(
     owner: builders.Owner,
     spec: api.InferenceServiceSpec,
@@ -334,17 +358,20 @@ def build_all(
     """Every router child, in the order they can be created: the Role before the binding
     that names it, the ServiceAccount and ConfigMap before the pods that mount them.
     ``canary_runtime``: the canary's resolved runtime, for its queue metric's name."""
+    pdb = build_pdb(owner, spec)
     return [
         build_service_account(owner),
         build_role(owner),
         build_role_binding(owner),
         build_config_map(owner, spec, runtime, canary_state, canary_runtime),
         build_deployment(owner, spec, runtime, config),
+        *([pdb] if pdb is not None else []),
     ]
 
 
 # (apiVersion, kind) of every router child, for deleting them when the router is switched off.
 KINDS = [
+    ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
     ("v1", "ConfigMap"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),

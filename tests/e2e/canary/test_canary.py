@@ -22,6 +22,7 @@ import urllib.request
 from typing import Any
 
 import yaml
+from kubernetes import client
 from prometheus_client import parser
 
 from tests.conftest import ClusterHandle
@@ -40,7 +41,7 @@ def _mkdir(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def manifest(name: str, stable_uri: str, canary: dict[str, Any]) -> str:
+def manifest(name: str, stable_uri: str, canary: dict[str, Any], *, routers: int = 1) -> str:
     doc = yaml.safe_load(
         scenario.manifest(
             name,
@@ -52,7 +53,7 @@ def manifest(name: str, stable_uri: str, canary: dict[str, Any]) -> str:
             scaling={"minReplicas": 1, "maxReplicas": 1},
         )
     )
-    doc["spec"]["router"] = {"enabled": True}
+    doc["spec"]["router"] = {"enabled": True, "replicas": routers}
     doc["spec"]["canary"] = canary
     return yaml.safe_dump(doc)
 
@@ -152,8 +153,10 @@ def start(
     canary: Any,
     *,
     canary_start_s: float = 120,
+    routers: int = 1,
 ) -> str:
-    scenario.apply(cluster, namespace, manifest(name, scenario.model_uri(tmp_path), canary))
+    uri = scenario.model_uri(tmp_path)
+    scenario.apply(cluster, namespace, manifest(name, uri, canary, routers=routers))
     ip = wait_for(lambda: router_ip(cluster, namespace, name), 120, "the router pod Ready")
     wait_for(
         lambda: (
@@ -266,7 +269,22 @@ def test_a_healthy_canary_is_promoted_through_its_steps(
         # A busy 2-core host makes latency noisy; this test is about the steps.
         "analysis": {"intervalSeconds": INTERVAL_S, "maxP99Ratio": 20, "minRequests": 10},
     }
-    ip = start(cluster, namespace, name, tmp_path, canary)
+    # Two routers: the load goes through one, the analysis adds both routers' windows.
+    ip = start(cluster, namespace, name, tmp_path, canary, routers=2)
+    wait_for(
+        lambda: (
+            cluster.apps.read_namespaced_deployment(
+                f"{name}-router", namespace
+            ).status.ready_replicas
+            == 2
+        ),
+        120,
+        "both router pods Ready",
+    )
+    pdb = client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget(
+        f"{name}-router", namespace
+    )
+    assert pdb.spec.max_unavailable == 1
     seen_weights: set[int] = set()
 
     def promoted() -> bool:

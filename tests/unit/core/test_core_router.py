@@ -140,7 +140,10 @@ def test_a_routed_service_selects_the_router_pods() -> None:
         ("ConfigMap", "m-router"),
         ("Deployment", "m-router"),
     } <= kinds
-    assert not [c for c in w.absent if c.name == "m-router"]
+    # One router: no PodDisruptionBudget (one pod cannot stay up through its own eviction).
+    assert [(c.kind, c.name) for c in w.absent if c.name == "m-router"] == [
+        ("PodDisruptionBudget", "m-router")
+    ]
 
 
 def test_switching_the_router_off_deletes_its_children_and_the_service_selects_the_pods() -> None:
@@ -148,8 +151,9 @@ def test_switching_the_router_off_deletes_its_children_and_the_service_selects_t
     live = {children.key_of(m): m for m in on.apply}
     off = children.build(OWNER, spec(), "onnxruntime", RUNTIME, CONFIG)
     plan = children.differences(off, live)
+    # Everything the router had (one router: no PodDisruptionBudget to delete).
     assert {(c.kind, c.name) for c in plan.delete} == {
-        (kind, "m-router") for _, kind in router.KINDS
+        (kind, "m-router") for _, kind in router.KINDS if kind != "PodDisruptionBudget"
     }
     service = by_kind(plan.apply, "Service", "m-predictor")
     assert service["spec"]["selector"] == builders.selector(OWNER)
@@ -165,3 +169,26 @@ def test_the_scale_to_zero_example_is_valid() -> None:
     doc = yaml.safe_load((repo / "examples" / "scale-to-zero.yaml").read_text())
     parsed = api.parse_spec(doc["spec"])
     assert parsed.router.enabled and parsed.scaling.min_replicas == 0
+
+
+def test_two_routers_are_spread_and_kept_one_at_a_time_and_back_to_one_drops_the_budget() -> None:
+    two = spec(router={"enabled": True, "replicas": 2})
+    w = children.build(OWNER, two, "onnxruntime", RUNTIME, CONFIG)
+    dep = by_kind(w.apply, "Deployment", "m-router")
+    assert dep["spec"]["replicas"] == 2
+    [spread] = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"  # a one-node cluster runs both
+    assert spread["labelSelector"]["matchLabels"] == router.pod_selector(OWNER)
+    pdb = by_kind(w.apply, "PodDisruptionBudget", "m-router")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": router.pod_selector(OWNER)},
+    }
+    assert pdb["metadata"]["ownerReferences"] == [OWNER.reference()]
+    live = {children.key_of(m): m for m in w.apply}
+    one = children.build(OWNER, spec(**ROUTED), "onnxruntime", RUNTIME, CONFIG)
+    plan = children.differences(one, live)
+    assert [(c.kind, c.name) for c in plan.delete] == [("PodDisruptionBudget", "m-router")]
+    dep = by_kind(one.apply, "Deployment", "m-router")
+    assert dep["spec"]["replicas"] == 1
+    assert "topologySpreadConstraints" not in dep["spec"]["template"]["spec"]
