@@ -18,7 +18,14 @@ import pytest
 import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from router_processes import OnnxServer, build_repo, mlp_request, start_onnx, start_router
+from router_processes import (
+    OnnxServer,
+    build_repo,
+    deployment,
+    mlp_request,
+    start_onnx,
+    start_router,
+)
 
 from kubeinfer.core import builders, router
 from tests.conftest import ClusterHandle
@@ -154,34 +161,6 @@ def test_the_rendered_role_allows_its_own_configmap_by_name_and_no_other(
     assert forbidden(lambda: sa.patch_namespaced_config_map(mine, namespace, {"data": {"x": "y"}}))
 
 
-def serving_deployment(app: str) -> dict[str, Any]:
-    """One kwok pod on a loopback IP; the test runs a real server on that IP as its container."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": app},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": app}},
-            "template": {
-                "metadata": {"labels": {"app": app}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.invalid/kubeinfer-onnx:1",
-                            "ports": [
-                                {"name": "http", "containerPort": 8000},
-                                {"name": "metrics", "containerPort": 8002},
-                            ],
-                        }
-                    ]
-                },
-            },
-        },
-    }
-
-
 @pytest.fixture
 def servers() -> Iterator[list[OnnxServer]]:
     started: list[OnnxServer] = []
@@ -210,7 +189,7 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
     cluster.core.create_namespaced_config_map(namespace, config_map(namespace, started_on))
     repo = build_repo(tmp_path, "mlp")
     for app in ("ws", "wc"):
-        cluster.apps.create_namespaced_deployment(namespace, serving_deployment(app))
+        cluster.apps.create_namespaced_deployment(namespace, deployment(app, replicas=1))
 
     def pod_ip(app: str) -> str | None:
         pods = cluster.core.list_namespaced_pod(namespace, label_selector=f"app={app}").items

@@ -317,29 +317,23 @@ def test_a_canary_runtime_with_another_queue_metric_names_it_for_the_router() ->
         }
     )
     runtimes = {**RUNTIMES, "mine": other}
-    s = spec({"model": {"storageUri": "https://h/m.onnx"}, "runtime": "mine"})
-    wanted = children.build(
-        OWNER,
-        s,
-        *builders.choose_runtime(s, runtimes),
-        CONFIG,
-        canary_runtime=canary.choose_runtime(s, runtimes),
-    )
-    doc = yaml.safe_load(
-        by_name(wanted, "ConfigMap", router.name(OWNER))["data"][router.CONFIG_FILE]
-    )
+
+    def rendered(canary_runtime: str, catalogue: dict[str, Any]) -> dict[str, Any]:
+        s = spec({"model": {"storageUri": "https://h/m.onnx"}, "runtime": canary_runtime})
+        wanted = children.build(
+            OWNER,
+            s,
+            *builders.choose_runtime(s, catalogue),
+            CONFIG,
+            canary_runtime=canary.choose_runtime(s, catalogue),
+        )
+        cm = by_name(wanted, "ConfigMap", router.name(OWNER))
+        doc: dict[str, Any] = yaml.safe_load(cm["data"][router.CONFIG_FILE])
+        return doc
+
+    doc = rendered("mine", runtimes)
     assert doc["queueMetric"] == RUNTIMES["onnxruntime"].metrics.queue_depth
     assert [v.get("queueMetric") for v in doc["variants"]] == [None, "my_server_queue_depth"]
     # The same name (both default runtimes share Triton's) is not repeated per variant.
-    s = spec({"model": {"storageUri": "https://h/m.onnx"}, "runtime": "triton"})
-    wanted = children.build(
-        OWNER,
-        s,
-        *builders.choose_runtime(s, RUNTIMES),
-        CONFIG,
-        canary_runtime=canary.choose_runtime(s, RUNTIMES),
-    )
-    doc = yaml.safe_load(
-        by_name(wanted, "ConfigMap", router.name(OWNER))["data"][router.CONFIG_FILE]
-    )
+    doc = rendered("triton", RUNTIMES)
     assert all("queueMetric" not in v for v in doc["variants"])
