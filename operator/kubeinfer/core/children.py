@@ -74,7 +74,6 @@ def build(
     ``stable_replicas`` the predictor's, which the canary's replicas follow."""
     routed = spec.router.enabled
     manifests = [
-        builders.build_config_map(owner, spec, runtime_name, runtime),
         builders.build_deployment(owner, spec, runtime_name, runtime, config, strategy=strategy),
         builders.build_service(
             owner,
@@ -84,7 +83,10 @@ def build(
         ),
     ]
     pdb = builders.build_pdb(owner, spec, runtime_name)
-    absent: list[Child] = []
+    # The model config's ConfigMap of versions before it rode in the pod template: it goes
+    # with the apply that gives the Deployment the new template (running pods keep the files
+    # they mounted; the new ones read the annotation).
+    absent: list[Child] = [Child("v1", "ConfigMap", f"{owner.name}-model-config")]
     if routed:
         manifests.extend(router.build_all(owner, spec, runtime, config, canary_state))
     else:

@@ -114,10 +114,8 @@ def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> O
 
     The work queue runs this for every new service before any full reconcile, so a burst of
     creates gets its Deployments (what the controllers, the scheduler and the nodes wait on)
-    at one write each; the ConfigMap, Service, Event and status follow in the full reconcile.
-    Safe without the ConfigMap: the pod template mounts it as a non-optional volume, so no
-    server container starts until it exists (the kubelet retries the mount), and it then
-    reads the content the full reconcile wrote, the one the template's config hash names.
+    at one write each; the Service, Event and status follow in the full reconcile. The pods
+    need nothing else to start: their model config rides in the pod template.
     """
     key = (namespace, name)
     outcome = Outcome()
@@ -279,11 +277,11 @@ def write_order(
 ) -> list[dict[str, Any]]:
     """The order to apply ``manifests`` in. Pure.
 
-    A new Deployment goes first: it is what everything downstream (the controllers, the
-    scheduler, the nodes) waits on, and its pods cannot start before their ConfigMap exists
-    (a non-optional volume), so creating the ConfigMap after it is safe. An existing
-    ConfigMap, though, is updated before the Deployment: a config change rolls the pods, and
-    a new pod must not start on the old content (a subPath mount never sees later updates).
+    A new predictor Deployment goes first: it is what everything downstream (the
+    controllers, the scheduler, the nodes) waits on, and it mounts no other child (its model
+    config rides in its pod template). An existing ConfigMap (the router's) is updated
+    before the Deployments: a config change rolls the pods, and a new pod must not start on
+    the old content (a subPath mount never sees later updates).
     """
 
     def rank(manifest: dict[str, Any]) -> int:

@@ -112,11 +112,7 @@ def test_quickstart_becomes_ready_with_children(
     assert server.security_context.read_only_root_filesystem is True
     assert [c.name for c in dep.spec.template.spec.init_containers] == ["storage-initializer"]
     uid = obj["metadata"]["uid"]
-    for child in (
-        dep,
-        cluster.core.read_namespaced_service("quickstart-predictor", namespace),
-        cluster.core.read_namespaced_config_map("quickstart-model-config", namespace),
-    ):
+    for child in (dep, cluster.core.read_namespaced_service("quickstart-predictor", namespace)):
         refs = child.metadata.owner_references
         assert refs and refs[0].uid == uid and refs[0].controller
     # minReplicas 1: no PodDisruptionBudget could be honoured.
