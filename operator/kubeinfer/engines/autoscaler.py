@@ -12,8 +12,9 @@ scrape; the reconciler turns it into the GPUInUse condition, so each status fiel
 writer). The step's memory (window, last scale time, learned cold start) is persisted in
 status.autoscaler.state and the decision history in status.autoscaler.decisions, so an
 operator restart neither forgets a burst nor scales down on a fresh, empty window. A new
-service's first ticks, while none of its replicas is Ready, write nothing: status.autoscaler
-starts with the first decision made on something (``step.nothing_to_record``). A service
+service's first ticks, before a replica is Ready and has answered more than a baseline scrape,
+write nothing: status.autoscaler starts with the first decision made on something
+(``step.nothing_to_record``). A service
 whose scaling is Off gets no tick, only a pass that clears the marks it left on its pods in Auto.
 """
 
