@@ -268,7 +268,9 @@ async def _scale_in_two_pods(
     STORE = _objects(port, monkeypatch)
     deployment = STORE.lookup("Deployment", NS, f"{NAME}-predictor")[1]
     assert deployment is not None
-    STORE.observe({**deployment, "spec": {"replicas": 2}})
+    # A new version of the Deployment (the store keeps what it holds of an unchanged one).
+    meta = {**deployment["metadata"], "resourceVersion": "2"}
+    STORE.observe({**deployment, "metadata": meta, "spec": {"replicas": 2}})
     _second_pod(STORE, name="p2", ip="127.0.0.2", managed=managed)
     idle = Pod()
     runner = await _serve(idle, "127.0.0.2", port)
