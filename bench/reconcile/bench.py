@@ -37,6 +37,9 @@ from tests.operator_process import OperatorProcess, install, python_env  # noqa:
 
 OUT = pathlib.Path(__file__).resolve().parent
 FLOOR_LABEL = "bench.kubeinfer.io/floor-service"
+# At N=2,000 the busy operator took over 5 s (the tests' limit) to render /metrics: tens of
+# thousands of per-service series.
+METRICS_TIMEOUT_S = 120.0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -182,8 +185,12 @@ def bench_size(
     floor = run_phase(floor_ns, floor_create, False)
     print(f"[bench] N={n}: floor {floor}", flush=True)
     writes_before = writes_by_kind(operator, ours_ns)
-    reconciles_before = operator.metric("kubeinfer_reconcile_duration_seconds_count")
-    reconcile_s_before = operator.metric("kubeinfer_reconcile_duration_seconds_sum")
+    reconciles_before = operator.metric(
+        "kubeinfer_reconcile_duration_seconds_count", timeout=METRICS_TIMEOUT_S
+    )
+    reconcile_s_before = operator.metric(
+        "kubeinfer_reconcile_duration_seconds_sum", timeout=METRICS_TIMEOUT_S
+    )
     print(f"[bench] N={n}: through the operator", flush=True)
 
     def ours_create(name: str) -> None:
@@ -201,8 +208,14 @@ def bench_size(
     ours["load_average_1m"] = round(os.getloadavg()[0], 2)
     # Reconciles run (most write nothing: a watch event whose state is already reported) and
     # the wall time they took in all: where the operator's time went.
-    count = operator.metric("kubeinfer_reconcile_duration_seconds_count") - reconciles_before
-    spent = operator.metric("kubeinfer_reconcile_duration_seconds_sum") - reconcile_s_before
+    count = (
+        operator.metric("kubeinfer_reconcile_duration_seconds_count", timeout=METRICS_TIMEOUT_S)
+        - reconciles_before
+    )
+    spent = (
+        operator.metric("kubeinfer_reconcile_duration_seconds_sum", timeout=METRICS_TIMEOUT_S)
+        - reconcile_s_before
+    )
     ours["reconciles_per_object"] = round(count / n, 2)
     ours["reconcile_mean_ms"] = round(1000 * spent / max(count, 1), 1)
     print(f"[bench] N={n}: ours {ours}", flush=True)
@@ -221,7 +234,9 @@ def bench_size(
 def writes_by_kind(operator: OperatorProcess, namespace: str) -> dict[str, float]:
     """kubeinfer_api_writes_total for ``namespace``, by "verb kind" (where the writes go)."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(operator.metrics_text("kubeinfer_api_writes")):
+    for family in text_string_to_metric_families(
+        operator.metrics_text("kubeinfer_api_writes", timeout=METRICS_TIMEOUT_S)
+    ):
         for sample in family.samples:
             if sample.name == "kubeinfer_api_writes_total" and (
                 sample.labels.get("namespace") == namespace
