@@ -107,17 +107,17 @@ class OperatorProcess:
         self.stop()
         self.start()
 
-    def metrics_text(self, prefix: str) -> str:
+    def metrics_text(self, prefix: str, *, timeout: float = 5) -> str:
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout
         ) as resp:
             lines = resp.read().decode().splitlines()
         return "\n".join(line for line in lines if line.startswith(prefix))
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, *, timeout: float = 5, **labels: str) -> float:
         """Sum of the samples of ``name`` matching ``labels`` on the operator's /metrics."""
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout
         ) as resp:
             text = resp.read().decode()
         total = 0.0

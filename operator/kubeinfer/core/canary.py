@@ -3,8 +3,8 @@
 Owns: what a verdict (``core.analysis``) does to a canary's state (``api.CanaryStatus``), the
 weights the router gets from that state, the canary's replicas, its runtime (canary.runtime,
 else the service's, resolved by ``builders.choose_runtime`` like spec.runtime), and its
-Deployment and model-config ConfigMap (the predictor's builders with the canary's model and
-runtime, under their own names and labels). The engine
+Deployment (the predictor's builder with the canary's model and runtime, under its own name
+and labels; its model config rides in its own pod template, as the predictor's does). The engine
 (``engines.canary``) reads the router's /metrics, calls ``decide`` once per interval with
 ``now`` and writes status.canary; the reconciler renders the router's weights and the canary
 Deployment from that status, so each of them has one writer.
@@ -45,6 +45,7 @@ def pod_selector(owner: builders.Owner) -> dict[str, str]:
 
 
 def config_map_name(owner: builders.Owner) -> str:
+    """The canary's model-config ConfigMap of earlier versions (deleted where it is left)."""
     return f"{owner.name}-canary-model-config"
 
 
@@ -224,20 +225,6 @@ def _as_canary(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def build_config_map(
-    owner: builders.Owner,
-    spec: api.InferenceServiceSpec,
-    runtime_name: str,
-    runtime: api.InferenceRuntimeSpec,
-) -> dict[str, Any]:
-    """``<name>-canary-model-config``: the model config the canary's runtime reads (Triton's
-    config.pbtxt, the ONNX server's config.json). Its own even on the stable set's runtime:
-    the content is the canary's (its version), and a runtime change needs no special case."""
-    manifest = builders.build_config_map(owner, canary_spec(spec), runtime_name, runtime)
-    manifest["metadata"]["name"] = config_map_name(owner)
-    return _as_canary(manifest)
-
-
 def build_deployment(
     owner: builders.Owner,
     spec: api.InferenceServiceSpec,
@@ -249,8 +236,9 @@ def build_deployment(
 ) -> dict[str, Any]:
     """``<name>-canary``: the predictor's Deployment (same builder: one model name, one
     batching) with the canary's model on the canary's runtime (``runtime_name``/``runtime``,
-    from ``choose_runtime``), mounting the canary's ConfigMap, with its own selector and its
-    replicas (the reconciler is its only scaler: no autoscaler touches it)."""
+    from ``choose_runtime``), its model config (that runtime's format, the canary's version) in
+    its own pod template, with its own selector and its replicas (the reconciler is its only
+    scaler: no autoscaler touches it)."""
     manifest = builders.build_deployment(owner, canary_spec(spec), runtime_name, runtime, config)
     template = manifest["spec"]["template"]
     pod_labels = {
@@ -261,9 +249,6 @@ def build_deployment(
         **pod_selector(owner),
         "app.kubernetes.io/component": "canary",
     }
-    for volume in template["spec"]["volumes"]:
-        if volume["name"] == builders.CONFIG_VOLUME:
-            volume["configMap"] = {"name": config_map_name(owner)}
     manifest["metadata"]["name"] = name(owner)
     manifest["spec"]["selector"] = {"matchLabels": pod_selector(owner)}
     manifest["spec"]["replicas"] = replicas_

@@ -80,7 +80,6 @@ def build(
         canary_state = None
     routed = spec.router.enabled
     manifests = [
-        builders.build_config_map(owner, spec, runtime_name, runtime),
         builders.build_deployment(owner, spec, runtime_name, runtime, config, strategy=strategy),
         builders.build_service(
             owner,
@@ -90,7 +89,13 @@ def build(
         ),
     ]
     pdb = builders.build_pdb(owner, spec, runtime_name)
-    absent: list[Child] = []
+    # The model config's ConfigMaps of versions before it rode in the pod template (the
+    # predictor's and the canary's): they go with the apply that gives the Deployments the new
+    # template (running pods keep the files they mounted; the new ones read the annotation).
+    absent: list[Child] = [
+        Child("v1", "ConfigMap", builders.config_map_name(owner)),
+        Child("v1", "ConfigMap", canary.config_map_name(owner)),
+    ]
     if routed:
         manifests.extend(
             router.build_all(
@@ -109,8 +114,7 @@ def build(
     if routed and spec.canary is not None and canary_runtime is not None:
         state = canary_state or canary.start(spec.canary)
         canary_runtime_name, canary_runtime_spec = canary_runtime
-        manifests += [
-            canary.build_config_map(owner, spec, canary_runtime_name, canary_runtime_spec),
+        manifests.append(
             canary.build_deployment(
                 owner,
                 spec,
@@ -119,13 +123,10 @@ def build(
                 config,
                 # A stopped service frees the canary's pods too.
                 replicas_=0 if spec.stopped else canary.replicas(state, stable_replicas),
-            ),
-        ]
+            )
+        )
     else:
-        absent += [
-            Child("apps/v1", "Deployment", canary.name(owner)),
-            Child("v1", "ConfigMap", canary.config_map_name(owner)),
-        ]
+        absent.append(Child("apps/v1", "Deployment", canary.name(owner)))
     name = builders.child_name(owner)
     if pdb is not None:
         manifests.append(pdb)

@@ -11,7 +11,10 @@ which also records where the pods' models compute (``executionProviders``, read 
 scrape; the reconciler turns it into the GPUInUse condition, so each status field keeps one
 writer). The step's memory (window, last scale time, learned cold start) is persisted in
 status.autoscaler.state and the decision history in status.autoscaler.decisions, so an
-operator restart neither forgets a burst nor scales down on a fresh, empty window. A service
+operator restart neither forgets a burst nor scales down on a fresh, empty window. A new
+service's first ticks, before a replica is Ready and has answered more than a baseline scrape,
+write nothing: status.autoscaler starts with the first decision made on something
+(``step.nothing_to_record``). A service
 whose scaling is Off gets no tick, only a pass that clears the marks it left on its pods in Auto.
 """
 
@@ -102,6 +105,8 @@ class Seen:
 
     observation: step.Observation
     pods: tuple[scale_in.PodView, ...]
+    # Ready pods whose scrape failed this tick (no answer, or a page that did not parse).
+    unanswered: int = 0
 
 
 class Autoscaler:
@@ -225,7 +230,7 @@ class Autoscaler:
         marks = self._plan_scale_in(
             tracked.spec.scaling.mode, seen.pods, out.result, tracked.refused
         )
-        await self.act(tracked, out, marks, now)
+        await self.act(tracked, out, marks, now, unanswered=seen.unanswered)
 
     async def unmark(self, key: api.ServiceKey) -> None:
         """A service whose scaling is Off: clear the marks it left on its pods in Auto, from
@@ -273,7 +278,7 @@ class Autoscaler:
             {p: (ip, port) for p, ip in seen.ready.items()},
             timeout_s=self.scrape_timeout_s,
         )
-        signals_ = self._pod_signals(tracked, texts, names, self.clock())
+        signals_, unanswered = self._pod_signals(tracked, texts, names, self.clock())
         load = {s.pod: s.in_flight for s in signals_}
         views = tuple(
             scale_in.view(
@@ -296,7 +301,7 @@ class Autoscaler:
             cold_starts=seen.cold_starts,
             router=await self._router_signals(session, tracked),
         )
-        return Seen(observation=observation, pods=views)
+        return Seen(observation=observation, pods=views, unanswered=unanswered)
 
     async def _router_signals(
         self, session: aiohttp.ClientSession, tracked: Tracked
@@ -325,8 +330,9 @@ class Autoscaler:
         texts: dict[str, str | None],
         names: api.RuntimeMetricNames,
         now: float,
-    ) -> list[signals.PodSignals]:
-        """Parse each answer and turn it into signals against the pod's previous scrape."""
+    ) -> tuple[list[signals.PodSignals], int]:
+        """Parse each answer and turn it into signals against the pod's previous scrape; also
+        how many pods gave no usable answer."""
         labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
         scrapes: dict[str, metrics.RawScrape | None] = {}
         for pod, text in texts.items():
@@ -337,7 +343,8 @@ class Autoscaler:
             if scrapes[pod] is None:
                 telemetry.SCRAPE_FAILURES.labels(**labels).inc()
         tracked.providers = metrics.pod_providers(tracked.providers, scrapes)
-        return tracked.baselines.signals(scrapes, now)
+        failed = sum(1 for s in scrapes.values() if s is None)
+        return tracked.baselines.signals(scrapes, now), failed
 
     # ---- decide which pods go -------------------------------------------------------------
     @staticmethod
@@ -362,7 +369,13 @@ class Autoscaler:
 
     # ---- act -----------------------------------------------------------------------------
     async def act(
-        self, tracked: Tracked, out: step.Step, marks: scale_in.Plan | None, now: float
+        self,
+        tracked: Tracked,
+        out: step.Step,
+        marks: scale_in.Plan | None,
+        now: float,
+        *,
+        unanswered: int = 0,
     ) -> None:
         result = out.result
         self._report_metrics(tracked, result)
@@ -375,13 +388,22 @@ class Autoscaler:
         note = marks.summary if marks is not None and scaling_in else ""
         if tracked.spec.scaling.mode is api.ScalingMode.AUTO and result.changed:
             await asyncio.to_thread(self._scale, tracked, result, note)
+        providers = metrics.provider_use(tracked.providers)
+        recorded = tracked.last_desired is not None or bool(tracked.history)
+        if (
+            step.nothing_to_record(result, recorded=recorded, unanswered=unanswered)
+            and providers == tracked.written_providers
+        ):
+            # A new service coming up: status.autoscaler is first written with the first
+            # decision made on something (data, a Ready replica's failed scrape, a move) or
+            # with where its pods compute, one write per create instead of two.
+            return
         record = result.record(now=now)
         if note:
             record = record.model_copy(update={"message": f"{record.message} {note}"})
         news = memory_.is_news(tracked.history, record)
         if news:
             tracked.history = memory_.append_history(tracked.history, record)
-        providers = metrics.provider_use(tracked.providers)
         if (
             news
             or tracked.last_desired != result.desired

@@ -40,7 +40,7 @@ def work(shared: state.OperatorState, key: api.ServiceKey, lane: Lane) -> None:
     if lane is Lane.CREATE:
         inferenceservice.reconcile_deployment(*key, shared.config)
         if shared.queue is not None:
-            # Before any status refresh: the pods of this Deployment wait on its ConfigMap.
+            # Before any status refresh: the Service and the Created Event follow at once.
             shared.queue.add(key, Lane.FINISH)
         return
     outcome = inferenceservice.reconcile_by_name(*key, shared.config)

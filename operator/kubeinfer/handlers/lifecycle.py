@@ -47,6 +47,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # kopf would otherwise post its own Events for handler errors; ours carry the real reason.
     settings.posting.level = logging.WARNING
     settings.persistence.diffbase_storage = NoDiffBase()
+    # kopf runs one worker per object while its events flow, and an idle worker holds its
+    # last event's body (a pod whole, managedFields included: ~40 KB decoded) until it
+    # exits. Our handlers take what they need at once (the store keeps a slim copy), so a
+    # worker has no reason to outlive its last event by kopf's default 5 s: at N=500 that
+    # kept hundreds of bodies alive through a burst. Events a second apart start a worker
+    # again, a task and a queue.
+    settings.queueing.idle_timeout = 1.0
     shared = state.of(memo)
     try:
         await asyncio.to_thread(resync.relist, shared.config.namespaces)

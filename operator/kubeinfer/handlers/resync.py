@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from kubeinfer.clients import cluster, kube
 from kubeinfer.clients.store import STORE
@@ -43,16 +42,20 @@ CACHED_KINDS = [
 def relist(namespaces: tuple[str, ...]) -> None:
     """Take a full listing of every cached kind into the store."""
     for api_version, kind, selector in CACHED_KINDS:
-        items: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
         newest: int | None = None
         cluster_scoped = kind == "InferenceRuntime"
         scopes: list[str | None] = [None] if cluster_scoped or not namespaces else list(namespaces)
         for ns in scopes:
-            found, rv = kube.list_collection(api_version, kind, ns, selector)
-            items.extend(found)
+            rv: int | None = None
+            # Page by page into the store: the store keeps its copy of an unchanged object,
+            # so a page's copies go with it and a resync never holds a kind twice.
+            for page, page_rv in kube.list_pages(api_version, kind, ns, selector):
+                seen |= STORE.take_in(api_version, kind, page)
+                rv = page_rv
             # Several namespaces: the oldest listing bounds what may be dropped.
             newest = rv if newest is None or rv is None else min(newest, rv)
-        STORE.replace(api_version, kind, items, newest)
+        STORE.prune(kind, seen, newest)
     # Optional kinds: the InferencePool CRD may come and go; read once per resync, cached.
     cluster.refresh_inference_pools(namespaces)
 

@@ -32,7 +32,11 @@ from kubeinfer.core.config import OperatorConfig
 # Deployments created by ``reconcile_deployment`` and not yet named in a "Created" Event: the
 # full reconcile that follows names them with the other children, in one Event per create.
 _unannounced: dict[api.ServiceKey, list[str]] = {}
-# Workers of different services share the table; forget() runs on the event loop.
+# New services whose Deployment this process created and that it has seen neither Ready nor
+# in trouble yet: their coming up is told by the "Created" Event and status (``announce``).
+# Memory only: after a restart a new service's later steps get their Events, as before.
+_coming_up: set[api.ServiceKey] = set()
+# Workers of different services share both tables; forget() runs on the event loop.
 _unannounced_guard = threading.Lock()
 # How long a new service coming up normally goes without a status (see ``_write_status``).
 FIRST_STATUS_GRACE_S = 10.0
@@ -43,6 +47,7 @@ def forget(namespace: str, name: str) -> None:
     not announce the old one's Deployment, and the table does not grow forever."""
     with _unannounced_guard:
         _unannounced.pop((namespace, name), None)
+        _coming_up.discard((namespace, name))
 
 
 @dataclasses.dataclass
@@ -112,10 +117,8 @@ def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> O
 
     The work queue runs this for every new service before any full reconcile, so a burst of
     creates gets its Deployments (what the controllers, the scheduler and the nodes wait on)
-    at one write each; the ConfigMap, Service, Event and status follow in the full reconcile.
-    Safe without the ConfigMap: the pod template mounts it as a non-optional volume, so no
-    server container starts until it exists (the kubelet retries the mount), and it then
-    reads the content the full reconcile wrote, the one the template's config hash names.
+    at one write each; the Service, Event and status follow in the full reconcile. The pods
+    need nothing else to start: their model config rides in the pod template.
     """
     key = (namespace, name)
     outcome = Outcome()
@@ -143,6 +146,8 @@ def reconcile_deployment(namespace: str, name: str, config: OperatorConfig) -> O
             outcome.applied.append("Deployment")
             with _unannounced_guard:
                 _unannounced.setdefault(key, []).append(f"Deployment {dkey[2]}")
+                if status.ready_condition(fresh.get("status") or {}) is None:
+                    _coming_up.add(key)
             _enforce_replicas(seen, seen.spec, deployment, created=True, outcome=outcome)
         except Exception:
             telemetry.RECONCILE_ERRORS.inc()
@@ -252,6 +257,9 @@ def _act_children(
     verbs: dict[str, list[str]] = {}
     with _unannounced_guard:
         created_before = _unannounced.pop((ns, owner.name), [])
+        new = status.ready_condition(seen.isvc.get("status") or {}) is None
+        if plan.creates_deployment and new:
+            _coming_up.add((ns, owner.name))
     if created_before:
         verbs["Created"] = created_before
     for manifest in write_order(plan.apply, live):
@@ -286,11 +294,11 @@ def write_order(
 ) -> list[dict[str, Any]]:
     """The order to apply ``manifests`` in. Pure.
 
-    A new Deployment goes first: it is what everything downstream (the controllers, the
-    scheduler, the nodes) waits on, and its pods cannot start before their ConfigMap exists
-    (a non-optional volume), so creating the ConfigMap after it is safe. An existing
-    ConfigMap, though, is updated before the Deployment: a config change rolls the pods, and
-    a new pod must not start on the old content (a subPath mount never sees later updates).
+    A new predictor Deployment goes first: it is what everything downstream (the
+    controllers, the scheduler, the nodes) waits on, and it mounts no other child (its model
+    config rides in its pod template). An existing ConfigMap (the router's) is updated
+    before the Deployments: a config change rolls the pods, and a new pod must not start on
+    the old content (a subPath mount never sees later updates).
     """
 
     def rank(manifest: dict[str, Any]) -> int:
@@ -307,6 +315,28 @@ def write_order(
         return 1
 
     return sorted(manifests, key=rank)  # stable: the builders' order otherwise
+
+
+def announce(before: dict[str, Any] | None, after: dict[str, Any], *, coming_up: bool) -> bool:
+    """Whether the Ready condition going from ``before`` to ``after`` gets an Event. Pure.
+
+    Every change does, except the steps of a new service coming up normally: the "Created"
+    Event has said it is being set up and status says where it stands, so neither its first
+    status (ReplicasNotReady) nor its first Ready=True tells a user anything new; a problem
+    on the way (a Warning) does, and so does every change after. ``coming_up``: this process
+    created the service's Deployment and has seen it neither Ready nor in trouble since;
+    without that memory (after a restart) only a first status of ReplicasNotReady is quiet.
+    """
+    if (
+        before is not None
+        and before.get("status") == after["status"]
+        and before.get("reason") == after["reason"]
+    ):
+        return False
+    on_the_way = after["status"] != "True" and after["reason"] == status.REPLICAS_NOT_READY
+    if coming_up and (after["status"] == "True" or on_the_way):
+        return False
+    return not (before is None and on_the_way)
 
 
 def _enforce_replicas(
@@ -422,15 +452,13 @@ def _write_status(
     kube.patch_status(api.API_VERSION, "InferenceService", meta["namespace"], meta["name"], desired)
     outcome.status_written = True
     before = status.ready_condition(current)
-    if before is None and ready and ready["reason"] == status.REPLICAS_NOT_READY:
-        # A new service's first status: the "Created" Event has just said as much.
-        return
+    key = (meta["namespace"], meta["name"])
+    with _unannounced_guard:
+        coming_up = key in _coming_up
+        if not progressing:  # Ready, or a problem named: the coming up is over
+            _coming_up.discard(key)
     woke = bool(ready and ready["reason"] == status.WAKING_UP)
-    if ready and (
-        before is None
-        or before.get("status") != ready["status"]
-        or before.get("reason") != ready["reason"]
-    ):
+    if ready and announce(before, ready, coming_up=coming_up):
         kube.emit_event(
             isvc,
             # A wake from zero is the router doing its job, not a warning.

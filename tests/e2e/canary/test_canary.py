@@ -332,8 +332,8 @@ def test_a_canary_on_triton_is_promoted(
     ip = start(cluster, namespace, name, tmp_path, canary, canary_start_s=240)
     pod = cluster.apps.read_namespaced_deployment(f"{name}-canary", namespace).spec.template
     assert pod.spec.containers[0].command == ["tritonserver"]
-    config = cluster.core.read_namespaced_config_map(f"{name}-canary-model-config", namespace)
-    assert list(config.data) == ["config.pbtxt"]
+    [volume] = [v for v in pod.spec.volumes if v.name == "model-config"]
+    assert [i.path for i in volume.downward_api.items] == ["config.pbtxt"]
     resolved = scenario.condition(scenario.get(cluster, namespace, name), "RuntimeResolved")
     assert resolved["message"].endswith("(the canary by triton)."), resolved
     with Load(ip) as traffic:

@@ -97,16 +97,20 @@ def test_a_canary_on_triton_beside_the_onnx_server(
     assert server.image == TRITON["image"]
     assert (server.command, server.args) == (TRITON["command"], TRITON["args"])
     assert dep.metadata.labels["kubeinfer.io/runtime"] == "triton"
-    volumes = {v.name: v for v in dep.spec.template.spec.volumes}
-    assert volumes["model-config"].config_map.name == "cr-canary-model-config"
     stable = cluster.apps.read_namespaced_deployment("cr-predictor", namespace)
     assert stable.spec.template.spec.containers[0].command == ["kubeinfer-onnx-server"]
+    assert [r.uid for r in dep.metadata.owner_references] == [uid]
 
-    own = cluster.core.read_namespaced_config_map("cr-canary-model-config", namespace)
-    assert list(own.data) == ["config.pbtxt"] and 'name: "mlp"' in own.data["config.pbtxt"]
-    assert [r.uid for r in own.metadata.owner_references] == [uid]
-    predictor = cluster.core.read_namespaced_config_map("cr-model-config", namespace)
-    assert list(predictor.data) == ["config.json"]
+    # Each runtime's own model config, in its own pod template (the downwardAPI volume
+    # projects the annotation as the runtime's file).
+    def model_config(template: Any) -> tuple[str, str]:
+        volumes = {v.name: v for v in template.spec.volumes}
+        [item] = volumes["model-config"].downward_api.items
+        return item.path, template.metadata.annotations["kubeinfer.io/model-config"]
+
+    path, content = model_config(dep.spec.template)
+    assert path == "config.pbtxt" and 'name: "mlp"' in content
+    assert model_config(stable.spec.template)[0] == "config.json"
 
     # A runtime that does not exist: the canary goes, its reason is spec.runtime's, and the
     # stable set keeps serving.
@@ -128,11 +132,8 @@ def test_a_canary_on_triton_beside_the_onnx_server(
         return False
 
     wait_for(
-        lambda: (
-            gone(cluster.apps.read_namespaced_deployment, "cr-canary")
-            and gone(cluster.core.read_namespaced_config_map, "cr-canary-model-config")
-        ),
-        what="the unresolved canary's Deployment and ConfigMap deleted",
+        lambda: gone(cluster.apps.read_namespaced_deployment, "cr-canary"),
+        what="the unresolved canary's Deployment deleted",
     )
     router_yaml = cluster.core.read_namespaced_config_map("cr-router", namespace)
     variants = yaml.safe_load(router_yaml.data["router.yaml"])["variants"]
@@ -147,8 +148,8 @@ def test_a_canary_on_triton_beside_the_onnx_server(
         resolved = wait_condition(cluster, namespace, "cr", "RuntimeResolved", "True")
         assert resolved["message"].endswith("(the canary by later).")
         wait_for(
-            lambda: not gone(cluster.core.read_namespaced_config_map, "cr-canary-model-config"),
-            what="the canary's ConfigMap back",
+            lambda: not gone(cluster.apps.read_namespaced_deployment, "cr-canary"),
+            what="the canary's Deployment back",
         )
     finally:
         kubectl(cluster, "delete", "inferenceruntime", "later", "--wait=false", check=False)

@@ -73,14 +73,17 @@ def build(doc: dict[str, Any], work: pathlib.Path) -> PodRepository:
     spec = api.parse_spec(doc["spec"])
     runtime_name, runtime = builders.choose_runtime(spec, RUNTIMES)
     owner = builders.Owner(name=doc["metadata"]["name"], namespace="default", uid="u")
-    config_map = builders.build_config_map(owner, spec, runtime_name, runtime)
-    pod = builders.build_deployment(owner, spec, runtime_name, runtime)["spec"]["template"]["spec"]
+    template = builders.build_deployment(owner, spec, runtime_name, runtime)["spec"]["template"]
+    pod = template["spec"]
     reference = standin.build_standin_onnx(spec.model, work / "reference.onnx")
 
+    # The generated config, as the pod's downwardAPI volume projects it from the template.
     generated = work / "generated"
     generated.mkdir()
-    for name, content in config_map["data"].items():
-        (generated / name).write_text(content)
+    [volume] = [v for v in pod["volumes"] if v["name"] == builders.CONFIG_VOLUME]
+    for item in volume["downwardAPI"]["items"]:
+        content = template["metadata"]["annotations"][builders.CONFIG_ANNOTATION]
+        (generated / item["path"]).write_text(content)
     root = work / "repository"
     command, _, _, *options = pod["initContainers"][0]["args"]
     assert command == "storage-init"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 from typing import Any
@@ -31,11 +32,16 @@ def onnx_pod(uri: str = "file:///models/mlp.onnx", **annotations: str) -> dict[s
     owner = builders.Owner(name="q", namespace="ns", uid="u")
     deployment = builders.build_deployment(owner, spec, "onnxruntime", runtime)
     template = deployment["spec"]["template"]
-    return {"metadata": {"name": "q-1", "namespace": "ns", **template["metadata"]}, **template}
+    return {**template, "metadata": {"name": "q-1", "namespace": "ns", **template["metadata"]}}
 
 
 def config_contents(pod: dict[str, Any]) -> dict[str, dict[str, str]]:
-    return {v["name"]: {"config.json": "{}"} for v in pod["spec"]["volumes"] if "configMap" in v}
+    """What the kubelet fills the pod's downwardAPI volumes with (the model config)."""
+    return {
+        v["name"]: plan.downward_files(pod, v["downwardAPI"]["items"])
+        for v in pod["spec"]["volumes"]
+        if "downwardAPI" in v
+    }
 
 
 def test_the_operators_onnx_pod_becomes_host_processes() -> None:
@@ -51,8 +57,11 @@ def test_the_operators_onnx_pod_becomes_host_processes() -> None:
     assert f"--model-repository={repo}" in server.argv
     assert "--http-port=8000" in server.argv
     assert f"--address={IP}" in server.argv
-    # The ConfigMap's key, mounted by subPath into the model folder, is written there.
-    assert server.files == {repo / "mlp" / "config.json": "{}"}
+    # The model config, carried in the pod's annotation and projected by a downwardAPI
+    # volume mounted by subPath into the model folder, is written there.
+    config = json.loads(server.files[repo / "mlp" / "config.json"])
+    assert list(server.files) == [repo / "mlp" / "config.json"]
+    assert config["max_batch_size"] == api.BatchingSpec().max_batch_size
     assert server.startup is not None and server.startup.port == 8000
     assert server.readiness is not None and server.readiness.path == "/v2/health/ready"
     assert server.pre_stop_s == 5
@@ -203,3 +212,28 @@ def test_the_operators_router_pod_runs_as_its_service_account() -> None:
         api_server="https://127.0.0.1:6443",
     )
     assert all("KUBECONFIG" not in c.env for c in [*no_token.init, *no_token.main])
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("metadata.name", "q-1"),
+        ("metadata.namespace", "ns"),
+        ("metadata.labels['kubeinfer.io/inferenceservice']", "q"),
+        (f"metadata.annotations['{builders.CONFIG_ANNOTATION}']", None),
+        # An absent key makes an empty file, as the kubelet does.
+        ("metadata.annotations['absent']", ""),
+    ],
+)
+def test_downward_api_files(field: str, expected: str | None) -> None:
+    pod = onnx_pod()
+    files = plan.downward_files(pod, [{"path": "f", "fieldRef": {"fieldPath": field}}])
+    want = (
+        pod["metadata"]["annotations"][builders.CONFIG_ANNOTATION] if expected is None else expected
+    )
+    assert files == {"f": want}
+
+
+def test_downward_api_refuses_what_it_cannot_know() -> None:
+    with pytest.raises(plan.Unsupported, match=r"metadata\.uid"):
+        plan.downward_files(onnx_pod(), [{"path": "f", "fieldRef": {"fieldPath": "metadata.uid"}}])

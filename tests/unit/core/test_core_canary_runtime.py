@@ -119,35 +119,27 @@ def test_a_canary_on_triton_beside_the_onnx_server() -> None:
     assert dep["spec"]["template"]["metadata"]["labels"][builders.LABEL_RUNTIME] == "triton"
     assert dep["metadata"]["labels"]["app.kubernetes.io/component"] == "canary"
 
-    # Its own model config, in Triton's format, mounted by the canary only.
-    stable_cm = by_name(wanted, "ConfigMap", "m-model-config")
-    canary_cm = by_name(wanted, "ConfigMap", "m-canary-model-config")
-    assert list(stable_cm["data"]) == ["config.json"]
-    assert list(canary_cm["data"]) == ["config.pbtxt"]
-    assert 'name: "m"' in canary_cm["data"]["config.pbtxt"]
-    assert canary_cm["metadata"]["ownerReferences"] == [OWNER.reference()]
-    assert canary_cm["metadata"]["labels"]["app.kubernetes.io/component"] == "canary"
-    assert canary_cm["metadata"]["labels"][builders.LABEL_ISVC] == "m"  # watched as a child
+    # Its own model config, in Triton's format, in its own pod template (projected into the
+    # pod by the downwardAPI volume that reads the template's annotation): no ConfigMap.
+    assert not [m for m in wanted.apply if m["kind"] == "ConfigMap" and "model-config" in
+                m["metadata"]["name"]]  # fmt: skip
 
-    def config_maps(deployment: dict[str, Any]) -> list[str]:
-        volumes = deployment["spec"]["template"]["spec"]["volumes"]
-        return [v["configMap"]["name"] for v in volumes if "configMap" in v]
+    def model_config(deployment: dict[str, Any]) -> tuple[str, str]:
+        template = deployment["spec"]["template"]
+        [volume] = [v for v in template["spec"]["volumes"] if v["name"] == builders.CONFIG_VOLUME]
+        [item] = volume["downwardAPI"]["items"]
+        return item["path"], template["metadata"]["annotations"][builders.CONFIG_ANNOTATION]
 
-    assert config_maps(stable) == ["m-model-config"]
-    assert config_maps(dep) == ["m-canary-model-config"]
+    assert model_config(stable)[0] == "config.json"
+    path, content = model_config(dep)
+    assert path == "config.pbtxt" and 'name: "m"' in content
     # A fetched model on Triton: the storage initializer merges the generated config.pbtxt
     # (as for a Triton predictor), so nothing is mounted over the model directory.
     (init,) = dep["spec"]["template"]["spec"]["initContainers"]
     assert "--config=/etc/kubeinfer/model-config/config.pbtxt" in init["args"]
     assert not any(m.get("subPath") for m in can["volumeMounts"])
-    # The config hash that rolls the canary's pods is its own content's.
-    hashes = {
-        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"][
-            "kubeinfer.io/model-config-hash"
-        ]
-        for d in (stable, dep)
-    }
-    assert hashes["m-predictor"] != hashes["m-canary"]
+    # What rolls the canary's pods is its own config, not the predictor's.
+    assert model_config(stable)[1] != content
 
     variants = yaml.safe_load(
         by_name(wanted, "ConfigMap", router.name(OWNER))["data"][router.CONFIG_FILE]
@@ -165,11 +157,15 @@ def test_a_canary_on_the_same_runtime_still_gets_its_own_config() -> None:
         CONFIG,
         canary_runtime=canary.choose_runtime(s, RUNTIMES),
     )
-    stable_cm = by_name(wanted, "ConfigMap", "m-model-config")
-    canary_cm = by_name(wanted, "ConfigMap", "m-canary-model-config")
-    assert json.loads(canary_cm["data"]["config.json"]) == json.loads(
-        stable_cm["data"]["config.json"]
-    )
+    configs = {
+        name: json.loads(
+            by_name(wanted, "Deployment", name)["spec"]["template"]["metadata"]["annotations"][
+                builders.CONFIG_ANNOTATION
+            ]
+        )
+        for name in ("m-predictor", "m-canary")
+    }
+    assert configs["m-canary"] == configs["m-predictor"]
     dep = by_name(wanted, "Deployment", "m-canary")
     (mount,) = [
         m
@@ -177,6 +173,8 @@ def test_a_canary_on_the_same_runtime_still_gets_its_own_config() -> None:
         if m["name"] == builders.CONFIG_VOLUME
     ]
     assert mount["mountPath"] == "/mnt/models/m/config.json"
+    # The ConfigMap an earlier version gave the canary goes where it is left.
+    assert ("v1", "ConfigMap", "m-canary-model-config") in [c.key for c in wanted.absent]
 
 
 def test_an_unresolved_canary_is_not_deployed_and_its_children_go() -> None:

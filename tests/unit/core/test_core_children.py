@@ -42,8 +42,34 @@ def live_copies(w: children.Wanted) -> dict[children.Key, dict[str, Any]]:
 def test_everything_missing_is_applied_and_the_deployment_is_a_create() -> None:
     w = wanted()
     plan = children.differences(w, {})
-    assert [m["kind"] for m in plan.apply] == ["ConfigMap", "Deployment", "Service"]
+    # Two objects per service: the model config rides in the pod template (no ConfigMap).
+    assert [m["kind"] for m in plan.apply] == ["Deployment", "Service"]
     assert plan.creates_deployment and plan.delete == []
+
+
+def test_a_batching_change_rolls_the_pods_with_the_new_config() -> None:
+    """The runtime reads its model config once, at start: a new config must be a new pod
+    template, and the file the new pods read is the annotation the template carries."""
+    before = wanted()
+    after = children.build(
+        OWNER,
+        api.parse_spec(
+            {
+                "model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"},
+                "batching": {"maxBatchSize": 4},
+            }
+        ),
+        "onnxruntime",
+        RUNTIME,
+        config.OperatorConfig(),
+    )
+    live = live_copies(before)
+    [deployment] = [m for m in after.apply if m["kind"] == "Deployment"]
+    assert children.template_changes(deployment, live[before.deployment_key])
+    annotation = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert '"max_batch_size": 4' in annotation[builders.CONFIG_ANNOTATION]
+    plan = children.differences(after, live)
+    assert [m["kind"] for m in plan.apply] == ["Deployment"]
 
 
 def test_nothing_is_written_when_the_live_copies_hold_our_fields() -> None:
@@ -67,6 +93,15 @@ def test_a_pdb_no_longer_wanted_is_deleted() -> None:
     without = wanted(minReplicas=1)
     plan = children.differences(without, live)
     assert [c.kind for c in plan.delete] == ["PodDisruptionBudget"]
+
+
+def test_an_older_versions_model_config_map_is_deleted() -> None:
+    w = wanted()
+    live: dict[children.Key, dict[str, Any] | None] = {**live_copies(w)}
+    live[("v1", "ConfigMap", "m-model-config")] = {"metadata": {"name": "m-model-config"}}
+    plan = children.differences(w, live)
+    assert plan.apply == []
+    assert [(c.kind, c.name) for c in plan.delete] == [("ConfigMap", "m-model-config")]
 
 
 def test_replicas_start_at_the_minimum_then_stay_inside_the_bounds() -> None:

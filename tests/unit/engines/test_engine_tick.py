@@ -156,6 +156,53 @@ async def test_a_queue_scales_up_and_status_explains_it(
     assert saved["window"]["buckets"] and len(status["state"]) < 16_384
 
 
+async def test_a_new_service_is_first_recorded_once_a_replica_is_ready(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While no replica is Ready, and on the Ready replica's first scrape (a baseline), a new
+    service's ticks hold its count for want of data and write nothing (status's Ready
+    condition already says it); the first decision made on data is the first written. Two
+    writes per create (NoData, then Hold) became one."""
+    _, port = pod_server
+    STORE = _objects(port, monkeypatch)
+    [p1] = STORE.pods(NS, NAME)
+    starting = {**p1["status"], "conditions": [{"type": "Ready", "status": "False"}]}
+    STORE.observe(
+        {**p1, "metadata": {**p1["metadata"], "resourceVersion": "2"}, "status": starting}
+    )
+    writes: list[tuple[str, Any]] = []
+    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
+    monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
+    monkeypatch.setattr(
+        kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
+    )
+    monkeypatch.setattr(catalogue, "_parsed", {})
+    clock = Clock()
+    engine = autoscaler.Autoscaler(clock=clock)
+    engine.track(
+        {
+            "metadata": {"namespace": NS, "name": NAME},
+            "spec": {"model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"}},
+            "status": {"runtime": "onnxruntime"},
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            await engine.tick(session, (NS, NAME))
+            clock.now += 2.0
+        assert writes == []
+        STORE.observe({**p1, "metadata": {**p1["metadata"], "resourceVersion": "3"}})
+        await engine.tick(session, (NS, NAME))  # the baseline scrape
+        assert writes == []
+        clock.now += 2.0
+        await engine.tick(session, (NS, NAME))
+    [(kind, auto)] = writes
+    assert kind == "status" and auto["desiredReplicas"] == 1
+    [decision] = auto["decisions"]
+    # minReplicas 1 (the default): the idle replica is held at the minimum.
+    assert decision["reason"] == "AtMin" and decision["inputs"]["ready"] == 1
+
+
 # ---- load-aware scale-in ---------------------------------------------------------------------
 COST, DRAIN = scale_in.DELETION_COST, scale_in.DRAINING
 
@@ -221,7 +268,9 @@ async def _scale_in_two_pods(
     STORE = _objects(port, monkeypatch)
     deployment = STORE.lookup("Deployment", NS, f"{NAME}-predictor")[1]
     assert deployment is not None
-    STORE.observe({**deployment, "spec": {"replicas": 2}})
+    # A new version of the Deployment (the store keeps what it holds of an unchanged one).
+    meta = {**deployment["metadata"], "resourceVersion": "2"}
+    STORE.observe({**deployment, "metadata": meta, "spec": {"replicas": 2}})
     _second_pod(STORE, name="p2", ip="127.0.0.2", managed=managed)
     idle = Pod()
     runner = await _serve(idle, "127.0.0.2", port)

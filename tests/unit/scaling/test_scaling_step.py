@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from kubeinfer.core import metrics
-from kubeinfer.core.scaling import decide, policy, step
+from kubeinfer.core.scaling import decide, policy, signals, step
 
 CAPACITY = 100.0  # requests per second one replica serves
 LATENCY_S = 0.04  # service time
@@ -95,3 +97,54 @@ def test_step_leaves_the_memory_it_was_given_untouched() -> None:
     assert memory.window.to_dict() == before
     assert out.memory.window.to_dict() != before
     assert out.sample is not None and out.sample.queue_depth_total == 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "ready", "scraped", "failures", "recorded", "unanswered", "quiet"),
+    [
+        # A new service's first ticks: nothing Ready, nothing scraped, holding the start count.
+        ("nothing ready yet", 0, False, 0, False, 0, True),
+        # The Ready replica's first scrape is a baseline: no sample yet, nothing missing.
+        ("first scrape is a baseline", 1, False, 0, False, 0, True),
+        # A Ready replica whose metrics do not answer: missing metrics are news.
+        ("a ready replica did not answer", 1, False, 0, False, 1, False),
+        # A decision made on data is the first worth recording.
+        ("scraped", 1, True, 0, False, 0, False),
+        # The fallback raises the count: a move is always news.
+        ("fallback after failures", 0, False, 2, False, 0, False),
+        # Once something is recorded, state.is_news judges every later decision.
+        ("already recorded", 0, False, 0, True, 0, False),
+    ],
+)
+def test_nothing_to_record(
+    name: str,
+    ready: int,
+    scraped: bool,
+    failures: int,
+    recorded: bool,
+    unanswered: int,
+    quiet: bool,
+) -> None:
+    pol = policy.from_spec(fallback_replicas=3, failures_before_fallback=3)
+    memory = step.Memory.fresh(pol)
+    memory = dataclasses.replace(
+        memory, state=dataclasses.replace(memory.state, consecutive_failures=failures)
+    )
+    pods = (
+        [
+            signals.PodSignals(
+                pod="p0", pending_requests=4.0, queue_time_us=None, request_rate=10.0, executing=1.0
+            )
+        ]
+        if scraped
+        else []
+    )
+    observation = step.Observation(
+        replicas=decide.Replicas(current=1, ready=ready, starting=1 - ready), pods=pods
+    )
+    result = step.step(pol, observation, memory, 1000.0).result
+    assert step.nothing_to_record(result, recorded=recorded, unanswered=unanswered) is quiet, (
+        name,
+        result.reason,
+        result.desired,
+    )

@@ -76,3 +76,19 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         now=now,
     )
     return Step(result=result, memory=Memory(state=result.state, window=win), sample=sample)
+
+
+def nothing_to_record(result: decide.ScaleResult, *, recorded: bool, unanswered: int) -> bool:
+    """Whether a decision is too early to be the first one recorded: a hold at the current
+    count for want of data, while no replica failed to answer (none is Ready yet, or the
+    Ready ones gave their first scrape, a baseline that counter deltas start from). What a
+    new service's first ticks decide: status's Ready condition says it (ReplicasNotReady),
+    and no metric is missing yet. ``recorded``: a decision is in status already (every later
+    one is judged by ``state.is_news``); ``unanswered``: Ready replicas whose scrape failed.
+    """
+    return (
+        not recorded
+        and result.reason is decide.Reason.NO_DATA
+        and not result.changed
+        and unanswered == 0
+    )
