@@ -41,6 +41,10 @@ from kubeinfer.core.scaling import state as memory_
 
 log = logging.getLogger("kubeinfer.autoscaler")
 PERSIST_EVERY_S = 30.0
+# How long a new service's first provider report may wait for a decision made on data, so
+# that both go in one status write (a pod's first scrape reports the provider but is only the
+# baseline that counter deltas start from; the next tick, 2 s later, decides on data).
+PROVIDERS_WAIT_S = 10.0
 # Window buckets kept in status (merged in runs when the window is longer): about 10 KB.
 PERSISTED_BUCKETS = 90
 
@@ -61,6 +65,8 @@ class Tracked:
     # Each Ready pod's execution provider from its last scrape, and the summary last written.
     providers: dict[str, str] = dataclasses.field(default_factory=dict)
     written_providers: list[api.ProviderUse] = dataclasses.field(default_factory=list)
+    # When a provider summary not written yet was first held back (see PROVIDERS_WAIT_S).
+    providers_held_since: float | None = None
     # Pods whose scale-in marks the API server refused (name -> why): backed off while they
     # live (core.scale_in.plan), not written again each tick to be refused again.
     refused: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -390,13 +396,12 @@ class Autoscaler:
             await asyncio.to_thread(self._scale, tracked, result, note)
         providers = metrics.provider_use(tracked.providers)
         recorded = tracked.last_desired is not None or bool(tracked.history)
-        if (
-            step.nothing_to_record(result, recorded=recorded, unanswered=unanswered)
-            and providers == tracked.written_providers
-        ):
+        if step.nothing_to_record(
+            result, recorded=recorded, unanswered=unanswered
+        ) and self._hold_providers(tracked, providers, now):
             # A new service coming up: status.autoscaler is first written with the first
-            # decision made on something (data, a Ready replica's failed scrape, a move) or
-            # with where its pods compute, one write per create instead of two.
+            # decision made on something (data, a Ready replica's failed scrape, a move),
+            # and where its pods compute rides with it: one write per create, not two.
             return
         record = result.record(now=now)
         if note:
@@ -421,6 +426,18 @@ class Autoscaler:
             tracked.last_persist = now
             tracked.last_desired = result.desired
             tracked.written_providers = providers
+
+    @staticmethod
+    def _hold_providers(tracked: Tracked, providers: list[api.ProviderUse], now: float) -> bool:
+        """Whether a first write may wait: nothing new about providers, or new ones first
+        seen under PROVIDERS_WAIT_S ago (the first scrape reports them, the next tick decides
+        on data; GPUInUse may wait a tick, but never for good)."""
+        if providers == tracked.written_providers:
+            tracked.providers_held_since = None
+            return True
+        if tracked.providers_held_since is None:
+            tracked.providers_held_since = now
+        return now - tracked.providers_held_since < PROVIDERS_WAIT_S
 
     @staticmethod
     def _mark(

@@ -35,9 +35,16 @@ class Pod:
     def __init__(self) -> None:
         self.pending = 0.0
         self.completed = 0.0
+        self.provider: str | None = None  # the ONNX server's kubeinfer_execution_provider
 
     def text(self) -> str:
-        return (
+        provider = (
+            "# TYPE kubeinfer_execution_provider gauge\n"
+            f'kubeinfer_execution_provider{{model="m",provider="{self.provider}"}} 1\n'
+            if self.provider
+            else ""
+        )
+        return provider + (
             "# TYPE nv_inference_pending_request_count gauge\n"
             f'nv_inference_pending_request_count{{model="m",version="1"}} {self.pending}\n'
             "# TYPE nv_inference_request_success counter\n"
@@ -156,15 +163,31 @@ async def test_a_queue_scales_up_and_status_explains_it(
     assert saved["window"]["buckets"] and len(status["state"]) < 16_384
 
 
+@pytest.mark.parametrize("provider", [None, "CPUExecutionProvider"])
 async def test_a_new_service_is_first_recorded_once_a_replica_is_ready(
-    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch, provider: str | None
 ) -> None:
     """While no replica is Ready, and on the Ready replica's first scrape (a baseline), a new
     service's ticks hold its count for want of data and write nothing (status's Ready
     condition already says it); the first decision made on data is the first written. Two
-    writes per create (NoData, then Hold) became one."""
-    _, port = pod_server
+    writes per create (NoData, then Hold) became one. Where the pod reports its execution
+    provider (the ONNX server does, on its first scrape) that rides in the same write."""
+    pod, port = pod_server
+    pod.provider = provider
     STORE = _objects(port, monkeypatch)
+    STORE.observe(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceRuntime",
+            "metadata": {"name": "onnxruntime", "resourceVersion": "2"},
+            "spec": {
+                "image": "i",
+                "formats": [{"name": "onnx"}],
+                "ports": {"metrics": port},
+                "metrics": {"executionProvider": "kubeinfer_execution_provider"},
+            },
+        }
+    )
     [p1] = STORE.pods(NS, NAME)
     starting = {**p1["status"], "conditions": [{"type": "Ready", "status": "False"}]}
     STORE.observe(
@@ -201,6 +224,10 @@ async def test_a_new_service_is_first_recorded_once_a_replica_is_ready(
     [decision] = auto["decisions"]
     # minReplicas 1 (the default): the idle replica is held at the minimum.
     assert decision["reason"] == "AtMin" and decision["inputs"]["ready"] == 1
+    if provider:
+        assert auto["executionProviders"] == [
+            {"provider": provider, "pods": 1, "example": p1["metadata"]["name"]}
+        ]
 
 
 # ---- load-aware scale-in ---------------------------------------------------------------------
@@ -532,7 +559,13 @@ async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
 
     try:
         async with aiohttp.ClientSession() as session:
+            # The first scrape is a baseline: the provider waits one tick for a decision on
+            # data, and both go in one write.
             await engine.tick(session, (NS, NAME))
+            assert written == []
+            clock.now += 2.0
+            await engine.tick(session, (NS, NAME))
+            assert len(written) == 1
             assert written[-1]["executionProviders"] == [
                 {"provider": "CPUExecutionProvider", "pods": 1, "example": "p1"}
             ]
@@ -560,3 +593,20 @@ async def test_where_pods_compute_reaches_status_and_the_gpu_condition(
             )
     finally:
         await runner.cleanup()
+
+
+def test_a_first_provider_report_waits_a_while_but_not_for_good() -> None:
+    engine = autoscaler.Autoscaler(clock=Clock())
+    engine.track(
+        {
+            "metadata": {"namespace": NS, "name": NAME},
+            "spec": {"model": {"name": "m", "format": "onnx", "storageUri": "https://h/m.onnx"}},
+        }
+    )
+    tracked = engine._tracked[(NS, NAME)]
+    cpu = metrics.provider_use({"p1": "CPUExecutionProvider"})
+    hold = autoscaler.Autoscaler._hold_providers
+    assert hold(tracked, [], 100.0)  # nothing new to say about providers
+    assert hold(tracked, cpu, 100.0)  # new: may ride with the next tick's decision
+    assert hold(tracked, cpu, 100.0 + autoscaler.PROVIDERS_WAIT_S - 1)
+    assert not hold(tracked, cpu, 100.0 + autoscaler.PROVIDERS_WAIT_S)  # written by itself
