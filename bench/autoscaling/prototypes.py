@@ -1,4 +1,5 @@
-"""PROTOTYPES, NOT SHIPPED: candidate scaling mechanisms, each measured against the shipped one.
+"""PROTOTYPES, NOT SHIPPED: candidate scaling mechanisms, each measured against the shipped one;
+and the shipped step with one of its own mechanisms taken out (ablations).
 
 Owns: alternative scalers built on the shipped pipeline (``engine.Kubeinfer``): each runs the
 product's ``Engine.step`` with the shipped policy every 2 s and then applies one mechanism on
@@ -10,13 +11,8 @@ failure counters, the pending gauge, queue time), pod states and the learned col
 one planning input they use is the per-replica request rate at the target, which `kubeinfer
 plan` derives from the same profile that sets the target (``ServiceModel.rate_at_target``).
 
-- burst-headroom: provision now for what the demand became within one cold start in the recent
-  past (the 95th percentile of max-ahead / now over the last 15 minutes), demand counting
-  rejected requests.
 - demand-sizing: size from the offered demand (answered + rejected per second) at the
   target's request rate, not only from queue depth, which saturates at the queue bound.
-- cold-start-scale-down: scale-down stabilization of twice the learned cold start (at least the
-  shipped 60 s): never give back a replica that a cold start could not bring back in time.
 - lookahead: project the demand trend one cold start ahead every tick, also while replicas
   start (the shipped look-ahead stops then and needs R^2 >= 0.6).
 - queue-time: also scale on queue time: ready x queue time / budget, the budget being the SLO
@@ -24,7 +20,16 @@ plan` derives from the same profile that sets the target (``ServiceModel.rate_at
 - seasonal: predictive pre-scaling from a learned daily shape: the same family's load on
   another day (another seed) is the forecast; provision for its maximum over the next cold
   start, scaled by how today compares with it over the last 10 minutes.
-- combined: burst-headroom + demand-sizing + cold-start-scale-down + lookahead.
+
+Built into the product from earlier rounds of this file (their prototypes are gone; the
+ablations measure what each is worth in the shipped step, on the same seeds):
+
+- burst headroom (core/scaling/burst.py, spec.scaling.burstHeadroom): provision the load
+  times the 95th percentile of how much the demand grew within one cold start over the last
+  15 minutes. Ablation "without burst-headroom".
+- cold-start-aware scale-down (policy.scale_down_cold_starts): stabilization of at least two
+  learned cold starts. Ablation "without cold-start-scale-down".
+- "previous release": both taken out (the step as published before they shipped).
 """
 
 from __future__ import annotations
@@ -41,10 +46,6 @@ from model import ServiceModel
 
 from kubeinfer.core import api
 from kubeinfer.core.scaling import policy as policy_
-
-# The 95th percentile of how much the demand grew within one cold start, over this history.
-HEADROOM_HISTORY_S = 900
-HEADROOM_QUANTILE = 0.95
 
 
 class Prototype(engine.Kubeinfer):
@@ -69,10 +70,6 @@ class Prototype(engine.Kubeinfer):
         self.demand: collections.deque[tuple[float, float]] = collections.deque()
         self._prev: dict[str, tuple[float, float]] = {}
         self.history = history
-        # Burstiness bookkeeping: demand points whose cold-start horizon is still open
-        # ([time, demand, max demand since]) and the closed ones' ratios (time, max / demand).
-        self._open: collections.deque[list[float]] = collections.deque()
-        self._ratios: collections.deque[tuple[float, float]] = collections.deque()
         # Floors are held like recommendations: the highest in the scale-down window, so a
         # floor that moves with noise does not turn into a scale-down on the next tick.
         self._floors: collections.deque[tuple[float, int]] = collections.deque()
@@ -95,17 +92,6 @@ class Prototype(engine.Kubeinfer):
         self.demand.append((now, rate))
         while self.demand and self.demand[0][0] < now - 600:
             self.demand.popleft()
-        horizon = self.cold_start()
-        for point in self._open:
-            if rate > point[2]:
-                point[2] = rate
-        while self._open and self._open[0][0] + horizon <= now:
-            t, v, peak = self._open.popleft()
-            if v > 0:
-                self._ratios.append((t, peak / v))
-        self._open.append([now, rate, rate])
-        while self._ratios and self._ratios[0][0] < now - HEADROOM_HISTORY_S:
-            self._ratios.popleft()
         return rate
 
     def cold_start(self) -> float:
@@ -157,15 +143,6 @@ class Prototype(engine.Kubeinfer):
         return None
 
 
-def headroom(proto: Prototype) -> float:
-    """The 95th percentile, over the recent past, of max demand within a cold start / demand."""
-    ratios = sorted(r for _, r in proto._ratios)
-    if len(ratios) < 10:
-        return 1.0
-    # Nearest-rank percentile.
-    return max(1.0, ratios[max(0, math.ceil(HEADROOM_QUANTILE * len(ratios)) - 1)])
-
-
 def lookahead_demand(proto: Prototype, demand: float) -> float | None:
     """Demand projected one cold start ahead by a least-squares trend; None unless rising."""
     if len(proto.demand) < 5:
@@ -188,13 +165,6 @@ def lookahead_demand(proto: Prototype, demand: float) -> float | None:
     return demand + slope * horizon
 
 
-class BurstHeadroom(Prototype):
-    def floor(self, view: sim.View, demand: float | None) -> int | None:
-        if demand is None:
-            return None
-        return self.replicas_for(demand * headroom(self))
-
-
 class DemandSizing(Prototype):
     def floor(self, view: sim.View, demand: float | None) -> int | None:
         if demand is None:
@@ -202,10 +172,27 @@ class DemandSizing(Prototype):
         return self.replicas_for(demand)
 
 
-class ColdStartScaleDown(Prototype):
+class WithoutMechanism(Prototype):
+    """The shipped step with some of its knobs changed for the whole run (an ablation)."""
+
+    uses_demand = False
+    knobs: dict[str, object] = {}
+
     def before_step(self, view: sim.View) -> None:
-        window = max(self.shipped.scale_down_stabilization_s, 2.0 * self.cold_start())
-        self.engine.policy = dataclasses.replace(self.shipped, scale_down_stabilization_s=window)
+        if self.engine.policy is self.shipped:
+            self.engine.policy = dataclasses.replace(self.shipped, **self.knobs)
+
+
+class WithoutBurstHeadroom(WithoutMechanism):
+    knobs = {"burst_headroom": False}
+
+
+class WithoutColdStartScaleDown(WithoutMechanism):
+    knobs = {"scale_down_cold_starts": 0.0}
+
+
+class PreviousRelease(WithoutMechanism):
+    knobs = {"burst_headroom": False, "scale_down_cold_starts": 0.0}
 
 
 class Lookahead(Prototype):
@@ -261,20 +248,12 @@ class Seasonal(Prototype):
         return self.replicas_for(float(ahead.max()) * scale)
 
 
-class Combined(ColdStartScaleDown):
-    def floor(self, view: sim.View, demand: float | None) -> int | None:
-        if demand is None:
-            return None
-        ahead = lookahead_demand(self, demand) or demand
-        return self.replicas_for(max(demand * headroom(self), ahead))
-
-
 PROTOTYPES: dict[str, Callable[..., sim.Scaler]] = {
-    "burst-headroom": BurstHeadroom,
     "demand-sizing": DemandSizing,
-    "cold-start-scale-down": ColdStartScaleDown,
     "lookahead": Lookahead,
     "queue-time": QueueTime,
     "seasonal": Seasonal,
-    "combined": Combined,
+    "without burst-headroom": WithoutBurstHeadroom,
+    "without cold-start-scale-down": WithoutColdStartScaleDown,
+    "previous release": PreviousRelease,
 }

@@ -301,7 +301,16 @@ class ScalingSpec(_Model):
         ),
     ] = 8.0
     stable_window_seconds: Annotated[int, Field(ge=6, le=3600)] = 60
-    scale_down_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
+    scale_down_delay_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=3600,
+            description="Scale down only to the highest recommendation of this many seconds, "
+            "and of at least two learned cold starts (a replica given back for a shorter dip "
+            "could not be Ready again in time).",
+        ),
+    ] = 60
     gpu_utilization_veto: Annotated[
         float | None,
         Field(
@@ -326,6 +335,14 @@ class ScalingSpec(_Model):
             "queued on the pods, no request reaching the router) before the last replica goes.",
         ),
     ] = 300
+    burst_headroom: Annotated[
+        bool,
+        Field(
+            description="Keep spare replicas in proportion to how bursty the load has been: "
+            "the current load times the 95th percentile of how much demand grew within one "
+            "cold start over the last 15 minutes (1x on a smooth load). Off: the target alone."
+        ),
+    ] = True
 
 
 class Toleration(_Model):

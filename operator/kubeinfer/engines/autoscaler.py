@@ -154,8 +154,10 @@ class Autoscaler:
             current.isvc, current.spec = isvc, spec
             if current.policy != new_policy:
                 current.policy = new_policy
-                current.memory = step.Memory(
-                    state=current.memory.state, window=window.SignalWindow.for_policy(new_policy)
+                # A new policy starts a new window (its length may differ); the demand's
+                # burstiness is the load's, not the policy's, and stays.
+                current.memory = dataclasses.replace(
+                    current.memory, window=window.SignalWindow.for_policy(new_policy)
                 )
             return
         memory, history = restore(isvc, new_policy)

@@ -64,6 +64,7 @@ def _signal_names() -> set[str]:
         gpu_utilization=0.5,
         trend_per_s=0.1,
         cold_start_s=1.0,
+        headroom=1.0,
         current=1,
         ready=1,
         starting=0,

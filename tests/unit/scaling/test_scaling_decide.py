@@ -78,6 +78,7 @@ class Case:
     placing: int = 0
     gpu: float | None = None
     scraped: bool = True
+    headroom: float = 1.0
     policy: policy.ScalingPolicy = dataclasses.field(default_factory=make_policy)
     state: state.ScalerState = dataclasses.field(default_factory=state.ScalerState)
 
@@ -373,6 +374,42 @@ CASES = [
         policy=WIDE,
     ),
     Case(
+        "burst headroom: room for the recent growth",
+        [32.0] * 30,  # 4 wanted, x1.5 = 6
+        current=4,
+        desired=6,
+        reason=R.BURST_HEADROOM,
+        clamps=(C.TOLERANCE,),  # the load alone holds 4
+        headroom=1.5,
+    ),
+    Case(
+        "burst headroom within the tolerance holds",
+        [32.0] * 30,  # 4 wanted, x1.05 = 4.2: under the 10 % tolerance
+        current=4,
+        desired=4,
+        reason=R.HOLD,
+        clamps=(C.TOLERANCE, C.BURST_HEADROOM),
+        headroom=1.05,
+    ),
+    Case(
+        "burst headroom keeps replicas the load alone gives back",
+        [16.0] * 30,  # 2 wanted, x2.5 = 5
+        current=8,
+        desired=5,
+        reason=R.SCALE_DOWN,
+        clamps=(C.BURST_HEADROOM,),
+        headroom=2.5,
+    ),
+    Case(
+        "burst headroom holding the count is not stabilizing",
+        [16.0] * 30,  # 2 wanted, x4 = 8
+        current=8,
+        desired=8,
+        reason=R.HOLD,
+        clamps=(C.BURST_HEADROOM,),
+        headroom=4.0,
+    ),
+    Case(
         "same load with only ready capacity panics",
         [48.0] * 27 + [40.0] * 3,
         current=2,
@@ -391,6 +428,7 @@ def test_decide_rules(case: Case) -> None:
         state=case.state,
         now=NOW,
         scraped=case.scraped,
+        headroom=case.headroom,
         replicas=decide.Replicas(
             current=case.current,
             ready=case.current if case.ready is None else case.ready,

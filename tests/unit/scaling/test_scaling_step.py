@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from kubeinfer.core import metrics
-from kubeinfer.core.scaling import decide, policy, signals, step
+from kubeinfer.core.scaling import burst, decide, policy, signals, step
 
 CAPACITY = 100.0  # requests per second one replica serves
 LATENCY_S = 0.04  # service time
@@ -58,6 +58,8 @@ def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, deci
                 current=current, ready=service.ready, starting=current - service.ready
             ),
             pods=pods,
+            # Pods start in 4 s here: the learned cold start sets the scale-down window's floor.
+            cold_starts=[(t, t + 4.0) for t in starting_since.values() if now - t >= 4],
         )
         result = step.step(pol, observation, memory, now)
         memory = result.memory
@@ -69,7 +71,9 @@ def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, deci
 
 
 def test_a_step_is_met_at_once_and_given_back_after_the_delay() -> None:
-    pol = policy.from_spec(target=4.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    pol = policy.from_spec(
+        target=4.0, stable_window_s=12.0, scale_down_stabilization_s=10.0, burst_headroom=False
+    )
     loads = [50.0] * 10 + [300.0] * 20 + [50.0] * 30
     history = run(loads, pol)
     # The first tick has only baselines (no rates yet): it holds, never scales down on them.
@@ -78,6 +82,20 @@ def test_a_step_is_met_at_once_and_given_back_after_the_delay() -> None:
     assert first_up - 1000.0 == 2.0 * 10  # the tick the step arrives
     assert max(d for _, _, d in history) >= 3
     assert history[-1][2] == 1  # back to one after the load and the delay
+
+
+def test_burst_headroom_keeps_room_for_the_next_burst_then_lets_it_go() -> None:
+    # The same 6x step with burst headroom on: once the load is back, the count stays at the
+    # load times the growth seen within one cold start (50 req/s -> depth 2 -> 0.5 replicas,
+    # x6 = 3) while that growth is among the top 5 % of the recent moments, then goes down
+    # without ever flapping back up, to one when the burst is history.
+    pol = policy.from_spec(target=4.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    quiet = round((burst.HISTORY_S + 60) / 2.0)
+    history = run([50.0] * 10 + [300.0] * 20 + [50.0] * quiet, pol)
+    back = [desired for t, _, desired in history if t >= 1000.0 + 2.0 * 30 + 20.0]
+    assert back[:60] == [3] * 60  # two minutes of room for another burst like that one
+    assert back == sorted(back, reverse=True)
+    assert back[-1] == 1
 
 
 def test_step_leaves_the_memory_it_was_given_untouched() -> None:

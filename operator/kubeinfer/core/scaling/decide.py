@@ -14,11 +14,15 @@ then persists ``result.state``. The rules, in order:
    during a rise could not come back within a cold start. For QueueDepth the trend is fitted
    to the request rate (counter deltas, far less noisy than the pending gauge) and turned
    into queue depth by Little's law (depth per request/s in the stable window).
-4. Tolerance, scale-up rate limit (only the additive step while the cluster was full within
+4. Burst headroom (``headroom`` > 1, burst.py): at least the current load times how much
+   the demand recently grew within one cold start, so the next burst like the recent ones
+   finds its replicas running. It scales up (beyond the tolerance) and holds replicas.
+5. Tolerance, scale-up rate limit (only the additive step while the cluster was full within
    the stable window), capacity block (pods waiting for GPUs, or pods the
    scheduler has not answered for yet: adding more before it has would pile pending pods
    onto a full cluster faster than the scheduler can say so), scale-down
-   stabilization (the highest recommendation in the window), scale-down rate limit, the
+   stabilization (the highest recommendation in the window, which lasts at least
+   ``scale_down_cold_starts`` learned cold starts), scale-down rate limit, the
    trend floor, scale-down hysteresis, the GPU veto on scale-down, then min/max.
 """
 
@@ -42,6 +46,8 @@ class Reason(enum.StrEnum):
     SCALE_UP = "ScaleUp"
     PANIC_SCALE_UP = "PanicScaleUp"
     EARLY_SCALE_UP = "EarlyScaleUp"
+    # Spare replicas for bursts like the recent ones (burst.py).
+    BURST_HEADROOM = "BurstHeadroom"
     SCALE_DOWN = "ScaleDown"
     HOLD = "Hold"
     NO_DATA = "NoData"
@@ -79,6 +85,8 @@ class Clamp(enum.StrEnum):
     HYSTERESIS = "Hysteresis"
     # The window holds under WARM_FRACTION of a stable window of samples.
     WARMING_UP = "WarmingUp"
+    # The burst-headroom floor kept replicas that the current load alone would give back.
+    BURST_HEADROOM = "BurstHeadroom"
 
 
 # A scale-down needs this share of a stable window of samples. Right after a start (a new
@@ -116,6 +124,8 @@ class Inputs:
     gpu_utilization: float | None
     trend_per_s: float | None
     cold_start_s: float
+    # The burst-headroom factor this tick (1: none), burst.py.
+    headroom: float
     current: int
     ready: int
     starting: int
@@ -139,6 +149,7 @@ class Inputs:
             "gpuUtilization": rounded(self.gpu_utilization),
             "trendPerSecond": rounded(self.trend_per_s),
             "coldStartSeconds": rounded(self.cold_start_s),
+            "burstHeadroom": rounded(self.headroom),
             "current": self.current,
             "ready": self.ready,
             "starting": self.starting,
@@ -192,7 +203,13 @@ def numeric(inputs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-_UP = (Reason.SCALE_UP, Reason.PANIC_SCALE_UP, Reason.EARLY_SCALE_UP, Reason.FALLBACK)
+_UP = (
+    Reason.SCALE_UP,
+    Reason.PANIC_SCALE_UP,
+    Reason.EARLY_SCALE_UP,
+    Reason.BURST_HEADROOM,
+    Reason.FALLBACK,
+)
 
 
 def _wanted(*, policy: policy_.ScalingPolicy, value: float, ready: int) -> float:
@@ -263,12 +280,22 @@ class _Tick:
     full_at: float | None
     # Seconds of samples the window holds for the policy's metric.
     covered_s: float = 0.0
+    headroom: float = 1.0
     trend_per_s: float | None = None
     clamps: list[Clamp] = dataclasses.field(default_factory=list)
 
     @property
     def current(self) -> int:
         return self.replicas.current
+
+    @property
+    def down_window_s(self) -> float:
+        """Scale-down stabilization: the policy's, and at least ``scale_down_cold_starts``
+        cold starts."""
+        policy = self.policy
+        return max(
+            policy.scale_down_stabilization_s, policy.scale_down_cold_starts * self.cold_start_s
+        )
 
 
 def _read(
@@ -279,6 +306,7 @@ def _read(
     now: float,
     replicas: Replicas,
     scraped: bool,
+    headroom: float,
 ) -> _Tick:
     series = policy.metric.value
     panic_until = state.panic_until
@@ -300,6 +328,7 @@ def _read(
         panic_until=panic_until,
         full_at=now if replicas.unschedulable > 0 else state.last_unschedulable_time,
         covered_s=window.covered_s(series=series, now=now),
+        headroom=headroom,
     )
 
 
@@ -317,7 +346,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
             reason = Reason.SCALE_UP
         elif bounded < current:
             reason = Reason.SCALE_DOWN
-    horizon = tick.now - policy.scale_down_stabilization_s
+    horizon = tick.now - tick.down_window_s
     history = [(t, r) for t, r in tick.state.recommendations if t > horizon]
     if reason not in (Reason.NO_DATA, Reason.FALLBACK):
         # Stabilization reads only the highest recommendation since a time, so one that a
@@ -343,6 +372,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
         gpu_utilization=tick.gpu,
         trend_per_s=tick.trend_per_s,
         cold_start_s=tick.cold_start_s,
+        headroom=tick.headroom,
         current=current,
         ready=r.ready,
         starting=r.starting,
@@ -403,6 +433,33 @@ def _look_ahead(
     return math.ceil(projected), rise
 
 
+def _burst_floor(
+    tick: _Tick, stable: float, recommended: int, reason: Reason
+) -> tuple[int, Reason]:
+    """The recommendation raised to the load times the burst headroom: a scale-up (beyond
+    the tolerance) or replicas kept that the load alone would give back. The load is the
+    stable window's: the headroom multiplies noise too, and the panic window reacts to a
+    burst by itself."""
+    if tick.headroom <= 1.0:
+        return recommended, reason
+    wanted = _wanted(policy=tick.policy, value=stable * tick.headroom, ready=tick.replicas.ready)
+    floor = math.ceil(wanted)
+    if floor <= recommended:
+        return recommended, reason
+    current = tick.current
+    # Spare replicas are not worth pods that wait for GPUs: on a cluster that was full within
+    # the stable window the headroom only keeps what runs.
+    full = tick.full_at is not None and tick.now - tick.full_at < tick.policy.stable_window_s
+    if floor > current:
+        # The tolerance on the unrounded count: a floor a hair over an integer would
+        # otherwise add a replica, and the next scale-down take it back.
+        if not full and (current == 0 or wanted / current - 1 > tick.policy.tolerance):
+            return floor, Reason.BURST_HEADROOM
+        floor = current
+    tick.clamps.append(Clamp.BURST_HEADROOM)
+    return floor, reason
+
+
 def _scale_up(tick: _Tick, desired: int, reason: Reason, recommended: int) -> ScaleResult:
     """Rate limits (tighter while the cluster was recently full), then the capacity blocks."""
     policy, current, r = tick.policy, tick.current, tick.replicas
@@ -433,7 +490,7 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     """Stabilization, rate limit, trend floor, hysteresis; never on a failed scrape, never
     while the GPUs are busy."""
     policy, current = tick.policy, tick.current
-    horizon = tick.now - policy.scale_down_stabilization_s
+    horizon = tick.now - tick.down_window_s
     highest = max([r for t, r in tick.state.recommendations if t > horizon] + [recommended])
     if highest > desired:
         desired = min(highest, current)
@@ -463,9 +520,8 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
         tick.clamps.append(Clamp.GPU_VETO)
         return _finish(tick, current, Reason.GPU_VETO, recommended)
     if desired == current:
-        held = Clamp.STABILIZATION in tick.clamps and not {Clamp.TREND, Clamp.HYSTERESIS} & set(
-            tick.clamps
-        )
+        others = {Clamp.TREND, Clamp.HYSTERESIS, Clamp.BURST_HEADROOM}
+        held = Clamp.STABILIZATION in tick.clamps and not others & set(tick.clamps)
         return _finish(tick, current, Reason.STABILIZING if held else Reason.HOLD, recommended)
     return _finish(tick, desired, Reason.SCALE_DOWN, recommended)
 
@@ -478,14 +534,22 @@ def decide(
     now: float,
     replicas: Replicas,
     scraped: bool = True,
+    headroom: float = 1.0,
 ) -> ScaleResult:
     """Decide the desired replica count at ``now``; pure, the engine acts on the result.
 
     ``scraped`` is False when this tick's scrape produced no sample (every pod failed or none
-    was Ready); the window then holds only older data.
+    was Ready); the window then holds only older data. ``headroom``: the burst-headroom
+    factor (burst.py), 1 for none.
     """
     tick = _read(
-        policy=policy, window=window, state=state, now=now, replicas=replicas, scraped=scraped
+        policy=policy,
+        window=window,
+        state=state,
+        now=now,
+        replicas=replicas,
+        scraped=scraped,
+        headroom=headroom,
     )
     current = replicas.current
     # 1. Missing data: fall back after N failures, otherwise hold.
@@ -508,7 +572,9 @@ def decide(
     on_the_way = replicas.starting + replicas.placing
     if look is not None and look[1] and on_the_way == 0 and look[0] > max(recommended, current):
         recommended, reason = look[0], Reason.EARLY_SCALE_UP
-    # 4. Limits on the way to the desired count.
+    # 4. Burst headroom: room now for growth like the recent bursts within one cold start.
+    recommended, reason = _burst_floor(tick, stable, recommended, reason)
+    # 5. Limits on the way to the desired count.
     if recommended > current:
         return _scale_up(tick, recommended, reason, recommended)
     if recommended < current:
@@ -538,6 +604,10 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
         Reason.EARLY_SCALE_UP: (
             f"Scaling up {move} ahead of a rising trend ({(inputs.trend_per_s or 0):.2f} {unit} "
             f"per second) over the {inputs.cold_start_s:.0f} s cold start."
+        ),
+        Reason.BURST_HEADROOM: (
+            f"Scaling up {move} for bursts: demand recently grew up to {inputs.headroom:.2f}x "
+            f"within one {inputs.cold_start_s:.0f} s cold start; {seen}, {per}."
         ),
         Reason.SCALE_DOWN: f"Scaling down {move}: {seen}, {per}.",
         Reason.HOLD: f"Holding {current} replicas: {seen}, {per}.",

@@ -37,6 +37,9 @@ class ScalingPolicy:
     fallback_replicas: int | None
     # With min_replicas 0: seconds without demand before the last replica goes (zero.py).
     scale_to_zero_after_s: float
+    # Provision the current load times how much the demand recently grew within one cold
+    # start (burst.py); False: the recommendation alone.
+    burst_headroom: bool
 
     # The engine's own knobs.
     # Relative deviation from the target that is ignored, so noise does not move replicas.
@@ -55,6 +58,9 @@ class ScalingPolicy:
     scale_down_min_fraction: float = 0.2
     # Cold start (pod created -> Ready) assumed until one has been measured.
     cold_start_default_s: float = 60.0
+    # Scale-down stabilization lasts at least this many (learned) cold starts: a replica given
+    # back for a dip shorter than that could not be Ready again when the load returns.
+    scale_down_cold_starts: float = 2.0
     # Scale ahead of a rising trend by the cold-start horizon.
     early_scale_up: bool = True
     # Seconds of history the trend is fitted over, the fit quality it needs (R^2), and the
@@ -85,6 +91,7 @@ def from_spec(spec: api.ScalingSpec | None = None, **overrides: Any) -> ScalingP
         "gpu_veto_utilization": spec.gpu_utilization_veto,
         "fallback_replicas": spec.fallback_replicas,
         "scale_to_zero_after_s": float(spec.scale_to_zero_after_seconds),
+        "burst_headroom": spec.burst_headroom,
     }
     return ScalingPolicy(**{**knobs, **overrides})
 
@@ -112,8 +119,8 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append("scale_down_min_fraction must be in [0, 1)")
     if not 0 <= policy.trend_min_coverage <= 1:
         problems.append("trend_min_coverage must be in [0, 1]")
-    if policy.scale_down_stabilization_s < 0:
-        problems.append("scale_down_stabilization_s must be >= 0")
+    if policy.scale_down_stabilization_s < 0 or policy.scale_down_cold_starts < 0:
+        problems.append("scale_down_stabilization_s and scale_down_cold_starts must be >= 0")
     if policy.gpu_veto_utilization is not None and not 0 < policy.gpu_veto_utilization <= 1:
         problems.append("gpu_veto_utilization must be in (0, 1]")
     if policy.cold_start_default_s < 0 or policy.trend_window_s <= 0:

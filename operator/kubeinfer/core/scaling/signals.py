@@ -62,6 +62,9 @@ class TickSample:
     pods_scraped: int
     queue_depth_total: float
     request_rate_total: float
+    # Failed (rejected included) requests per second: with request_rate_total, the offered
+    # demand, which the answered rate alone under-reads once the queue is full.
+    failure_rate_total: float = 0.0
     # Request-weighted mean queue time, milliseconds; None when no request completed.
     queue_time_ms: float | None
     gpu_utilization: float | None
@@ -74,6 +77,11 @@ class TickSample:
             return self.request_rate_total
         return self.queue_time_ms
 
+    @property
+    def demand(self) -> float:
+        """Requests offered per second: answered plus failed (a full queue rejects)."""
+        return self.request_rate_total + self.failure_rate_total
+
 
 def aggregate(*, pods: Sequence[PodSignals], ready_replicas: int, now: float) -> TickSample | None:
     """Combine one tick's pod signals; None when no pod answered (the tick has no data)."""
@@ -82,6 +90,7 @@ def aggregate(*, pods: Sequence[PodSignals], ready_replicas: int, now: float) ->
     scale = max(ready_replicas, len(pods)) / len(pods)
     queue_depth = sum(p.in_flight for p in pods) * scale
     rate = sum(p.request_rate for p in pods) * scale
+    failures = sum(p.failure_rate for p in pods) * scale
     timed = [(p.queue_time_us, p.request_rate) for p in pods if p.queue_time_us is not None]
     queue_time_ms: float | None = None
     if timed:
@@ -97,6 +106,7 @@ def aggregate(*, pods: Sequence[PodSignals], ready_replicas: int, now: float) ->
         pods_scraped=len(pods),
         queue_depth_total=queue_depth,
         request_rate_total=rate,
+        failure_rate_total=failures,
         queue_time_ms=queue_time_ms,
         gpu_utilization=sum(gpus) / len(gpus) if gpus else None,
     )

@@ -1,7 +1,8 @@
 """One autoscaler tick, pure: what was observed + what is remembered -> a decision + memory.
 
 Owns the order of a tick's thinking: aggregate the pods that answered into the tick's sample,
-keep it in the window, learn the cold start from pod timestamps, then ``decide``, then the
+keep it in the window, learn the cold start from pod timestamps, record the demand's
+burstiness (``burst``), then ``decide``, then the
 scale-to-zero hand-off with the router (``zero``). The operator's
 engine calls ``step`` between gathering (the store and the scrape) and acting (the scale
 subresource, status, Events); bench/autoscaling's simulator calls the same ``step`` with the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from kubeinfer.core.scaling import cold_start, decide, policy, signals, state, window, zero
+from kubeinfer.core.scaling import burst, cold_start, decide, policy, signals, state, window, zero
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,8 @@ class Memory:
 
     state: state.ScalerState
     window: window.SignalWindow
+    # Demand and its growth within a cold start (not persisted: see burst.py).
+    burst: burst.BurstHistory = dataclasses.field(default_factory=burst.BurstHistory)
 
     @classmethod
     def fresh(cls, pol: policy.ScalingPolicy) -> Memory:
@@ -59,6 +62,10 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         win.record(sample=sample)
     win.prune(now=now)
     learned = cold_start.learn(pairs=observation.cold_starts, previous_s=memory.state.cold_start_s)
+    bursts = memory.burst.copy()
+    if pol.burst_headroom and sample is not None:
+        horizon = learned if learned is not None else pol.cold_start_default_s
+        bursts.record(now=now, demand=sample.demand, horizon_s=horizon)
     result = decide.decide(
         policy=zero.floor(pol),
         window=win,
@@ -66,6 +73,7 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         now=now,
         replicas=observation.replicas,
         scraped=sample is not None,
+        headroom=bursts.headroom() if pol.burst_headroom else 1.0,
     )
     result = zero.hand_off(
         pol=pol,
@@ -75,7 +83,9 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         router=observation.router,
         now=now,
     )
-    return Step(result=result, memory=Memory(state=result.state, window=win), sample=sample)
+    return Step(
+        result=result, memory=Memory(state=result.state, window=win, burst=bursts), sample=sample
+    )
 
 
 def nothing_to_record(result: decide.ScaleResult, *, recorded: bool, unanswered: int) -> bool:

@@ -1,0 +1,69 @@
+"""Headroom sized from how bursty the demand has been: the burst-headroom floor's memory.
+
+Owns: the record of offered demand (requests answered + rejected per second, service-wide) and
+of how much it grew within one cold start, and the headroom that follows from it: the
+``QUANTILE`` of (highest demand within one cold start after a moment) / (demand at that moment)
+over the last ``HISTORY_S`` seconds. ``decide`` provisions the current load times this factor.
+
+Why: a replica asked for when a burst starts is Ready one cold start later; everything the
+burst brings before then has to fit in the replicas already running. A static low target buys
+that headroom all day (it is what the best-tuned HPA/KEDA/KPA configurations in
+bench/autoscaling do); this buys it only while the load has recently been bursty over the
+cold-start horizon, and as much as it has been. On a smooth load the ratios sit near 1 and
+the floor is the plain recommendation.
+
+Demand counts rejected requests: when the queue is full the answered rate is the capacity,
+not the load. Kept in memory only (not in status): after an operator restart the headroom is
+1 until ``MIN_RATIOS`` moments have closed, i.e. one cold start plus ``MIN_RATIOS`` ticks.
+Pure: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+# How far back the burstiness is read, and which share of the moments it must cover.
+HISTORY_S = 900.0
+QUANTILE = 0.95
+# Fewer closed moments than this read as no evidence: headroom 1.
+MIN_RATIOS = 10
+
+
+@dataclasses.dataclass(kw_only=True)
+class BurstHistory:
+    """Moments whose cold-start horizon is still open, and the growth ratios of closed ones."""
+
+    # (time, demand) of the moments within the last cold start, oldest first.
+    open: collections.deque[tuple[float, float]] = dataclasses.field(
+        default_factory=collections.deque
+    )
+    # (time, highest demand within one cold start / demand then) of closed moments.
+    ratios: collections.deque[tuple[float, float]] = dataclasses.field(
+        default_factory=collections.deque
+    )
+
+    def copy(self) -> BurstHistory:
+        return BurstHistory(
+            open=collections.deque(self.open), ratios=collections.deque(self.ratios)
+        )
+
+    def record(self, *, now: float, demand: float, horizon_s: float) -> None:
+        """Add this tick's demand; close the moments that are one cold start old."""
+        while self.open and self.open[0][0] + horizon_s <= now:
+            then, value = self.open.popleft()
+            if value > 0:
+                later = max([v for _, v in self.open] + [demand])
+                self.ratios.append((then, max(later, value) / value))
+        self.open.append((now, demand))
+        while self.ratios and self.ratios[0][0] < now - HISTORY_S:
+            self.ratios.popleft()
+
+    def headroom(self) -> float:
+        """The QUANTILE of the recent growth ratios (nearest rank), at least 1."""
+        if len(self.ratios) < MIN_RATIOS:
+            return 1.0
+        ordered = sorted(r for _, r in self.ratios)
+        rank = max(1, math.ceil(QUANTILE * len(ordered)))
+        return max(1.0, ordered[rank - 1])
