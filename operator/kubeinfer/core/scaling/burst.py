@@ -3,7 +3,8 @@
 Owns: the record of offered demand (requests answered + rejected per second, service-wide) and
 of how much it grew within one cold start, and the headroom that follows from it: the
 ``QUANTILE`` of (highest demand within one cold start after a moment) / (demand at that moment)
-over the last ``HISTORY_S`` seconds. ``decide`` provisions the current load times this factor.
+over the last ``HISTORY_S`` seconds, bounded so that it never asks for room beyond the highest
+demand of that history. ``decide`` provisions the current load times this factor.
 
 Why: a replica asked for when a burst starts is Ready one cold start later; everything the
 burst brings before then has to fit in the replicas already running. A static low target buys
@@ -39,8 +40,9 @@ class BurstHistory:
     open: collections.deque[tuple[float, float]] = dataclasses.field(
         default_factory=collections.deque
     )
-    # (time, highest demand within one cold start / demand then) of closed moments.
-    ratios: collections.deque[tuple[float, float]] = dataclasses.field(
+    # (time, highest demand within one cold start / demand then, that highest demand) of
+    # closed moments.
+    ratios: collections.deque[tuple[float, float, float]] = dataclasses.field(
         default_factory=collections.deque
     )
 
@@ -54,16 +56,27 @@ class BurstHistory:
         while self.open and self.open[0][0] + horizon_s <= now:
             then, value = self.open.popleft()
             if value > 0:
-                later = max([v for _, v in self.open] + [demand])
-                self.ratios.append((then, max(later, value) / value))
+                peak = max([v for _, v in self.open] + [demand, value])
+                self.ratios.append((then, peak / value, peak))
         self.open.append((now, demand))
         while self.ratios and self.ratios[0][0] < now - HISTORY_S:
             self.ratios.popleft()
 
-    def headroom(self) -> float:
-        """The QUANTILE of the recent growth ratios (nearest rank), at least 1."""
+    def headroom(self, demand: float) -> float:
+        """The QUANTILE of the recent growth ratios (nearest rank), at least 1, and never room
+        for more than the highest demand of the history at ``demand`` (the load the factor
+        will multiply; 0: unknown, no bound).
+
+        The bound matters after quiet spells: growth from a trickle reads as a ratio of
+        hundreds (an idle service in the morning), and room for a hundred times today's load
+        would be replicas no recent load has needed.
+        """
         if len(self.ratios) < MIN_RATIOS:
             return 1.0
-        ordered = sorted(r for _, r in self.ratios)
+        ordered = sorted(r for _, r, _ in self.ratios)
         rank = max(1, math.ceil(QUANTILE * len(ordered)))
-        return max(1.0, ordered[rank - 1])
+        factor = ordered[rank - 1]
+        if demand > 0:
+            highest = max([peak for _, _, peak in self.ratios] + [v for _, v in self.open])
+            factor = min(factor, highest / demand)
+        return max(1.0, factor)

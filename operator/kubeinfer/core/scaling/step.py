@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from kubeinfer.core import api
 from kubeinfer.core.scaling import burst, cold_start, decide, policy, signals, state, window, zero
 
 
@@ -73,7 +74,7 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         now=now,
         replicas=observation.replicas,
         scraped=sample is not None,
-        headroom=bursts.headroom() if pol.burst_headroom else 1.0,
+        headroom=_headroom(pol, bursts, win, now),
     )
     result = zero.hand_off(
         pol=pol,
@@ -86,6 +87,20 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
     return Step(
         result=result, memory=Memory(state=result.state, window=win, burst=bursts), sample=sample
     )
+
+
+def _headroom(
+    pol: policy.ScalingPolicy, bursts: burst.BurstHistory, win: window.SignalWindow, now: float
+) -> float:
+    """The burst-headroom factor for this tick; 1 when it is off. ``decide`` multiplies the
+    stable window's load by it, so the bound on room (the highest recent demand) is read
+    against the stable window's request rate."""
+    if not pol.burst_headroom:
+        return 1.0
+    rate = win.average(
+        series=api.ScalingMetric.REQUEST_RATE.value, now=now, span_s=pol.stable_window_s
+    )
+    return bursts.headroom(rate or 0.0)
 
 
 def nothing_to_record(result: decide.ScaleResult, *, recorded: bool, unanswered: int) -> bool:
