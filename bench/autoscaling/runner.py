@@ -40,8 +40,6 @@ class ScalerSpec:
     kind: str
     config: peers.HPAConfig | peers.KPAConfig | None = None
     gpu_metric: str = "none"
-    # kubeinfer only: policy knobs changed from the shipped ones (ablations), (name, value).
-    overrides: tuple[tuple[str, object], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +105,6 @@ def build(spec: ScalerSpec, case: Case) -> sim.Scaler:
     policy = engine.shipped_policy(
         target=m.target, min_replicas=s.min_replicas, max_replicas=s.max_replicas
     )
-    if spec.overrides:
-        policy = dataclasses.replace(policy, **dict(spec.overrides))
     if spec.kind == "kubeinfer":
         return engine.Kubeinfer(name=spec.label, scaling_policy=policy, seed=case.seed)
     factory: Callable[..., sim.Scaler] = prototypes.PROTOTYPES[spec.kind]

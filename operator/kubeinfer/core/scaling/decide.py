@@ -289,6 +289,11 @@ class _Tick:
         return self.replicas.current
 
     @property
+    def recently_full(self) -> bool:
+        """The cluster could not place pods within the last stable window."""
+        return self.full_at is not None and self.now - self.full_at < self.policy.stable_window_s
+
+    @property
     def down_window_s(self) -> float:
         """Scale-down stabilization: the policy's, and at least ``scale_down_cold_starts``
         cold starts."""
@@ -449,11 +454,12 @@ def _burst_floor(
     current = tick.current
     # Spare replicas are not worth pods that wait for GPUs: on a cluster that was full within
     # the stable window the headroom only keeps what runs.
-    full = tick.full_at is not None and tick.now - tick.full_at < tick.policy.stable_window_s
     if floor > current:
         # The tolerance on the unrounded count: a floor a hair over an integer would
         # otherwise add a replica, and the next scale-down take it back.
-        if not full and (current == 0 or wanted / current - 1 > tick.policy.tolerance):
+        if not tick.recently_full and (
+            current == 0 or wanted / current - 1 > tick.policy.tolerance
+        ):
             return floor, Reason.BURST_HEADROOM
         floor = current
     tick.clamps.append(Clamp.BURST_HEADROOM)
@@ -467,8 +473,7 @@ def _scale_up(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Sc
     # The cluster could not place pods within the last stable window: capacity freed since
     # (a pod that left) is probably small, so a step from here is bounded by the additive
     # step rather than the multiplicative rate, and pending pods never pile up by the dozen.
-    recently_full = tick.full_at is not None and tick.now - tick.full_at < policy.stable_window_s
-    if recently_full and desired > current + policy.scale_up_max_step:
+    if tick.recently_full and desired > current + policy.scale_up_max_step:
         desired = current + policy.scale_up_max_step
         tick.clamps.append(Clamp.CAPACITY)
     if desired > limit:
