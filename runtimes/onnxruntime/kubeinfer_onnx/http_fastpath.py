@@ -1,15 +1,17 @@
-"""The HTTP infer hot path: POST .../infer on HTTP/1.1 without aiohttp's per-request machinery.
+"""The HTTP/1.1 hot path: plain requests to any endpoint, without aiohttp.
 
-Owns one thing: reading plain infer requests (Content-Length bodies within the limit, a path
-that needs no decoding) off a connection and writing their answers, one at a time and in
-order. Every other request (GETs, chunked or oversized bodies, Expect, an odd path, an upgrade)
-hands the connection, with the bytes read so far, to aiohttp's own protocol, which serves it
-from then on exactly as before.
-What an infer request means, its errors included, is `http_server.run_infer`'s, shared by both.
+Owns one thing: reading plain requests (a GET or POST to a route of the `Endpoints` table, a
+Content-Length body within the limit, a path that needs no decoding) off a connection and
+writing their answers, one at a time and in order. Every other request (chunked or oversized
+bodies, Expect, an escaped path or a query, no route, an upgrade) hands the connection, with the
+bytes read so far, to aiohttp (`http_aiohttp`, through `Fallback`), which serves it from then on.
+What a request means, its errors included, is `http_server`'s, shared by both.
 
 Why: under perf_analyzer the event loop thread bounds HTTP throughput, and a third of its time
 went to aiohttp building Request/Response objects, routing and header multidicts (bench/runtime
-PROFILE.md). This path spends that on one bytes.split and a dict.
+PROFILE.md). This path spends that on one bytes.split and a dict. And because probes, scrapes,
+metadata and infer all come this way, aiohttp is imported only when a connection needs it:
+its ~0.3 s import was half of the time from process start to ready.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from kubeinfer_onnx import errors, http_server, model
+from kubeinfer_onnx import errors, http_server
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
 _MAX_HEAD = 16 * 1024  # aiohttp's own limits are 8 KB per line; longer heads go to aiohttp
-_PREFIXES = (b"/v2/models/",)
+_METHODS = (b"GET", b"POST")
+_STARTS = tuple(m + b" " for m in _METHODS)
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
 class _Clock:
@@ -47,20 +55,65 @@ class _Clock:
 _clock = _Clock()
 
 
-class InferProtocol(asyncio.Protocol):
-    """One connection: serves infer requests itself; anything else goes to `fallback`."""
+def _import_aiohttp_stack() -> Callable[..., Awaitable[web.AppRunner]]:
+    # Here and not at the top: this import is what start-up no longer pays.
+    from kubeinfer_onnx import http_aiohttp
+
+    return http_aiohttp.start
+
+
+class Fallback:
+    """aiohttp for the connections this path hands over, loaded the first time one needs it
+    (imported in a thread, so the event loop keeps serving meanwhile)."""
+
+    def __init__(
+        self,
+        endpoints: http_server.Endpoints,
+        *,
+        max_request_bytes: int,
+        shutdown_timeout: float,
+    ) -> None:
+        self._endpoints = endpoints
+        self._max = max_request_bytes
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._loading: asyncio.Task[ProtocolFactory] | None = None
+        self.factory: ProtocolFactory | None = None  # set once loaded
+
+    async def load(self) -> ProtocolFactory:
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._start())
+        return await self._loading
+
+    async def _start(self) -> ProtocolFactory:
+        log.info("loading aiohttp for a request the fast path does not read (once)")
+        start = await asyncio.to_thread(_import_aiohttp_stack)
+        self._runner = await start(
+            self._endpoints, max_request_bytes=self._max, shutdown_timeout=self._shutdown_timeout
+        )
+        server = self._runner.server
+        assert server is not None  # set by setup()
+        self.factory = server
+        return server
+
+    async def close(self) -> None:
+        """aiohttp's cleanup: closes its connections, then waits for running handlers."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class FastProtocol(asyncio.Protocol):
+    """One connection: serves plain requests itself; anything else goes to `fallback`."""
 
     def __init__(
         self,
         *,
-        models: model.ModelSet,
+        endpoints: http_server.Endpoints,
         max_request_bytes: int,
-        in_flight: http_server.InFlight,
-        fallback: Callable[[], asyncio.Protocol],
+        fallback: Fallback,
     ) -> None:
-        self._models = models
+        self._endpoints = endpoints
         self._max = max_request_bytes
-        self._in_flight = in_flight
         self._fallback = fallback
         self._transport: Any = None
         self._buffer = bytearray()
@@ -89,8 +142,7 @@ class InferProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) > self._max + _MAX_HEAD and self._transport is not None:
-            self._read_paused = True
-            self._transport.pause_reading()
+            self._pause_reading()
         if not self._busy:
             self._next()
 
@@ -98,6 +150,11 @@ class InferProtocol(asyncio.Protocol):
         # The client will send nothing more: answer what is in progress, then close.
         self._closing = True
         return True if self._busy else None
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()
 
     def _next(self) -> None:
         """Start the next complete request in the buffer, or hand the connection over."""
@@ -109,42 +166,51 @@ class InferProtocol(asyncio.Protocol):
         ):
             end = self._buffer.find(b"\r\n\r\n", 0, _MAX_HEAD)
             if end < 0:
-                prefix = bytes(self._buffer[:5])  # may be the first bytes of "POST " only
-                if len(self._buffer) >= _MAX_HEAD or not b"POST ".startswith(prefix):
+                start = bytes(self._buffer[:5])  # may be the first bytes of "POST " only
+                plausible = any(start.startswith(m) or m.startswith(start) for m in _STARTS)
+                if len(self._buffer) >= _MAX_HEAD or not plausible:
                     self._hand_over()
                 return
             head = self._parse_head(bytes(self._buffer[:end]))
             if head is None:
                 self._hand_over()
                 return
-            route, length, keep_alive, header_length = head
-            start = end + 4
-            if len(self._buffer) < start + length:
+            route, request, keep_alive = head
+            start_of_body = end + 4
+            length = request.content_length or 0
+            if len(self._buffer) < start_of_body + length:
                 return  # wait for the rest of the body
-            body = bytes(self._buffer[start : start + length])
-            del self._buffer[: start + length]
+            if route.has_body:
+                request = http_server.Request(
+                    params=request.params,
+                    body=bytes(self._buffer[start_of_body : start_of_body + length]),
+                    content_length=request.content_length,
+                    header_length=request.header_length,
+                )
+            del self._buffer[: start_of_body + length]
             if self._read_paused:
                 self._read_paused = False
                 self._transport.resume_reading()
             self._busy = True
             self._closing = self._closing or not keep_alive
-            self._task = asyncio.ensure_future(self._answer(route, body, header_length, length))
+            self._task = asyncio.ensure_future(self._answer(route, request))
 
     def _parse_head(
         self, head: bytes
-    ) -> tuple[tuple[str, str | None], int, bool, str | None] | None:
-        """((model, version), content length, keep-alive, Inference-Header-Content-Length) of a
-        plain infer POST; None for anything this path does not serve."""
+    ) -> tuple[http_server.Route, http_server.Request, bool] | None:
+        """(route, request without its body, keep-alive) of a plain request to a route;
+        None for anything this path does not serve."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[0] != b"POST" or not parts[1].endswith(b"/infer"):
+        if len(parts) != 3 or parts[0] not in _METHODS:
             return None
-        path, version = parts[1], parts[2]
-        if not path.startswith(_PREFIXES) or b"%" in path or b"?" in path:
+        method, path, version = parts
+        if not path.startswith(b"/") or b"%" in path or b"?" in path or b"#" in path:
             return None
-        route = _route(path)
-        if route is None:
-            return None
+        matched = self._endpoints.match(method.decode(), path.decode("latin-1"))
+        if matched is None:
+            return None  # aiohttp answers 404 or 405
+        route, params = matched
         if version == b"HTTP/1.1":
             keep_alive = True
         elif version == b"HTTP/1.0":
@@ -175,28 +241,23 @@ class InferProtocol(asyncio.Protocol):
                 return None
             elif name == b"inference-header-content-length":
                 header_length = value.decode("latin-1")
-        if length is None or length > self._max:
-            return None  # aiohttp refuses an oversized body as it always has
-        return route, length, keep_alive, header_length
+        if route.has_body:
+            if length is None or length > self._max:
+                return None  # aiohttp refuses an oversized body as it always has
+        elif length:
+            return None  # a body where the route takes none: aiohttp reads and ignores it
+        request = http_server.Request(
+            params=params, content_length=length, header_length=header_length
+        )
+        return route, request, keep_alive
 
-    async def _answer(
-        self, route: tuple[str, str | None], body: bytes, header_length: str | None, length: int
-    ) -> None:
+    async def _answer(self, route: http_server.Route, request: http_server.Request) -> None:
         try:
-            reply = await http_server.run_infer(
-                self._models,
-                name=route[0],
-                version=route[1],
-                body=body,
-                content_length=length,
-                header_length=header_length,
-                max_request_bytes=self._max,
-                in_flight=self._in_flight,
-            )
+            reply = await http_server.answer(route, request)
         except Exception as exc:  # a bug, not a bad request: answer 500 as aiohttp would
-            log.exception("infer failed")
+            log.exception("%s %s failed", route.method, route.path)
             reply = http_server.Reply.error(errors.InferenceError(f"internal error: {exc}"))
-        close = self._closing or self._models.draining
+        close = self._closing or self._endpoints.draining()
         self._write(reply, close=close)
         self._busy = False
         if close:
@@ -227,25 +288,39 @@ class InferProtocol(asyncio.Protocol):
     def _hand_over(self) -> None:
         """From now on aiohttp serves this connection, starting with the bytes buffered."""
         transport, data = self._transport, bytes(self._buffer)
-        if self._read_paused:
-            transport.resume_reading()  # aiohttp applies its own limits from here
         self._buffer.clear()
-        self._transport = None
-        protocol = self._fallback()
+        self._transport = None  # nothing more is read or written here
+        factory = self._fallback.factory
+        if factory is not None:
+            self._switch(transport, data, factory)
+            return
+        # aiohttp is not loaded yet: hold this connection (not the loop) while it loads.
+        if not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+        loading = asyncio.ensure_future(self._fallback.load())
+
+        def loaded(task: asyncio.Future[ProtocolFactory]) -> None:
+            failure = "cancelled" if task.cancelled() else task.exception()
+            if failure is not None:
+                log.error("could not load aiohttp for a request: %r", failure)
+                transport.close()
+                return
+            self._switch(transport, data, task.result())
+
+        loading.add_done_callback(loaded)
+
+    def _switch(self, transport: Any, data: bytes, factory: ProtocolFactory) -> None:
+        if transport.is_closing():
+            return  # the client left while aiohttp loaded
+        protocol: Any = factory()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()  # aiohttp applies its own limits from here
         if data:
             protocol.data_received(data)
-
-
-def _route(path: bytes) -> tuple[str, str | None] | None:
-    """/v2/models/{m}/infer or /v2/models/{m}/versions/{v}/infer -> (m, v)."""
-    parts = path.decode("latin-1").split("/")  # '', 'v2', 'models', m, ..., 'infer'
-    if len(parts) == 5 and parts[3]:
-        return parts[3], None
-    if len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
-        return parts[3], parts[5]
-    return None
 
 
 _REASONS = {

@@ -1,8 +1,14 @@
-"""The KServe v2 HTTP/REST endpoints on aiohttp, plus the separate /metrics app.
+"""The KServe v2 HTTP/REST endpoints, whichever HTTP stack reads the request.
 
-Owns routing, reading bodies within the size limit, and turning InferenceErrors into the
-v2 error JSON with the right status. Tensor encoding is `protocol`'s job and everything about
-a model is `model`'s; handlers here only glue the two together.
+Owns the route table (`Endpoints`), what each endpoint answers (a `Reply`: status, body,
+headers) and turning InferenceErrors into the v2 error JSON with the right status. Reading and
+writing HTTP is `http_fastpath`'s (plain requests) or `http_aiohttp`'s (everything else), so
+both answer alike. Tensor encoding is `protocol`'s job and everything about a model is
+`model`'s; handlers here only glue the two together.
+
+Why no aiohttp here: importing it costs ~0.3 s at every start (its client and two TLS
+contexts with the system's certificates), about half of the time from process start to
+ready, for requests that almost never come (chunked bodies, Expect, odd paths).
 """
 
 from __future__ import annotations
@@ -10,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-
-from aiohttp import web
 
 import kubeinfer_onnx
 from kubeinfer_onnx import errors, metrics, model, protocol
@@ -30,131 +34,9 @@ class InFlight:
         self.count = 0
 
 
-def _json(document: Any, *, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(document).encode(), status=status, content_type="application/json"
-    )
-
-
-def error_response(exc: errors.InferenceError) -> web.Response:
-    reply = Reply.error(exc)
-    return web.Response(
-        body=reply.body,
-        status=reply.status,
-        content_type=reply.content_type,
-        headers=reply.headers or None,
-    )
-
-
-def build_app(
-    models: model.ModelSet,
-    *,
-    max_request_bytes: int,
-    in_flight: InFlight,
-) -> web.Application:
-    # aiohttp enforces client_max_size while reading; we also check Content-Length up front
-    # so an oversized body is refused before any of it is buffered.
-    app = web.Application(client_max_size=max_request_bytes)
-
-    def lookup(request: web.Request) -> model.ServedModel:
-        return models.get(request.match_info["model"], request.match_info.get("version"))
-
-    def guarded(handler: Callable[[web.Request], Any]) -> Any:
-        async def wrapper(request: web.Request) -> web.StreamResponse:
-            try:
-                response: web.StreamResponse = await handler(request)
-            except errors.InferenceError as exc:
-                response = error_response(exc)
-            if models.draining:
-                response.headers["Connection"] = "close"  # Send clients to another replica.
-            return response
-
-        return wrapper
-
-    async def live(request: web.Request) -> web.Response:
-        return web.Response()
-
-    async def ready(request: web.Request) -> web.Response:
-        return web.Response(status=503 if models.draining else 200)
-
-    async def server_metadata(request: web.Request) -> web.Response:
-        return _json(
-            {"name": SERVER_NAME, "version": kubeinfer_onnx.__version__, "extensions": EXTENSIONS}
-        )
-
-    async def model_metadata(request: web.Request) -> web.Response:
-        served = lookup(request)
-        return _json(served.metadata(models.versions(served.name)))
-
-    async def model_ready(request: web.Request) -> web.Response:
-        lookup(request)
-        return web.Response(status=503 if models.draining else 200)
-
-    async def model_config(request: web.Request) -> web.Response:
-        return _json(lookup(request).config_document())
-
-    async def model_stats(request: web.Request) -> web.Response:
-        if "model" in request.match_info:
-            selected = (
-                [lookup(request).stats]
-                if "version" in request.match_info
-                else [m.stats for m in models if m.name == lookup(request).name]
-            )
-        else:
-            selected = [m.stats for m in models]
-        return _json(metrics.statistics_document(selected))
-
-    async def repository_index(request: web.Request) -> web.Response:
-        return _json([{"name": m.name, "version": m.version, "state": "READY"} for m in models])
-
-    async def infer(request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > max_request_bytes:
-            body = None  # refused before any of it is buffered
-        else:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                body = None
-        reply = await run_infer(
-            models,
-            name=request.match_info["model"],
-            version=request.match_info.get("version"),
-            body=body,
-            content_length=request.content_length,
-            header_length=request.headers.get(protocol.HEADER_LENGTH),
-            max_request_bytes=max_request_bytes,
-            in_flight=in_flight,
-        )
-        return web.Response(
-            body=reply.body,
-            status=reply.status,
-            content_type=reply.content_type,
-            headers=reply.headers or None,
-        )
-
-    routes = [
-        ("GET", "/v2/health/live", live),
-        ("GET", "/v2/health/ready", ready),
-        ("GET", "/v2", server_metadata),
-        ("GET", "/v2/models/stats", model_stats),
-        ("POST", "/v2/repository/index", repository_index),
-    ]
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [
-            ("GET", prefix, model_metadata),
-            ("GET", prefix + "/ready", model_ready),
-            ("GET", prefix + "/config", model_config),
-            ("GET", prefix + "/stats", model_stats),
-            ("POST", prefix + "/infer", infer),
-        ]
-    for method, path, handler in routes:
-        app.router.add_route(method, path, guarded(handler))
-    return app
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
-    """An answer as bytes, for aiohttp or for the fast path (http_fastpath) to send."""
+    """An answer as bytes, for either HTTP stack to send."""
 
     status: int
     body: bytes
@@ -165,6 +47,168 @@ class Reply:
     def error(cls, exc: errors.InferenceError) -> Reply:
         headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.http_status == 503 else {}
         return cls(exc.http_status, protocol.error_body(str(exc)), "application/json", headers)
+
+    @classmethod
+    def json(cls, document: Any) -> Reply:
+        return cls(200, json.dumps(document).encode(), "application/json", {})
+
+    @classmethod
+    def empty(cls, status: int = 200) -> Reply:
+        return cls(status, b"", "application/octet-stream", {})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """What a handler needs of a request. `body` is None when it was over the size limit
+    (refused before it was buffered) and for requests that have none."""
+
+    params: dict[str, str]
+    body: bytes | None = None
+    content_length: int | None = None
+    header_length: str | None = None  # Inference-Header-Content-Length
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # segments in braces ("{model}") match one non-empty path segment
+    handler: Handler
+    has_body: bool = False  # read the body (within the size limit) for the handler
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        own = self.path.split("/")
+        if len(own) != len(segments):
+            return None
+        params: dict[str, str] = {}
+        for mine, theirs in zip(own, segments, strict=True):
+            if mine.startswith("{"):
+                if not theirs:
+                    return None
+                params[mine[1:-1]] = theirs
+            elif mine != theirs:
+                return None
+        return params
+
+
+class Endpoints:
+    """A route table: which handler answers a method and path. While `draining()` holds,
+    every answer closes its connection, sending clients to another replica."""
+
+    def __init__(self, routes: list[Route], *, draining: Callable[[], bool] = bool) -> None:
+        self.routes = routes
+        self.draining = draining
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self.routes)
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route and its parameters for an already-decoded path; None when no route
+        takes it (the fallback stack then answers 404 or 405)."""
+        segments = path.split("/")
+        for route in self.routes:
+            if route.method == method:
+                params = route.match(segments)
+                if params is not None:
+                    return route, params
+        return None
+
+
+def v2_endpoints(
+    models: model.ModelSet, *, max_request_bytes: int, in_flight: InFlight
+) -> Endpoints:
+    """The KServe v2 REST API over `models` (plus Triton's statistics, config and
+    repository index, which its clients and perf_analyzer use)."""
+
+    def lookup(request: Request) -> model.ServedModel:
+        return models.get(request.params["model"], request.params.get("version"))
+
+    async def live(request: Request) -> Reply:
+        return Reply.empty()
+
+    async def ready(request: Request) -> Reply:
+        return Reply.empty(503 if models.draining else 200)
+
+    async def server_metadata(request: Request) -> Reply:
+        return Reply.json(
+            {"name": SERVER_NAME, "version": kubeinfer_onnx.__version__, "extensions": EXTENSIONS}
+        )
+
+    async def model_metadata(request: Request) -> Reply:
+        served = lookup(request)
+        return Reply.json(served.metadata(models.versions(served.name)))
+
+    async def model_ready(request: Request) -> Reply:
+        lookup(request)
+        return Reply.empty(503 if models.draining else 200)
+
+    async def model_config(request: Request) -> Reply:
+        return Reply.json(lookup(request).config_document())
+
+    async def model_stats(request: Request) -> Reply:
+        if "model" in request.params:
+            selected = (
+                [lookup(request).stats]
+                if "version" in request.params
+                else [m.stats for m in models if m.name == lookup(request).name]
+            )
+        else:
+            selected = [m.stats for m in models]
+        return Reply.json(metrics.statistics_document(selected))
+
+    async def repository_index(request: Request) -> Reply:
+        return Reply.json(
+            [{"name": m.name, "version": m.version, "state": "READY"} for m in models]
+        )
+
+    async def infer(request: Request) -> Reply:
+        return await run_infer(
+            models,
+            name=request.params["model"],
+            version=request.params.get("version"),
+            body=request.body,
+            content_length=request.content_length,
+            header_length=request.header_length,
+            max_request_bytes=max_request_bytes,
+            in_flight=in_flight,
+        )
+
+    routes = [
+        Route("GET", "/v2/health/live", live),
+        Route("GET", "/v2/health/ready", ready),
+        Route("GET", "/v2", server_metadata),
+        Route("GET", "/v2/models/stats", model_stats),
+        # Its body (Triton's {"ready": ...} filter) is read and ignored: every model is ready.
+        Route("POST", "/v2/repository/index", repository_index, has_body=True),
+    ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            Route("GET", prefix, model_metadata),
+            Route("GET", prefix + "/ready", model_ready),
+            Route("GET", prefix + "/config", model_config),
+            Route("GET", prefix + "/stats", model_stats),
+            Route("POST", prefix + "/infer", infer, has_body=True),
+        ]
+    return Endpoints(routes, draining=lambda: models.draining)
+
+
+def metrics_endpoints(registry: metrics.Metrics) -> Endpoints:
+    """The separate metrics port: GET /metrics in Prometheus' text format."""
+
+    async def scrape(request: Request) -> Reply:
+        return Reply(200, registry.render(), "text/plain; version=0.0.4; charset=utf-8", {})
+
+    return Endpoints([Route("GET", "/metrics", scrape)])
+
+
+async def answer(route: Route, request: Request) -> Reply:
+    """The route's reply to a request; an InferenceError is its v2 error reply."""
+    try:
+        return await route.handler(request)
+    except errors.InferenceError as exc:
+        return Reply.error(exc)
 
 
 async def run_infer(
@@ -224,16 +268,3 @@ def _reply(
     return Reply(
         200, body, "application/octet-stream", {protocol.HEADER_LENGTH: str(header_length)}
     )
-
-
-def build_metrics_app(registry: metrics.Metrics) -> web.Application:
-    app = web.Application()
-
-    async def scrape(request: web.Request) -> web.Response:
-        return web.Response(
-            body=registry.render(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
-
-    app.router.add_get("/metrics", scrape)
-    return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import math
@@ -22,7 +23,6 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import onnxruntime as ort
-from aiohttp import web
 
 from kubeinfer_onnx import (
     device,
@@ -191,36 +191,21 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
     in_flight = http_server.InFlight()
 
     http_address = args.http_address or args.address
-    runner = web.AppRunner(
-        http_server.build_app(
-            models, max_request_bytes=args.max_request_bytes, in_flight=in_flight
-        ),
-        access_log=None,
-        shutdown_timeout=args.exit_timeout_secs,
+    endpoints = http_server.v2_endpoints(
+        models, max_request_bytes=args.max_request_bytes, in_flight=in_flight
     )
-    await runner.setup()
-    assert runner.server is not None  # set by setup()
-    aiohttp_protocol = runner.server
-    # The infer hot path is read by http_fastpath; any other request hands its connection to
-    # aiohttp (runner.server makes aiohttp's per-connection protocol).
-    http = await asyncio.get_running_loop().create_server(
-        lambda: http_fastpath.InferProtocol(
-            models=models,
-            max_request_bytes=args.max_request_bytes,
-            in_flight=in_flight,
-            fallback=aiohttp_protocol,
-        ),
-        http_address,
-        args.http_port,
-        backlog=128,
+    http = await _listen(
+        endpoints, http_address, args.http_port, args.max_request_bytes, args.exit_timeout_secs
     )
-    metrics_runner: web.AppRunner | None = None
+    metrics_http: _Listener | None = None
     if args.allow_metrics:
-        metrics_runner = web.AppRunner(http_server.build_metrics_app(registry), access_log=None)
-        await metrics_runner.setup()
-        await web.TCPSite(
-            metrics_runner, args.metrics_address or args.address, args.metrics_port
-        ).start()
+        metrics_http = await _listen(
+            http_server.metrics_endpoints(registry),
+            args.metrics_address or args.address,
+            args.metrics_port,
+            args.max_request_bytes,
+            args.exit_timeout_secs,
+        )
     grpc: Any = None
     if args.allow_grpc:
         grpc, _ = grpc_server.build_server(
@@ -237,7 +222,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         http_address,
         args.http_port,
         f"{args.grpc_address or args.address}:{args.grpc_port}" if grpc else "off",
-        f"{args.metrics_address or args.address}:{args.metrics_port}" if metrics_runner else "off",
+        f"{args.metrics_address or args.address}:{args.metrics_port}" if metrics_http else "off",
         threads,
         sorted({f"{m.placement.provider} (--device {m.placement.requested})" for m in models}),
     )
@@ -255,9 +240,42 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
     try:
         await stop.wait()
     finally:
-        await _drain(args, models, in_flight, http, runner, grpc, metrics_runner)
+        await _drain(args, models, in_flight, http, grpc, metrics_http)
         if gpus is not None:
             gpus.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Listener:
+    server: asyncio.Server
+    fallback: http_fastpath.Fallback
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.fallback.close()
+
+
+async def _listen(
+    endpoints: http_server.Endpoints,
+    address: str,
+    port: int,
+    max_request_bytes: int,
+    shutdown_timeout: float,
+) -> _Listener:
+    """A listener whose connections http_fastpath reads; what it does not serve goes to
+    aiohttp, loaded the first time a connection needs it."""
+    fallback = http_fastpath.Fallback(
+        endpoints, max_request_bytes=max_request_bytes, shutdown_timeout=shutdown_timeout
+    )
+    server = await asyncio.get_running_loop().create_server(
+        lambda: http_fastpath.FastProtocol(
+            endpoints=endpoints, max_request_bytes=max_request_bytes, fallback=fallback
+        ),
+        address,
+        port,
+        backlog=128,
+    )
+    return _Listener(server, fallback)
 
 
 def _preload_cuda(requested: device.Device) -> None:
@@ -281,10 +299,9 @@ async def _drain(
     args: argparse.Namespace,
     models: model.ModelSet,
     in_flight: http_server.InFlight,
-    http: asyncio.Server,
-    runner: web.AppRunner,
+    http: _Listener,
     grpc: Any,
-    metrics_runner: web.AppRunner | None,
+    metrics_http: _Listener | None,
 ) -> None:
     # Readiness goes false first, so Kubernetes takes the pod out of its endpoints; requests
     # that still arrive during the drain delay are served, not refused.
@@ -296,11 +313,10 @@ async def _drain(
     await asyncio.sleep(args.drain_delay_secs)
 
     async def finish() -> None:
-        # Stop listening: aiohttp's cleanup closes the sockets, then waits for running handlers;
-        # gRPC refuses new calls but completes running ones within the grace. Then wait until
-        # every batcher has answered what it accepted.
-        http.close()
-        stops = [runner.cleanup()]
+        # Stop listening (aiohttp, if it was loaded, closes its connections and waits for
+        # running handlers); gRPC refuses new calls but completes running ones within the
+        # grace. Then wait until every batcher has answered what it accepted.
+        stops = [http.close()]
         if grpc is not None:
             stops.append(grpc.stop(grace=args.exit_timeout_secs))
         await asyncio.gather(*stops)
@@ -313,8 +329,8 @@ async def _drain(
         await asyncio.wait_for(finish(), args.exit_timeout_secs)
     except TimeoutError:
         log.warning("exit timeout: %d requests still in flight", in_flight.count)
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    if metrics_http is not None:
+        await metrics_http.close()
     log.info("stopped")
 
 

@@ -173,24 +173,52 @@ def infer_json() -> bytes:
     ).encode()
 
 
+def _chunked_infer_request(body: bytes) -> bytes:
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    half = len(body) // 2
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]))
+    return head + chunks + b"0\r\n\r\n"
+
+
 def test_keep_alive_pipelining_and_hand_over(server: Server, infer_json: bytes) -> None:
-    """The infer fast path answers in order on a kept-alive connection, a bad request gets its
-    v2 error, and a GET hands the connection to aiohttp, which serves the rest."""
+    """The fast path answers in order on a kept-alive connection (infer, a bad request's v2
+    error, a probe), and a chunked body hands the connection to aiohttp (loaded for it), which
+    serves the rest."""
     bad = json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 1], "data": [1]}]})
     raw = (
         _infer_request(infer_json)
         + _infer_request(bad.encode())
-        + _infer_request(infer_json)
         + b"GET /v2/models/mlp/ready HTTP/1.1\r\nHost: x\r\n\r\n"
-        + _infer_request(infer_json)  # after the hand-over aiohttp serves infer too
+        + _infer_request(infer_json)
+        + _chunked_infer_request(infer_json)
+        + _infer_request(infer_json)  # after the hand-over aiohttp serves plain infer too
     )
-    answers = _exchange(server, raw, 5)
-    assert [a[0].split(b" ")[1] for a in answers] == [b"200", b"400", b"200", b"200", b"200"]
+    answers = _exchange(server, raw, 6)
+    assert [a[0].split(b" ")[1] for a in answers] == [
+        b"200",
+        b"400",
+        b"200",
+        b"200",
+        b"200",
+        b"200",
+    ]
     assert b"unexpected input 'X'" in answers[1][2]
     assert answers[1][1][b"content-type"].startswith(b"application/json")
-    first, last = json.loads(answers[0][2]), json.loads(answers[4][2])
+    first, chunked, last = (json.loads(answers[i][2]) for i in (0, 4, 5))
     assert first["outputs"][0]["shape"] == [1, 10]
-    assert first["outputs"] == last["outputs"]  # both stacks answer alike
+    assert first["outputs"] == chunked["outputs"] == last["outputs"]  # both stacks answer alike
+
+
+def test_what_no_route_takes_gets_404_or_405(server: Server) -> None:
+    """No route, or a route without that method: aiohttp's answers, as before the fast path
+    served GETs."""
+    for request, code in (
+        (b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"POST /v2/health/ready HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"405"),
+        (b"GET /v2/health/ready?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),
+    ):
+        ((status, _, _),) = _exchange(server, request, 1)
+        assert status.split(b" ")[1] == code, request
 
 
 def test_http10_and_connection_close_end_the_connection(server: Server, infer_json: bytes) -> None:

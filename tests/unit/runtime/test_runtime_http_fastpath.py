@@ -1,4 +1,4 @@
-"""The HTTP infer fast path's request-head reading: what it serves itself, what goes to aiohttp."""
+"""The HTTP fast path's request-head reading: what it serves itself, what goes to aiohttp."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import pytest
 from kubeinfer_onnx import http_fastpath, http_server
 
 
-def protocol(max_bytes: int = 1000) -> http_fastpath.InferProtocol:
+def protocol(max_bytes: int = 1000) -> http_fastpath.FastProtocol:
     models: Any = None  # reading a head needs no model
-    return http_fastpath.InferProtocol(
-        models=models,
+    endpoints = http_server.v2_endpoints(
+        models, max_request_bytes=max_bytes, in_flight=http_server.InFlight()
+    )
+    return http_fastpath.FastProtocol(
+        endpoints=endpoints,
         max_request_bytes=max_bytes,
-        in_flight=http_server.InFlight(),
-        fallback=object,
+        fallback=http_fastpath.Fallback(
+            endpoints, max_request_bytes=max_bytes, shutdown_timeout=1.0
+        ),
     )
 
 
@@ -23,11 +27,29 @@ def head(*lines: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
+def parsed(raw: bytes) -> tuple[str, str, dict[str, str], int | None, bool, str | None] | None:
+    """(method, route, params, content length, keep-alive, binary header length)."""
+    found = protocol()._parse_head(raw)
+    if found is None:
+        return None
+    route, request, keep_alive = found
+    assert request.body is None  # the body is read after the head
+    return (
+        route.method,
+        route.path,
+        request.params,
+        request.content_length,
+        keep_alive,
+        request.header_length,
+    )
+
+
+INFER = "/v2/models/{model}/infer"
 SERVED = [
     (
         "plain",
         head("POST /v2/models/mlp/infer HTTP/1.1", "Host: x", "Content-Length: 10"),
-        (("mlp", None), 10, True, None),
+        ("POST", INFER, {"model": "mlp"}, 10, True, None),
     ),
     (
         "a version, binary header length, HTTP/1.0",
@@ -36,17 +58,45 @@ SERVED = [
             "Content-Length: 10",
             "Inference-Header-Content-Length: 4",
         ),
-        (("m", "2"), 10, False, "4"),
+        (
+            "POST",
+            "/v2/models/{model}/versions/{version}/infer",
+            {"model": "m", "version": "2"},
+            10,
+            False,
+            "4",
+        ),
     ),
     (
         "connection close, header case",
         head("POST /v2/models/mlp/infer HTTP/1.1", "CONNECTION: Close", "content-length: 0"),
-        (("mlp", None), 0, False, None),
+        ("POST", INFER, {"model": "mlp"}, 0, False, None),
+    ),
+    (
+        "a readiness probe",
+        head("GET /v2/health/ready HTTP/1.1", "Host: x"),
+        ("GET", "/v2/health/ready", {}, None, True, None),
+    ),
+    (
+        "model metadata, an empty body",
+        head("GET /v2/models/mlp HTTP/1.1", "Content-Length: 0"),
+        ("GET", "/v2/models/{model}", {"model": "mlp"}, 0, True, None),
+    ),
+    (
+        "the statistics route, not a model named stats",
+        head("GET /v2/models/stats HTTP/1.1"),
+        ("GET", "/v2/models/stats", {}, None, True, None),
+    ),
+    (
+        "repository index",
+        head("POST /v2/repository/index HTTP/1.1", "Content-Length: 1"),
+        ("POST", "/v2/repository/index", {}, 1, True, None),
     ),
 ]
 
 HANDED_OVER = [
-    ("a GET", head("GET /v2/models/mlp/infer HTTP/1.1", "Content-Length: 1")),
+    ("infer is not a GET", head("GET /v2/models/mlp/infer HTTP/1.1", "Content-Length: 1")),
+    ("a body on a GET", head("GET /v2/health/ready HTTP/1.1", "Content-Length: 1")),
     ("no length", head("POST /v2/models/mlp/infer HTTP/1.1", "Host: x")),
     ("chunked", head("POST /v2/models/mlp/infer HTTP/1.1", "Transfer-Encoding: chunked")),
     (
@@ -60,8 +110,12 @@ HANDED_OVER = [
     ),
     ("escaped path", head("POST /v2/models/m%20x/infer HTTP/1.1", "Content-Length: 1")),
     ("a query", head("POST /v2/models/mlp/infer?x=1 HTTP/1.1", "Content-Length: 1")),
-    ("not infer", head("POST /v2/repository/index HTTP/1.1", "Content-Length: 1")),
+    ("a query on a probe", head("GET /v2/health/ready?x=1 HTTP/1.1")),
+    ("no route", head("GET /v2/nothing HTTP/1.1")),
     ("odd route", head("POST /v2/models/a/b/infer HTTP/1.1", "Content-Length: 1")),
+    ("an empty model name", head("GET /v2/models//ready HTTP/1.1")),
+    ("a trailing slash", head("GET /v2/health/ready/ HTTP/1.1")),
+    ("HEAD", head("HEAD /v2/health/ready HTTP/1.1")),
     (
         "upgrade",
         head("POST /v2/models/mlp/infer HTTP/1.1", "Connection: upgrade", "Content-Length: 1"),
@@ -73,9 +127,16 @@ HANDED_OVER = [
 
 @pytest.mark.parametrize(("raw", "expected"), [c[1:] for c in SERVED], ids=[c[0] for c in SERVED])
 def test_served_here(raw: bytes, expected: object) -> None:
-    assert protocol()._parse_head(raw) == expected
+    assert parsed(raw) == expected
 
 
 @pytest.mark.parametrize("raw", [c[1] for c in HANDED_OVER], ids=[c[0] for c in HANDED_OVER])
 def test_handed_to_aiohttp(raw: bytes) -> None:
-    assert protocol()._parse_head(raw) is None
+    assert parsed(raw) is None
+
+
+def test_metrics_port_serves_only_metrics() -> None:
+    endpoints = http_server.metrics_endpoints(registry=None)  # type: ignore[arg-type]
+    assert endpoints.match("GET", "/metrics") is not None
+    assert endpoints.match("GET", "/v2/health/ready") is None
+    assert endpoints.match("POST", "/metrics") is None
