@@ -77,13 +77,14 @@ class Route:
     path: str  # segments in braces ("{model}") match one non-empty path segment
     handler: Handler
     has_body: bool = False  # read the body (within the size limit) for the handler
+    segments: tuple[str, ...] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.path.split("/")))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
-        own = self.path.split("/")
-        if len(own) != len(segments):
-            return None
         params: dict[str, str] = {}
-        for mine, theirs in zip(own, segments, strict=True):
+        for mine, theirs in zip(self.segments, segments, strict=True):
             if mine.startswith("{"):
                 if not theirs:
                     return None
@@ -100,19 +101,24 @@ class Endpoints:
     def __init__(self, routes: list[Route], *, draining: Callable[[], bool] = bool) -> None:
         self.routes = routes
         self.draining = draining
+        # Indexed by method and segment count: an infer request is matched against one or
+        # two routes, not the table (this runs once per request on the hot path).
+        self._index: dict[tuple[str, int], list[Route]] = {}
+        for route in routes:
+            self._index.setdefault((route.method, len(route.segments)), []).append(route)
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self.routes)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The route and its parameters for an already-decoded path; None when no route
-        takes it (the fallback stack then answers 404 or 405)."""
+        takes it (the fallback stack then answers 404 or 405). Fixed segments win over
+        parameters: routes are tried in table order."""
         segments = path.split("/")
-        for route in self.routes:
-            if route.method == method:
-                params = route.match(segments)
-                if params is not None:
-                    return route, params
+        for route in self._index.get((method, len(segments)), ()):
+            params = route.match(segments)
+            if params is not None:
+                return route, params
         return None
 
 
