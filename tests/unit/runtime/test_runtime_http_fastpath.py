@@ -1,7 +1,9 @@
-"""The HTTP fast path's request-head reading: what it serves itself, what goes to aiohttp."""
+"""The HTTP fast path: what it serves itself, what goes to aiohttp, and how a connection
+waits while aiohttp loads."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -140,3 +142,79 @@ def test_metrics_port_serves_only_metrics() -> None:
     assert endpoints.match("GET", "/metrics") is not None
     assert endpoints.match("GET", "/v2/health/ready") is None
     assert endpoints.match("POST", "/metrics") is None
+
+
+class _Transport:
+    """Records what the fast path does to a connection while it hands it over."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.protocol: Any = None
+        self.closed = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Aiohttp:
+    """Stands in for aiohttp's per-connection protocol: what it was given."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.data = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["aiohttp loading", "aiohttp loaded"])
+async def test_hand_over_holds_the_connection_until_aiohttp_is_there(loaded: bool) -> None:
+    """A request the fast path does not serve reaches aiohttp whole, with reading paused
+    (only this connection waits) until aiohttp is loaded, and resumed after."""
+    fast = protocol()
+    fallback = fast._fallback
+    released, switched = asyncio.Event(), asyncio.Event()
+    made: list[_Aiohttp] = []
+
+    def factory() -> _Aiohttp:
+        made.append(_Aiohttp())
+        switched.set()
+        return made[-1]
+
+    async def load() -> Any:
+        await released.wait()
+        fallback.factory = factory
+        return factory
+
+    fallback.load = load  # type: ignore[method-assign]
+    if loaded:
+        fallback.factory = factory
+        released.set()
+    transport = _Transport()
+    fast.connection_made(transport)
+    raw = head("POST /v2/models/mlp/infer HTTP/1.1", "Transfer-Encoding: chunked", "", "")
+    fast.data_received(raw[:10])  # the head is not complete: nothing happens yet
+    assert transport.protocol is None and transport.reading
+    fast.data_received(raw[10:])
+    if not loaded:
+        assert transport.protocol is None and not transport.reading
+        released.set()
+        await asyncio.wait_for(switched.wait(), timeout=10)
+    assert transport.protocol is made[0] and made[0].transport is transport
+    assert made[0].data == raw
+    assert transport.reading and not transport.closed
