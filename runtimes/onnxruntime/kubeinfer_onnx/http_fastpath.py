@@ -289,15 +289,13 @@ class FastProtocol(asyncio.Protocol):
         """From now on aiohttp serves this connection, starting with the bytes buffered."""
         transport, data = self._transport, bytes(self._buffer)
         self._buffer.clear()
-        self._transport = None  # nothing more is read or written here
         factory = self._fallback.factory
+        if factory is None:
+            self._pause_reading()  # hold this connection (not the loop) while aiohttp loads
+        self._transport = None  # nothing more is read or written here
         if factory is not None:
             self._switch(transport, data, factory)
             return
-        # aiohttp is not loaded yet: hold this connection (not the loop) while it loads.
-        if not self._read_paused:
-            self._read_paused = True
-            transport.pause_reading()
         loading = asyncio.ensure_future(self._fallback.load())
 
         def loaded(task: asyncio.Future[ProtocolFactory]) -> None:

@@ -98,7 +98,9 @@ class Endpoints:
     """A route table: which handler answers a method and path. While `draining()` holds,
     every answer closes its connection, sending clients to another replica."""
 
-    def __init__(self, routes: list[Route], *, draining: Callable[[], bool] = bool) -> None:
+    def __init__(
+        self, routes: list[Route], *, draining: Callable[[], bool] = lambda: False
+    ) -> None:
         self.routes = routes
         self.draining = draining
         # Indexed by method and segment count: an infer request is matched against one or
