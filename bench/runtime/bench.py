@@ -32,6 +32,7 @@ import os
 import pathlib
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -390,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=5, help="timed starts of each server")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, both servers")
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
+    parser.add_argument(
+        "--ours-args",
+        default="",
+        help="more arguments for our server, e.g. '--grpc-frontend grpcio' for an A/B",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.interval_ms, args.concurrency, args.models, args.starts = 1000, "1,32", "mlp", 1
@@ -400,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"building models {models} in {work}")
     repos = write_repositories(work, models, args.threads)
     cmds = commands(repos, args.threads, triton)
+    cmds["ours"][0].extend(shlex.split(args.ours_args))
     ports = {"ours": OURS["http"], "triton": TRITON["http"]}
     result: dict[str, Any] = {
         "command": " ".join(["python", "bench/runtime/bench.py", *(argv or sys.argv[1:])]),

@@ -33,6 +33,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Who owns the top frame of a sample, by file name (first match wins).
 OWNERS = [
     ("onnxruntime", "onnxruntime (Session.run)"),
+    ("grpc_fastpath", "kubeinfer_onnx.grpc_fastpath (HTTP/2 framing)"),
+    ("hpack", "hpack (HTTP/2 header blocks)"),
     ("kubeinfer_onnx", "kubeinfer_onnx (our code)"),
     ("grpc", "grpcio (cygrpc, grpc.aio)"),
     ("aiohttp", "aiohttp"),
@@ -67,7 +69,13 @@ def summarize(raw: pathlib.Path, top: int = 15) -> str:
         leaf = parts[-1]
         # aiohttp's writer or our fast path, at the line that calls transport.write
         write = any(
-            w in leaf for w in ("_writelines", "InferProtocol._write", "StreamWriter._write")
+            w in leaf
+            for w in (
+                "_writelines",
+                "FastProtocol._write",
+                "StreamWriter._write",
+                "Connection._write",
+            )
         )
         owners[(thread, owner(leaf, write))] += n
         frames[f"{thread}: {leaf}"] += n

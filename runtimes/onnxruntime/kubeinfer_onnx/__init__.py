@@ -3,7 +3,8 @@
 The package is laid out one job per module: `repository` reads the model folder, `model` owns an
 onnxruntime session and its input checks, `batching` merges requests, `protocol` encodes and
 decodes the v2 wire format, `http_server` says what each REST endpoint answers, `http_fastpath`
-reads plain HTTP requests and hands the rest to `http_aiohttp`, `grpc_server` adapts gRPC, `metrics`
+reads plain HTTP requests and hands the rest to `http_aiohttp`, `grpc_server` says what each gRPC
+call answers, `grpc_fastpath` reads gRPC off HTTP/2 (`grpc_aio` is grpcio's alternative), `metrics`
 keeps the counters, `cache` and `quantize` are the optional extras, `server` wires it all up and
 `profile` is the offline model profiler behind `kubeinfer profile`.
 """

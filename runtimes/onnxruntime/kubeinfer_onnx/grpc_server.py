@@ -1,28 +1,63 @@
-"""`inference.GRPCInferenceService` on grpc.aio, built on the servicer and messages that
-tritonclient ships, so the wire format is exactly the one Triton's clients speak.
+"""`inference.GRPCInferenceService`: what each RPC answers, whichever gRPC stack carries it.
 
-Owns converting protobuf tensors to numpy and back and mapping InferenceErrors to status
-codes. Everything about a model is `model`'s; BYTES framing comes from `protocol`.
+Owns the method table (`Service.methods`), converting protobuf tensors to numpy and back, and
+which InferenceError ends a call with which status. The messages are the ones tritonclient
+ships, so the wire format is exactly the one Triton's clients speak. Reading and writing gRPC
+is `grpc_fastpath`'s (the default: HTTP/2 framing written for these calls) or `grpc_aio`'s
+(grpcio, `--grpc-frontend grpcio`), so both answer alike. Everything about a model is
+`model`'s; BYTES framing comes from `protocol`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
+import sys
 import time
-from collections.abc import AsyncIterator
+import types
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import json_format
-from tritonclient.grpc import (
-    model_config_pb2,
-    service_pb2,
-    service_pb2_grpc,
-)
 
-from kubeinfer_onnx import __version__, errors, metrics, model, protocol
+import kubeinfer_onnx
+from kubeinfer_onnx import errors, metrics, model, protocol
 from kubeinfer_onnx.http_server import EXTENSIONS, RETRY_AFTER_SECONDS, SERVER_NAME, InFlight
+
+SERVICE = "inference.GRPCInferenceService"
+_PACKAGE = "tritonclient.grpc"
+
+
+def _messages() -> tuple[Any, Any]:
+    """tritonclient's generated message modules (model_config_pb2, service_pb2).
+
+    Without running `tritonclient.grpc`'s package init when nothing has yet: that imports
+    grpcio, tritonclient's client and packaging (~0.15 s of every start, a fifth of it) for
+    nothing this server uses. A bare package stands in while the two modules load; it is then
+    removed, so a later `import tritonclient.grpc` runs the real init, which finds the two
+    modules already loaded and uses them (protobuf registers each descriptor once).
+    """
+    spec = None if _PACKAGE in sys.modules else importlib.util.find_spec(_PACKAGE)
+    if spec is not None and spec.submodule_search_locations is not None:
+        bare = types.ModuleType(_PACKAGE)
+        bare.__path__ = list(spec.submodule_search_locations)
+        sys.modules[_PACKAGE] = bare
+        try:
+            importlib.import_module(f"{_PACKAGE}.service_pb2")  # imports model_config_pb2
+        finally:
+            del sys.modules[_PACKAGE]
+            parent = sys.modules["tritonclient"]
+            if getattr(parent, "grpc", None) is bare:
+                delattr(parent, "grpc")
+    else:
+        importlib.import_module(f"{_PACKAGE}.service_pb2")
+    return sys.modules[f"{_PACKAGE}.model_config_pb2"], sys.modules[f"{_PACKAGE}.service_pb2"]
+
+
+model_config_pb2, service_pb2 = _messages()
 
 # Which InferTensorContents field carries each datatype when raw_input_contents is not used.
 _CONTENTS_FIELD = {
@@ -99,54 +134,83 @@ def encode_response(
     return response
 
 
-class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+@dataclasses.dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC: its request message and the coroutine that answers one request message.
+
+    A `streaming` method is bidirectional: the frontend calls `handler` once per message of
+    the stream, in order, and sends each answer back on the same stream.
+    """
+
+    name: str
+    request_type: Any
+    handler: Callable[[Any], Awaitable[Any]]
+    streaming: bool = False
+
+
+def trailing_metadata(exc: errors.InferenceError) -> tuple[tuple[str, str], ...]:
+    """What a call that ended in `exc` sends besides its status: overload says when to retry."""
+    if exc.grpc_code == "UNAVAILABLE":
+        return (("retry-after", RETRY_AFTER_SECONDS),)
+    return ()
+
+
+class Service:
+    """The RPCs of GRPCInferenceService. Each raises an InferenceError (with its gRPC code) for
+    a call that fails; the frontend turns it into the call's status."""
+
     def __init__(self, models: model.ModelSet, in_flight: InFlight) -> None:
         self._models = models
         self._in_flight = in_flight
 
-    async def _abort(self, context: Any, exc: errors.InferenceError) -> None:
-        if exc.grpc_code == "UNAVAILABLE":
-            context.set_trailing_metadata((("retry-after", RETRY_AFTER_SECONDS),))
-        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+    def methods(self) -> dict[str, Method]:
+        """Every method by its HTTP/2 path, `/inference.GRPCInferenceService/<name>`."""
+        pb = service_pb2
+        table = [
+            Method("ServerLive", pb.ServerLiveRequest, self.server_live),
+            Method("ServerReady", pb.ServerReadyRequest, self.server_ready),
+            Method("ModelReady", pb.ModelReadyRequest, self.model_ready),
+            Method("ServerMetadata", pb.ServerMetadataRequest, self.server_metadata),
+            Method("ModelMetadata", pb.ModelMetadataRequest, self.model_metadata),
+            Method("ModelConfig", pb.ModelConfigRequest, self.model_config),
+            Method("ModelStatistics", pb.ModelStatisticsRequest, self.model_statistics),
+            Method("RepositoryIndex", pb.RepositoryIndexRequest, self.repository_index),
+            Method("ModelInfer", pb.ModelInferRequest, self.model_infer),
+            Method("ModelStreamInfer", pb.ModelInferRequest, self.stream_infer, streaming=True),
+        ]
+        return {f"/{SERVICE}/{m.name}": m for m in table}
 
-    async def _lookup(self, context: Any, name: str, version: str) -> model.ServedModel:
-        try:
-            return self._models.get(name, version or None)
-        except errors.InferenceError as exc:
-            await self._abort(context, exc)
-            raise  # abort() raises; this line only satisfies the type checker.
-
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def server_live(self, request: Any) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def server_ready(self, request: Any) -> Any:
         return service_pb2.ServerReadyResponse(ready=not self._models.draining)
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def model_ready(self, request: Any) -> Any:
         try:
             self._models.get(request.name, request.version or None)
         except errors.ModelNotFoundError:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=not self._models.draining)
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def server_metadata(self, request: Any) -> Any:
         return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+            name=SERVER_NAME, version=kubeinfer_onnx.__version__, extensions=EXTENSIONS
         )
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        served = await self._lookup(context, request.name, request.version)
+    async def model_metadata(self, request: Any) -> Any:
+        served = self._models.get(request.name, request.version or None)
         document = served.metadata(self._models.versions(served.name))
         return json_format.ParseDict(document, service_pb2.ModelMetadataResponse())
 
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
-        served = await self._lookup(context, request.name, request.version)
+    async def model_config(self, request: Any) -> Any:
+        served = self._models.get(request.name, request.version or None)
         config = json_format.ParseDict(served.config_document(), model_config_pb2.ModelConfig())
         return service_pb2.ModelConfigResponse(config=config)
 
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    async def model_statistics(self, request: Any) -> Any:
         if request.name:
-            served = await self._lookup(context, request.name, request.version)
+            served = self._models.get(request.name, request.version or None)
             selected = (
                 [served.stats]
                 if request.version
@@ -158,7 +222,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             metrics.statistics_document(selected), service_pb2.ModelStatisticsResponse()
         )
 
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+    async def repository_index(self, request: Any) -> Any:
         return service_pb2.RepositoryIndexResponse(
             models=[
                 service_pb2.RepositoryIndexResponse.ModelIndex(
@@ -181,44 +245,20 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         outputs = await served.infer(inputs, outputs=names, started_ns=started)
         return encode_response(served, request.id, outputs)
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def model_infer(self, request: Any) -> Any:
         self._in_flight.count += 1
         try:
             return await self._infer(request)
-        except errors.InferenceError as exc:
-            await self._abort(context, exc)
         finally:
             self._in_flight.count -= 1
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        # Requests on one stream are answered in order; errors go in-band, as Triton does, so
-        # one bad request does not end the stream.
-        async for request in request_iterator:
-            self._in_flight.count += 1
-            try:
-                response = await self._infer(request)
-            except errors.InferenceError as exc:
-                yield service_pb2.ModelStreamInferResponse(error_message=str(exc))
-            else:
-                yield service_pb2.ModelStreamInferResponse(infer_response=response)
-            finally:
-                self._in_flight.count -= 1
-
-
-def build_server(
-    models: model.ModelSet, *, address: str, port: int, max_request_bytes: int, in_flight: InFlight
-) -> tuple[Any, int]:
-    """The grpc.aio server bound to address:port (not started); returns it and the bound port."""
-    server = grpc.aio.server(
-        options=[
-            # The same body limit as HTTP: gRPC answers RESOURCE_EXHAUSTED past it.
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # A second server on a taken port must fail, not share it.
-        ]
-    )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(models, in_flight), server)
-    bound = server.add_insecure_port(f"{address}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC to {address}:{port}")
-    return server, bound
+    async def stream_infer(self, request: Any) -> Any:
+        # Errors go in-band, as Triton does, so one bad request does not end the stream.
+        self._in_flight.count += 1
+        try:
+            response = await self._infer(request)
+        except errors.InferenceError as exc:
+            return service_pb2.ModelStreamInferResponse(error_message=str(exc))
+        finally:
+            self._in_flight.count -= 1
+        return service_pb2.ModelStreamInferResponse(infer_response=response)

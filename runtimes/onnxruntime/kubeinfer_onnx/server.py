@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from kubeinfer_onnx import (
     device,
+    grpc_fastpath,
     grpc_server,
     http_fastpath,
     http_server,
@@ -86,6 +87,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--allow-grpc", type=_bool, default=True)
+    parser.add_argument(
+        "--grpc-frontend",
+        choices=["fast", "grpcio"],
+        default="fast",
+        help="fast: HTTP/2 read by this server (grpc_fastpath); grpcio: grpc.aio",
+    )
     parser.add_argument("--allow-metrics", type=_bool, default=True)
     parser.add_argument(
         "--intra-op-threads",
@@ -208,14 +215,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         )
     grpc: Any = None
     if args.allow_grpc:
-        grpc, _ = grpc_server.build_server(
-            models,
-            address=args.grpc_address or args.address,
-            port=args.grpc_port,
-            max_request_bytes=args.max_request_bytes,
-            in_flight=in_flight,
-        )
-        await grpc.start()
+        grpc = await _grpc(args, grpc_server.Service(models, in_flight))
     log.info(
         "serving %s on http %s:%d, grpc %s, metrics %s; %d intra-op threads, on %s",
         ", ".join(f"{m.name}/{m.version}" for m in models),
@@ -276,6 +276,22 @@ async def _listen(
         backlog=128,
     )
     return _Listener(server, fallback)
+
+
+async def _grpc(args: argparse.Namespace, service: grpc_server.Service) -> Any:
+    """The gRPC frontend, started: ours (HTTP/2 read here), or grpcio's when asked for."""
+    address = args.grpc_address or args.address
+    if args.grpc_frontend == "grpcio":
+        from kubeinfer_onnx import grpc_aio  # grpcio's import only where it is used
+
+        server, _ = grpc_aio.build_server(
+            service, address=address, port=args.grpc_port, max_request_bytes=args.max_request_bytes
+        )
+        await server.start()
+        return server
+    fast = grpc_fastpath.Server(service, max_request_bytes=args.max_request_bytes)
+    await fast.listen(address, args.grpc_port)
+    return fast
 
 
 def _preload_cuda(requested: device.Device) -> None:

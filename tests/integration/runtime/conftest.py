@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -75,6 +76,15 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    async def wait_queued(self, model: str, count: int, timeout: float = 10) -> None:
+        """Until at least `count` requests wait in the model's queue (its pending gauge)."""
+        deadline = time.monotonic() + timeout
+        while (
+            await asyncio.to_thread(self.metric, "nv_inference_pending_request_count", model=model)
+            < count
+        ):
+            assert time.monotonic() < deadline, f"{count} requests never queued for {model}"
+
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -141,6 +151,14 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     write_config(repo / "mlp_cached", {"cache": True, "cache_max_entries": 16})
     runtime_models.build_heavy(repo / "heavy_int8" / "1" / "model.onnx")
     write_config(repo / "heavy_int8", {"quantize": True})
+    return repo
+
+
+@pytest.fixture(scope="session")
+def heavy_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Only the compute-bound model: for queues that fill (overload, drain, deadlines)."""
+    repo = tmp_path_factory.mktemp("heavy-repo")
+    runtime_models.build_heavy(repo / "heavy" / "1" / "model.onnx")
     return repo
 
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import aiohttp
 import numpy as np
 import pytest
-import runtime_models
 import tritonclient.grpc.aio as aiogrpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -30,13 +29,6 @@ def big_body() -> tuple[bytes, dict[str, str]]:
         "Inference-Header-Content-Length": str(len(header)),
         "Content-Type": "application/octet-stream",
     }
-
-
-@pytest.fixture(scope="module")
-def heavy_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    repo = tmp_path_factory.mktemp("heavy-repo")
-    runtime_models.build_heavy(repo / "heavy" / "1" / "model.onnx")
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +127,7 @@ async def test_sigterm_drains_every_accepted_request(
                 return response.status
 
         accepted = [asyncio.create_task(infer()) for _ in range(24)]
-        deadline = time.monotonic() + 10
-        while (
-            await asyncio.to_thread(
-                server.metric, "nv_inference_pending_request_count", model="heavy"
-            )
-            < 4
-        ):
-            assert time.monotonic() < deadline, "requests never queued"
+        await server.wait_queued("heavy", 4)
         server.process.send_signal(signal.SIGTERM)
 
         async def ready_status() -> int:

@@ -1,0 +1,73 @@
+"""The gRPC frontend on grpcio's grpc.aio, chosen with `--grpc-frontend grpcio`.
+
+Owns adapting `grpc_server.Service`'s method table to grpc.aio's handlers and starting its
+server. The default frontend is `grpc_fastpath`; this one stays for comparison (bench/runtime
+measures the two) and as the fallback should a client need something only grpcio speaks. The
+only module that imports grpc: its import is ~0.1 s of every start that does not need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from kubeinfer_onnx import errors, grpc_server
+
+
+async def _abort(context: Any, exc: errors.InferenceError) -> None:
+    context.set_trailing_metadata(grpc_server.trailing_metadata(exc))
+    await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+
+
+def _unary(method: grpc_server.Method) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def call(request: Any, context: Any) -> Any:
+        try:
+            return await method.handler(request)
+        except errors.InferenceError as exc:
+            await _abort(context, exc)
+
+    return call
+
+
+def _stream(method: grpc_server.Method) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def call(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:  # answered in order, one at a time
+            yield await method.handler(request)
+
+    return call
+
+
+def build_server(
+    service: grpc_server.Service, *, address: str, port: int, max_request_bytes: int
+) -> tuple[Any, int]:
+    """The grpc.aio server bound to address:port (not started); returns it and the bound port."""
+    handlers: dict[str, Any] = {}
+    for method in service.methods().values():
+        wrap = (
+            grpc.stream_stream_rpc_method_handler
+            if method.streaming
+            else (grpc.unary_unary_rpc_method_handler)
+        )
+        call = _stream(method) if method.streaming else _unary(method)
+        handlers[method.name] = wrap(
+            call,
+            request_deserializer=method.request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+    server = grpc.aio.server(
+        options=[
+            # The same body limit as HTTP: gRPC answers RESOURCE_EXHAUSTED past it.
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # A second server on a taken port must fail, not share it.
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(grpc_server.SERVICE, handlers),)
+    )
+    bound = server.add_insecure_port(f"{address}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {address}:{port}")
+    return server, bound
