@@ -57,7 +57,9 @@ def render(result: dict[str, Any]) -> str:
         f"- Triton {v['tritonserver']} ({v['triton_wheel']}; python backend running onnxruntime "
         f"{v['onnxruntime_triton']}, its only CPU path for ONNX here). Ours: "
         f"kubeinfer-onnx-server, onnxruntime {v['onnxruntime_ours']}, aiohttp "
-        f"{v['aiohttp_ours']}, grpcio {v['grpcio_ours']}, Python {v['python']}.",
+        f"{v['aiohttp_ours']}, "
+        + _grpc_frontend(result)
+        + f", Python {v['python']}.",
         f"- Both: {result['threads']} intra-op threads, 1 instance, dynamic batching with no "
         "queue delay (Triton's default, its best for latency here), max batch 128.",
         f"- Command: `{result['command']}`",
@@ -121,6 +123,15 @@ def render(result: dict[str, Any]) -> str:
         "What bounds each missed point, with the profile: PROFILE.md.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _grpc_frontend(result: dict[str, Any]) -> str:
+    """Which gRPC frontend our server ran: the default unless the command chose grpcio."""
+    v = result["versions"]
+    if "--grpc-frontend grpcio" in result["command"]:
+        return f"gRPC on grpcio {v['grpcio_ours']}"
+    hpack = f", hpack {v['hpack_ours']}" if "hpack_ours" in v else ""
+    return f"gRPC on its own HTTP/2 reading (grpc_fastpath{hpack})"
 
 
 def readme_figures(result: dict[str, Any]) -> str:
