@@ -152,7 +152,7 @@ class CallError(Exception):
         self.code = STATUS[code]
 
 
-class ConnectionError_(Exception):
+class ProtocolFault(Exception):
     """Ends the connection: GOAWAY with an HTTP/2 error code, then close."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -232,9 +232,8 @@ class Connection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
         self._goaway = False
-        self._block: tuple[int, int, bytearray] | None = (
-            None  # a header block awaiting CONTINUATION
-        )
+        # A header block awaiting its CONTINUATION frames: (stream, first flags, bytes so far).
+        self._block: tuple[int, int, bytearray] | None = None
         self._send_window = DEFAULT_WINDOW
         self._peer_window = DEFAULT_WINDOW  # the peer's initial window for new streams
         self._peer_frame = DEFAULT_FRAME
@@ -315,7 +314,7 @@ class Connection(asyncio.Protocol):
             while size - position >= 9:
                 length = int.from_bytes(buffer[position : position + 3], "big")
                 if length > MAX_FRAME:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"a {length}-byte frame")
+                    raise ProtocolFault(FRAME_SIZE_ERROR, f"a {length}-byte frame")
                 end = position + 9 + length
                 if end > size:
                     break
@@ -324,7 +323,7 @@ class Connection(asyncio.Protocol):
                 payload = bytes(buffer[position + 9 : end])
                 position = end
                 self._frame(kind, flags, stream_id, payload)
-        except ConnectionError_ as exc:
+        except ProtocolFault as exc:
             self._fail(exc.code, str(exc))
             return
         except hpack.HPACKError as exc:
@@ -338,7 +337,7 @@ class Connection(asyncio.Protocol):
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._block is not None and kind != CONTINUATION:
-            raise ConnectionError_(PROTOCOL_ERROR, "a header block was interrupted")
+            raise ProtocolFault(PROTOCOL_ERROR, "a header block was interrupted")
         if kind == DATA:
             self._data(flags, stream_id, payload)
         elif kind == HEADERS:
@@ -352,11 +351,11 @@ class Connection(asyncio.Protocol):
                 self._block = (stream_id, flags, bytearray(payload))
         elif kind == CONTINUATION:
             if self._block is None or self._block[0] != stream_id:
-                raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+                raise ProtocolFault(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
             block = self._block[2]
             block += payload
             if len(block) > MAX_HEADER_BLOCK:
-                raise ConnectionError_(ENHANCE_YOUR_CALM, "header block too large")
+                raise ProtocolFault(ENHANCE_YOUR_CALM, "header block too large")
             if flags & END_HEADERS:
                 first_flags = self._block[1]
                 self._block = None
@@ -376,22 +375,24 @@ class Connection(asyncio.Protocol):
         elif kind == GOAWAY:
             self._goaway = True  # the client opens no more streams; running ones finish
         elif kind == PUSH_PROMISE:
-            raise ConnectionError_(PROTOCOL_ERROR, "a client cannot push")
+            raise ProtocolFault(PROTOCOL_ERROR, "a client cannot push")
         # PRIORITY and unknown frame types are ignored, as the RFC says.
 
     def _settings(self, payload: bytes) -> None:
         if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS length")
+            raise ProtocolFault(FRAME_SIZE_ERROR, "SETTINGS length")
         for offset in range(0, len(payload), 6):
             key = int.from_bytes(payload[offset : offset + 2], "big")
             value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
             if key == INITIAL_WINDOW_SIZE:
                 if value > 0x7FFFFFFF:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window too large")
+                    raise ProtocolFault(FLOW_CONTROL_ERROR, "initial window too large")
                 delta, self._peer_window = value - self._peer_window, value
                 for stream in self._streams.values():
                     stream.send_window += delta
             elif key == MAX_FRAME_SIZE:
+                if not DEFAULT_FRAME <= value < 1 << 24:
+                    raise ProtocolFault(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
                 self._peer_frame = value
             # Our header blocks never use the table (HEADER_TABLE_SIZE is moot) and are small.
         self._write(frame(SETTINGS, ACK, 0))
@@ -417,14 +418,12 @@ class Connection(asyncio.Protocol):
         if stream_id % 2 == 0 or stream_id <= self._last_stream:
             if stream_id <= self._last_stream:
                 return  # a closed stream's late trailers
-            raise ConnectionError_(PROTOCOL_ERROR, f"stream {stream_id} from a client")
+            raise ProtocolFault(PROTOCOL_ERROR, f"stream {stream_id} from a client")
         if self._goaway:
             return  # after our GOAWAY: ignored, and the client retries it elsewhere
         self._last_stream = stream_id
         if len(self._streams) >= MAX_STREAMS:
-            self._write(
-                frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big"))
-            )
+            self._write(frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
             return
         path = encoding = timeout = b""
         for name, value in headers:
@@ -456,9 +455,7 @@ class Connection(asyncio.Protocol):
             if timeout:
                 seconds = parse_timeout(timeout)
                 if seconds is not None:
-                    stream.timer = self._loop.call_later(
-                        seconds, self._deadline, stream
-                    )
+                    stream.timer = self._loop.call_later(seconds, self._deadline, stream)
         if flags & END_STREAM:
             self._end_of_input(stream)
 
@@ -492,9 +489,7 @@ class Connection(asyncio.Protocol):
         elif stream.reading:
             stream.unacked += length
             if stream.unacked >= STREAM_WINDOW // 2:
-                self._write(
-                    frame(WINDOW_UPDATE, 0, stream_id, stream.unacked.to_bytes(4, "big"))
-                )
+                self._write(frame(WINDOW_UPDATE, 0, stream_id, stream.unacked.to_bytes(4, "big")))
                 stream.unacked = 0
 
     def _take_messages(self, stream: _Stream) -> None:

@@ -424,6 +424,13 @@ async def test_an_http1_client_is_disconnected() -> None:
     assert transport.closed
 
 
+async def test_an_impossible_frame_size_setting_closes_the_connection() -> None:
+    peer = Peer(echo_methods())
+    peer.send(frame(SETTINGS, 0, 0, (5).to_bytes(2, "big") + (0).to_bytes(4, "big")))
+    assert [f.kind for f in await peer.frames()][-1] == GOAWAY
+    assert peer.transport.closed
+
+
 async def test_a_broken_header_block_closes_the_connection_with_goaway() -> None:
     peer = Peer(echo_methods())
     peer.send(frame(HEADERS, END_HEADERS, 1, b"\xff\xff\xff\xff"))
