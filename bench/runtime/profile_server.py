@@ -74,7 +74,7 @@ def summarize(raw: pathlib.Path, top: int = 15) -> str:
                 "_writelines",
                 "FastProtocol._write",
                 "StreamWriter._write",
-                "Connection._write",
+                "Connection._send",
             )
         )
         owners[(thread, owner(leaf, write))] += n

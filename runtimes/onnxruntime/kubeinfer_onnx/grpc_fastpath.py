@@ -239,6 +239,7 @@ class Connection(asyncio.Protocol):
         self._peer_frame = DEFAULT_FRAME
         self._unacked = 0  # connection-level bytes received since our last WINDOW_UPDATE
         self._loop = asyncio.get_running_loop()  # protocols are made inside the loop
+        self._out: list[bytes] = []  # frames to send at the end of this loop iteration
 
     @property
     def busy(self) -> bool:
@@ -279,6 +280,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
+            self._send()
             self._transport.close()
 
     def _fail(self, code: int, message: str) -> None:
@@ -289,10 +291,27 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def _write(self, data: bytes) -> None:
-        # Each answer is sent when it is ready. Holding them for one loop iteration, so that
-        # the answers of one batch leave in one send, measured the same (PROFILE.md).
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        """Queue frames; they leave together once the loop has run what is ready now.
+
+        Why: the calls of one batch finish in the same loop iteration, and on one connection
+        their answers then go out in one send, as grpcio's and Triton's C core batch them,
+        instead of one TCP segment each. It is the client that gains most: perf_analyzer
+        spent ~10-15 % less CPU per request reading our answers (PROFILE.md), CPU that on
+        shared cores the server gets back. With one call open there is nothing to share a send
+        with, and the frames go at once (no loop iteration added to a lone call's latency).
+        """
+        if not self._out:
+            if len(self._streams) <= 1:
+                if not self._transport.is_closing():
+                    self._transport.write(data)
+                return
+            self._loop.call_soon(self._send)
+        self._out.append(data)
+
+    def _send(self) -> None:
+        out, self._out = self._out, []
+        if out and not self._transport.is_closing():
+            self._transport.write(b"".join(out))
 
     # -- reading frames --------------------------------------------------------------------
 

@@ -36,10 +36,12 @@ from kubeinfer_onnx.grpc_fastpath import (
 class Transport:
     def __init__(self) -> None:
         self.written = bytearray()
+        self.writes = 0
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -172,6 +174,28 @@ async def test_a_unary_call_is_answered_with_headers_message_and_ok() -> None:
     assert trailers["content-type"] == "application/grpc"
     assert trailers["grpc-status"] == "0"
     assert not peer.connection.busy  # the stream is forgotten once both sides ended
+
+
+async def test_answers_finished_together_go_out_in_one_send() -> None:
+    release = asyncio.Event()
+
+    async def batched(request: Message) -> Message:
+        await release.wait()  # as the calls of one batch wait on it
+        return request
+
+    peer = Peer(echo_methods(Batched=batched))
+    for stream in (1, 3, 5):
+        peer.call(stream, "/svc/Batched", b"%d" % stream)
+    await peer.frames()
+    before = peer.transport.writes
+    release.set()
+    frames = await peer.frames()
+    assert [(f.stream, f.payload[5:]) for f in frames if f.kind == DATA] == [
+        (1, b"1"),
+        (3, b"3"),
+        (5, b"5"),
+    ]
+    assert peer.transport.writes == before + 1
 
 
 async def test_frames_split_anywhere_read_the_same() -> None:
