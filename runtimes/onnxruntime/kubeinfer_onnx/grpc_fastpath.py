@@ -75,6 +75,8 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
 MAX_FRAME = 1 << 20
 MAX_HEADER_BLOCK = 64 * 1024
+# A connection that has not sent the client preface by then is closed (grpc core's default).
+HANDSHAKE_TIMEOUT_S = 120.0
 DEFAULT_WINDOW = 65_535  # the peer's windows until it says otherwise
 DEFAULT_FRAME = 16_384
 
@@ -221,8 +223,11 @@ class Connection(asyncio.Protocol):
         methods: dict[str, grpc_server.Method],
         max_request_bytes: int,
         registry: set[Connection],
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self._methods = methods
+        self._handshake_timeout = handshake_timeout
+        self._handshake: asyncio.TimerHandle | None = None
         self._max = max_request_bytes
         self._registry = registry
         self._transport: Any = None
@@ -250,6 +255,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
         self._registry.add(self)
+        self._handshake = self._loop.call_later(self._handshake_timeout, self.close)
         settings = b"".join(
             key.to_bytes(2, "big") + value.to_bytes(4, "big")
             for key, value in (
@@ -267,6 +273,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._registry.discard(self)
+        if self._handshake is not None:
+            self._handshake.cancel()
         for stream in self._streams.values():
             self._cancel(stream)
         self._streams.clear()
@@ -328,6 +336,8 @@ class Connection(asyncio.Protocol):
                 return
             del buffer[: len(PREFACE)]
             self._preface = True
+            if self._handshake is not None:
+                self._handshake.cancel()
         position, size = 0, len(buffer)
         try:
             while size - position >= 9:

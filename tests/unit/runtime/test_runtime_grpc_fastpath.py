@@ -455,6 +455,17 @@ async def test_an_impossible_frame_size_setting_closes_the_connection() -> None:
     assert peer.transport.closed
 
 
+async def test_a_connection_without_the_preface_is_closed_after_the_handshake_timeout() -> None:
+    silent, talking = Transport(), Transport()
+    for transport, data in ((silent, b""), (talking, PREFACE)):
+        connection = grpc_fastpath.Connection(echo_methods(), 100, set(), handshake_timeout=0.05)
+        connection.connection_made(transport)
+        connection.data_received(data)
+    await asyncio.sleep(0.2)
+    assert silent.closed
+    assert not talking.closed
+
+
 async def test_a_broken_header_block_closes_the_connection_with_goaway() -> None:
     peer = Peer(echo_methods())
     peer.send(frame(HEADERS, END_HEADERS, 1, b"\xff\xff\xff\xff"))
