@@ -221,7 +221,9 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         ", ".join(f"{m.name}/{m.version}" for m in models),
         http_address,
         args.http_port,
-        f"{args.grpc_address or args.address}:{args.grpc_port}" if grpc else "off",
+        f"{args.grpc_address or args.address}:{args.grpc_port} ({args.grpc_frontend})"
+        if grpc
+        else "off",
         f"{args.metrics_address or args.address}:{args.metrics_port}" if metrics_http else "off",
         threads,
         sorted({f"{m.placement.provider} (--device {m.placement.requested})" for m in models}),
