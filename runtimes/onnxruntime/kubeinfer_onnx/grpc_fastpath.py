@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import hpack
@@ -81,12 +81,8 @@ DEFAULT_WINDOW = 65_535  # the peer's windows until it says otherwise
 DEFAULT_FRAME = 16_384
 
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-# grpc-encoding's names: gzip is zlib's wbits 31 (a gzip header), deflate its zlib format.
-_DECOMPRESS: dict[bytes, Callable[[bytes], bytes] | None] = {
-    b"identity": None,
-    b"gzip": lambda data: zlib.decompress(data, 31),
-    b"deflate": zlib.decompress,
-}
+# grpc-encoding's names and zlib's wbits for each: gzip has a gzip header, deflate is zlib's format.
+_WBITS: dict[bytes, int | None] = {b"identity": None, b"gzip": 31, b"deflate": 15}
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -166,7 +162,7 @@ class ProtocolFault(Exception):
 class _Stream:
     id: int
     method: grpc_server.Method | None
-    decompress: Any = None
+    wbits: int | None = None  # the request's grpc-encoding, for zlib; None: identity
     send_window: int = DEFAULT_WINDOW
     body: bytearray = dataclasses.field(default_factory=bytearray)
     messages: list[bytes] = dataclasses.field(default_factory=list)
@@ -469,7 +465,7 @@ class Connection(asyncio.Protocol):
             self._finish(
                 stream, STATUS["UNIMPLEMENTED"], f"unknown method {path.decode('latin-1')}"
             )
-        elif encoding and encoding not in _DECOMPRESS:
+        elif encoding and encoding not in _WBITS:
             self._finish(
                 stream,
                 STATUS["UNIMPLEMENTED"],
@@ -477,7 +473,7 @@ class Connection(asyncio.Protocol):
                 (("grpc-accept-encoding", "identity,deflate,gzip"),),
             )
         else:
-            stream.decompress = _DECOMPRESS.get(encoding)
+            stream.wbits = _WBITS.get(encoding)
             if method.streaming:
                 stream.queue = asyncio.Queue()
                 stream.task = asyncio.ensure_future(self._run_stream(stream, method))
@@ -536,21 +532,28 @@ class Connection(asyncio.Protocol):
             compressed, message = body[0], bytes(body[5 : 5 + size])
             del body[: 5 + size]
             if compressed:
-                if stream.decompress is None:
-                    raise CallError("INTERNAL", "a compressed message without grpc-encoding")
-                try:
-                    message = stream.decompress(message)
-                except zlib.error as exc:
-                    raise CallError("INTERNAL", f"cannot decompress the message: {exc}") from exc
-                if len(message) > self._max:
-                    raise CallError(
-                        "RESOURCE_EXHAUSTED",
-                        f"received message larger than max ({len(message)} vs. {self._max})",
-                    )
+                message = self._inflate(stream, message)
             if stream.queue is not None:
                 stream.queue.put_nowait(self._parse(stream, message))
             else:
                 stream.messages.append(message)
+
+    def _inflate(self, stream: _Stream, message: bytes) -> bytes:
+        """A compressed message, decompressed no further than the message limit: a small
+        message that inflates to gigabytes is refused, not inflated."""
+        if stream.wbits is None:
+            raise CallError("INTERNAL", "a compressed message without grpc-encoding")
+        inflater = zlib.decompressobj(stream.wbits)
+        try:
+            out = inflater.decompress(message, self._max + 1)
+        except zlib.error as exc:
+            raise CallError("INTERNAL", f"cannot decompress the message: {exc}") from exc
+        if len(out) > self._max:
+            raise CallError(
+                "RESOURCE_EXHAUSTED",
+                f"received message larger than max (over {self._max} bytes once decompressed)",
+            )
+        return out
 
     def _parse(self, stream: _Stream, message: bytes) -> Any:
         assert stream.method is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import tracemalloc
 from typing import Any
 
 import hpack
@@ -294,6 +295,24 @@ async def test_an_oversized_message_is_refused_from_its_prefix() -> None:
     assert frames[-1].kind == RST_STREAM
     peer.send(frame(DATA, END_STREAM, 1, b"\x00" * 50))
     assert not peer.connection.busy
+
+
+async def test_a_compressed_message_is_inflated_no_further_than_the_limit() -> None:
+    peer = Peer(echo_methods(), max_bytes=100_000)
+    bomb = gzip.compress(b"\x00" * 10_000_000)  # ~10 KB, within the limit, inflating to 10 MB
+    peer.call(1, "/svc/Echo", end=False, extra=(("grpc-encoding", "gzip"),))
+    tracemalloc.start()
+    try:
+        peer.send(frame(DATA, END_STREAM, 1, wire(bomb, compressed=True)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # the 10 MB were never allocated
+    trailers = (await peer.answer(1))[1]
+    assert trailers["grpc-status"] == str(STATUS["RESOURCE_EXHAUSTED"])
+    peer.call(3, "/svc/Echo", end=False, extra=(("grpc-encoding", "deflate"),))
+    peer.send(frame(DATA, END_STREAM, 3, wire(b"not deflate", compressed=True)))
+    assert (await peer.answer(3))[1]["grpc-status"] == str(STATUS["INTERNAL"])
 
 
 async def test_a_unary_call_with_two_messages_is_refused() -> None:
