@@ -74,6 +74,9 @@ MAX_STREAMS = 1024
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
 MAX_FRAME = 1 << 20
+# Requests waiting on one stream before its window stops being given back: a client that
+# streams faster than the model answers is slowed by flow control, not buffered without end.
+STREAM_QUEUE = 16
 MAX_HEADER_BLOCK = 64 * 1024
 # A connection that has not sent the client preface by then is closed (grpc core's default).
 HANDSHAKE_TIMEOUT_S = 120.0
@@ -513,9 +516,17 @@ class Connection(asyncio.Protocol):
             self._end_of_input(stream)
         elif stream.reading:
             stream.unacked += length
-            if stream.unacked >= STREAM_WINDOW // 2:
-                self._write(frame(WINDOW_UPDATE, 0, stream_id, stream.unacked.to_bytes(4, "big")))
-                stream.unacked = 0
+            self._give_back(stream)
+
+    def _give_back(self, stream: _Stream) -> None:
+        """Return the stream's window once half of it is used, unless its queue is full."""
+        if (
+            stream.reading
+            and stream.unacked >= STREAM_WINDOW // 2
+            and (stream.queue is None or stream.queue.qsize() < STREAM_QUEUE)
+        ):
+            self._write(frame(WINDOW_UPDATE, 0, stream.id, stream.unacked.to_bytes(4, "big")))
+            stream.unacked = 0
 
     def _take_messages(self, stream: _Stream) -> None:
         """Cut the complete length-prefixed messages off the stream's body."""
@@ -611,6 +622,7 @@ class Connection(asyncio.Protocol):
             while (request := await stream.queue.get()) is not None:
                 if isinstance(request, CallError):
                     raise request
+                self._give_back(stream)
                 response = await method.handler(request)
                 self._send_message(stream, response.SerializeToString())
         except CallError as exc:

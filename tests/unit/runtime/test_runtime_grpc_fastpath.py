@@ -428,6 +428,41 @@ async def test_a_stream_is_answered_in_order_and_ends_when_the_client_does() -> 
     assert not peer.connection.busy
 
 
+async def test_a_stream_faster_than_its_answers_is_held_back_by_flow_control() -> None:
+    gate, answered = asyncio.Event(), []
+
+    async def gated(request: Message) -> Message:
+        await gate.wait()
+        answered.append(request)
+        return Message(b"ok")  # small: the answers need no window from the client
+
+    methods = echo_methods()
+    methods["/svc/Gated"] = grpc_server.Method("Gated", Message, gated, streaming=True)
+    peer = Peer(methods, max_bytes=1 << 20)
+    big = b"m" * 100_000
+    peer.call(1, "/svc/Gated", *[big] * 30, end=False)  # 3 MB, nothing answered yet
+
+    def returned(frames: list[Frame]) -> int:
+        return sum(
+            int.from_bytes(f.payload, "big")
+            for f in frames
+            if f.kind == WINDOW_UPDATE and f.stream == 1
+        )
+
+    held = returned(await peer.frames())
+    # With 16 requests queued the window stops coming back: what the client may still send
+    # is bounded by the window, however fast it streams.
+    assert held < 20 * (len(big) + 5)
+    gate.set()
+    while len(answered) < 30:  # a condition, not a sleep: the 30 drain the queue
+        await asyncio.sleep(0)
+    frames = await peer.frames()
+    assert returned(frames) > 0  # given back as the queue drained
+    assert sum(f.kind == DATA and f.stream == 1 for f in frames) == 30
+    peer.send(frame(DATA, END_STREAM, 1, b""))
+    assert (await peer.answer(1))[1]["grpc-status"] == "0"
+
+
 async def test_a_bad_message_ends_a_stream_and_stops_its_task() -> None:
     peer = Peer(echo_methods())
     peer.call(1, "/svc/Stream", b"one", b"bad", end=False)
