@@ -515,8 +515,12 @@ async def test_a_connection_without_the_preface_is_closed_after_the_handshake_ti
         connection = grpc_fastpath.Connection(echo_methods(), 100, set(), handshake_timeout=0.05)
         connection.connection_made(transport)
         connection.data_received(data)
-    await asyncio.sleep(0.2)
-    assert silent.closed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not silent.closed:  # the timeout firing, waited for
+        assert loop.time() < deadline, "the silent connection was never closed"
+        await asyncio.sleep(0.01)
+    await settle()  # the talking one's timer, had it not been cancelled, was due as early
     assert not talking.closed
 
 
