@@ -45,16 +45,14 @@ def build_server(
     """The grpc.aio server bound to address:port (not started); returns it and the bound port."""
     handlers: dict[str, Any] = {}
     for method in service.methods().values():
-        wrap = (
-            grpc.stream_stream_rpc_method_handler
+        codec: dict[str, Any] = {
+            "request_deserializer": method.request_type.FromString,
+            "response_serializer": lambda message: message.SerializeToString(),
+        }
+        handlers[method.name] = (
+            grpc.stream_stream_rpc_method_handler(_stream(method), **codec)
             if method.streaming
-            else (grpc.unary_unary_rpc_method_handler)
-        )
-        call = _stream(method) if method.streaming else _unary(method)
-        handlers[method.name] = wrap(
-            call,
-            request_deserializer=method.request_type.FromString,
-            response_serializer=lambda message: message.SerializeToString(),
+            else grpc.unary_unary_rpc_method_handler(_unary(method), **codec)
         )
     server = grpc.aio.server(
         options=[
