@@ -244,6 +244,8 @@ class Connection(asyncio.Protocol):
         self._unacked = 0  # connection-level bytes received since our last WINDOW_UPDATE
         self._loop = asyncio.get_running_loop()  # protocols are made inside the loop
         self._out: list[bytes] = []  # frames to send at the end of this loop iteration
+        self._send_soon = False  # a _send is scheduled for the end of this loop iteration
+        self._held = False  # frames wait for _answer to finish (one call's whole answer)
 
     @property
     def busy(self) -> bool:
@@ -307,18 +309,23 @@ class Connection(asyncio.Protocol):
         shared cores the server gets back. With one call open there is nothing to share a send
         with, and the frames go at once (no loop iteration added to a lone call's latency).
         """
-        if not self._out:
-            if len(self._streams) <= 1:
-                if not self._transport.is_closing():
-                    self._transport.write(data)
-                return
-            self._loop.call_soon(self._send)
         self._out.append(data)
+        if not self._held and not self._send_soon:
+            self._release()
+
+    def _release(self) -> None:
+        """Send what is queued now (a lone call), or at the end of this loop iteration."""
+        if len(self._streams) <= 1:
+            self._send()
+        else:
+            self._send_soon = True
+            self._loop.call_soon(self._send)
 
     def _send(self) -> None:
+        self._send_soon = False
         out, self._out = self._out, []
         if out and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- reading frames --------------------------------------------------------------------
 
@@ -613,8 +620,22 @@ class Connection(asyncio.Protocol):
             log.exception("gRPC %s failed", method.name)
             self._finish(stream, STATUS["INTERNAL"], f"{type(exc).__name__}: {exc}")
         else:
-            self._send_message(stream, response.SerializeToString())
+            self._answer(stream, response.SerializeToString())
+
+    def _answer(self, stream: _Stream, message: bytes) -> None:
+        """A unary call's headers, message and trailers in one send, not two.
+
+        Written apart, the trailers trail the message in a second TCP segment, and a client
+        that has already read the message wakes up once more to read them.
+        """
+        self._held = True
+        try:
+            self._send_message(stream, message)
             self._finish(stream, 0)
+        finally:
+            self._held = False
+        if self._out and not self._send_soon:
+            self._release()
 
     async def _run_stream(self, stream: _Stream, method: grpc_server.Method) -> None:
         assert stream.queue is not None

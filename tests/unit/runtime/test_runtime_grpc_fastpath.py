@@ -199,6 +199,24 @@ async def test_answers_finished_together_go_out_in_one_send() -> None:
     assert peer.transport.writes == before + 1
 
 
+async def test_a_lone_calls_answer_and_trailers_go_out_in_one_send() -> None:
+    release = asyncio.Event()
+
+    async def slow(request: Message) -> Message:
+        await release.wait()
+        return Message(b"x" * 4096)  # a heavy model's answer, as perf_analyzer reads it
+
+    peer = Peer(echo_methods(Slow=slow))
+    peer.call(1, "/svc/Slow", b"")
+    await peer.frames()
+    before = peer.transport.writes
+    release.set()
+    messages, trailers = await peer.answer(1)
+    assert messages == [b"x" * 4096]
+    assert trailers["grpc-status"] == "0"
+    assert peer.transport.writes == before + 1
+
+
 async def test_frames_split_anywhere_read_the_same() -> None:
     peer = Peer(echo_methods())
     request = frame(
