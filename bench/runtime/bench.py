@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import pathlib
 import platform
@@ -219,6 +220,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# Module-level code (globals, not a function's locals), as `python3 -c` runs it: the figures
+# PROFILE.md quotes for the host's speed were taken that way.
+_LOOP = compile("total = 0\nfor step in range(3_000_000):\n    total += step\n", "loop", "exec")
+
+
+def python_loop_s() -> float:
+    """Seconds a 3-million-step Python loop takes, the best of three: the host's speed for
+    Python code (our event loop's kind of work). On this shared VM it moves 2x between hours
+    without load average or steal time showing it; the figure says which host a run had."""
+    best = math.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        exec(_LOOP, {})
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 def cpu_seconds(pid: int) -> float:
@@ -413,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/runtime/bench.py", *(argv or sys.argv[1:])]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "load_average_before": os.getloadavg(),
+        "python_loop_s_before": python_loop_s(),
         "threads": args.threads,
         "interval_ms": args.interval_ms,
         "models": {m: MODELS[m][1] for m in models},
@@ -462,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         for process in processes.values():
             stop(process)
     result["load_average_after"] = os.getloadavg()
+    result["python_loop_s_after"] = python_loop_s()
     result["ready_after_start_median_s"] = {
         s: statistics.median(v) for s, v in result["ready_after_start_s"].items()
     }

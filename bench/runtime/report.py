@@ -40,6 +40,17 @@ def point_line(point: dict[str, Any]) -> str:
     )
 
 
+def _host_speed(result: dict[str, Any]) -> str:
+    """The host's Python speed before and after, where the run recorded it (from 2026-12-03)."""
+    if "python_loop_s_before" not in result:
+        return ""
+    return (
+        f" Host speed: a 3-million-step Python loop took {result['python_loop_s_before']:.2f} s "
+        f"before and {result['python_loop_s_after']:.2f} s after (0.22-0.25 s on a quiet host "
+        "here; it has measured up to 0.56 s, with load average near 0)."
+    )
+
+
 def render(result: dict[str, Any]) -> str:
     v = result["versions"]
     before, after = result["load_average_before"], result["load_average_after"]
@@ -47,7 +58,7 @@ def render(result: dict[str, Any]) -> str:
         "# kubeinfer-onnx-server vs Triton under perf_analyzer (one run, side by side)",
         "",
         f"- When: {result['started']}; load average (1/5/15 min) {_load(before)} before, "
-        f"{_load(after)} after.",
+        f"{_load(after)} after.{_host_speed(result)}",
         f"- Machine: {v['cpu']}, {v['cpus']} CPUs usable, Linux {v['kernel']}, no GPU. "
         "perf_analyzer runs on the same cores as the server under test.",
         f"- Load: perf_analyzer {v['perf_analyzer']} (C++, from the tritonclient 2.51.0 wheel), "

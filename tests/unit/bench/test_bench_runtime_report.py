@@ -53,3 +53,13 @@ def test_readme_quotes_the_committed_results() -> None:
     root = _PATH.parents[2]
     result = json.loads((root / "bench" / "runtime" / "results.json").read_text())
     assert report.readme_figures(result) in (root / "README.md").read_text()
+
+
+def test_results_say_how_fast_the_host_was_when_the_run_recorded_it() -> None:
+    root = pathlib.Path(__file__).resolve().parents[3]
+    result = json.loads((root / "bench" / "runtime" / "results.json").read_text())
+    result.pop("python_loop_s_before", None)
+    result.pop("python_loop_s_after", None)
+    assert "Host speed" not in report.render(result)  # a run from before it was recorded
+    result |= {"python_loop_s_before": 0.251, "python_loop_s_after": 0.43}
+    assert "Python loop took 0.25 s before and 0.43 s after" in report.render(result)
