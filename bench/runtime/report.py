@@ -47,7 +47,7 @@ def _host_speed(result: dict[str, Any]) -> str:
     return (
         f" Host speed: a 3-million-step Python loop took {result['python_loop_s_before']:.2f} s "
         f"before and {result['python_loop_s_after']:.2f} s after (0.22-0.25 s on a quiet host "
-        "here; it has measured up to 0.56 s, with load average near 0)."
+        "here, 0.4-0.8 s in its slow hours, with load average near 0)."
     )
 
 
