@@ -310,11 +310,13 @@ class Connection(asyncio.Protocol):
         with, and the frames go at once (no loop iteration added to a lone call's latency).
         """
         self._out.append(data)
-        if not self._held and not self._send_soon:
-            self._release()
+        self._release()
 
     def _release(self) -> None:
-        """Send what is queued now (a lone call), or at the end of this loop iteration."""
+        """Send what is queued now (a lone call), or at the end of this loop iteration;
+        nothing while an answer is being put together or a send is already scheduled."""
+        if self._held or self._send_soon or not self._out:
+            return
         if len(self._streams) <= 1:
             self._send()
         else:
@@ -634,8 +636,7 @@ class Connection(asyncio.Protocol):
             self._finish(stream, 0)
         finally:
             self._held = False
-        if self._out and not self._send_soon:
-            self._release()
+        self._release()
 
     async def _run_stream(self, stream: _Stream, method: grpc_server.Method) -> None:
         assert stream.queue is not None

@@ -472,7 +472,10 @@ async def test_a_stream_faster_than_its_answers_is_held_back_by_flow_control() -
     # is bounded by the window, however fast it streams.
     assert held < 20 * (len(big) + 5)
     gate.set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
     while len(answered) < 30:  # a condition, not a sleep: the 30 drain the queue
+        assert loop.time() < deadline, f"only {len(answered)} of 30 answered"
         await asyncio.sleep(0)
     frames = await peer.frames()
     assert returned(frames) > 0  # given back as the queue drained
