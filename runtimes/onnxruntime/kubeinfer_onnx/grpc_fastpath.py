@@ -190,13 +190,15 @@ class Server:
         self._server: asyncio.Server | None = None
         self.connections: set[Connection] = set()
 
-    async def listen(self, address: str, port: int) -> int:
-        """Bind and start serving; returns the bound port (for port 0)."""
+    async def listen(self, address: str, port: int, *, reuse_port: bool = False) -> int:
+        """Bind and start serving; returns the bound port (for port 0). `reuse_port`: on a
+        port that sibling server processes listen on too (SO_REUSEPORT)."""
         self._server = await asyncio.get_running_loop().create_server(
             lambda: Connection(self._methods, self._max, self.connections),
             address,
             port,
             backlog=128,
+            reuse_port=reuse_port,
         )
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -159,8 +159,11 @@ class Service:
     """The RPCs of GRPCInferenceService. Each raises an InferenceError (with its gRPC code) for
     a call that fails; the frontend turns it into the call's status."""
 
-    def __init__(self, models: model.ModelSet, in_flight: InFlight) -> None:
+    def __init__(
+        self, models: model.ModelSet, registry: metrics.Metrics, in_flight: InFlight
+    ) -> None:
         self._models = models
+        self._registry = registry
         self._in_flight = in_flight
 
     def methods(self) -> dict[str, Method]:
@@ -184,14 +187,14 @@ class Service:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any) -> Any:
-        return service_pb2.ServerReadyResponse(ready=not self._models.draining)
+        return service_pb2.ServerReadyResponse(ready=self._models.ready)
 
     async def model_ready(self, request: Any) -> Any:
         try:
             self._models.get(request.name, request.version or None)
         except errors.ModelNotFoundError:
             return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=not self._models.draining)
+        return service_pb2.ModelReadyResponse(ready=self._models.ready)
 
     async def server_metadata(self, request: Any) -> Any:
         return service_pb2.ServerMetadataResponse(
@@ -209,15 +212,12 @@ class Service:
         return service_pb2.ModelConfigResponse(config=config)
 
     async def model_statistics(self, request: Any) -> Any:
+        name = version = None
         if request.name:
             served = self._models.get(request.name, request.version or None)
-            selected = (
-                [served.stats]
-                if request.version
-                else [m.stats for m in self._models if m.name == served.name]
-            )
-        else:
-            selected = [m.stats for m in self._models]
+            name = served.name
+            version = served.version if request.version else None
+        selected = metrics.select(await self._registry.collect(), name, version)
         return json_format.ParseDict(
             metrics.statistics_document(selected), service_pb2.ModelStatisticsResponse()
         )

@@ -125,10 +125,14 @@ class Endpoints:
 
 
 def v2_endpoints(
-    models: model.ModelSet, *, max_request_bytes: int, in_flight: InFlight
+    models: model.ModelSet,
+    *,
+    registry: metrics.Metrics,
+    max_request_bytes: int,
+    in_flight: InFlight,
 ) -> Endpoints:
-    """The KServe v2 REST API over `models` (plus Triton's statistics, config and
-    repository index, which its clients and perf_analyzer use)."""
+    """The KServe v2 REST API over `models` (plus Triton's statistics, from `registry`,
+    config and repository index, which its clients and perf_analyzer use)."""
 
     def lookup(request: Request) -> model.ServedModel:
         return models.get(request.params["model"], request.params.get("version"))
@@ -137,7 +141,7 @@ def v2_endpoints(
         return Reply.empty()
 
     async def ready(request: Request) -> Reply:
-        return Reply.empty(503 if models.draining else 200)
+        return Reply.empty(200 if models.ready else 503)
 
     async def server_metadata(request: Request) -> Reply:
         return Reply.json(
@@ -150,20 +154,18 @@ def v2_endpoints(
 
     async def model_ready(request: Request) -> Reply:
         lookup(request)
-        return Reply.empty(503 if models.draining else 200)
+        return Reply.empty(200 if models.ready else 503)
 
     async def model_config(request: Request) -> Reply:
         return Reply.json(lookup(request).config_document())
 
     async def model_stats(request: Request) -> Reply:
+        name = version = None
         if "model" in request.params:
-            selected = (
-                [lookup(request).stats]
-                if "version" in request.params
-                else [m.stats for m in models if m.name == lookup(request).name]
-            )
-        else:
-            selected = [m.stats for m in models]
+            served = lookup(request)  # Unknown model or version: 400, before any gathering.
+            name = served.name
+            version = served.version if "version" in request.params else None
+        selected = metrics.select(await registry.collect(), name, version)
         return Reply.json(metrics.statistics_document(selected))
 
     async def repository_index(request: Request) -> Reply:
@@ -206,7 +208,7 @@ def metrics_endpoints(registry: metrics.Metrics) -> Endpoints:
     """The separate metrics port: GET /metrics in Prometheus' text format."""
 
     async def scrape(request: Request) -> Reply:
-        return Reply(200, registry.render(), "text/plain; version=0.0.4; charset=utf-8", {})
+        return Reply(200, await registry.scrape(), "text/plain; version=0.0.4; charset=utf-8", {})
 
     return Endpoints([Route("GET", "/metrics", scrape)])
 

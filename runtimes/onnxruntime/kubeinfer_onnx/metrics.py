@@ -2,10 +2,11 @@
 
 One `ModelStats` per served model version is the single record behind both the metrics port
 (`render`) and the v2 statistics endpoint (`statistics_document`), so the two never disagree.
-The `nv_*` families are written by hand rather than through prometheus_client because its
-counters always gain a `_total` suffix, and Triton's names (which dashboards and the
-autoscaler read) have none. The latency histogram, which Triton lacks, does use
-prometheus_client. Updates happen on the event loop thread only, so plain ints suffice.
+Every family is written by hand rather than through prometheus_client: its counters always
+gain a `_total` suffix, and Triton's names (which dashboards and the autoscaler read) have none;
+and a server of several processes (`workers`) sums its processes' records before rendering,
+which plain numbers allow (`snapshot`, `merge`) and prometheus_client's objects do not. Updates
+happen on the event loop thread only, so plain ints suffice.
 
 Also rendered here, each from one source: Triton's GPU families (`nv_gpu_*`, from `nvml`
 readings taken at scrape time), the execution provider each model version runs on (the fact
@@ -15,12 +16,11 @@ Extension's model server protocol, so an inference gateway's endpoint picker can
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
-
-import prometheus_client
 
 from kubeinfer_onnx import nvml
 
@@ -56,6 +56,19 @@ class Duration:
 
 
 @dataclasses.dataclass(slots=True)
+class Histogram:
+    """Request latency: a count per LATENCY_BUCKETS bucket (values <= its bound, not yet
+    cumulative) plus one for +Inf, and the sum in seconds."""
+
+    counts: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum_s += seconds
+
+
+@dataclasses.dataclass(slots=True)
 class BatchStats:
     compute_input: Duration = dataclasses.field(default_factory=Duration)
     compute_infer: Duration = dataclasses.field(default_factory=Duration)
@@ -83,6 +96,7 @@ class ModelStats:
     execution_count: int = 0  # onnxruntime runs; inference_count / execution_count = avg batch.
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = dataclasses.field(default_factory=dict)
+    latency: Histogram = dataclasses.field(default_factory=Histogram)  # Successful requests.
     pending: Callable[[], int] = lambda: 0  # Queued, not yet executing; set by the model.
     running: Callable[[], int] = lambda: 0  # In a batch being executed; set by the model.
     # The execution provider the session runs on, and the --device that was asked for.
@@ -91,6 +105,7 @@ class ModelStats:
 
     def record_success(self, *, duration_ns: int) -> None:
         self.success.add(duration_ns)
+        self.latency.observe(duration_ns / 1e9)
         self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_failure(self, *, reason: str, duration_ns: int) -> None:
@@ -106,28 +121,49 @@ class ModelStats:
 
 
 class Metrics:
-    """All models' stats, the GPUs' readings and the request latency histogram, rendered as
-    Prometheus text."""
+    """All models' stats and the GPUs' readings, rendered as Prometheus text.
+
+    `collect` is what the statistics endpoints and the metrics port read: this process's
+    records, or, in a server of several processes, every process's records summed (`gather`
+    is then set by `workers.Peers`)."""
 
     def __init__(self, *, gpus: nvml.Gpus | None = None) -> None:
         self.gpus = gpus
-        self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
-        self.latency = prometheus_client.Histogram(
-            "kubeinfer_inference_request_duration_seconds",
-            "End-to-end inference request latency (successful requests), for p50/p95/p99.",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
         self.models: list[ModelStats] = []
+        self.gather: Callable[[list[ModelStats]], Awaitable[list[ModelStats]]] | None = None
 
     def add_model(self, stats: ModelStats) -> None:
         self.models.append(stats)
 
-    def render(self) -> bytes:
+    async def collect(self) -> list[ModelStats]:
+        if self.gather is None:
+            return self.models
+        return await self.gather(self.models)
+
+    async def scrape(self) -> bytes:
+        return self.render(await self.collect())
+
+    def render(self, models: Sequence[ModelStats] | None = None) -> bytes:
+        models = self.models if models is None else models
         readings = self.gpus.read() if self.gpus is not None else []
-        text = render_nv(self.models) + render_gpus(readings) + render_serving(self.models)
-        return text.encode() + prometheus_client.generate_latest(self.registry)
+        text = (
+            render_nv(models)
+            + render_gpus(readings)
+            + render_serving(models)
+            + render_latency(models)
+        )
+        return text.encode()
+
+
+def select(
+    models: Iterable[ModelStats], name: str | None = None, version: str | None = None
+) -> list[ModelStats]:
+    """The records of one model (every version, or one) or, with no name, all of them."""
+    return [
+        s
+        for s in models
+        if (name is None or s.model == name) and (version is None or s.version == version)
+    ]
 
 
 # (name, type, help, value getter). Durations are cumulative microseconds, as in Triton.
@@ -338,3 +374,106 @@ def statistics_document(models: Iterable[ModelStats]) -> dict[str, Any]:
             for s in models
         ]
     }
+
+
+LATENCY = "kubeinfer_inference_request_duration_seconds"
+
+
+def render_latency(models: Iterable[ModelStats]) -> str:
+    """The request latency histogram (successful requests), for p50/p95/p99."""
+    lines = [
+        f"# HELP {LATENCY} End-to-end inference request latency (successful requests), "
+        "for p50/p95/p99.",
+        f"# TYPE {LATENCY} histogram",
+    ]
+    for stats in models:
+        labels = f'model="{stats.model}",version="{stats.version}"'
+        cumulative = 0
+        for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), stats.latency.counts, strict=True):
+            cumulative += count
+            lines.append(f'{LATENCY}_bucket{{{labels},le="{bound}"}} {cumulative}')
+        lines.append(f"{LATENCY}_count{{{labels}}} {cumulative}")
+        lines.append(f"{LATENCY}_sum{{{labels}}} {stats.latency.sum_s!r}")
+    return "\n".join(lines) + "\n"
+
+
+def snapshot(stats: ModelStats) -> dict[str, Any]:
+    """One record as JSON-ready data, its gauges read now (what a process sends its peers)."""
+    record = {
+        field.name: getattr(stats, field.name)
+        for field in dataclasses.fields(stats)
+        if field.name not in ("pending", "running", "batches", "latency")
+    }
+    for name, value in record.items():
+        if isinstance(value, Duration):
+            record[name] = [value.count, value.ns]
+    record["pending"] = stats.pending()
+    record["running"] = stats.running()
+    record["latency"] = [stats.latency.counts, stats.latency.sum_s]
+    record["batches"] = [
+        [size, [[d.count, d.ns] for d in (b.compute_input, b.compute_infer, b.compute_output)]]
+        for size, b in stats.batches.items()
+    ]
+    return record
+
+
+def merge(groups: Sequence[Sequence[ModelStats | dict[str, Any]]]) -> list[ModelStats]:
+    """Each process's records (its own ModelStats or a peer's `snapshot`) summed per model
+    version, in the order first seen: counters and gauges add up, the last inference is the
+    latest of any process."""
+    merged: dict[tuple[str, str], ModelStats] = {}
+    gauges: dict[tuple[str, str], list[int]] = {}
+    for group in groups:
+        for item in group:
+            record = item if isinstance(item, dict) else snapshot(item)
+            key = (record["model"], record["version"])
+            total = merged.get(key)
+            if total is None:
+                total = merged[key] = ModelStats(
+                    model=key[0],
+                    version=key[1],
+                    provider=record["provider"],
+                    device=record["device"],
+                )
+                gauges[key] = [0, 0]
+            for name in (
+                "success",
+                "fail",
+                "queue",
+                "compute_input",
+                "compute_infer",
+                "compute_output",
+                "cache_hit",
+                "cache_miss",
+            ):
+                count, ns = record[name]
+                getattr(total, name).add(ns, count)
+            for reason, count in record["failures"].items():
+                total.failures[reason] = total.failures.get(reason, 0) + count
+            total.inference_count += record["inference_count"]
+            total.execution_count += record["execution_count"]
+            total.last_inference_ms = max(total.last_inference_ms, record["last_inference_ms"])
+            for size, durations in record["batches"]:
+                batch = total.batches.setdefault(int(size), BatchStats())
+                for duration, (count, ns) in zip(
+                    (batch.compute_input, batch.compute_infer, batch.compute_output),
+                    durations,
+                    strict=True,
+                ):
+                    duration.add(ns, count)
+            counts, sum_s = record["latency"]
+            total.latency.counts = [
+                a + b for a, b in zip(total.latency.counts, counts, strict=True)
+            ]
+            total.latency.sum_s += sum_s
+            gauges[key][0] += record["pending"]
+            gauges[key][1] += record["running"]
+    for key, total in merged.items():
+        pending, running = gauges[key]
+        total.pending = _constant(pending)
+        total.running = _constant(running)
+    return list(merged.values())
+
+
+def _constant(value: int) -> Callable[[], int]:
+    return lambda: value

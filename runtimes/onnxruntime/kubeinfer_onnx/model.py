@@ -14,7 +14,7 @@ import logging
 import pathlib
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -185,11 +185,9 @@ class ServedModel:
         self.stats.provider = self.placement.provider
         self.stats.device = self.placement.requested.value
         self._device_s = options.emulate_device_s
-        self.latency: Any = None  # The histogram child, set by attach_metrics.
 
     def attach_metrics(self, registry: metrics.Metrics) -> None:
         registry.add_model(self.stats)
-        self.latency = registry.latency.labels(model=self.name, version=self.version)
 
     def _execute(self, inputs: Mapping[str, npt.NDArray[Any]]) -> batching.Tensors:
         started = time.monotonic()
@@ -268,7 +266,6 @@ class ServedModel:
             raise
         finished = time.monotonic_ns()
         self.stats.record_success(duration_ns=finished - started_ns)
-        self.latency.observe((finished - started_ns) / 1e9)
         if outputs is None:
             return result
         return {name: result[name] for name in outputs}
@@ -384,6 +381,14 @@ class ModelSet:
         for model in models:
             self._by_name.setdefault(model.name, {})[model.version] = model
         self.draining = False
+        # In a server of several processes: whether every sibling worker is serving too.
+        self.siblings_up: Callable[[], bool] = lambda: True
+
+    @property
+    def ready(self) -> bool:
+        """Ready for traffic: not draining, and (with several workers) the pod at full
+        capacity, so the autoscaler never counts a replica whose workers are still loading."""
+        return not self.draining and self.siblings_up()
 
     def __iter__(self) -> Any:
         for versions in self._by_name.values():

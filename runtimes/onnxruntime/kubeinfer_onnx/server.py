@@ -1,6 +1,7 @@
 """`kubeinfer-onnx-server`: flags, start-up, and the SIGTERM drain.
 
-Owns the process: parse Triton-like flags, load CUDA's libraries when a GPU may be used, load
+Owns the process: parse Triton-like flags, hand over to `workers` to supervise several server
+processes when asked for more than one, load CUDA's libraries when a GPU may be used, load
 the repository, open NVML for the GPU metrics, bind HTTP, gRPC and metrics on their
 addresses, and on SIGTERM/SIGINT turn readiness false, keep answering for the drain delay,
 stop listening, finish every accepted request, then exit. Nothing else here: each piece it
@@ -34,6 +35,7 @@ from kubeinfer_onnx import (
     model,
     nvml,
     repository,
+    workers,
 )
 
 log = logging.getLogger("kubeinfer_onnx")
@@ -101,6 +103,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="onnxruntime intra-op threads (default: the cgroup CPU limit)",
     )
     parser.add_argument("--inter-op-threads", type=int, default=1)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the ports (SO_REUSEPORT), each with its own event loop "
+        "and copy of every model; statistics and metrics are summed across them. More than "
+        "one lifts the bound of one event-loop thread on small, fast models, at the cost of "
+        "that many copies of the models in memory (default 1)",
+    )
+    # Set by the supervisor on the processes it starts (workers.supervise), not by users.
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peers-dir", type=pathlib.Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--allow-spinning",
         type=_bool,
@@ -176,7 +190,8 @@ def _bool(text: str) -> bool:
 
 async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until cancelled), then drain and return."""
-    threads = args.intra_op_threads or default_threads()
+    # Unless told, the workers share the CPU limit between them.
+    threads = args.intra_op_threads or max(1, default_threads() // args.workers)
     options = model.ServerOptions(
         intra_op_threads=threads,
         inter_op_threads=args.inter_op_threads,
@@ -196,13 +211,26 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         served.attach_metrics(registry)
         served.batcher.start()
     in_flight = http_server.InFlight()
+    peers: workers.Peers | None = None
+    if args.worker_index is not None:
+        # Before binding: from its first connection, this worker's statistics add up with
+        # its siblings'.
+        peers = workers.Peers(args.peers_dir, args.worker_index, args.workers)
+        await peers.start(registry)
+        models.siblings_up = peers.all_up
+    shared = peers is not None
 
     http_address = args.http_address or args.address
     endpoints = http_server.v2_endpoints(
-        models, max_request_bytes=args.max_request_bytes, in_flight=in_flight
+        models, registry=registry, max_request_bytes=args.max_request_bytes, in_flight=in_flight
     )
     http = await _listen(
-        endpoints, http_address, args.http_port, args.max_request_bytes, args.exit_timeout_secs
+        endpoints,
+        http_address,
+        args.http_port,
+        args.max_request_bytes,
+        args.exit_timeout_secs,
+        shared=shared,
     )
     metrics_http: _Listener | None = None
     if args.allow_metrics:
@@ -212,10 +240,11 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
             args.metrics_port,
             args.max_request_bytes,
             args.exit_timeout_secs,
+            shared=shared,
         )
     grpc: Any = None
     if args.allow_grpc:
-        grpc = await _grpc(args, grpc_server.Service(models, in_flight))
+        grpc = await _grpc(args, grpc_server.Service(models, registry, in_flight), shared=shared)
     log.info(
         "serving %s on http %s:%d, grpc %s, metrics %s; %d intra-op threads, on %s",
         ", ".join(f"{m.name}/{m.version}" for m in models),
@@ -243,6 +272,8 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         await stop.wait()
     finally:
         await _drain(args, models, in_flight, http, grpc, metrics_http)
+        if peers is not None:
+            await peers.close()
         if gpus is not None:
             gpus.close()
 
@@ -263,9 +294,12 @@ async def _listen(
     port: int,
     max_request_bytes: int,
     shutdown_timeout: float,
+    *,
+    shared: bool,
 ) -> _Listener:
     """A listener whose connections http_fastpath reads; what it does not serve goes to
-    aiohttp, loaded the first time a connection needs it."""
+    aiohttp, loaded the first time a connection needs it. `shared`: on a port its sibling
+    workers listen on too."""
     fallback = http_fastpath.Fallback(
         endpoints, max_request_bytes=max_request_bytes, shutdown_timeout=shutdown_timeout
     )
@@ -276,12 +310,14 @@ async def _listen(
         address,
         port,
         backlog=128,
+        reuse_port=shared,
     )
     return _Listener(server, fallback)
 
 
-async def _grpc(args: argparse.Namespace, service: grpc_server.Service) -> Any:
-    """The gRPC frontend, started: ours (HTTP/2 read here), or grpcio's when asked for."""
+async def _grpc(args: argparse.Namespace, service: grpc_server.Service, *, shared: bool) -> Any:
+    """The gRPC frontend, started: ours (HTTP/2 read here), or grpcio's when asked for (it
+    sets SO_REUSEPORT itself, so sibling workers share its port as they are)."""
     address = args.grpc_address or args.address
     if args.grpc_frontend == "grpcio":
         from kubeinfer_onnx import grpc_aio  # grpcio's import only where it is used
@@ -292,7 +328,7 @@ async def _grpc(args: argparse.Namespace, service: grpc_server.Service) -> Any:
         await server.start()
         return server
     fast = grpc_fastpath.Server(service, max_request_bytes=args.max_request_bytes)
-    await fast.listen(address, args.grpc_port)
+    await fast.listen(address, args.grpc_port, reuse_port=shared)
     return fast
 
 
@@ -367,12 +403,33 @@ def _run(coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    worker = "" if args.worker_index is None else f" [worker {args.worker_index}]"
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s",
     )
+    if args.workers < 1:
+        log.error("--workers must be at least 1, got %d", args.workers)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        ports = {
+            "--http-port": args.http_port,
+            "--grpc-port": args.grpc_port,
+            "--metrics-port": args.metrics_port,
+        }
+        zero = [flag for flag, port in ports.items() if port == 0]
+        if zero:
+            log.error("--workers %d needs fixed ports: %s is 0", args.workers, ", ".join(zero))
+            return 2
+        try:  # A broken repository fails once, here, rather than in every worker.
+            repository.scan(args.model_repository)
+        except repository.RepositoryError as exc:
+            log.error("%s", exc)
+            return 2
+        return workers.supervise(argv, args.workers)
     try:
         _run(serve(args), args.event_loop)
     except repository.RepositoryError as exc:

@@ -46,7 +46,7 @@ def _server_names() -> set[str]:
     registry = onnx_metrics.Metrics()
     stats = onnx_metrics.ModelStats(model="m", version="1")
     registry.add_model(stats)
-    registry.latency.labels(model="m", version="1").observe(0.01)
+    stats.record_success(duration_ns=10_000_000)
     text = registry.render().decode()
     return {sample.name for f in text_string_to_metric_families(text) for sample in f.samples}
 

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
-from kubeinfer_onnx import http_fastpath, http_server
+from kubeinfer_onnx import http_fastpath, http_server, metrics
 
 
 def protocol(max_bytes: int = 1000) -> http_fastpath.FastProtocol:
     models: Any = None  # reading a head needs no model
     endpoints = http_server.v2_endpoints(
-        models, max_request_bytes=max_bytes, in_flight=http_server.InFlight()
+        models,
+        registry=metrics.Metrics(),
+        max_request_bytes=max_bytes,
+        in_flight=http_server.InFlight(),
     )
     return http_fastpath.FastProtocol(
         endpoints=endpoints,

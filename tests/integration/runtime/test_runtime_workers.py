@@ -1,0 +1,161 @@
+"""`--workers 2`: two server processes on one set of ports that count, stop and fail as one
+server (kubeinfer_onnx.workers)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import runtime_models
+import tritonclient.grpc as grpcclient
+from test_runtime_http import mlp_input
+
+from conftest import Server, start_server
+
+CONNECTIONS = 32
+REQUESTS_PER_CONNECTION = 4
+
+
+@pytest.fixture(scope="module")
+def mlp_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    repo = tmp_path_factory.mktemp("workers-repo")
+    runtime_models.build_mlp(repo / "mlp" / "1" / "model.onnx", seed=1)
+    return repo
+
+
+@pytest.fixture
+def workers(mlp_repo: pathlib.Path, tmp_path: pathlib.Path) -> Iterator[Server]:
+    """Started and ready: ready means both workers have loaded and listen."""
+    server = start_server(mlp_repo, tmp_path / "server.log", "--workers", "2")
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait()
+
+
+def supervised(server: Server) -> tuple[list[int], pathlib.Path]:
+    """The worker pids and the statistics folder, as the supervisor logs them."""
+    found = re.search(r"pids \[(\d+), (\d+)\]; statistics sockets in (\S+)", server.log())
+    assert found, server.log()
+    return [int(found[1]), int(found[2])], pathlib.Path(found[3])
+
+
+def worker_successes(folder: pathlib.Path, index: int) -> int:
+    """What one worker itself counted, asked on its statistics socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(folder / f"{index}.sock"))
+        sock.sendall(b"stats\n")
+        body = b"".join(iter(lambda: sock.recv(65536), b""))
+    (record,) = json.loads(body)
+    return int(record["success"][0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) has stopped serving too.
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def send_requests(server: Server) -> int:
+    """CONNECTIONS connections, each opened anew (the kernel picks a worker per connection)."""
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "data": mlp_input(1, seed=3).ravel().tolist(),
+                }
+            ]
+        }
+    )
+    sent = 0
+    for _ in range(CONNECTIONS):
+        connection = http.client.HTTPConnection(server.address, server.http_port, timeout=10)
+        for _ in range(REQUESTS_PER_CONNECTION):
+            connection.request("POST", "/v2/models/mlp/infer", body)
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+            sent += 1
+        connection.close()
+    return sent
+
+
+def test_two_workers_share_the_ports_and_report_as_one_server(workers: Server) -> None:
+    pids, folder = supervised(workers)
+    sent = send_requests(workers)
+
+    # Both served (32 connections all hashed to one worker: 2 in 2**32), and between them
+    # they served every request.
+    own = [worker_successes(folder, index) for index in (0, 1)]
+    assert all(count > 0 for count in own), own
+    assert sum(own) == sent
+
+    # Whichever worker a statistics call or a scrape reaches, it reports the whole server.
+    for _ in range(8):
+        status, body = workers.get("/v2/models/mlp/stats")
+        assert status == 200
+        (stats,) = json.loads(body)["model_stats"]
+        assert stats["inference_stats"]["success"]["count"] == sent
+        assert stats["inference_count"] == sent
+        assert (
+            sum(b["compute_infer"]["count"] for b in stats["batch_stats"])
+            == (stats["execution_count"])
+        )
+        assert workers.metric("nv_inference_request_success", model="mlp") == sent
+        assert (
+            workers.metric("kubeinfer_inference_request_duration_seconds_count", model="mlp")
+            == sent
+        )
+        client = grpcclient.InferenceServerClient(workers.grpc_url)
+        grpc_stats = client.get_inference_statistics("mlp", as_json=True)["model_stats"][0]
+        assert int(grpc_stats["inference_stats"]["success"]["count"]) == sent
+        client.close()
+
+    assert workers.stop() == 0, workers.log()
+    assert not any(alive(pid) for pid in pids)
+    assert not folder.exists()
+
+
+def test_a_worker_that_dies_stops_the_server(workers: Server) -> None:
+    pids, _ = supervised(workers)
+    os.kill(pids[0], signal.SIGKILL)
+    assert workers.process.wait(30) != 0
+    assert not alive(pids[1]), "the surviving worker was left running"
+    assert "exited unasked" in workers.log()
+
+
+def test_workers_stop_when_their_supervisor_is_gone(workers: Server) -> None:
+    pids, _ = supervised(workers)
+    workers.process.kill()
+    workers.process.wait()
+    wait_for(lambda: not any(alive(pid) for pid in pids), "orphaned workers kept running")
+    assert workers.log().count("draining: not ready") == 2
+
+
+@pytest.mark.parametrize("flag", ["--http-port", "--grpc-port", "--metrics-port"])
+def test_workers_need_fixed_ports(
+    mlp_repo: pathlib.Path, tmp_path: pathlib.Path, flag: str
+) -> None:
+    with pytest.raises(RuntimeError, match=f"needs fixed ports: {flag} is 0"):
+        start_server(mlp_repo, tmp_path / "server.log", "--workers", "2", flag, "0")
