@@ -15,7 +15,9 @@ the ONNX file through a python-backend model.py (triton_model.py) running onnxru
 of either is committed.
 
 Both servers: the same ONNX files, the same intra-op threads, dynamic batching with no queue
-delay, max batch 128, one instance. Each point is one perf_analyzer run per server (batch-1
+delay, max batch 128, and the same number of model copies, each in its own process (`--copies`:
+ours `--workers`, Triton's python-backend `instance_group` count; default 2, our server's
+own default on a 2-core host). Each point is one perf_analyzer run per server (batch-1
 requests of random data, closed loop at that concurrency, 3 windows within 100 % of each
 other on throughput and mean latency, else taken as they come, which the JSON records), the two
 servers alternating which goes first. Before the load, each server is started alone a few
@@ -115,7 +117,9 @@ def ensure_perf_analyzer(triton: triton_install.Installation) -> pathlib.Path:
 # -- the servers --------------------------------------------------------------------------
 
 
-def write_repositories(work: pathlib.Path, models: list[str], threads: int) -> dict[str, Any]:
+def write_repositories(
+    work: pathlib.Path, models: list[str], threads: int, copies: int = 1
+) -> dict[str, Any]:
     ours, triton = work / "ours", work / "triton"
     for name in models:
         widths = MODELS[name][0]
@@ -130,14 +134,14 @@ max_batch_size: 128
 input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {widths[0]} ] }} ]
 output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {widths[-1]} ] }} ]
 dynamic_batching {{ }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+instance_group [ {{ count: {copies} kind: KIND_CPU }} ]
 parameters {{ key: "threads" value: {{ string_value: "{threads}" }} }}
 """)
     return {"ours": ours, "triton": triton}
 
 
 def commands(
-    repos: dict[str, Any], threads: int, triton: triton_install.Installation
+    repos: dict[str, Any], threads: int, triton: triton_install.Installation, copies: int = 1
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     ours = [
         str(ROOT / ".venv" / "bin" / "kubeinfer-onnx-server"),
@@ -153,6 +157,8 @@ def commands(
         str(OURS["metrics"]),
         "--intra-op-threads",
         str(threads),
+        "--workers",
+        str(copies),
         "--max-queue-size",
         "1024",
         "--log-level",
@@ -409,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--starts", type=int, default=5, help="timed starts of each server")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, both servers")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=2,
+        help="model copies, each in its own process, both servers (ours: --workers; Triton: "
+        "instance_group count)",
+    )
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
     parser.add_argument(
         "--ours-args",
@@ -423,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     pa = ensure_perf_analyzer(triton)
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-bench-runtime-"))
     say(f"building models {models} in {work}")
-    repos = write_repositories(work, models, args.threads)
-    cmds = commands(repos, args.threads, triton)
+    repos = write_repositories(work, models, args.threads, args.copies)
+    cmds = commands(repos, args.threads, triton, args.copies)
     cmds["ours"][0].extend(shlex.split(args.ours_args))
     ports = {"ours": OURS["http"], "triton": TRITON["http"]}
     result: dict[str, Any] = {
@@ -433,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": os.getloadavg(),
         "python_loop_s_before": python_loop_s(),
         "threads": args.threads,
+        "copies": args.copies,
         "interval_ms": args.interval_ms,
         "models": {m: MODELS[m][1] for m in models},
         "versions": versions(triton, pa),

@@ -71,8 +71,8 @@ def render(result: dict[str, Any]) -> str:
         f"{v['aiohttp_ours']}, "
         + _grpc_frontend(result)
         + f", Python {v['python']}.",
-        f"- Both: {result['threads']} intra-op threads, 1 instance, dynamic batching with no "
-        "queue delay (Triton's default, its best for latency here), max batch 128.",
+        f"- Both: {result['threads']} intra-op threads, {_copies(result)}, dynamic batching "
+        "with no queue delay (Triton's default, its best for latency here), max batch 128.",
         f"- Command: `{result['command']}`",
         "",
         "Throughput in requests/s, latencies in ms as perf_analyzer measured them; ratio = ours / "
@@ -194,3 +194,13 @@ def _unstable(point: dict[str, Any]) -> str:
 
 def _batches(result: dict[str, Any]) -> list[str]:
     return list(next(iter(result.get("onnxruntime_alone", {}).values()), {}))
+
+
+def _copies(result: dict[str, Any]) -> str:
+    copies = result.get("copies", 1)  # Runs before --copies: one instance, one process.
+    if copies == 1:
+        return "1 model copy"
+    return (
+        f"{copies} model copies, each in its own process (ours: --workers {copies}; Triton: "
+        f"instance_group count {copies}, a python-backend stub each)"
+    )

@@ -40,7 +40,12 @@ def _stream(method: grpc_server.Method) -> Callable[[Any, Any], AsyncIterator[An
 
 
 def build_server(
-    service: grpc_server.Service, *, address: str, port: int, max_request_bytes: int
+    service: grpc_server.Service,
+    *,
+    address: str,
+    port: int,
+    max_request_bytes: int,
+    reuse_port: bool = False,
 ) -> tuple[Any, int]:
     """The grpc.aio server bound to address:port (not started); returns it and the bound port."""
     handlers: dict[str, Any] = {}
@@ -59,7 +64,8 @@ def build_server(
             # The same body limit as HTTP: gRPC answers RESOURCE_EXHAUSTED past it.
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # A second server on a taken port must fail, not share it.
+            # A second server on a taken port must fail, not share it; sibling workers share.
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
     server.add_generic_rpc_handlers(

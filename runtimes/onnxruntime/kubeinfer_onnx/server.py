@@ -105,16 +105,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inter-op-threads", type=int, default=1)
     parser.add_argument(
         "--workers",
-        type=int,
-        default=1,
+        type=_workers,
+        default=None,
         help="server processes sharing the ports (SO_REUSEPORT), each with its own event loop "
         "and copy of every model; statistics and metrics are summed across them. More than "
-        "one lifts the bound of one event-loop thread on small, fast models, at the cost of "
-        "that many copies of the models in memory (default 1)",
+        "one lifts the bound of one event-loop thread, at the cost of that many copies of the "
+        "models in memory. Default auto: " + workers.DEFAULT_COUNT_RULE,
     )
-    # Set by the supervisor on the processes it starts (workers.supervise), not by users.
-    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--peers-dir", type=pathlib.Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--allow-spinning",
         type=_bool,
@@ -180,6 +177,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _workers(text: str) -> int | None:
+    """A worker count, or None for auto."""
+    if text == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a count >= 1, got {text!r}")
+    return count
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -188,10 +198,15 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or until cancelled), then drain and return."""
-    # Unless told, the workers share the CPU limit between them.
-    threads = args.intra_op_threads or max(1, default_threads() // args.workers)
+async def serve(
+    args: argparse.Namespace,
+    *,
+    ready: asyncio.Event | None = None,
+    peers: workers.Peers | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or until cancelled), then drain and return. `peers`: this
+    process is one of several workers on the same ports."""
+    threads = args.intra_op_threads or default_threads()
     options = model.ServerOptions(
         intra_op_threads=threads,
         inter_op_threads=args.inter_op_threads,
@@ -211,11 +226,9 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         served.attach_metrics(registry)
         served.batcher.start()
     in_flight = http_server.InFlight()
-    peers: workers.Peers | None = None
-    if args.worker_index is not None:
+    if peers is not None:
         # Before binding: from its first connection, this worker's statistics add up with
         # its siblings'.
-        peers = workers.Peers(args.peers_dir, args.worker_index, args.workers)
         await peers.start(registry)
         models.siblings_up = peers.all_up
     shared = peers is not None
@@ -316,14 +329,18 @@ async def _listen(
 
 
 async def _grpc(args: argparse.Namespace, service: grpc_server.Service, *, shared: bool) -> Any:
-    """The gRPC frontend, started: ours (HTTP/2 read here), or grpcio's when asked for (it
-    sets SO_REUSEPORT itself, so sibling workers share its port as they are)."""
+    """The gRPC frontend, started: ours (HTTP/2 read here), or grpcio's when asked for;
+    `shared`: on a port its sibling workers listen on too."""
     address = args.grpc_address or args.address
     if args.grpc_frontend == "grpcio":
         from kubeinfer_onnx import grpc_aio  # grpcio's import only where it is used
 
         server, _ = grpc_aio.build_server(
-            service, address=address, port=args.grpc_port, max_request_bytes=args.max_request_bytes
+            service,
+            address=address,
+            port=args.grpc_port,
+            max_request_bytes=args.max_request_bytes,
+            reuse_port=shared,
         )
         await server.start()
         return server
@@ -403,39 +420,73 @@ def _run(coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    worker = "" if args.worker_index is None else f" [worker {args.worker_index}]"
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s",
-    )
-    if args.workers < 1:
-        log.error("--workers must be at least 1, got %d", args.workers)
+    _log_to_stderr(args.log_level)
+    if args.workers is None:
+        args.workers = _auto_workers(args)
+    if args.workers == 1:
+        return _serve_until_stopped(args)
+    ports = {
+        "--http-port": args.http_port,
+        "--grpc-port": args.grpc_port,
+        "--metrics-port": args.metrics_port,
+    }
+    zero = [flag for flag, port in ports.items() if port == 0]
+    if zero:
+        log.error("--workers %d needs fixed ports: %s is 0", args.workers, ", ".join(zero))
         return 2
-    if args.workers > 1 and args.worker_index is None:
-        ports = {
-            "--http-port": args.http_port,
-            "--grpc-port": args.grpc_port,
-            "--metrics-port": args.metrics_port,
-        }
-        zero = [flag for flag, port in ports.items() if port == 0]
-        if zero:
-            log.error("--workers %d needs fixed ports: %s is 0", args.workers, ", ".join(zero))
-            return 2
-        try:  # A broken repository fails once, here, rather than in every worker.
-            repository.scan(args.model_repository)
-        except repository.RepositoryError as exc:
-            log.error("%s", exc)
-            return 2
-        return workers.supervise(argv, args.workers)
+    try:  # A broken repository fails once, here, rather than in every worker.
+        repository.scan(args.model_repository)
+    except repository.RepositoryError as exc:
+        log.error("%s", exc)
+        return 2
+
+    def worker(peers: workers.Peers) -> int:
+        _log_to_stderr(args.log_level, f" [worker {peers.index}]")
+        return _serve_until_stopped(args, peers)
+
+    return workers.supervise(args.workers, worker)
+
+
+def _auto_workers(args: argparse.Namespace) -> int:
+    """`--workers auto`, from where the models compute, the CPU and memory limits and the size
+    of what would be loaded (a broken repository counts as nothing: it fails in the worker)."""
+    providers = device.choose_providers(args.device, ort.get_available_providers())
     try:
-        _run(serve(args), args.event_loop)
+        entries = list(repository.scan(args.model_repository).values())
+    except repository.RepositoryError:
+        entries = []
+    paths = [
+        path
+        for entry in entries
+        for number, path in entry.versions.items()
+        if not args.latest_version_only or number == entry.latest_version
+    ]
+    return workers.default_count(
+        cpus=default_threads(),
+        on_device=providers[0] != device.CPU_PROVIDER or args.emulate_device_ms > 0,
+        model_bytes=sum(path.stat().st_size for path in paths),
+        memory_limit=workers.cgroup_memory_limit(),
+    )
+
+
+def _serve_until_stopped(args: argparse.Namespace, peers: workers.Peers | None = None) -> int:
+    try:
+        _run(serve(args, peers=peers), args.event_loop)
     except repository.RepositoryError as exc:
         log.error("%s", exc)
         return 2
     return 0
+
+
+def _log_to_stderr(level: str, who: str = "") -> None:
+    """Log lines to stderr; a worker's (`who`) name it, replacing what it inherited."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s",
+        force=bool(who),
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ the statistics they share.
 One Python process answers every request on one event-loop thread, and past about a core of
 protocol work (a small model at 32-64 concurrent calls, PROFILE.md) that thread is the bound,
 not the model. With `--workers N` the command becomes a supervisor that starts N copies of the
-server (workers), each with its own event loop, batcher and onnxruntime session, all listening
+server (workers, forked once the modules are imported), each with its own event loop, batcher
+and onnxruntime session, all listening
 on the same ports with SO_REUSEPORT: the kernel spreads new connections across them, and a
 worker gets none until it has loaded its models and bound.
 
@@ -32,12 +33,12 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from kubeinfer_onnx import metrics
 
@@ -48,47 +49,88 @@ log = logging.getLogger("kubeinfer_onnx.workers")
 ASK_TIMEOUT_S = 1.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+DEFAULT_COUNT_RULE = (
+    "2 when models compute on CPU, the CPU limit is 2 or more and two copies of the models "
+    "take under a quarter of the memory limit; else 1 (an accelerator, a GPU or one emulated "
+    "with --emulate-device-ms, is served from one process)"
+)
 
-def supervise(argv: Sequence[str], workers: int) -> int:
-    """Start `workers` copies of the server with `argv`, pass SIGTERM/SIGINT on, and return
-    the exit status once all have exited: 0 when all exited 0."""
-    folder = tempfile.mkdtemp(prefix="kubeinfer-onnx-")
-    command = [sys.executable, "-m", "kubeinfer_onnx.server", *argv, f"--peers-dir={folder}"]
-    children: dict[int, subprocess.Popen[bytes]] = {}
+
+def default_count(
+    *, cpus: int, on_device: bool, model_bytes: int = 0, memory_limit: int | None = None
+) -> int:
+    """How many workers `--workers auto` starts.
+
+    Two on CPU: on 2 cores they served 10-45 % more than one process at 64 concurrent calls
+    with either model of bench/runtime and no less at one call (PROFILE.md), and were ready as
+    soon. Not more: past the event loop's bound a third copy of every model buys compute
+    that the intra-op threads already use. One on an accelerator, where each worker would hold
+    its own context and model copy on the device (and an emulated one would gain a second
+    device); on one core, where two loops only take turns; and when a second copy of the
+    models could crowd the memory limit (a loaded model takes about its file's size, and
+    onnxruntime's working set comes on top: half the limit is left for that)."""
+    if on_device or cpus < 2:
+        return 1
+    if memory_limit is not None and 2 * model_bytes * 2 > memory_limit:
+        return 1
+    return 2
+
+
+def cgroup_memory_limit(root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int | None:
+    """The container's memory limit in bytes, from cgroup v2 `memory.max` or v1; None if none."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit() or int(text) >= 1 << 60:  # v1's "unlimited"
+            return None
+        return int(text)
+    return None
+
+
+def supervise(count: int, run_worker: Callable[[Peers], int]) -> int:
+    """Fork `count` workers, each running `run_worker` with its place among its siblings; pass
+    SIGTERM/SIGINT on; return the exit status once all have exited (0 when all exited 0).
+
+    Forked rather than started anew: the modules (onnxruntime, numpy, the protocol stacks) are
+    already imported here, so a worker only loads its models, and a server of two workers is
+    ready about as soon as one (a fresh interpreter per worker doubled the time to ready)."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-onnx-"))
+    exits: dict[int, int | None] = {}  # pid -> exit code, None while running
     stopping = False
 
     def stop_all(signum: int = signal.SIGTERM) -> None:
-        for child in children.values():
-            if child.returncode is None:
-                child.send_signal(signum)
+        for pid, code in exits.items():
+            if code is None:
+                os.kill(pid, signum)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         stop_all(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    supervisor = os.getpid()
+    signals = {signal.SIGTERM, signal.SIGINT}
+    previous = {s: signal.signal(s, on_signal) for s in signals}
     status = 0
     try:
-        for index in range(workers):
-            child = subprocess.Popen(
-                [*command, f"--worker-index={index}"], preexec_fn=_stop_with_supervisor
-            )
-            children[child.pid] = child
-        if stopping:  # A signal came while they were starting: the late ones get it too.
-            stop_all()
+        for index in range(count):
+            # Held back across the fork: a worker must not run the supervisor's handler.
+            signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+            pid = os.fork()
+            if pid == 0:
+                _worker(Peers(folder, index, count), run_worker, supervisor, previous)
+            exits[pid] = None
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         log.info(
-            "supervising %d workers: pids %s; statistics sockets in %s",
-            workers,
-            sorted(children),
-            folder,
+            "supervising %d workers: pids %s; statistics sockets in %s", count, list(exits), folder
         )
-        while any(child.returncode is None for child in children.values()):
+        while None in exits.values():
             pid, wait_status = os.waitpid(-1, 0)
-            exited = children.get(pid)
-            if exited is None:
+            if pid not in exits:
                 continue
-            exited.returncode = code = os.waitstatus_to_exitcode(wait_status)
+            exits[pid] = code = os.waitstatus_to_exitcode(wait_status)
             status = max(status, code if code >= 0 else 128 - code)
             if not stopping:
                 # Exited unasked (crashed, or exited 0 by mistake): the pod is at part
@@ -98,14 +140,39 @@ def supervise(argv: Sequence[str], workers: int) -> int:
                 status = max(status, 1)
                 stop_all()
     finally:
-        for child in children.values():
-            if child.returncode is None:  # Only after an error here: leave no worker behind.
-                child.kill()
-                child.wait()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        stop_all(signal.SIGKILL)  # Only after an error here: leave no worker behind.
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         shutil.rmtree(folder, ignore_errors=True)
     return status
+
+
+def _worker(
+    peers: Peers,
+    run_worker: Callable[[Peers], int],
+    supervisor: int,
+    handlers: dict[signal.Signals, Any],
+) -> NoReturn:
+    """In a forked worker: the signal handling a lone server starts with, SIGTERM if the
+    supervisor dies, then the server; never returns into the supervisor's code."""
+    code = 1
+    try:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        # SIGTERM when the supervisor dies (its one thread forked us), so a killed supervisor
+        # leaves no worker on the ports: the worker drains and exits.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(handlers))
+        if os.getppid() == supervisor:  # Else it died before prctl took effect.
+            code = run_worker(peers)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 class Peers:
@@ -173,9 +240,3 @@ class Peers:
         except (OSError, TimeoutError, ValueError) as exc:
             log.warning("worker %d did not answer its statistics (%r); left out", index, exc)
         return None
-
-
-def _stop_with_supervisor() -> None:
-    """In a worker, between fork and exec: SIGTERM when the supervisor dies (its one thread
-    forked us), so a killed supervisor leaves no worker on the ports; the worker drains."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -94,7 +94,7 @@ async def test_peers_gather_every_answering_siblings_records(tmp_path: pathlib.P
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "2", "--http-port", "0"], "needs fixed ports: --http-port is 0"),
         (["--workers", "2", "--grpc-port", "0"], "needs fixed ports: --grpc-port is 0"),
     ],
 )
@@ -103,3 +103,44 @@ def test_flags_a_server_of_several_workers_refuses(
 ) -> None:
     assert server.main(["--model-repository", str(tmp_path), *flags]) == 2
     assert message in caplog.text
+
+
+def test_auto_starts_two_workers_only_on_cpu_with_two_cores_and_memory_to_spare() -> None:
+    assert workers.default_count(cpus=2, on_device=False) == 2
+    assert workers.default_count(cpus=16, on_device=False) == 2
+    assert workers.default_count(cpus=1, on_device=False) == 1
+    assert workers.default_count(cpus=8, on_device=True) == 1
+    gib = 1 << 30
+    assert (
+        workers.default_count(cpus=4, on_device=False, model_bytes=gib, memory_limit=8 * gib) == 2
+    )
+    assert (
+        workers.default_count(cpus=4, on_device=False, model_bytes=gib, memory_limit=3 * gib) == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"memory.max": "2147483648\n"}, 2 << 30),
+        ({"memory.max": "max\n"}, None),
+        ({"memory/memory.limit_in_bytes": "1073741824\n"}, 1 << 30),
+        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),  # v1: no limit
+        ({}, None),
+    ],
+)
+def test_the_memory_limit_read_from_cgroup_v2_or_v1(
+    tmp_path: pathlib.Path, files: dict[str, str], limit: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert workers.cgroup_memory_limit(tmp_path) == limit
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two"])
+def test_a_worker_count_is_auto_or_positive(text: str) -> None:
+    with pytest.raises(SystemExit):
+        server.parse_args(["--model-repository", "/x", "--workers", text])
+    assert server.parse_args(["--model-repository", "/x", "--workers", "3"]).workers == 3
+    assert server.parse_args(["--model-repository", "/x"]).workers is None
