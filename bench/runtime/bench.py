@@ -15,9 +15,10 @@ the ONNX file through a python-backend model.py (triton_model.py) running onnxru
 of either is committed.
 
 Both servers: the same ONNX files, the same intra-op threads, dynamic batching with no queue
-delay, max batch 128, and the same number of model copies, each in its own process (`--copies`:
-ours `--workers`, Triton's python-backend `instance_group` count; default 2, our server's
-own default on a 2-core host). Each point is one perf_analyzer run per server (batch-1
+delay, max batch 128. Each as it serves best here: ours with its default `--workers auto` (two
+processes on a 2-core host, each with a copy of the models), Triton with one instance
+(`--triton-instances`; two python-backend stubs served less at every point tried, RESULTS.md).
+Each point is one perf_analyzer run per server (batch-1
 requests of random data, closed loop at that concurrency, 3 windows within 100 % of each
 other on throughput and mean latency, else taken as they come, which the JSON records), the two
 servers alternating which goes first. Before the load, each server is started alone a few
@@ -118,7 +119,7 @@ def ensure_perf_analyzer(triton: triton_install.Installation) -> pathlib.Path:
 
 
 def write_repositories(
-    work: pathlib.Path, models: list[str], threads: int, copies: int = 1
+    work: pathlib.Path, models: list[str], threads: int, triton_instances: int = 1
 ) -> dict[str, Any]:
     ours, triton = work / "ours", work / "triton"
     for name in models:
@@ -134,14 +135,14 @@ max_batch_size: 128
 input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {widths[0]} ] }} ]
 output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {widths[-1]} ] }} ]
 dynamic_batching {{ }}
-instance_group [ {{ count: {copies} kind: KIND_CPU }} ]
+instance_group [ {{ count: {triton_instances} kind: KIND_CPU }} ]
 parameters {{ key: "threads" value: {{ string_value: "{threads}" }} }}
 """)
     return {"ours": ours, "triton": triton}
 
 
 def commands(
-    repos: dict[str, Any], threads: int, triton: triton_install.Installation, copies: int = 1
+    repos: dict[str, Any], threads: int, triton: triton_install.Installation
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     ours = [
         str(ROOT / ".venv" / "bin" / "kubeinfer-onnx-server"),
@@ -157,8 +158,6 @@ def commands(
         str(OURS["metrics"]),
         "--intra-op-threads",
         str(threads),
-        "--workers",
-        str(copies),
         "--max-queue-size",
         "1024",
         "--log-level",
@@ -245,6 +244,14 @@ def python_loop_s() -> float:
     return best
 
 
+def child_pids(pid: int) -> list[int]:
+    """A process's children (our server's workers, Triton's stubs)."""
+    children: list[int] = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its descendants (Triton's python-backend stub)."""
     total = 0.0
@@ -255,8 +262,7 @@ def cpu_seconds(pid: int) -> float:
         try:
             fields = pathlib.Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
-            for task in pathlib.Path(f"/proc/{current}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
+            pending += child_pids(current)
         except (OSError, ValueError):
             continue
     return total
@@ -416,11 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=5, help="timed starts of each server")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, both servers")
     parser.add_argument(
-        "--copies",
+        "--triton-instances",
         type=int,
-        default=2,
-        help="model copies, each in its own process, both servers (ours: --workers; Triton: "
-        "instance_group count)",
+        default=1,
+        help="Triton's instance_group count (ours: --ours-args '--workers N')",
     )
     parser.add_argument("--output-dir", type=pathlib.Path, default=HERE)
     parser.add_argument(
@@ -436,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     pa = ensure_perf_analyzer(triton)
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-bench-runtime-"))
     say(f"building models {models} in {work}")
-    repos = write_repositories(work, models, args.threads, args.copies)
-    cmds = commands(repos, args.threads, triton, args.copies)
+    repos = write_repositories(work, models, args.threads, args.triton_instances)
+    cmds = commands(repos, args.threads, triton)
     cmds["ours"][0].extend(shlex.split(args.ours_args))
     ports = {"ours": OURS["http"], "triton": TRITON["http"]}
     result: dict[str, Any] = {
@@ -446,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": os.getloadavg(),
         "python_loop_s_before": python_loop_s(),
         "threads": args.threads,
-        "copies": args.copies,
+        "triton_instances": args.triton_instances,
         "interval_ms": args.interval_ms,
         "models": {m: MODELS[m][1] for m in models},
         "versions": versions(triton, pa),
@@ -466,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         server: start(cmds[server], ports[server], models, work / f"{server}.log")[0]
         for server in ("ours", "triton")
     }
+    result["ours_workers"] = len(child_pids(processes["ours"].pid)) or 1
     try:
         index = 0
         for model in models:

@@ -68,11 +68,10 @@ def render(result: dict[str, Any]) -> str:
         f"- Triton {v['tritonserver']} ({v['triton_wheel']}; python backend running onnxruntime "
         f"{v['onnxruntime_triton']}, its only CPU path for ONNX here). Ours: "
         f"kubeinfer-onnx-server, onnxruntime {v['onnxruntime_ours']}, aiohttp "
-        f"{v['aiohttp_ours']}, "
-        + _grpc_frontend(result)
-        + f", Python {v['python']}.",
-        f"- Both: {result['threads']} intra-op threads, {_copies(result)}, dynamic batching "
-        "with no queue delay (Triton's default, its best for latency here), max batch 128.",
+        f"{v['aiohttp_ours']}, " + _grpc_frontend(result) + f", Python {v['python']}.",
+        f"- Both: {result['threads']} intra-op threads, dynamic batching with no queue delay "
+        "(Triton's default, its best for latency here), max batch 128; "
+        f"{_copies(result)}.",
         f"- Command: `{result['command']}`",
         "",
         "Throughput in requests/s, latencies in ms as perf_analyzer measured them; ratio = ours / "
@@ -197,10 +196,10 @@ def _batches(result: dict[str, Any]) -> list[str]:
 
 
 def _copies(result: dict[str, Any]) -> str:
-    copies = result.get("copies", 1)  # Runs before --copies: one instance, one process.
-    if copies == 1:
-        return "1 model copy"
+    # Runs before --workers existed: one process each, one instance.
+    workers, instances = result.get("ours_workers", 1), result.get("triton_instances", 1)
     return (
-        f"{copies} model copies, each in its own process (ours: --workers {copies}; Triton: "
-        f"instance_group count {copies}, a python-backend stub each)"
+        f"ours {workers} worker process{'es' if workers > 1 else ''} (--workers auto: each "
+        f"with its own event loop and copy of the models), Triton {instances} instance"
+        f"{'s' if instances > 1 else ''} (its best here)"
     )
