@@ -441,9 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     pa = ensure_perf_analyzer(triton)
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-bench-runtime-"))
     say(f"building models {models} in {work}")
-    repos = write_repositories(work, models, args.threads, args.triton_instances)
-    cmds = commands(repos, args.threads, triton)
-    cmds["ours"][0].extend(shlex.split(args.ours_args))
+    # Under load, one model per server, as the operator deploys them (our server's worker count
+    # depends on what it serves); the start-up times load them all.
+    repos = {
+        name: write_repositories(work / name, names, args.threads, args.triton_instances)
+        for name, names in [*((m, [m]) for m in models), ("all", models)]
+    }
+    cmds = {name: commands(repo, args.threads, triton) for name, repo in repos.items()}
+    for command in cmds.values():
+        command["ours"][0].extend(shlex.split(args.ours_args))
     ports = {"ours": OURS["http"], "triton": TRITON["http"]}
     result: dict[str, Any] = {
         "command": " ".join(["python", "bench/runtime/bench.py", *(argv or sys.argv[1:])]),
@@ -456,25 +462,28 @@ def main(argv: list[str] | None = None) -> int:
         "models": {m: MODELS[m][1] for m in models},
         "versions": versions(triton, pa),
         "onnxruntime_alone": {
-            m: onnxruntime_alone(repos, m, args.threads, 0.5 if args.quick else 2.0) for m in models
+            m: onnxruntime_alone(repos[m], m, args.threads, 0.5 if args.quick else 2.0)
+            for m in models
         },
         "ready_after_start_s": {"ours": [], "triton": []},
         "points": [],
+        "ours_workers": {},
     }
     for attempt in range(args.starts):  # alone on the machine, alternating who goes first
         for server in ("ours", "triton") if attempt % 2 == 0 else ("triton", "ours"):
-            process, seconds = start(cmds[server], ports[server], models, work / f"{server}.log")
+            log = work / f"{server}-start.log"
+            process, seconds = start(cmds["all"][server], ports[server], models, log)
             stop(process)
             result["ready_after_start_s"][server].append(seconds)
             say(f"{server} ready {seconds:.3f} s after start")
-    processes = {
-        server: start(cmds[server], ports[server], models, work / f"{server}.log")[0]
-        for server in ("ours", "triton")
-    }
-    result["ours_workers"] = len(child_pids(processes["ours"].pid)) or 1
-    try:
-        index = 0
-        for model in models:
+    index = 0
+    for model in models:
+        processes = {
+            server: start(cmds[model][server], ports[server], [model], work / f"{server}.log")[0]
+            for server in ("ours", "triton")
+        }
+        result["ours_workers"][model] = len(child_pids(processes["ours"].pid)) or 1
+        try:
             for protocol in args.protocols.split(","):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
                     point: dict[str, Any] = {
@@ -497,9 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                     index += 1
                     say(report.point_line(point))
                     result["points"].append(point)
-    finally:
-        for process in processes.values():
-            stop(process)
+        finally:
+            for process in processes.values():
+                stop(process)
     result["load_average_after"] = os.getloadavg()
     result["python_loop_s_after"] = python_loop_s()
     result["ready_after_start_median_s"] = {

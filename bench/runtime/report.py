@@ -196,10 +196,14 @@ def _batches(result: dict[str, Any]) -> list[str]:
 
 
 def _copies(result: dict[str, Any]) -> str:
-    # Runs before --workers existed: one process each, one instance.
-    workers, instances = result.get("ours_workers", 1), result.get("triton_instances", 1)
+    # Runs before --workers existed: one process each, one instance, both models in one server.
+    instances = result.get("triton_instances", 1)
+    workers = result.get("ours_workers")
+    if not workers:
+        return f"one server each for both models, Triton {instances} instance"
+    ours = ", ".join(f"{model} {count}" for model, count in workers.items())
     return (
-        f"ours {workers} worker process{'es' if workers > 1 else ''} (--workers auto: each "
-        f"with its own event loop and copy of the models), Triton {instances} instance"
-        f"{'s' if instances > 1 else ''} (its best here)"
+        "one server per model under load; ours with --workers auto, worker processes (each "
+        f"with its own event loop and copy of the model): {ours}; Triton {instances} instance"
+        f"{'s' if instances > 1 else ''} (its best here, `triton-instances/`)"
     )

@@ -49,10 +49,17 @@ log = logging.getLogger("kubeinfer_onnx.workers")
 ASK_TIMEOUT_S = 1.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+# Up to this many bytes of models (on disk) a request's protocol work outweighs its share of a
+# batch's compute, and one event loop is the bound; past it, one batcher's larger batches serve
+# more than two half-size ones (PROFILE.md: the 5 MB mlp gained 25-45 % with two workers, the
+# 34 MB heavy lost 10-30 % at 8-32 concurrent calls).
+SMALL_MODELS_BYTES = 16 << 20
+
 DEFAULT_COUNT_RULE = (
-    "2 when models compute on CPU, the CPU limit is 2 or more and two copies of the models "
-    "take under a quarter of the memory limit; else 1 (an accelerator, a GPU or one emulated "
-    "with --emulate-device-ms, is served from one process)"
+    "2 when models compute on CPU, the CPU limit is 2 or more and the models are small "
+    f"(under {SMALL_MODELS_BYTES >> 20} MiB on disk, and two copies under a quarter of the "
+    "memory limit); else 1 (an accelerator, a GPU or one emulated with --emulate-device-ms, "
+    "is served from one process)"
 )
 
 
@@ -61,15 +68,17 @@ def default_count(
 ) -> int:
     """How many workers `--workers auto` starts.
 
-    Two on CPU: on 2 cores they served 10-45 % more than one process at 64 concurrent calls
-    with either model of bench/runtime and no less at one call (PROFILE.md), and were ready as
-    soon. Not more: past the event loop's bound a third copy of every model buys compute
-    that the intra-op threads already use. One on an accelerator, where each worker would hold
-    its own context and model copy on the device (and an emulated one would gain a second
-    device); on one core, where two loops only take turns; and when a second copy of the
-    models could crowd the memory limit (a loaded model takes about its file's size, and
-    onnxruntime's working set comes on top: half the limit is left for that)."""
-    if on_device or cpus < 2:
+    Two for small models on CPU: on 2 cores they served 25-45 % more than one process at
+    32-64 concurrent calls with the bench's mlp and no less at one call, and were ready as soon
+    (PROFILE.md). Not for bigger models, where compute is the bound: each worker batches only
+    the calls on its own connections, and two half-size batches running side by side served
+    10-30 % less than one full one (the bench's heavy, 8-32 calls). Not more than two: past the
+    event loop's bound a third copy buys compute the intra-op threads already use. One on an
+    accelerator, where each worker would hold its own context and model copy on the device
+    (and an emulated one would gain a second device); on one core, where two loops only take
+    turns; and when a second copy could crowd the memory limit (a loaded model takes about its
+    file's size, and onnxruntime's working set comes on top: half the limit is left for it)."""
+    if on_device or cpus < 2 or model_bytes > SMALL_MODELS_BYTES:
         return 1
     if memory_limit is not None and 2 * model_bytes * 2 > memory_limit:
         return 1

@@ -105,17 +105,21 @@ def test_flags_a_server_of_several_workers_refuses(
     assert message in caplog.text
 
 
-def test_auto_starts_two_workers_only_on_cpu_with_two_cores_and_memory_to_spare() -> None:
+def test_auto_starts_two_workers_only_for_small_models_on_two_cpus_with_memory_to_spare() -> None:
     assert workers.default_count(cpus=2, on_device=False) == 2
     assert workers.default_count(cpus=16, on_device=False) == 2
     assert workers.default_count(cpus=1, on_device=False) == 1
     assert workers.default_count(cpus=8, on_device=True) == 1
-    gib = 1 << 30
+    mib = 1 << 20
+    small, big = workers.SMALL_MODELS_BYTES, workers.SMALL_MODELS_BYTES + 1
+    assert workers.default_count(cpus=4, on_device=False, model_bytes=small) == 2
+    assert workers.default_count(cpus=4, on_device=False, model_bytes=big) == 1
+    enough, short = 64 * mib, 60 * mib
     assert (
-        workers.default_count(cpus=4, on_device=False, model_bytes=gib, memory_limit=8 * gib) == 2
+        workers.default_count(cpus=4, on_device=False, model_bytes=small, memory_limit=enough) == 2
     )
     assert (
-        workers.default_count(cpus=4, on_device=False, model_bytes=gib, memory_limit=3 * gib) == 1
+        workers.default_count(cpus=4, on_device=False, model_bytes=small, memory_limit=short) == 1
     )
 
 
