@@ -5,9 +5,8 @@ One Python process answers every request on one event-loop thread, and past abou
 protocol work (a small model at 32-64 concurrent calls, PROFILE.md) that thread is the bound,
 not the model. With `--workers N` the command becomes a supervisor that starts N copies of the
 server (workers, forked once the modules are imported), each with its own event loop, batcher
-and onnxruntime session, all listening
-on the same ports with SO_REUSEPORT: the kernel spreads new connections across them, and a
-worker gets none until it has loaded its models and bound.
+and onnxruntime session, all listening on the same ports with SO_REUSEPORT: the kernel spreads
+new connections across them, and a worker gets none until it has loaded its models and bound.
 
 What must look like one server is shared here:
 - statistics: each worker answers its own records on a Unix socket in a folder the supervisor
@@ -57,8 +56,8 @@ SMALL_MODELS_BYTES = 16 << 20
 
 DEFAULT_COUNT_RULE = (
     "2 when models compute on CPU, the CPU limit is 2 or more and the models are small "
-    f"(under {SMALL_MODELS_BYTES >> 20} MiB on disk, and two copies under a quarter of the "
-    "memory limit); else 1 (an accelerator, a GPU or one emulated with --emulate-device-ms, "
+    f"(under {SMALL_MODELS_BYTES >> 20} MiB on disk, and two copies under half the memory "
+    "limit); else 1 (an accelerator, a GPU or one emulated with --emulate-device-ms, "
     "is served from one process)"
 )
 
