@@ -17,6 +17,13 @@ from kubernetes import client, config
 from kubeinfer_cluster import build, run
 from tests.operator_process import OperatorProcess, install, python_env
 
+# Every server these tests start is forked from this process (subprocess with a preexec_fn),
+# and grpcio >= 1.80 restarts its poller in a child forked while a channel is open: the child
+# then aborts on the epoll fd subprocess closed, before it can exec (grpc/grpc#43055; seen
+# here once as "server exited with -6"). Without fork support the child has nothing to
+# restart. Read when grpc initialises, so it is set before any test imports it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 
 class ClusterHandle:
     def __init__(self, kubeconfig: pathlib.Path, local: run.Cluster | None) -> None:

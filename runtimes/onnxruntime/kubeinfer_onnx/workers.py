@@ -9,10 +9,12 @@ and onnxruntime session, all listening on the same ports with SO_REUSEPORT: the 
 new connections across them, and a worker gets none until it has loaded its models and bound.
 
 What must look like one server is shared here:
-- statistics: each worker answers its own records on a Unix socket in a folder the supervisor
-  made; whichever worker is asked for /metrics or the v2 statistics sums every worker's records
-  (`Peers.gather`), so Triton's counters and the queue gauges the autoscaler reads cover the
-  whole pod, and perf_analyzer's statistics queries see every request wherever they land;
+- statistics: each worker answers its own records on a Unix socket in the abstract namespace
+  (no file: nothing to clean up, no path-length limit, no writable folder needed), named after
+  a token the supervisor drew; whichever worker is asked for /metrics or the v2 statistics
+  sums every worker's records (`Peers.gather`), so Triton's counters and the queue gauges the
+  autoscaler reads cover the whole pod, and perf_analyzer's statistics queries see every
+  request wherever they land;
 - stopping: SIGTERM/SIGINT to the supervisor goes to every worker, and each drains as a lone
   server would; the supervisor exits when all have, with the worst exit status;
 - failure: a worker that dies stops the others and the supervisor exits non-zero, so the
@@ -30,10 +32,10 @@ import json
 import logging
 import os
 import pathlib
-import shutil
+import secrets
 import signal
+import socket
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from types import FrameType
@@ -104,7 +106,7 @@ def supervise(count: int, run_worker: Callable[[Peers], int]) -> int:
     Forked rather than started anew: the modules (onnxruntime, numpy, the protocol stacks) are
     already imported here, so a worker only loads its models, and a server of two workers is
     ready about as soon as one (a fresh interpreter per worker doubled the time to ready)."""
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="kubeinfer-onnx-"))
+    token = secrets.token_hex(8)
     exits: dict[int, int | None] = {}  # pid -> exit code, None while running
     stopping = False
 
@@ -128,11 +130,14 @@ def supervise(count: int, run_worker: Callable[[Peers], int]) -> int:
             signal.pthread_sigmask(signal.SIG_BLOCK, signals)
             pid = os.fork()
             if pid == 0:
-                _worker(Peers(folder, index, count), run_worker, supervisor, previous)
+                _worker(Peers(token, index, count), run_worker, supervisor, previous)
             exits[pid] = None
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         log.info(
-            "supervising %d workers: pids %s; statistics sockets in %s", count, list(exits), folder
+            "supervising %d workers: pids %s; statistics sockets @kubeinfer-onnx-%s-<index>",
+            count,
+            list(exits),
+            token,
         )
         while None in exits.values():
             pid, wait_status = os.waitpid(-1, 0)
@@ -152,7 +157,6 @@ def supervise(count: int, run_worker: Callable[[Peers], int]) -> int:
         stop_all(signal.SIGKILL)  # Only after an error here: leave no worker behind.
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        shutil.rmtree(folder, ignore_errors=True)
     return status
 
 
@@ -184,27 +188,56 @@ def _worker(
 
 
 class Peers:
-    """This worker's place among its siblings: it answers its own statistics on
-    `<folder>/<index>.sock` and gathers everyone's when asked."""
+    """This worker's place among its siblings: it answers its own statistics on its abstract
+    Unix socket and gathers everyone's when asked."""
 
-    def __init__(self, folder: pathlib.Path, index: int, count: int) -> None:
-        self.folder = folder
+    def __init__(self, token: str, index: int, count: int) -> None:
+        self.token = token
         self.index = index
         self.count = count
         self._server: asyncio.AbstractServer | None = None
         self._registry: metrics.Metrics | None = None
+        self._all_up = False
 
-    def path(self, index: int) -> pathlib.Path:
-        return self.folder / f"{index}.sock"
+    def address(self, index: int) -> str:
+        """A worker's socket: abstract (leading NUL), unique to this supervisor's workers."""
+        return f"\0kubeinfer-onnx-{self.token}-{index}"
 
     def all_up(self) -> bool:
-        """Every worker has loaded its models (it opens its socket just before it binds)."""
-        return all(self.path(index).exists() for index in range(self.count))
+        """Every worker has loaded its models (each opens its socket just before it binds).
+        Once true it stays true: a worker that dies stops the whole server."""
+        if not self._all_up:
+            self._all_up = all(self._listening(index) for index in range(self.count))
+        return self._all_up
+
+    def _connect(self, index: int) -> socket.socket:
+        """A connection to a sibling's socket, made at once: a listening Unix socket accepts
+        without a round trip. ConnectionRefusedError when nothing listens there, BlockingIOError
+        when its backlog is full (never a wait on the event loop)."""
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.setblocking(False)
+        try:
+            connection.connect(self.address(index))
+        except OSError:
+            connection.close()
+            raise
+        return connection
+
+    def _listening(self, index: int) -> bool:
+        try:
+            self._connect(index).close()
+        except OSError:
+            return False
+        return True
 
     async def start(self, registry: metrics.Metrics) -> None:
         """Answer this worker's records, and make `registry.collect` sum everyone's."""
         self._registry = registry
-        self._server = await asyncio.start_unix_server(self._answer, path=self.path(self.index))
+        # Bound here, not by asyncio: uvloop mishandles an abstract name's leading NUL.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address(self.index))
+        listener.listen(16)
+        self._server = await asyncio.start_unix_server(self._answer, sock=listener)
         registry.gather = self.gather
 
     async def close(self) -> None:
@@ -215,7 +248,8 @@ class Peers:
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._registry is not None
         try:
-            await reader.readline()
+            if not await reader.readline():
+                return  # A sibling's readiness check: it only wanted to see us listening.
             records = [metrics.snapshot(stats) for stats in self._registry.models]
             writer.write(json.dumps(records).encode())
             await writer.drain()
@@ -234,7 +268,7 @@ class Peers:
     async def _ask(self, index: int) -> list[dict[str, Any]] | None:
         try:
             async with asyncio.timeout(ASK_TIMEOUT_S):
-                reader, writer = await asyncio.open_unix_connection(self.path(index))
+                reader, writer = await asyncio.open_unix_connection(sock=self._connect(index))
                 try:
                     writer.write(b"stats\n")
                     body = await reader.read()

@@ -41,17 +41,19 @@ def workers(mlp_repo: pathlib.Path, tmp_path: pathlib.Path) -> Iterator[Server]:
         server.process.wait()
 
 
-def supervised(server: Server) -> tuple[list[int], pathlib.Path]:
-    """The worker pids and the statistics folder, as the supervisor logs them."""
-    found = re.search(r"pids \[(\d+), (\d+)\]; statistics sockets in (\S+)", server.log())
+def supervised(server: Server) -> tuple[list[int], str]:
+    """The worker pids and the statistics sockets' token, as the supervisor logs them."""
+    found = re.search(
+        r"pids \[(\d+), (\d+)\]; statistics sockets @kubeinfer-onnx-(\w+)-<index>", server.log()
+    )
     assert found, server.log()
-    return [int(found[1]), int(found[2])], pathlib.Path(found[3])
+    return [int(found[1]), int(found[2])], found[3]
 
 
-def worker_successes(folder: pathlib.Path, index: int) -> int:
+def worker_successes(token: str, index: int) -> int:
     """What one worker itself counted, asked on its statistics socket."""
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(folder / f"{index}.sock"))
+        sock.connect(f"\0kubeinfer-onnx-{token}-{index}")
         sock.sendall(b"stats\n")
         body = b"".join(iter(lambda: sock.recv(65536), b""))
     (record,) = json.loads(body)
@@ -102,12 +104,12 @@ def send_requests(server: Server) -> int:
 
 
 def test_two_workers_share_the_ports_and_report_as_one_server(workers: Server) -> None:
-    pids, folder = supervised(workers)
+    pids, token = supervised(workers)
     sent = send_requests(workers)
 
     # Both served (32 connections all hashed to one worker: 2 in 2**32), and between them
     # they served every request.
-    own = [worker_successes(folder, index) for index in (0, 1)]
+    own = [worker_successes(token, index) for index in (0, 1)]
     assert all(count > 0 for count in own), own
     assert sum(own) == sent
 
@@ -134,7 +136,6 @@ def test_two_workers_share_the_ports_and_report_as_one_server(workers: Server) -
 
     assert workers.stop() == 0, workers.log()
     assert not any(alive(pid) for pid in pids)
-    assert not folder.exists()
 
 
 def test_a_worker_that_dies_stops_the_server(workers: Server) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import secrets
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -71,12 +72,13 @@ def test_latency_histogram_renders_cumulative_buckets_with_bounds_inclusive() ->
     assert samples[(name + "_sum", None)] == pytest.approx(20.0021)
 
 
-async def test_peers_gather_every_answering_siblings_records(tmp_path: pathlib.Path) -> None:
+async def test_peers_gather_every_answering_siblings_records() -> None:
     registries = [metrics.Metrics(), metrics.Metrics()]
     registries[0].add_model(worker_stats(successes=1, pending=0, last_ms=1))
     registries[1].add_model(worker_stats(successes=2, pending=3, last_ms=2))
     # Three workers, the third still loading: it has no socket yet, so it is left out.
-    peers = [workers.Peers(tmp_path, index, 3) for index in (0, 1)]
+    token = secrets.token_hex(8)
+    peers = [workers.Peers(token, index, 3) for index in (0, 1)]
     for peer, registry in zip(peers, registries, strict=True):
         await peer.start(registry)
     try:
