@@ -10,8 +10,7 @@ import pathlib
 import re
 import signal
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import runtime_models
@@ -19,6 +18,7 @@ import tritonclient.grpc as grpcclient
 from test_runtime_http import mlp_input
 
 from conftest import Server, start_server
+from tests.waiting import wait_for
 
 CONNECTIONS = 32
 REQUESTS_PER_CONNECTION = 4
@@ -67,13 +67,6 @@ def alive(pid: int) -> bool:
         return False
     # A zombie (exited, not yet reaped by its parent) has stopped serving too.
     return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def send_requests(server: Server) -> int:
@@ -150,7 +143,7 @@ def test_workers_stop_when_their_supervisor_is_gone(workers: Server) -> None:
     pids, _ = supervised(workers)
     workers.process.kill()
     workers.process.wait()
-    wait_for(lambda: not any(alive(pid) for pid in pids), "orphaned workers kept running")
+    wait_for(lambda: not any(alive(pid) for pid in pids), 30, "the orphaned workers to stop")
     assert workers.log().count("draining: not ready") == 2
 
 
