@@ -417,6 +417,10 @@ def snapshot(stats: ModelStats) -> dict[str, Any]:
     return record
 
 
+# ModelStats' Duration fields (success, queue, compute_*, cache_*...), each summed by `merge`.
+_DURATIONS = tuple(f.name for f in dataclasses.fields(ModelStats) if f.type == "Duration")
+
+
 def merge(groups: Sequence[Sequence[ModelStats | dict[str, Any]]]) -> list[ModelStats]:
     """Each process's records (its own ModelStats or a peer's `snapshot`) summed per model
     version, in the order first seen: counters and gauges add up, the last inference is the
@@ -436,16 +440,7 @@ def merge(groups: Sequence[Sequence[ModelStats | dict[str, Any]]]) -> list[Model
                     device=record["device"],
                 )
                 gauges[key] = [0, 0]
-            for name in (
-                "success",
-                "fail",
-                "queue",
-                "compute_input",
-                "compute_infer",
-                "compute_output",
-                "cache_hit",
-                "cache_miss",
-            ):
+            for name in _DURATIONS:
                 count, ns = record[name]
                 getattr(total, name).add(ns, count)
             for reason, count in record["failures"].items():
