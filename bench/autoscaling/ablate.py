@@ -45,6 +45,7 @@ ABLATIONS: dict[str, Change] = {
     ),
     "panic threshold 1.5": lambda p: dataclasses.replace(p, panic_threshold=1.5),
     "no trend look-ahead": lambda p: dataclasses.replace(p, early_scale_up=False),
+    "no calm target": lambda p: dataclasses.replace(p, calm_target_factor=1.0),
 }
 
 

@@ -340,7 +340,10 @@ class ScalingSpec(_Model):
         Field(
             description="Keep spare replicas in proportion to how bursty the load has been: "
             "the current load times the 95th percentile of how much demand grew within one "
-            "cold start over the last 15 minutes (1x on a smooth load). Off: the target alone."
+            "cold start over the last 15 minutes (1x on a smooth load); and while the load "
+            "has been calm for minutes and pods start quickly, run somewhat hotter than the "
+            "target (QueueDepth and RequestRate; status shows calmTargetFactor). Off: the "
+            "target alone."
         ),
     ] = True
 

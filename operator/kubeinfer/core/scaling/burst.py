@@ -62,6 +62,13 @@ class BurstHistory:
         while self.ratios and self.ratios[0][0] < now - HISTORY_S:
             self.ratios.popleft()
 
+    def span_s(self) -> float:
+        """Seconds between the oldest and the newest closed moment: how much history the
+        headroom reads (0 with fewer than ``MIN_RATIOS``, which read as no evidence)."""
+        if len(self.ratios) < MIN_RATIOS:
+            return 0.0
+        return self.ratios[-1][0] - self.ratios[0][0]
+
     def headroom(self, demand: float) -> float:
         """The QUANTILE of the recent growth ratios (nearest rank), at least 1, and never room
         for more than the highest demand of the history at ``demand`` (the load the factor

@@ -2,7 +2,8 @@
 
 Owns the scaling rules and nothing else: no clock, no API, no scraping. The engine calls it
 every tick and acts on (or, in Recommend mode, only reports) the returned ``ScaleResult``,
-then persists ``result.state``. The rules, in order:
+then persists ``result.state``. Every rule reads the policy's target times ``target_factor``
+(above 1 only while the load is calm: step.calm_target_factor). The rules, in order:
 
 1. Metrics missing for ``failures_before_fallback`` ticks -> at least ``fallback_replicas``.
    No data in the stable window -> hold. A failed scrape never lets the count go down.
@@ -136,6 +137,8 @@ class Inputs:
     scraped: bool
     # Seconds of samples the window holds (for the WarmingUp message; not in the history).
     covered_s: float = 0.0
+    # ``target`` is the policy's times this (1: none): the calm target, step.py.
+    target_factor: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         def rounded(value: float | None) -> float | None:
@@ -150,6 +153,7 @@ class Inputs:
             "trendPerSecond": rounded(self.trend_per_s),
             "coldStartSeconds": rounded(self.cold_start_s),
             "burstHeadroom": rounded(self.headroom),
+            "calmTargetFactor": rounded(self.target_factor),
             "current": self.current,
             "ready": self.ready,
             "starting": self.starting,
@@ -281,6 +285,7 @@ class _Tick:
     # Seconds of samples the window holds for the policy's metric.
     covered_s: float = 0.0
     headroom: float = 1.0
+    target_factor: float = 1.0
     trend_per_s: float | None = None
     clamps: list[Clamp] = dataclasses.field(default_factory=list)
 
@@ -312,6 +317,7 @@ def _read(
     replicas: Replicas,
     scraped: bool,
     headroom: float,
+    target_factor: float,
 ) -> _Tick:
     series = policy.metric.value
     panic_until = state.panic_until
@@ -334,6 +340,7 @@ def _read(
         full_at=now if replicas.unschedulable > 0 else state.last_unschedulable_time,
         covered_s=window.covered_s(series=series, now=now),
         headroom=headroom,
+        target_factor=target_factor,
     )
 
 
@@ -378,6 +385,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
         trend_per_s=tick.trend_per_s,
         cold_start_s=tick.cold_start_s,
         headroom=tick.headroom,
+        target_factor=tick.target_factor,
         current=current,
         ready=r.ready,
         starting=r.starting,
@@ -540,13 +548,17 @@ def decide(
     replicas: Replicas,
     scraped: bool = True,
     headroom: float = 1.0,
+    target_factor: float = 1.0,
 ) -> ScaleResult:
     """Decide the desired replica count at ``now``; pure, the engine acts on the result.
 
     ``scraped`` is False when this tick's scrape produced no sample (every pod failed or none
     was Ready); the window then holds only older data. ``headroom``: the burst-headroom
-    factor (burst.py), 1 for none.
+    factor (burst.py), 1 for none. ``target_factor``: the calm target's factor
+    (step.calm_target_factor), 1 for none; every rule this tick reads the raised target.
     """
+    if target_factor != 1.0:
+        policy = dataclasses.replace(policy, target=policy.target * target_factor)
     tick = _read(
         policy=policy,
         window=window,
@@ -555,6 +567,7 @@ def decide(
         replicas=replicas,
         scraped=scraped,
         headroom=headroom,
+        target_factor=target_factor,
     )
     current = replicas.current
     # 1. Missing data: fall back after N failures, otherwise hold.
@@ -599,6 +612,8 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
     unit = _UNITS[inputs.metric]
     seen = "no data" if inputs.stable is None else f"{inputs.stable:.1f} {unit} (stable window)"
     per = f"target {inputs.target:g} per replica"
+    if inputs.target_factor > 1.0:
+        per += f" ({inputs.target_factor:.2f}x the spec's while the demand is calm)"
     move = f"from {current} to {desired}"
     texts = {
         Reason.SCALE_UP: f"Scaling up {move}: {seen}, {per}.",

@@ -68,6 +68,19 @@ class ScalingPolicy:
     trend_window_s: float = 30.0
     trend_min_r2: float = 0.6
     trend_min_coverage: float = 0.5
+    # Calm target (with burst_headroom; step.py): while the demand has been calm (burst headroom
+    # at or below ``calm_headroom`` over at least ``calm_span_s`` of burst history) the target is
+    # raised by ``calm_target_factor``, spending the room the planned target keeps for bursts
+    # that the history says are not coming. Only for a short cold start: in full up to
+    # ``calm_full_cold_start_s``, fading to none at ``calm_max_cold_start_s``, because a rise
+    # that starts after a calm spell must fit in the thinner room until new replicas are Ready
+    # (bench/autoscaling/analysis.md has the sweep these values come from). Not for QueueTime:
+    # a latency target is the SLO's, not a utilization.
+    calm_target_factor: float = 1.2
+    calm_headroom: float = 1.1
+    calm_span_s: float = 600.0
+    calm_full_cold_start_s: float = 60.0
+    calm_max_cold_start_s: float = 90.0
     failures_before_fallback: int = 5
     scrape_interval_s: float = 2.0
 
@@ -127,6 +140,10 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append("cold_start_default_s must be >= 0 and trend_window_s > 0")
     if policy.fallback_replicas is not None and policy.fallback_replicas < 0:
         problems.append("fallback_replicas must be >= 0")
+    if policy.calm_target_factor < 1 or policy.calm_headroom < 1 or policy.calm_span_s < 0:
+        problems.append("calm_target_factor and calm_headroom must be >= 1, calm_span_s >= 0")
+    if not 0 <= policy.calm_full_cold_start_s < policy.calm_max_cold_start_s:
+        problems.append("need 0 <= calm_full_cold_start_s < calm_max_cold_start_s")
     if policy.failures_before_fallback < 1:
         problems.append("failures_before_fallback must be >= 1")
     if policy.scale_to_zero_after_s <= 0:
