@@ -746,3 +746,26 @@ def test_missing_data_holds_then_falls_back() -> None:
     fallback = [t for t, r in during if r.reason is R.FALLBACK]
     assert fallback[0] == 108  # the fifth failed tick
     assert all(r.desired == 6 for t, r in during if t >= 108)
+
+
+def test_a_target_factor_is_the_target_every_rule_reads_and_status_says_so() -> None:
+    # Depth 24 at target 4 wants 6 replicas; at 1.2x (4.8) it wants 5, and the decision's
+    # inputs and message say which target it read and why.
+    pol = make_policy(target=4.0)
+    plain, calm = (
+        decide.decide(
+            policy=pol,
+            window=window_of([24.0] * 30),
+            state=state.ScalerState(),
+            now=NOW,
+            replicas=decide.Replicas(current=2, ready=2),
+            target_factor=factor,
+        )
+        for factor in (1.0, 1.2)
+    )
+    assert (plain.desired, calm.desired) == (6, 5)
+    assert calm.inputs.target == pytest.approx(4.8)
+    assert calm.inputs.to_dict()["calmTargetFactor"] == 1.2
+    assert "1.20x the spec's while the demand is calm" in calm.message
+    assert plain.inputs.to_dict()["calmTargetFactor"] == 1.0
+    assert "calm" not in plain.message

@@ -173,6 +173,9 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
         {"fallback_replicas": -1},
         {"scale_down_min_fraction": 1.0},
         {"trend_min_coverage": 1.5},
+        {"calm_target_factor": 0.9},
+        {"calm_headroom": 0.5},
+        {"calm_full_cold_start_s": 90.0, "calm_max_cold_start_s": 60.0},
     ],
 )
 def test_policy_rejects_bad_knobs(kwargs: dict[str, float]) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from kubeinfer.core import metrics
+from kubeinfer.core import api, metrics
 from kubeinfer.core.scaling import burst, decide, policy, signals, step
 
 CAPACITY = 100.0  # requests per second one replica serves
@@ -44,11 +44,16 @@ class FakeService:
 
 def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, decide.Reason, int]]:
     """(time, reason, desired) per tick; ticks every 2 s; new replicas ready after 2 ticks."""
+    return [(now, s.result.reason, s.result.desired) for now, s in steps(loads, pol)]
+
+
+def steps(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, step.Step]]:
+    """(time, step) per tick, as ``run``."""
     service = FakeService()
     memory = step.Memory.fresh(pol)
     baselines = metrics.Baselines()
     current, starting_since = 1, dict[int, float]()
-    out = []
+    out: list[tuple[float, step.Step]] = []
     for tick, rate in enumerate(loads):
         now = 1000.0 + 2.0 * tick
         service.ready = max(1, current - sum(1 for t in starting_since.values() if now - t < 4))
@@ -66,7 +71,7 @@ def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, deci
         for i in range(current, result.result.desired):
             starting_since[i] = now
         current = result.result.desired
-        out.append((now, result.result.reason, current))
+        out.append((now, result))
     return out
 
 
@@ -96,6 +101,60 @@ def test_burst_headroom_keeps_room_for_the_next_burst_then_lets_it_go() -> None:
     assert back[:60] == [3] * 60  # two minutes of room for another burst like that one
     assert back == sorted(back, reverse=True)
     assert back[-1] == 1
+
+
+def test_a_calm_load_runs_hotter_once_the_history_says_so() -> None:
+    # 110 req/s at a depth target of 2 (50 req/s a replica) wants 3 replicas; at the calm
+    # target (2.4, 60 req/s) 2 do, each well under capacity. The factor comes only once the
+    # burst history spans calm_span_s, and the decision says why it reads a hotter target.
+    pol = policy.from_spec(target=2.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    calm_at = 1000.0 + pol.calm_span_s
+    history = steps([110.0] * round((pol.calm_span_s + 120.0) / 2.0), pol)
+    before = [s.result for t, s in history if 1030.0 <= t < calm_at]
+    after = [s.result for t, s in history if t >= calm_at + 60.0]
+    assert {r.desired for r in before} == {3}
+    assert {r.inputs.target_factor for r in before} == {1.0}
+    assert {r.desired for r in after} == {2}
+    assert all(r.inputs.target_factor == pytest.approx(pol.calm_target_factor) for r in after)
+    assert "while the demand is calm" in after[-1].message
+
+
+def calm_history(seconds: float) -> burst.BurstHistory:
+    history = burst.BurstHistory()
+    for i in range(round(seconds / 2.0)):
+        history.record(now=2.0 * i, demand=100.0, horizon_s=30.0)
+    return history
+
+
+@pytest.mark.parametrize(
+    ("cold_start_s", "factor"),
+    [(10.0, 1.2), (60.0, 1.2), (75.0, 1.1), (90.0, 1.0), (300.0, 1.0)],
+)
+def test_the_calm_target_fades_as_the_cold_start_grows(cold_start_s: float, factor: float) -> None:
+    # A rise after a calm spell has to fit in the thinner room until new replicas are Ready:
+    # the longer they take, the less of the room the calm target may spend.
+    pol = policy.from_spec()
+    got = step.calm_target_factor(
+        pol, calm_history(pol.calm_span_s + 60.0), headroom=1.0, cold_start_s=cold_start_s
+    )
+    assert got == pytest.approx(factor)
+
+
+@pytest.mark.parametrize(
+    ("why", "overrides", "span_s", "headroom"),
+    [
+        ("the history is too short to call calm", {}, 300.0, 1.0),
+        ("the recent bursts ask for headroom", {}, 900.0, 1.3),
+        ("burst headroom is off", {"burst_headroom": False}, 900.0, 1.0),
+        ("a latency target is the SLO's", {"metric": api.ScalingMetric.QUEUE_TIME}, 900.0, 1.0),
+    ],
+)
+def test_no_calm_target(
+    why: str, overrides: dict[str, object], span_s: float, headroom: float
+) -> None:
+    pol = policy.from_spec(**overrides)
+    got = step.calm_target_factor(pol, calm_history(span_s), headroom=headroom, cold_start_s=10.0)
+    assert got == 1.0, why
 
 
 def test_step_leaves_the_memory_it_was_given_untouched() -> None:
