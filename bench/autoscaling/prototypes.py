@@ -29,7 +29,11 @@ ablations measure what each is worth in the shipped step, on the same seeds):
   15 minutes. Ablation "without burst-headroom".
 - cold-start-aware scale-down (policy.scale_down_cold_starts): stabilization of at least two
   learned cold starts. Ablation "without cold-start-scale-down".
-- "previous release": both taken out (the step as published before they shipped).
+- calm target (core/scaling/step.py calm_target_factor, with burstHeadroom): while the burst
+  history has read calm for 10 minutes and pods start within 60 s (fading out by 90 s), the
+  target x1.2. Ablation "without calm-target" (the step of the release before it).
+- "previous release": burst headroom and the cold-start-aware scale-down taken out (the step
+  as published before those two shipped; the calm target goes with burst headroom).
 """
 
 from __future__ import annotations
@@ -191,6 +195,10 @@ class WithoutColdStartScaleDown(WithoutMechanism):
     knobs = {"scale_down_cold_starts": 0.0}
 
 
+class WithoutCalmTarget(WithoutMechanism):
+    knobs = {"calm_target_factor": 1.0}
+
+
 class PreviousRelease(WithoutMechanism):
     knobs = {"burst_headroom": False, "scale_down_cold_starts": 0.0}
 
@@ -255,5 +263,6 @@ PROTOTYPES: dict[str, Callable[..., sim.Scaler]] = {
     "seasonal": Seasonal,
     "without burst-headroom": WithoutBurstHeadroom,
     "without cold-start-scale-down": WithoutColdStartScaleDown,
+    "without calm-target": WithoutCalmTarget,
     "previous release": PreviousRelease,
 }
