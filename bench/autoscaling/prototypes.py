@@ -29,9 +29,9 @@ ablations measure what each is worth in the shipped step, on the same seeds):
   15 minutes. Ablation "without burst-headroom".
 - cold-start-aware scale-down (policy.scale_down_cold_starts): stabilization of at least two
   learned cold starts. Ablation "without cold-start-scale-down".
-- calm target (core/scaling/step.py calm_target_factor, with burstHeadroom): while the burst
-  history has read calm for 10 minutes and pods start within 60 s (fading out by 90 s), the
-  target x1.2. Ablation "without calm-target" (the step of the release before it).
+- calm target (core/scaling/burst.py calm_target_factor, policy's calm_* knobs, with
+  burstHeadroom): a hotter target while the burst history has read calm and pods start
+  quickly. Ablation "without calm-target" (the step of the release before it).
 - "previous release": burst headroom and the cold-start-aware scale-down taken out (the step
   as published before those two shipped; the calm target goes with burst headroom).
 """

@@ -32,9 +32,7 @@ def stamp_chart(text: str, version: str) -> str:
 
 def stamp_runtime(text: str, version: str) -> str:
     """A default runtime with kubeinfer's own image tagged at the release version."""
-    return re.sub(
-        rf"(?m)^(  image: {re.escape(ONNX_SERVER_IMAGE)}):\S+$", rf"\1:{version}", text
-    )
+    return re.sub(rf"(?m)^(  image: {re.escape(ONNX_SERVER_IMAGE)}):\S+$", rf"\1:{version}", text)
 
 
 def runtimes_template(defaults: dict[str, str]) -> str:

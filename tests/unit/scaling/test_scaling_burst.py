@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubeinfer.core.scaling import burst
+from kubeinfer.core import api
+from kubeinfer.core.scaling import burst, policy
 
 
 def feed(demand: list[float], *, horizon_s: float, start: float = 0.0) -> burst.BurstHistory:
@@ -72,3 +73,52 @@ def test_copy_is_independent() -> None:
     copy.record(now=1000.0, demand=5.0, horizon_s=10.0)
     assert len(copy.ratios) != len(history.ratios) or len(copy.open) != len(history.open)
     assert history.open[-1] == (58.0, 100.0)
+
+
+def test_growth_is_not_bounded_by_todays_demand() -> None:
+    # At the top of recurring 3x bursts the headroom's bound reads 1 (no room beyond the
+    # highest demand), but the load is not calm: ``growth`` still says 3x.
+    minute = [100.0] * 20 + [300.0] * 10
+    history = feed(minute * 10, horizon_s=30.0)
+    assert history.headroom(300.0) == 1.0
+    assert history.growth() == pytest.approx(3.0)
+
+
+def calm(seconds: float, *, burst_every: int = 0) -> burst.BurstHistory:
+    """Ticks every 2 s at 100 req/s over ``seconds``; with ``burst_every``, a 2x tick that
+    often (every moment within 30 s before one sees 2x growth)."""
+    demand = [
+        200.0 if burst_every and i % burst_every == burst_every - 1 else 100.0
+        for i in range(round(seconds / 2.0))
+    ]
+    return feed(demand, horizon_s=30.0)
+
+
+@pytest.mark.parametrize(
+    ("cold_start_s", "factor"),
+    [(10.0, 1.2), (60.0, 1.2), (75.0, 1.1), (90.0, 1.0), (300.0, 1.0)],
+)
+def test_the_calm_target_fades_as_the_cold_start_grows(cold_start_s: float, factor: float) -> None:
+    # A rise after a calm spell has to fit in the thinner room until new replicas are Ready:
+    # the longer they take, the less of the room the calm target may spend.
+    pol = policy.from_spec()
+    history = calm(pol.calm_span_s + 60.0)
+    got = burst.calm_target_factor(pol, history, cold_start_s=cold_start_s)
+    assert got == pytest.approx(factor)
+
+
+@pytest.mark.parametrize(
+    ("why", "overrides", "seconds", "burst_every"),
+    [
+        ("the history is too short to call calm", {}, 300.0, 0),
+        ("the recent bursts grew 2x, even read at their peak", {}, 900.0, 20),
+        ("burst headroom is off", {"burst_headroom": False}, 900.0, 0),
+        ("a latency target is the SLO's", {"metric": api.ScalingMetric.QUEUE_TIME}, 900.0, 0),
+    ],
+)
+def test_no_calm_target(
+    why: str, overrides: dict[str, object], seconds: float, burst_every: int
+) -> None:
+    pol = policy.from_spec(**overrides)
+    history = calm(seconds, burst_every=burst_every)
+    assert burst.calm_target_factor(pol, history, cold_start_s=10.0) == 1.0, why

@@ -748,9 +748,10 @@ def test_missing_data_holds_then_falls_back() -> None:
     assert all(r.desired == 6 for t, r in during if t >= 108)
 
 
-def test_a_target_factor_is_the_target_every_rule_reads_and_status_says_so() -> None:
-    # Depth 24 at target 4 wants 6 replicas; at 1.2x (4.8) it wants 5, and the decision's
-    # inputs and message say which target it read and why.
+def test_a_target_factor_raises_the_target_the_rules_read_and_status_says_so() -> None:
+    # Depth 24 at target 4 wants 6 replicas; at 1.2x (4.8) it wants 5. The inputs keep the
+    # spec's target (dashboards compare signals with it) and name the factor; the message
+    # says which target the decision read and why.
     pol = make_policy(target=4.0)
     plain, calm = (
         decide.decide(
@@ -764,8 +765,24 @@ def test_a_target_factor_is_the_target_every_rule_reads_and_status_says_so() -> 
         for factor in (1.0, 1.2)
     )
     assert (plain.desired, calm.desired) == (6, 5)
-    assert calm.inputs.target == pytest.approx(4.8)
-    assert calm.inputs.to_dict()["calmTargetFactor"] == 1.2
-    assert "1.20x the spec's while the demand is calm" in calm.message
-    assert plain.inputs.to_dict()["calmTargetFactor"] == 1.0
+    assert calm.inputs.target == 4.0
+    assert calm.record(now=NOW).inputs["calmTargetFactor"] == 1.2
+    assert "target 4.8 per replica (1.20x the spec's 4 while the demand is calm)" in calm.message
+    assert plain.record(now=NOW).inputs["calmTargetFactor"] == 1.0
     assert "calm" not in plain.message
+
+
+def test_panic_is_judged_on_the_specs_target() -> None:
+    # Two replicas, the panic window at 16 in flight: 2x their capacity at the spec's target
+    # (4), only 1.67x at the raised one (4.8). A rise that ends a calm spell must not panic
+    # later for it.
+    result = decide.decide(
+        policy=make_policy(target=4.0),
+        window=window_of([8.0] * 27 + [16.0] * 3),
+        state=state.ScalerState(),
+        now=NOW,
+        replicas=decide.Replicas(current=2, ready=2),
+        target_factor=1.2,
+    )
+    assert result.reason is R.PANIC_SCALE_UP
+    assert result.desired == 4  # what the panic window wants at the raised target

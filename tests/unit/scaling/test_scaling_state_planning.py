@@ -175,6 +175,8 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
         {"trend_min_coverage": 1.5},
         {"calm_target_factor": 0.9},
         {"calm_headroom": 0.5},
+        {"calm_span_s": 900.0},
+        {"calm_span_s": -1.0},
         {"calm_full_cold_start_s": 90.0, "calm_max_cold_start_s": 60.0},
     ],
 )

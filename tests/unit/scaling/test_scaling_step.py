@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from kubeinfer.core import api, metrics
+from kubeinfer.core import metrics
 from kubeinfer.core.scaling import burst, decide, policy, signals, step
 
 CAPACITY = 100.0  # requests per second one replica serves
@@ -119,42 +119,31 @@ def test_a_calm_load_runs_hotter_once_the_history_says_so() -> None:
     assert "while the demand is calm" in after[-1].message
 
 
-def calm_history(seconds: float) -> burst.BurstHistory:
-    history = burst.BurstHistory()
-    for i in range(round(seconds / 2.0)):
-        history.record(now=2.0 * i, demand=100.0, horizon_s=30.0)
-    return history
+def test_a_calm_target_ends_when_a_restart_forgets_the_history() -> None:
+    # The burst history is kept in memory only: a fresh Memory (an operator restart) is no
+    # evidence of calm, so the factor is 1 until the history spans calm_span_s again.
+    pol = policy.from_spec(target=2.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    history = steps([110.0] * round((pol.calm_span_s + 120.0) / 2.0), pol)
+    carried = history[-1][1].memory
+    assert burst.calm_target_factor(pol, carried.burst, cold_start_s=4.0) > 1.0
+    restarted = step.Memory(state=carried.state, window=carried.window)
+    assert burst.calm_target_factor(pol, restarted.burst, cold_start_s=4.0) == 1.0
 
 
-@pytest.mark.parametrize(
-    ("cold_start_s", "factor"),
-    [(10.0, 1.2), (60.0, 1.2), (75.0, 1.1), (90.0, 1.0), (300.0, 1.0)],
-)
-def test_the_calm_target_fades_as_the_cold_start_grows(cold_start_s: float, factor: float) -> None:
-    # A rise after a calm spell has to fit in the thinner room until new replicas are Ready:
-    # the longer they take, the less of the room the calm target may spend.
-    pol = policy.from_spec()
-    got = step.calm_target_factor(
-        pol, calm_history(pol.calm_span_s + 60.0), headroom=1.0, cold_start_s=cold_start_s
-    )
-    assert got == pytest.approx(factor)
-
-
-@pytest.mark.parametrize(
-    ("why", "overrides", "span_s", "headroom"),
-    [
-        ("the history is too short to call calm", {}, 300.0, 1.0),
-        ("the recent bursts ask for headroom", {}, 900.0, 1.3),
-        ("burst headroom is off", {"burst_headroom": False}, 900.0, 1.0),
-        ("a latency target is the SLO's", {"metric": api.ScalingMetric.QUEUE_TIME}, 900.0, 1.0),
-    ],
-)
-def test_no_calm_target(
-    why: str, overrides: dict[str, object], span_s: float, headroom: float
-) -> None:
-    pol = policy.from_spec(**overrides)
-    got = step.calm_target_factor(pol, calm_history(span_s), headroom=headroom, cold_start_s=10.0)
-    assert got == 1.0, why
+def test_the_calm_target_ends_with_the_calm() -> None:
+    # After ten calm minutes at the raised target, a load that jumps 1.5x every 8 s (pods
+    # start in 4 s here, so half the moments see that growth within one cold start): once
+    # enough of them have closed the factor drops to 1 for good.
+    pol = policy.from_spec(target=2.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    calm = [110.0] * round((pol.calm_span_s + 120.0) / 2.0)
+    wave = [110.0, 110.0, 165.0, 165.0] * 45
+    history = steps(calm + wave + [110.0] * 30, pol)
+    factors = [s.result.inputs.target_factor for _, s in history]
+    assert factors[len(calm) - 1] == pytest.approx(pol.calm_target_factor)
+    assert factors[-1] == 1.0
+    ended = factors.index(1.0, len(calm))
+    assert ended < len(calm) + len(wave)  # while the bursts go on, not after them
+    assert set(factors[ended:]) == {1.0}
 
 
 def test_step_leaves_the_memory_it_was_given_untouched() -> None:

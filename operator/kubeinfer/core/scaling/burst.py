@@ -24,6 +24,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from typing import TYPE_CHECKING
+
+from kubeinfer.core import api
+
+if TYPE_CHECKING:
+    # policy.py reads HISTORY_S from here to validate calm_span_s.
+    from kubeinfer.core.scaling import policy
 
 # How far back the burstiness is read, and which share of the moments it must cover.
 HISTORY_S = 900.0
@@ -69,10 +76,19 @@ class BurstHistory:
             return 0.0
         return self.ratios[-1][0] - self.ratios[0][0]
 
+    def growth(self) -> float:
+        """The QUANTILE of the recent growth ratios (nearest rank), at least 1; 1 without
+        evidence (fewer than ``MIN_RATIOS``). How bursty the load has been, whatever it is now.
+        """
+        if len(self.ratios) < MIN_RATIOS:
+            return 1.0
+        ordered = sorted(r for _, r, _ in self.ratios)
+        rank = max(1, math.ceil(QUANTILE * len(ordered)))
+        return max(1.0, ordered[rank - 1])
+
     def headroom(self, demand: float) -> float:
-        """The QUANTILE of the recent growth ratios (nearest rank), at least 1, and never room
-        for more than the highest demand of the history at ``demand`` (the load the factor
-        will multiply; 0: unknown, no bound).
+        """``growth``, but never room for more than the highest demand of the history at
+        ``demand`` (the load the factor will multiply; 0: unknown, no bound).
 
         The bound matters after quiet spells: growth from a trickle reads as a ratio of
         hundreds (an idle service in the morning), and room for a hundred times today's load
@@ -80,10 +96,33 @@ class BurstHistory:
         """
         if len(self.ratios) < MIN_RATIOS:
             return 1.0
-        ordered = sorted(r for _, r, _ in self.ratios)
-        rank = max(1, math.ceil(QUANTILE * len(ordered)))
-        factor = ordered[rank - 1]
+        factor = self.growth()
         if demand > 0:
             highest = max([peak for _, _, peak in self.ratios] + [v for _, v in self.open])
             factor = min(factor, highest / demand)
         return max(1.0, factor)
+
+
+def calm_target_factor(
+    pol: policy.ScalingPolicy, history: BurstHistory, *, cold_start_s: float
+) -> float:
+    """How much hotter than its target the service runs this tick (1: not at all).
+
+    Why: the planned target leaves room for bursts (planning.DEFAULT_UTILIZATION), and the
+    burst headroom adds more when the load has been bursty. When the history says the load
+    has been calm for a while, that room is idle and ``calm_target_factor`` spends it. Calm
+    is read on ``growth``, not on ``headroom``: the headroom's bound reads 1 at the top of
+    any burst, which is no sign of calm. The hazard is a rise that starts after the calm
+    spell: it has to fit in the thinner room until the replicas it calls for are Ready, so
+    the factor fades out as the cold start grows (policy.py's calm knobs).
+    """
+    if (
+        not pol.burst_headroom
+        or pol.metric is api.ScalingMetric.QUEUE_TIME
+        or history.span_s() < pol.calm_span_s
+        or history.growth() > pol.calm_headroom
+    ):
+        return 1.0
+    full, none = pol.calm_full_cold_start_s, pol.calm_max_cold_start_s
+    share = min(1.0, max(0.0, (none - cold_start_s) / (none - full)))
+    return 1.0 + (pol.calm_target_factor - 1.0) * share

@@ -2,8 +2,8 @@
 
 Owns the scaling rules and nothing else: no clock, no API, no scraping. The engine calls it
 every tick and acts on (or, in Recommend mode, only reports) the returned ``ScaleResult``,
-then persists ``result.state``. Every rule reads the policy's target times ``target_factor``
-(above 1 only while the load is calm: step.calm_target_factor). The rules, in order:
+then persists ``result.state``. The rules read the policy's target times ``target_factor``
+(above 1 only while the load is calm: burst.calm_target_factor). The rules, in order:
 
 1. Metrics missing for ``failures_before_fallback`` ticks -> at least ``fallback_replicas``.
    No data in the stable window -> hold. A failed scrape never lets the count go down.
@@ -137,7 +137,8 @@ class Inputs:
     scraped: bool
     # Seconds of samples the window holds (for the WarmingUp message; not in the history).
     covered_s: float = 0.0
-    # ``target`` is the policy's times this (1: none): the calm target, step.py.
+    # The target the rules read is ``target`` (the spec's) times this (1: none): the calm
+    # target, burst.calm_target_factor.
     target_factor: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,7 +286,9 @@ class _Tick:
     # Seconds of samples the window holds for the policy's metric.
     covered_s: float = 0.0
     headroom: float = 1.0
+    # The calm target's factor; ``policy.target`` is already raised by it, ``spec_target`` not.
     target_factor: float = 1.0
+    spec_target: float = 0.0
     trend_per_s: float | None = None
     clamps: list[Clamp] = dataclasses.field(default_factory=list)
 
@@ -310,6 +313,7 @@ class _Tick:
 
 def _read(
     *,
+    spec_target: float,
     policy: policy_.ScalingPolicy,
     window: window_.SignalWindow,
     state: state_.ScalerState,
@@ -341,6 +345,7 @@ def _read(
         covered_s=window.covered_s(series=series, now=now),
         headroom=headroom,
         target_factor=target_factor,
+        spec_target=spec_target,
     )
 
 
@@ -378,7 +383,8 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
     r = tick.replicas
     inputs = Inputs(
         metric=policy.metric,
-        target=policy.target,
+        # The spec's target: dashboards compare the signals with it; the factor is its own input.
+        target=tick.spec_target,
         stable=tick.stable,
         panic=tick.panic,
         gpu_utilization=tick.gpu,
@@ -412,7 +418,9 @@ def _recommend(tick: _Tick, stable: float, panic: float) -> tuple[int, Reason]:
     capacity = max(tick.replicas.ready + tick.replicas.starting + tick.replicas.placing, 1)
     wanted_stable = _wanted(policy=policy, value=stable, ready=tick.replicas.ready)
     wanted_panic = _wanted(policy=policy, value=panic, ready=tick.replicas.ready)
-    if wanted_panic >= policy.panic_threshold * capacity:
+    # Panic is judged on the spec's target: a rise that ends a calm spell is exactly what the
+    # thinner room of a calm target cannot absorb, so it must not take longer to trigger.
+    if wanted_panic * tick.target_factor >= policy.panic_threshold * capacity:
         tick.panic_until = tick.now + policy.stable_window_s
     if tick.panic_until is not None:
         return max(math.ceil(wanted_panic), current), Reason.PANIC_SCALE_UP
@@ -555,11 +563,14 @@ def decide(
     ``scraped`` is False when this tick's scrape produced no sample (every pod failed or none
     was Ready); the window then holds only older data. ``headroom``: the burst-headroom
     factor (burst.py), 1 for none. ``target_factor``: the calm target's factor
-    (step.calm_target_factor), 1 for none; every rule this tick reads the raised target.
+    (burst.calm_target_factor), 1 for none; the rules read the raised target, except the
+    panic trigger (below).
     """
+    spec_target = policy.target
     if target_factor != 1.0:
         policy = dataclasses.replace(policy, target=policy.target * target_factor)
     tick = _read(
+        spec_target=spec_target,
         policy=policy,
         window=window,
         state=state,
@@ -613,7 +624,10 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
     seen = "no data" if inputs.stable is None else f"{inputs.stable:.1f} {unit} (stable window)"
     per = f"target {inputs.target:g} per replica"
     if inputs.target_factor > 1.0:
-        per += f" ({inputs.target_factor:.2f}x the spec's while the demand is calm)"
+        per = (
+            f"target {inputs.target * inputs.target_factor:.4g} per replica "
+            f"({inputs.target_factor:.2f}x the spec's {inputs.target:g} while the demand is calm)"
+        )
     move = f"from {current} to {desired}"
     texts = {
         Reason.SCALE_UP: f"Scaling up {move}: {seen}, {per}.",

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from kubeinfer.core import api
+from kubeinfer.core.scaling import burst
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,16 +69,18 @@ class ScalingPolicy:
     trend_window_s: float = 30.0
     trend_min_r2: float = 0.6
     trend_min_coverage: float = 0.5
-    # Calm target (with burst_headroom; step.py): while the demand has been calm (burst headroom
-    # at or below ``calm_headroom`` over at least ``calm_span_s`` of burst history) the target is
-    # raised by ``calm_target_factor``, spending the room the planned target keeps for bursts
-    # that the history says are not coming. Only for a short cold start: in full up to
+    # Calm target (with burst_headroom; burst.calm_target_factor): while the demand has been
+    # calm, the target is raised by ``calm_target_factor``, spending the room the planned
+    # target keeps for bursts. Calm: at least ``calm_span_s`` of burst history whose growth
+    # within one cold start (its 95th percentile) is at most ``calm_headroom``. 1.2 = about
+    # the room the raised target still leaves at the planned utilization (1 / (0.7 x 1.2)), so
+    # growth like the recent one still fits. Only for a short cold start: in full up to
     # ``calm_full_cold_start_s``, fading to none at ``calm_max_cold_start_s``, because a rise
-    # that starts after a calm spell must fit in the thinner room until new replicas are Ready
-    # (bench/autoscaling/analysis.md has the sweep these values come from). Not for QueueTime:
-    # a latency target is the SLO's, not a utilization.
+    # that ends a calm spell must fit in the thinner room until new replicas are Ready
+    # (bench/autoscaling/analysis.md: the sweep these values come from). Not for QueueTime: a
+    # latency target is the SLO's, not a utilization.
     calm_target_factor: float = 1.2
-    calm_headroom: float = 1.1
+    calm_headroom: float = 1.2
     calm_span_s: float = 600.0
     calm_full_cold_start_s: float = 60.0
     calm_max_cold_start_s: float = 90.0
@@ -140,8 +143,10 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append("cold_start_default_s must be >= 0 and trend_window_s > 0")
     if policy.fallback_replicas is not None and policy.fallback_replicas < 0:
         problems.append("fallback_replicas must be >= 0")
-    if policy.calm_target_factor < 1 or policy.calm_headroom < 1 or policy.calm_span_s < 0:
-        problems.append("calm_target_factor and calm_headroom must be >= 1, calm_span_s >= 0")
+    if policy.calm_target_factor < 1 or policy.calm_headroom < 1:
+        problems.append("calm_target_factor and calm_headroom must be >= 1")
+    if not 0 <= policy.calm_span_s < burst.HISTORY_S:
+        problems.append(f"calm_span_s must be in [0, {burst.HISTORY_S:g}) (the burst history)")
     if not 0 <= policy.calm_full_cold_start_s < policy.calm_max_cold_start_s:
         problems.append("need 0 <= calm_full_cold_start_s < calm_max_cold_start_s")
     if policy.failures_before_fallback < 1:

@@ -3,7 +3,7 @@
 Owns the order of a tick's thinking: aggregate the pods that answered into the tick's sample,
 keep it in the window, learn the cold start from pod timestamps, record the demand's
 burstiness (``burst``) and read from it the headroom and whether the load is calm enough to
-run hotter (``calm_target_factor``), then ``decide``, then the
+run hotter (``burst.calm_target_factor``), then ``decide``, then the
 scale-to-zero hand-off with the router (``zero``). The operator's
 engine calls ``step`` between gathering (the store and the scrape) and acting (the scale
 subresource, status, Events); bench/autoscaling's simulator calls the same ``step`` with the
@@ -64,12 +64,10 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         win.record(sample=sample)
     win.prune(now=now)
     learned = cold_start.learn(pairs=observation.cold_starts, previous_s=memory.state.cold_start_s)
+    cold = learned if learned is not None else pol.cold_start_default_s
     bursts = memory.burst.copy()
     if pol.burst_headroom and sample is not None:
-        horizon = learned if learned is not None else pol.cold_start_default_s
-        bursts.record(now=now, demand=sample.demand, horizon_s=horizon)
-    headroom = _headroom(pol, bursts, win, now)
-    cold = learned if learned is not None else pol.cold_start_default_s
+        bursts.record(now=now, demand=sample.demand, horizon_s=cold)
     result = decide.decide(
         policy=zero.floor(pol),
         window=win,
@@ -77,8 +75,8 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         now=now,
         replicas=observation.replicas,
         scraped=sample is not None,
-        headroom=headroom,
-        target_factor=calm_target_factor(pol, bursts, headroom=headroom, cold_start_s=cold),
+        headroom=_headroom(pol, bursts, win, now),
+        target_factor=burst.calm_target_factor(pol, bursts, cold_start_s=cold),
     )
     result = zero.hand_off(
         pol=pol,
@@ -105,32 +103,6 @@ def _headroom(
         series=api.ScalingMetric.REQUEST_RATE.value, now=now, span_s=pol.stable_window_s
     )
     return bursts.headroom(rate or 0.0)
-
-
-def calm_target_factor(
-    pol: policy.ScalingPolicy, bursts: burst.BurstHistory, *, headroom: float, cold_start_s: float
-) -> float:
-    """How much hotter than its target the service runs this tick (1: not at all).
-
-    Why: the planned target leaves room for bursts (planning.DEFAULT_UTILIZATION), and the
-    burst headroom adds more when the load has been bursty. When the history says the load
-    has been calm for a while, that room is idle: ``calm_target_factor`` spends it. The
-    hazard is a rise that starts after the calm spell; it has to fit in the thinner room until
-    the replicas it calls for are Ready, so the factor fades out as the cold start grows
-    (policy.py). In bench/autoscaling this saved 5-11 % of replica-seconds on the smooth
-    families at cold starts up to 60 s with no added misses, and changed the bursty ones by
-    a few percent either way (analysis.md).
-    """
-    if (
-        not pol.burst_headroom
-        or pol.metric is api.ScalingMetric.QUEUE_TIME
-        or headroom > pol.calm_headroom
-        or bursts.span_s() < pol.calm_span_s
-    ):
-        return 1.0
-    full, none = pol.calm_full_cold_start_s, pol.calm_max_cold_start_s
-    share = min(1.0, max(0.0, (none - cold_start_s) / (none - full)))
-    return 1.0 + (pol.calm_target_factor - 1.0) * share
 
 
 def nothing_to_record(result: decide.ScaleResult, *, recorded: bool, unanswered: int) -> bool:
