@@ -342,8 +342,9 @@ class ScalingSpec(_Model):
             "the current load times the 95th percentile of how much demand grew within one "
             "cold start over the last 15 minutes (1x on a smooth load); and while the load "
             "has been calm for minutes and pods start quickly, run somewhat hotter than the "
-            "target (QueueDepth and RequestRate; status shows calmTargetFactor). Off: the "
-            "target alone."
+            "target (QueueDepth and RequestRate; status shows calmTargetFactor), which "
+            "assumes a target planned with room for bursts (kubeinfer plan). Off: the target "
+            "alone, for a target that is a hard limit."
         ),
     ] = True
 
