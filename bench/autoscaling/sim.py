@@ -307,9 +307,12 @@ class Sim:
         self._starts = 0  # pod starts so far: indexes the seed's cold-start sequence
         self._rejected_before = 0.0
         for _ in range(initial_replicas):
-            # Already Ready when the run starts (created long before, not counted as a start).
-            pod = Pod(id=self._next_id(), created=-3600.0, cold_s=0.0)
-            pod.scheduled_at, pod.ready_at, pod.snapshot = -3600.0, -3600.0, tuple(self.pp)
+            # Already Ready when the run starts (started long before, not counted as a start).
+            # They took the nominal cold start, as the operator would read from their
+            # timestamps: a pod created and Ready at once would teach a cold start of 0 s.
+            cold = self.config.cold_start_s
+            pod = Pod(id=self._next_id(), created=-3600.0 - cold, cold_s=cold)
+            pod.scheduled_at, pod.ready_at, pod.snapshot = -3600.0 - cold, -3600.0, tuple(self.pp)
             self.ready.append(pod)
             self.scheduled_count += 1
 
