@@ -94,10 +94,8 @@ class BurstHistory:
         hundreds (an idle service in the morning), and room for a hundred times today's load
         would be replicas no recent load has needed.
         """
-        if len(self.ratios) < MIN_RATIOS:
-            return 1.0
-        factor = self.growth()
-        if demand > 0:
+        factor = self.growth()  # 1 without evidence, and the bound never raises it
+        if demand > 0 and self.ratios:
             highest = max([peak for _, _, peak in self.ratios] + [v for _, v in self.open])
             factor = min(factor, highest / demand)
         return max(1.0, factor)
