@@ -762,6 +762,8 @@ class Condition(_Model):
 
 # Decisions status keeps (the newest); every decision is counted in the operator's metrics.
 DECISION_HISTORY = 10
+# The most characters status.autoscaler.state may hold (the engine fits its JSON to it).
+STATE_MAX_CHARS = 16384
 
 
 class DecisionRecord(_Model):
@@ -801,9 +803,9 @@ class AutoscalerStatus(_Model):
     state: Annotated[
         str | None,
         Field(
-            max_length=16384,
+            max_length=STATE_MAX_CHARS,
             description="Serialized scaler state that survives operator "
-            "restarts (windows, last scale time, learned cold start).",
+            "restarts (windows, last scale time, learned cold start, burst history).",
         ),
     ] = None
 

@@ -3,6 +3,9 @@ from it (the 95th percentile over the last 15 minutes). Virtual time: ticks ever
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 
 from kubeinfer.core import api
@@ -84,6 +87,64 @@ def test_growth_is_not_bounded_by_todays_demand() -> None:
     assert history.growth() == pytest.approx(3.0)
 
 
+def restarted(history: burst.BurstHistory) -> burst.BurstHistory:
+    """What an operator restart restores: the history through status's JSON."""
+    return burst.BurstHistory.from_dict(json.loads(json.dumps(history.to_dict())))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_restart_never_reads_a_history_as_less_bursty(seed: int) -> None:
+    # Fifteen minutes of jumpy demand, persisted and restored: the growth, the room at any
+    # load and the span read at least what they read before, and at most one grid step more;
+    # the moments come back one for one.
+    rng = random.Random(seed)
+    demand = [rng.choice([100.0] * 30 + [115.0, 150.0, 330.0]) for _ in range(500)]
+    history = feed(demand, horizon_s=rng.choice([4.0, 30.0]), start=1.7e9)
+    back = restarted(history)
+    assert len(back.ratios) == len(history.ratios) and not back.open
+    assert history.growth() <= back.growth() <= history.growth() * (1 + burst.PERSIST_STEP)
+    for load in (100.0, 200.0, 330.0):
+        before = history.headroom(load)
+        assert before <= back.headroom(load) <= before * (1 + burst.PERSIST_STEP)
+    assert history.span_s() - burst.PERSIST_RUN_S <= back.span_s() <= history.span_s()
+
+
+def test_a_rare_burst_stays_rare_after_a_restart() -> None:
+    # Runs are not summarised by their highest growth: the moments before a short burst stay
+    # as few as they were, so they remain outside the 95th percentile.
+    demand = [100.0] * 200 + [300.0] * 5 + [100.0] * 250
+    assert restarted(feed(demand, horizon_s=4.0)).headroom(100.0) == 1.0
+
+
+def test_the_persisted_history_fits_its_budget_at_any_tick_rate() -> None:
+    # Ticks ten times a second and every growth distinct: the steps coarsen until the JSON
+    # fits, still rounding up.
+    history = burst.BurstHistory()
+    for i in range(round(burst.HISTORY_S * 10)):
+        history.record(now=0.1 * i, demand=100.0 + (i * 7919 % 997), horizon_s=30.0)
+    saved = history.to_dict()
+    assert len(json.dumps(saved, separators=(",", ":"))) <= burst.PERSIST_BUDGET
+    assert saved["step"] > burst.PERSIST_STEP
+    back = burst.BurstHistory.from_dict(saved)
+    assert history.growth() <= back.growth() <= history.growth() * (1 + saved["step"])
+
+
+def test_a_restored_history_goes_on_recording() -> None:
+    # New moments follow the restored ones (oldest first), and the restored ones still age
+    # out after HISTORY_S: a restart neither keeps old bursts for good nor loses new ones.
+    minute = [100.0] * 20 + [300.0] * 10
+    history = feed(minute * 10, horizon_s=30.0)
+    back = restarted(history)
+    assert back.growth() == pytest.approx(3.0, rel=burst.PERSIST_STEP)
+    start = 2.0 * len(minute) * 10
+    for i in range(round(burst.HISTORY_S / 2.0) + 30):
+        back.record(now=start + 2.0 * i, demand=100.0, horizon_s=30.0)
+    times = [t for t, _, _ in back.ratios]
+    assert times == sorted(times)
+    assert back.growth() == 1.0
+    assert restarted(burst.BurstHistory()).growth() == 1.0
+
+
 def calm(seconds: float, *, burst_every: int = 0) -> burst.BurstHistory:
     """Ticks every 2 s at 100 req/s over ``seconds``; with ``burst_every``, a 2x tick that
     often (every moment within 30 s before one sees 2x growth)."""
@@ -122,3 +183,10 @@ def test_no_calm_target(
     pol = policy.from_spec(**overrides)
     history = calm(seconds, burst_every=burst_every)
     assert burst.calm_target_factor(pol, history, cold_start_s=10.0) == 1.0, why
+    assert burst.calm_target_factor(pol, restarted(history), cold_start_s=10.0) == 1.0, why
+
+
+def test_a_calm_spell_survives_a_restart() -> None:
+    pol = policy.from_spec()
+    history = calm(pol.calm_span_s + 60.0)
+    assert burst.calm_target_factor(pol, restarted(history), cold_start_s=10.0) == 1.2

@@ -9,7 +9,8 @@ import pytest
 
 from kubeinfer import planning_cli
 from kubeinfer.core import api, planning
-from kubeinfer.core.scaling import cold_start, decide, policy, signals, state, window
+from kubeinfer.core.scaling import burst, cold_start, decide, policy, signals, state, step, window
+from kubeinfer.engines import autoscaler
 
 
 def _point(batch: int, p50: float, p99: float, rps: float) -> dict[str, float]:
@@ -87,6 +88,53 @@ def test_decision_record_and_bounded_history() -> None:
     assert state.is_news((), record)
 
 
+def recommending(count: int) -> state.ScalerState:
+    """A state whose stabilization history holds ``count`` recommendations."""
+    return state.ScalerState(
+        recommendations=tuple((1.7e9 + 1.37 * i, count - i) for i in range(count))
+    )
+
+
+def jumpy_bursts() -> burst.BurstHistory:
+    """A full burst history of demand that jumps every second (the most to persist)."""
+    bursts = burst.BurstHistory()
+    for t in range(round(burst.HISTORY_S) + 60):
+        bursts.record(now=1.7e9 + t, demand=100.0 + 37.0 * (t * 7919 % 11), horizon_s=30.0)
+    return bursts
+
+
+@pytest.mark.parametrize(
+    ("recommendations", "kept", "coarse"),
+    [(150, {"state", "window"}, 20), (400, {"state", "window"}, 60), (800, {"state"}, None)],
+)
+def test_an_oversized_memory_drops_what_matters_least(
+    recommendations: int, kept: set[str], coarse: int | None
+) -> None:
+    """A huge stabilization history (hundreds of replicas recommended within the window)
+    must not make the status write fail: the burst history goes first, then the window's
+    resolution, then the window; the scaler state stays whole."""
+    w = window.SignalWindow(length_s=3600, granularity_s=2)
+    for t in range(0, 3600, 2):
+        w.record(
+            sample=signals.TickSample(
+                time=10_000.0 + t,
+                ready_replicas=4,
+                pods_scraped=4,
+                queue_depth_total=10.0 + t / 1000.123,
+                request_rate_total=100.0 + t / 7.77,
+                queue_time_ms=5.0 + t / 33.3,
+                gpu_utilization=0.5 + t / 99_999.0,
+            )
+        )
+    st = recommending(recommendations)
+    saved = autoscaler.persisted_state(step.Memory(state=st, window=w, burst=jumpy_bursts()))
+    assert len(saved) <= api.STATE_MAX_CHARS
+    assert set(json.loads(saved)) == kept
+    # 3600 s of 2 s buckets merged 20 at a time into 90; 60 at a time into 30 once squeezed.
+    assert json.loads(saved).get("window", {}).get("coarse") == coarse
+    assert state.ScalerState.from_dict(json.loads(saved)["state"]) == st
+
+
 @pytest.mark.parametrize("length_s", [6, 60, 600, 3600])
 def test_the_window_survives_a_restart_at_every_allowed_length(length_s: int) -> None:
     """Persisted in status (16 KiB), restored after a restart, for every stable window the API
@@ -98,18 +146,20 @@ def test_the_window_survives_a_restart_at_every_allowed_length(length_s: int) ->
                 time=10_000.0 + t,
                 ready_replicas=4,
                 pods_scraped=4,
-                queue_depth_total=10.0 + (t % 7),
-                request_rate_total=100.0,
-                queue_time_ms=5.0,
-                gpu_utilization=0.5,
+                queue_depth_total=10.0 + (t % 7) + t / 1000.123,
+                request_rate_total=100.0 + t / 7.77,
+                queue_time_ms=5.0 + t / 33.3,
+                gpu_utilization=0.5 + t / 99_999.0,
             )
         )
     now = 10_000.0 + length_s - 2
-    saved = json.dumps(
-        {"state": state.ScalerState().to_dict(), "window": w.to_dict(max_buckets=90)},
-        separators=(",", ":"),
+    # With a full burst history of jumpy demand beside it, ticking every second, and ten
+    # stabilization recommendations: all of it fits, nothing is dropped.
+    saved = autoscaler.persisted_state(
+        step.Memory(state=recommending(10), window=w, burst=jumpy_bursts())
     )
-    assert len(saved) < 16_384  # api.AutoscalerStatus.state's max length
+    assert len(saved) <= api.STATE_MAX_CHARS
+    assert set(json.loads(saved)) == {"state", "window", "burst"}
     back = window.SignalWindow.from_dict(json.loads(saved)["window"])
     depth = api.ScalingMetric.QUEUE_DEPTH.value
     for span in (6, length_s):

@@ -8,11 +8,13 @@ back down, replicas that become ready after a cold start. The loop is the engine
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
 from kubeinfer.core import metrics
 from kubeinfer.core.scaling import burst, decide, policy, signals, step
+from kubeinfer.engines import autoscaler
 
 CAPACITY = 100.0  # requests per second one replica serves
 LATENCY_S = 0.04  # service time
@@ -119,15 +121,24 @@ def test_a_calm_load_runs_hotter_once_the_history_says_so() -> None:
     assert "while the demand is calm" in after[-1].message
 
 
-def test_a_calm_target_ends_when_a_restart_forgets_the_history() -> None:
-    # The burst history is kept in memory only: a fresh Memory (an operator restart) is no
-    # evidence of calm, so the factor is 1 until the history spans calm_span_s again.
+def test_a_calm_target_and_burst_headroom_survive_a_restart() -> None:
+    # The engine persists the step's memory in status and restores it after a restart: the
+    # calm spell and the room a burst earned come back (a state written before the burst
+    # history was persisted restores as no evidence: factor 1 until calm_span_s again).
     pol = policy.from_spec(target=2.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
-    history = steps([110.0] * round((pol.calm_span_s + 120.0) / 2.0), pol)
-    carried = history[-1][1].memory
-    assert burst.calm_target_factor(pol, carried.burst, cold_start_s=4.0) > 1.0
-    restarted = step.Memory(state=carried.state, window=carried.window)
-    assert burst.calm_target_factor(pol, restarted.burst, cold_start_s=4.0) == 1.0
+    calm = steps([110.0] * round((pol.calm_span_s + 120.0) / 2.0), pol)[-1][1].memory
+    bursty = steps(([50.0] * 20 + [150.0] * 10) * 10, pol)[-1][1].memory
+    for carried, factor in ((calm, pol.calm_target_factor), (bursty, 1.0)):
+        isvc = {"status": {"autoscaler": {"state": autoscaler.persisted_state(carried)}}}
+        back, _ = autoscaler.restore(isvc, pol)
+        assert burst.calm_target_factor(pol, back.burst, cold_start_s=4.0) == factor
+        assert back.burst.headroom(50.0) >= carried.burst.headroom(50.0)
+    assert bursty.burst.headroom(50.0) == pytest.approx(3.0)
+    saved = json.loads(autoscaler.persisted_state(calm))
+    del saved["burst"]
+    isvc = {"status": {"autoscaler": {"state": json.dumps(saved)}}}
+    back, _ = autoscaler.restore(isvc, pol)
+    assert burst.calm_target_factor(pol, back.burst, cold_start_s=4.0) == 1.0
 
 
 def test_the_calm_target_ends_with_the_calm() -> None:

@@ -14,8 +14,12 @@ cold-start horizon, and as much as it has been. On a smooth load the ratios sit 
 the floor is the plain recommendation.
 
 Demand counts rejected requests: when the queue is full the answered rate is the capacity,
-not the load. Kept in memory only (not in status): after an operator restart the headroom is
-1 until ``MIN_RATIOS`` moments have closed, i.e. one cold start plus ``MIN_RATIOS`` ticks.
+not the load. The closed moments survive an operator restart (``to_dict``/``from_dict``, in
+status with the rest of the step's memory), rounded so that the restored history never reads
+less bursty than the one persisted: a restart must neither drop the headroom a bursty load
+earned nor end a calm spell (``calm_target_factor`` needs ``calm_span_s`` of history, ten
+minutes by default). The open moments (the last cold start) are not kept: they close into
+ratios only with the demand that follows them, which a restart did not see.
 Pure: ``now`` is passed in.
 """
 
@@ -23,8 +27,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubeinfer.core import api
 
@@ -37,6 +42,12 @@ HISTORY_S = 900.0
 QUANTILE = 0.95
 # Fewer closed moments than this read as no evidence: headroom 1.
 MIN_RATIOS = 10
+# Closed moments are persisted in runs of this many seconds (60 runs over HISTORY_S), their
+# growth rounded up to a power of 1 + PERSIST_STEP (coarser when the JSON would exceed
+# PERSIST_BUDGET characters: status.autoscaler.state holds the signal window too, in 16 KiB).
+PERSIST_RUN_S = 15.0
+PERSIST_STEP = 0.01
+PERSIST_BUDGET = 4000
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -57,6 +68,52 @@ class BurstHistory:
         return BurstHistory(
             open=collections.deque(self.open), ratios=collections.deque(self.ratios)
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for status: the closed moments in runs of ``PERSIST_RUN_S`` seconds, each as
+        [seconds before the newest moment, highest peak, k, moments, k, moments, ...], where a
+        moment's growth is rounded up to the next power (1 + ``step``)^k: ``step`` is
+        ``PERSIST_STEP`` (1 %), doubled while the JSON exceeds ``PERSIST_BUDGET`` characters.
+        Rounded up, so the history ``from_dict`` rebuilds reads at least the growth and room
+        this one reads, and at most one step more: a restart errs towards replicas, never
+        towards misses."""
+        if not self.ratios:
+            return {"end": None, "step": PERSIST_STEP, "runs": []}
+        end, step = self.ratios[-1][0], PERSIST_STEP
+        while True:
+            runs: dict[int, tuple[float, float, collections.Counter[int]]] = {}
+            for then, ratio, peak in self.ratios:
+                age = end - then
+                key = int(age // PERSIST_RUN_S)
+                youngest, highest, counts = runs.get(key, (age, peak, collections.Counter()))
+                counts[math.ceil(math.log(ratio) / math.log1p(step) - 1e-9)] += 1
+                runs[key] = (min(youngest, age), max(highest, peak), counts)
+            doc = {
+                "end": end,
+                "step": step,
+                "runs": [
+                    [round(age, 1), math.ceil(peak * 100.0) / 100.0]
+                    + [x for k in sorted(counts) for x in (k, counts[k])]
+                    for age, peak, counts in runs.values()
+                ],
+            }
+            # Terminates: once (1 + step) exceeds every growth, a run holds two powers at most.
+            if len(json.dumps(doc, separators=(",", ":"))) <= PERSIST_BUDGET:
+                return doc
+            step *= 2.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BurstHistory:
+        """The history ``to_dict`` wrote: each run's moments come back one for one (so
+        ``MIN_RATIOS`` holds) at its newest moment's time and highest peak."""
+        end, ratios = data.get("end"), collections.deque[tuple[float, float, float]]()
+        if end is not None:
+            base = 1.0 + float(data.get("step", PERSIST_STEP))
+            for run in sorted(data.get("runs", []), key=lambda run: -float(run[0])):
+                then, peak = float(end) - float(run[0]), float(run[1])
+                for k, count in zip(run[2::2], run[3::2], strict=True):
+                    ratios.extend([(then, base ** int(k), peak)] * int(count))
+        return cls(ratios=ratios)
 
     def record(self, *, now: float, demand: float, horizon_s: float) -> None:
         """Add this tick's demand; close the moments that are one cold start old."""

@@ -38,7 +38,7 @@ class Memory:
 
     state: state.ScalerState
     window: window.SignalWindow
-    # Demand and its growth within a cold start (not persisted: see burst.py).
+    # Demand and its growth within a cold start (its closed moments persist: see burst.py).
     burst: burst.BurstHistory = dataclasses.field(default_factory=burst.BurstHistory)
 
     @classmethod
