@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.processes import die_with_parent
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# A log line's own timestamp ("2026-12-03 19:00:50,403 INFO ..."): its milliseconds can read
+# 403, which is no refusal.
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?\s*")
+_STATUS_403 = re.compile(r"(?<![\d.,:])403(?![\d.,:])")
+
+
+def forbidden_lines(log: str) -> list[str]:
+    """The operator's log lines that report an API request refused by RBAC or admission
+    (HTTP 403, "forbidden"), ignoring the numbers in each line's timestamp."""
+    found = []
+    for line in log.splitlines():
+        text = _TIMESTAMP.sub("", line)
+        if _STATUS_403.search(text) or "forbidden" in text.lower():
+            found.append(line)
+    return found
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from tests.conftest import ClusterHandle
 from tests.images import pods
 from tests.images.pods import Images
 from tests.integration.helm.conftest import CHART, Helm
-from tests.operator_process import install
+from tests.operator_process import forbidden_lines, install
 from tests.waiting import wait_for
 
 GROUP, VERSION = "kubeinfer.io", "v1alpha1"
@@ -203,7 +203,7 @@ def test_operator_container_reconciles_with_the_charts_identity(
         ]
         assert writes and sum(float(line.rsplit(" ", 1)[1]) for line in writes) > 0
         log = container.output()
-        denied = [line for line in log.splitlines() if "403" in line or "orbidden" in line]
+        denied = forbidden_lines(log)
         assert not denied, "\n".join(denied[:20])
         container.kill(signal.SIGTERM)
         code = container.wait(timeout=30)

@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterHandle
 from tests.integration.helm.conftest import CHART, Helm
-from tests.operator_process import REPO, OperatorProcess, install, python_env
+from tests.operator_process import REPO, OperatorProcess, forbidden_lines, install, python_env
 from tests.waiting import wait_for
 
 GROUP, VERSION = "kubeinfer.io", "v1alpha1"
@@ -224,10 +224,6 @@ def run_as_account(
     proc = OperatorProcess(env, log_dir, extra_args=args)
     proc.start()
     return proc
-
-
-def forbidden_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "403" in line or "forbidden" in line.lower()]
 
 
 def isvc(name: str) -> dict[str, Any]:
