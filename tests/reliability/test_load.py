@@ -126,6 +126,24 @@ async def open_loop(server: Server, rate: float, seconds: float) -> Step:
     return step
 
 
+async def overload(server: Server, factor: int, capacity: float) -> Step:
+    """An open-loop step at ``factor`` x ``capacity``. This host's speed drifts 2-3x within
+    minutes (noisy neighbours): a step that rejected nothing may have met a server that got
+    faster since its capacity was measured, so the capacity is measured again and, if it
+    has grown, the step is offered again at the new figure (twice at most). A server that
+    rejects nothing at ``factor`` x a capacity it still shows fails the test."""
+    step = await open_loop(server, factor * capacity, STEP_S)
+    for _ in range(2):
+        if step.rejected > 0:
+            break
+        again = await closed_loop(server, 4, 3.0)
+        if again <= capacity * 1.2:
+            break
+        capacity = again
+        step = await open_loop(server, factor * capacity, STEP_S)
+    return step
+
+
 async def test_overload_2x_and_5x(load_server: Server, figures: Figures) -> None:
     await closed_loop(load_server, 4, 1.0)  # warm-up: sessions, allocator, thread pools
     capacity = await closed_loop(load_server, 4, 3.0)
@@ -138,7 +156,7 @@ async def test_overload_2x_and_5x(load_server: Server, figures: Figures) -> None
     p99_bound = max(2.0, 10 * (QUEUE + 4) / capacity)
     results = {}
     for factor in (2, 5):
-        step = await open_loop(load_server, factor * capacity, STEP_S)
+        step = await overload(load_server, factor, capacity)
         results[factor] = step
         assert not step.other, step.other[:5]
         assert step.rejected_without_retry_after == 0
