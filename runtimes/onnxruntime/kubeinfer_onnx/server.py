@@ -215,11 +215,25 @@ async def serve(
         emulate_device_s=args.emulate_device_ms / 1000.0,
         device=args.device,
     )
+    # From the first moment, not only once serving: a SIGTERM while the models load (the pod
+    # deleted during its start-up) must stop this server as it would a ready one, exit status 0,
+    # not kill it with the default action (143). A worker is forked with these signals held
+    # back (workers.supervise) so that none is lost before this point; they are let in here.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     _preload_cuda(args.device)
     entries = repository.scan(args.model_repository)
+    log.info("loading %s from %s", ", ".join(sorted(entries)) or "no models", args.model_repository)
     models = await asyncio.to_thread(
         model.load, entries, options=options, all_versions=not args.latest_version_only
     )
+    if stop.is_set():
+        # Never listened, so nothing to drain: nobody was sent here.
+        log.info("stopped while loading the models")
+        return
     gpus = nvml.Gpus.open() if args.device is not device.Device.CPU else None
     registry = metrics.Metrics(gpus=gpus)
     for served in models:
@@ -271,10 +285,6 @@ async def serve(
         sorted({f"{m.placement.provider} (--device {m.placement.requested})" for m in models}),
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     # Everything loaded so far (modules, sessions, protobuf descriptors: ~60k objects) lives as
     # long as the process. Frozen, the collector stops scanning it: a full collection under
     # load took up to 73 ms, an event-loop stall every request in flight waited out (p99).

@@ -126,7 +126,10 @@ def supervise(count: int, run_worker: Callable[[Peers], int]) -> int:
     status = 0
     try:
         for index in range(count):
-            # Held back across the fork: a worker must not run the supervisor's handler.
+            if stopping:
+                break  # Told to stop while starting them: start no more.
+            # Held back across the fork: a worker must not run the supervisor's handler, and
+            # it lets them in only once its own stop them (server.serve).
             signal.pthread_sigmask(signal.SIG_BLOCK, signals)
             pid = os.fork()
             if pid == 0:
@@ -167,7 +170,12 @@ def _worker(
     handlers: dict[signal.Signals, Any],
 ) -> NoReturn:
     """In a forked worker: the signal handling a lone server starts with, SIGTERM if the
-    supervisor dies, then the server; never returns into the supervisor's code."""
+    supervisor dies, then the server; never returns into the supervisor's code.
+
+    SIGTERM and SIGINT stay blocked (as forked): `run_worker` unblocks them once it has
+    installed its own handlers, and one that arrived in between waits for them. Unblocked
+    here, a SIGTERM in the milliseconds before (a pod deleted as it starts) took the default
+    action and the supervisor exited 143."""
     code = 1
     try:
         for signum, handler in handlers.items():
@@ -175,7 +183,6 @@ def _worker(
         # SIGTERM when the supervisor dies (its one thread forked us), so a killed supervisor
         # leaves no worker on the ports: the worker drains and exits.
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(handlers))
         if os.getppid() == supervisor:  # Else it died before prctl took effect.
             code = run_worker(peers)
     except BaseException:

@@ -94,6 +94,25 @@ class Server:
 def start_server(
     repo: pathlib.Path, log_path: pathlib.Path, *extra: str, address: str = "127.0.0.1"
 ) -> Server:
+    """A server process, started and ready."""
+    server = launch_server(repo, log_path, *extra, address=address)
+    process = server.process
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        with contextlib.suppress(OSError):
+            if server.get("/v2/health/ready")[0] == 200:
+                return server
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server not ready in 60s:\n{server.log()}")
+
+
+def launch_server(
+    repo: pathlib.Path, log_path: pathlib.Path, *extra: str, address: str = "127.0.0.1"
+) -> Server:
+    """A server process, started: it may still be loading."""
     ports = [free_port(address) for _ in range(3)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(RUNTIME_SRC), *filter(None, [env.get("PYTHONPATH")])])
@@ -120,17 +139,7 @@ def start_server(
         env=env,
         preexec_fn=die_with_parent,
     )
-    server = Server(process, address, *ports, log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        with contextlib.suppress(OSError):
-            if server.get("/v2/health/ready")[0] == 200:
-                return server
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server not ready in 60s:\n{server.log()}")
+    return Server(process, address, *ports, log_path)
 
 
 def write_config(model_dir: pathlib.Path, config: dict[str, object]) -> None:

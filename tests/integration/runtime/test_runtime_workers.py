@@ -17,7 +17,7 @@ import runtime_models
 import tritonclient.grpc as grpcclient
 from test_runtime_http import mlp_input
 
-from conftest import Server, start_server
+from conftest import Server, launch_server, start_server
 from tests.waiting import wait_for
 
 CONNECTIONS = 32
@@ -145,6 +145,36 @@ def test_workers_stop_when_their_supervisor_is_gone(workers: Server) -> None:
     workers.process.wait()
     wait_for(lambda: not any(alive(pid) for pid in pids), 30, "the orphaned workers to stop")
     assert workers.log().count("draining: not ready") == 2
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sigterm_while_starting_stops_the_server_cleanly(
+    mlp_repo: pathlib.Path, tmp_path: pathlib.Path, workers: str
+) -> None:
+    """A pod deleted as it starts: SIGTERM while the workers (or a lone server) load their
+    models stops them as it would a ready server, exit status 0 (it was 143 when it reached a
+    worker before its handler was installed: the default action killed it)."""
+    server = launch_server(mlp_repo, tmp_path / "server.log", "--workers", workers)
+    try:
+        # As soon as the process is past its imports: the supervisor has forked the workers
+        # (their models still loading), or the lone server has started its event loop.
+        started = "supervising 2 workers" if workers == "2" else "loading mlp from"
+        wait_for(
+            lambda: started in server.log() or server.process.poll() is not None,
+            60,
+            "the server to start",
+            every=0.005,
+        )
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0, server.log()
+        assert "Traceback" not in server.log(), server.log()
+        if workers == "2":
+            pids, _ = supervised(server)
+            assert not any(alive(pid) for pid in pids)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
 
 
 @pytest.mark.parametrize("flag", ["--http-port", "--grpc-port", "--metrics-port"])
