@@ -772,6 +772,48 @@ def test_a_target_factor_raises_the_target_the_rules_read_and_status_says_so() -
     assert "calm" not in plain.message
 
 
+def test_while_calm_replicas_go_back_after_the_short_window_and_without_hysteresis() -> None:
+    # The same raised target (9.6) read two ways: as the spec's own (not calm) and as the
+    # spec's 8 x the calm factor 1.2. Only the calm one gives back replicas a recommendation
+    # 50 s old still holds (calm_scale_down_s 30 < the policy's 120 s), and a drop of one
+    # replica in ten (under the 20 % hysteresis).
+    def run(
+        *, calm: bool, values: list[float], current: int, held: tuple[tuple[float, int], ...]
+    ) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0 if calm else 9.6),
+            window=window_of(values),
+            state=state.ScalerState(recommendations=held),
+            now=NOW,
+            replicas=decide.Replicas(current=current, ready=current),
+            target_factor=1.2 if calm else 1.0,
+        )
+
+    held = ((NOW - 50.0, 10),)
+    plain = run(calm=False, values=[56.0] * 30, current=10, held=held)  # 5.8 -> 6 wanted
+    assert (plain.desired, plain.reason) == (10, R.STABILIZING)
+    calm = run(calm=True, values=[56.0] * 30, current=10, held=held)
+    assert (calm.desired, calm.reason) == (6, R.SCALE_DOWN)
+    # The older recommendation is still kept, so the full window holds again the moment the
+    # calm spell ends (here: the next tick, before the scale-down took effect).
+    assert held[0] in calm.state.recommendations
+    after = decide.decide(
+        policy=make_policy(target=9.6),
+        window=window_of([56.0] * 30, now=NOW + 2.0),
+        state=calm.state,
+        now=NOW + 2.0,
+        replicas=decide.Replicas(current=10, ready=10),
+    )
+    assert (after.desired, after.reason) == (10, R.STABILIZING)
+
+    plain = run(calm=False, values=[84.0] * 30, current=10, held=())  # 8.75 -> 9 wanted
+    assert (plain.desired, plain.reason) == (10, R.HOLD)
+    assert C.HYSTERESIS in plain.clamps
+    calm = run(calm=True, values=[84.0] * 30, current=10, held=())
+    assert (calm.desired, calm.reason) == (9, R.SCALE_DOWN)
+    assert C.HYSTERESIS not in calm.clamps
+
+
 def test_panic_is_judged_on_the_specs_target() -> None:
     # Two replicas, the panic window at 16 in flight: 2x their capacity at the spec's target
     # (4), only 1.67x at the raised one (4.8). A rise that ends a calm spell must not panic

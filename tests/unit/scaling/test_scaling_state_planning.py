@@ -228,6 +228,7 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
         {"calm_span_s": 900.0},
         {"calm_span_s": -1.0},
         {"calm_full_cold_start_s": 90.0, "calm_max_cold_start_s": 60.0},
+        {"calm_scale_down_s": -1.0},
     ],
 )
 def test_policy_rejects_bad_knobs(kwargs: dict[str, float]) -> None:

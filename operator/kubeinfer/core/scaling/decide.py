@@ -23,8 +23,9 @@ then persists ``result.state``. The rules read the policy's target times ``targe
    scheduler has not answered for yet: adding more before it has would pile pending pods
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
-   ``scale_down_cold_starts`` learned cold starts), scale-down rate limit, the
-   trend floor, scale-down hysteresis, the GPU veto on scale-down, then min/max.
+   ``scale_down_cold_starts`` learned cold starts; while calm only ``calm_scale_down_s``),
+   scale-down rate limit, the trend floor, scale-down hysteresis (not while calm), the GPU
+   veto on scale-down, then min/max.
 """
 
 from __future__ import annotations
@@ -302,13 +303,27 @@ class _Tick:
         return self.full_at is not None and self.now - self.full_at < self.policy.stable_window_s
 
     @property
-    def down_window_s(self) -> float:
-        """Scale-down stabilization: the policy's, and at least ``scale_down_cold_starts``
-        cold starts."""
+    def calm(self) -> bool:
+        """The calm target is in force (burst.calm_target_factor)."""
+        return self.target_factor > 1.0
+
+    @property
+    def kept_s(self) -> float:
+        """Scale-down stabilization outside a calm spell: the policy's, and at least
+        ``scale_down_cold_starts`` cold starts. The recommendations are kept this long, so the
+        window is whole again the moment a calm spell ends."""
         policy = self.policy
         return max(
             policy.scale_down_stabilization_s, policy.scale_down_cold_starts * self.cold_start_s
         )
+
+    @property
+    def down_window_s(self) -> float:
+        """Scale-down stabilization this tick: ``kept_s``, or while calm the shorter
+        ``calm_scale_down_s`` (policy.py says why)."""
+        if self.calm:
+            return min(self.policy.calm_scale_down_s, self.policy.scale_down_stabilization_s)
+        return self.kept_s
 
 
 def _read(
@@ -363,7 +378,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
             reason = Reason.SCALE_UP
         elif bounded < current:
             reason = Reason.SCALE_DOWN
-    horizon = tick.now - tick.down_window_s
+    horizon = tick.now - tick.kept_s
     history = [(t, r) for t, r in tick.state.recommendations if t > horizon]
     if reason not in (Reason.NO_DATA, Reason.FALLBACK):
         # Stabilization reads only the highest recommendation since a time, so one that a
@@ -524,7 +539,8 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     if ahead is not None and desired < min(ahead, current):
         desired = min(ahead, current)
         tick.clamps.append(Clamp.TREND)
-    if desired < current and current - desired < max(1.0, policy.scale_down_min_fraction * current):
+    small = current - desired < max(1.0, policy.scale_down_min_fraction * current)
+    if desired < current and small and not tick.calm:
         desired = current
         tick.clamps.append(Clamp.HYSTERESIS)
     if desired < current and desired < policy.min_replicas and current <= policy.min_replicas:

@@ -84,6 +84,13 @@ class ScalingPolicy:
     calm_span_s: float = 600.0
     calm_full_cold_start_s: float = 60.0
     calm_max_cold_start_s: float = 90.0
+    # While the calm target is in force, replicas are given back after this scale-down window
+    # (at most the policy's own), without the cold-start floor above and without hysteresis:
+    # those guard against a load that comes back within a cold start, and a calm history with
+    # a short cold start says it will not, or not faster than the raised target's room covers.
+    # 30 s: bench/autoscaling/analysis.md (2-8 % fewer replica-seconds on the smooth families
+    # at 10-60 s cold starts, no more misses; the sweep these values come from).
+    calm_scale_down_s: float = 30.0
     failures_before_fallback: int = 5
     scrape_interval_s: float = 2.0
 
@@ -149,6 +156,8 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append(f"calm_span_s must be in [0, {burst.HISTORY_S:g}) (the burst history)")
     if not 0 <= policy.calm_full_cold_start_s < policy.calm_max_cold_start_s:
         problems.append("need 0 <= calm_full_cold_start_s < calm_max_cold_start_s")
+    if policy.calm_scale_down_s < 0:
+        problems.append("calm_scale_down_s must be >= 0")
     if policy.failures_before_fallback < 1:
         problems.append("failures_before_fallback must be >= 1")
     if policy.scale_to_zero_after_s <= 0:
