@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from kubeinfer_onnx import errors, grpc_server
+from kubeinfer_onnx import errors, grpc_server, tls
 
 
 async def _abort(context: Any, exc: errors.InferenceError) -> None:
@@ -46,8 +46,10 @@ def build_server(
     port: int,
     max_request_bytes: int,
     reuse_port: bool = False,
+    tls_files: tls.Files | None = None,
 ) -> tuple[Any, int]:
-    """The grpc.aio server bound to address:port (not started); returns it and the bound port."""
+    """The grpc.aio server bound to address:port (not started); returns it and the bound port.
+    `tls_files`: serve over TLS (mutual when they say so), as tls.py checked them."""
     handlers: dict[str, Any] = {}
     for method in service.methods().values():
         codec: dict[str, Any] = {
@@ -71,7 +73,15 @@ def build_server(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(grpc_server.SERVICE, handlers),)
     )
-    bound = server.add_insecure_port(f"{address}:{port}")
+    if tls_files is None:
+        bound = server.add_insecure_port(f"{address}:{port}")
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls_files.key.read_bytes(), tls_files.cert.read_bytes())],
+            root_certificates=tls_files.root.read_bytes() if tls_files.root else None,
+            require_client_auth=tls_files.mutual,
+        )
+        bound = server.add_secure_port(f"{address}:{port}", credentials)
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {address}:{port}")
     return server, bound

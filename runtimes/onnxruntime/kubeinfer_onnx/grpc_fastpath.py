@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl as ssl_
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -190,15 +191,25 @@ class Server:
         self._server: asyncio.Server | None = None
         self.connections: set[Connection] = set()
 
-    async def listen(self, address: str, port: int, *, reuse_port: bool = False) -> int:
+    async def listen(
+        self,
+        address: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        ssl: ssl_.SSLContext | None = None,
+    ) -> int:
         """Bind and start serving; returns the bound port (for port 0). `reuse_port`: on a
-        port that sibling server processes listen on too (SO_REUSEPORT)."""
+        port that sibling server processes listen on too (SO_REUSEPORT). `ssl`: serve HTTP/2
+        over TLS (tls.server_context); the connections read the decrypted bytes as before."""
         self._server = await asyncio.get_running_loop().create_server(
             lambda: Connection(self._methods, self._max, self.connections),
             address,
             port,
             backlog=128,
             reuse_port=reuse_port,
+            ssl=ssl,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl is not None else None,
         )
         return int(self._server.sockets[0].getsockname()[1])
 

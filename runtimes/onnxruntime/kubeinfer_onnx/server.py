@@ -35,6 +35,7 @@ from kubeinfer_onnx import (
     model,
     nvml,
     repository,
+    tls,
     workers,
 )
 
@@ -95,6 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="fast",
         help="fast: HTTP/2 read by this server (grpc_fastpath); grpcio: grpc.aio",
     )
+    tls.add_flags(parser, _bool)
     parser.add_argument("--allow-metrics", type=_bool, default=True)
     parser.add_argument(
         "--intra-op-threads",
@@ -174,7 +176,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="auto: uvloop when installed",
     )
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # Bad TLS flags or files fail once, here, naming the flag or the file.
+        args.grpc_tls = tls.from_args(args) if args.allow_grpc else None
+    except tls.TlsError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def _workers(text: str) -> int | None:
@@ -277,7 +284,8 @@ async def serve(
         ", ".join(f"{m.name}/{m.version}" for m in models),
         http_address,
         args.http_port,
-        f"{args.grpc_address or args.address}:{args.grpc_port} ({args.grpc_frontend})"
+        f"{args.grpc_address or args.address}:{args.grpc_port} ({args.grpc_frontend}"
+        f"{', ' + args.grpc_tls.label if args.grpc_tls is not None else ''})"
         if grpc
         else "off",
         f"{args.metrics_address or args.address}:{args.metrics_port}" if metrics_http else "off",
@@ -351,11 +359,13 @@ async def _grpc(args: argparse.Namespace, service: grpc_server.Service, *, share
             port=args.grpc_port,
             max_request_bytes=args.max_request_bytes,
             reuse_port=shared,
+            tls_files=args.grpc_tls,
         )
         await server.start()
         return server
     fast = grpc_fastpath.Server(service, max_request_bytes=args.max_request_bytes)
-    await fast.listen(address, args.grpc_port, reuse_port=shared)
+    context = tls.server_context(args.grpc_tls) if args.grpc_tls is not None else None
+    await fast.listen(address, args.grpc_port, reuse_port=shared, ssl=context)
     return fast
 
 

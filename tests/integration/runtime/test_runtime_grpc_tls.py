@@ -1,0 +1,208 @@
+"""gRPC over TLS with Triton's flags (`--grpc-use-ssl`, `--grpc-use-ssl-mutual`), on both
+frontends, as tritonclient and grpcio see it: a trusted client infers, a plaintext or untrusted
+one gets nothing, mutual TLS refuses a client without a certificate, and a bad set of flags
+stops the server before it loads anything, naming the flag or the file.
+
+Certificates come from the `openssl` command line (a CA, a server certificate for 127.0.0.1,
+a client certificate), made fresh for the module; none is committed."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from test_runtime_http import mlp_input, reference
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from conftest import RUNTIME_SRC, Server, start_server
+
+FRONTENDS = ["fast", "grpcio"]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """ca.pem; server.pem/server.key for 127.0.0.1 and localhost; client.pem/client.key; all
+    signed by the CA. other-ca.pem: a CA nobody is signed by."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the gRPC TLS tests need the openssl command line: install openssl")
+    d = tmp_path_factory.mktemp("certs")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
+            "-subj", f"/CN=kubeinfer test {ca}")  # fmt: skip
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for leaf in ("server", "client"):
+        run("req", *key, "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={leaf}")
+        sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+        run("x509", "-req", "-in", f"{leaf}.csr", *sign, "-out", f"{leaf}.pem",
+            "-extfile", f"{leaf}.ext")  # fmt: skip
+    return d
+
+
+def tls_server(
+    repo: pathlib.Path, certs: pathlib.Path, log_dir: pathlib.Path, frontend: str, *flags: str
+) -> Server:
+    return start_server(
+        repo,
+        log_dir / f"grpc-tls-{frontend}.log",
+        "--grpc-frontend",
+        frontend,
+        "--grpc-server-cert",
+        str(certs / "server.pem"),
+        "--grpc-server-key",
+        str(certs / "server.key"),
+        *flags,
+    )
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def tls(
+    request: pytest.FixtureRequest,
+    model_repo: pathlib.Path,
+    certs: pathlib.Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    logs = tmp_path_factory.mktemp("logs")
+    server = tls_server(model_repo, certs, logs, request.param, "--grpc-use-ssl", "true")
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def mutual(
+    request: pytest.FixtureRequest,
+    model_repo: pathlib.Path,
+    certs: pathlib.Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    logs = tmp_path_factory.mktemp("logs")
+    server = tls_server(
+        model_repo,
+        certs,
+        logs,
+        request.param,
+        "--grpc-use-ssl-mutual",
+        "true",
+        "--grpc-root-cert",
+        str(certs / "ca.pem"),
+    )
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def infer(client: grpcclient.InferenceServerClient, repo: pathlib.Path) -> None:
+    data = mlp_input(3, seed=4)
+    tensor = grpcclient.InferInput("INPUT0", [3, 64], "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer("mlp", [tensor], model_version="1")
+    (want,) = reference(repo, "mlp", 1, {"INPUT0": data})
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), want, rtol=1e-5, atol=1e-5)
+
+
+def ready_over(channel: grpc.Channel) -> str:
+    """ServerReady's outcome on a channel: OK or the status code's name."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        return str(exc.code().name)
+    finally:
+        channel.close()
+    return "OK"
+
+
+def test_a_trusting_client_infers_over_tls(
+    tls: Server, certs: pathlib.Path, model_repo: pathlib.Path
+) -> None:
+    client = grpcclient.InferenceServerClient(
+        tls.grpc_url, ssl=True, root_certificates=str(certs / "ca.pem")
+    )
+    assert client.is_server_ready()
+    infer(client, model_repo)
+    client.close()
+    assert "TLS)" in tls.log()  # the serving line says the listener is encrypted
+
+
+def test_plaintext_and_untrusting_clients_get_nothing(tls: Server, certs: pathlib.Path) -> None:
+    assert ready_over(grpc.insecure_channel(tls.grpc_url)) == "UNAVAILABLE"
+    other = grpc.ssl_channel_credentials((certs / "other-ca.pem").read_bytes())
+    assert ready_over(grpc.secure_channel(tls.grpc_url, other)) == "UNAVAILABLE"
+    # HTTP stays plaintext, as Triton's does, and the server is still whole.
+    assert tls.get("/v2/health/ready")[0] == 200
+
+
+def test_mutual_tls_needs_a_client_certificate(
+    mutual: Server, certs: pathlib.Path, model_repo: pathlib.Path
+) -> None:
+    ca = (certs / "ca.pem").read_bytes()
+    anonymous = grpc.ssl_channel_credentials(ca)
+    assert ready_over(grpc.secure_channel(mutual.grpc_url, anonymous)) == "UNAVAILABLE"
+    client = grpcclient.InferenceServerClient(
+        mutual.grpc_url,
+        ssl=True,
+        root_certificates=str(certs / "ca.pem"),
+        private_key=str(certs / "client.key"),
+        certificate_chain=str(certs / "client.pem"),
+    )
+    infer(client, model_repo)
+    client.close()
+    with pytest.raises(InferenceServerException):
+        plain = grpcclient.InferenceServerClient(mutual.grpc_url)
+        plain.is_server_ready(client_timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--grpc-use-ssl", "true"], "--grpc-use-ssl needs --grpc-server-cert, --grpc-server-key"),
+        (
+            ["--grpc-use-ssl-mutual", "true", "--grpc-server-cert", "{certs}/server.pem",
+             "--grpc-server-key", "{certs}/server.key"],
+            "--grpc-use-ssl-mutual needs --grpc-root-cert",
+        ),
+        (
+            ["--grpc-use-ssl", "true", "--grpc-server-cert", "{certs}/missing.pem",
+             "--grpc-server-key", "{certs}/server.key"],
+            "--grpc-server-cert {certs}/missing.pem: no such file",
+        ),
+        (
+            ["--grpc-use-ssl", "true", "--grpc-server-cert", "{certs}/server.pem",
+             "--grpc-server-key", "{certs}/client.key"],
+            "not a PEM certificate chain and its key",
+        ),
+        (
+            ["--grpc-server-cert", "{certs}/server.pem"],
+            "--grpc-server-cert given without --grpc-use-ssl=true",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_tls_flags_stop_the_server_naming_the_flag(
+    flags: list[str], named: str, certs: pathlib.Path, model_repo: pathlib.Path
+) -> None:
+    argv = [flag.format(certs=certs) for flag in flags]
+    done = subprocess.run(
+        [sys.executable, "-m", "kubeinfer_onnx.server", "--model-repository", str(model_repo),
+         "--workers", "1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(RUNTIME_SRC)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert named.format(certs=certs) in done.stderr
+    assert "loading" not in done.stderr  # refused before any model was read
