@@ -54,20 +54,28 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return d
 
 
-def tls_server(
-    repo: pathlib.Path, certs: pathlib.Path, log_dir: pathlib.Path, frontend: str, *flags: str
-) -> Server:
-    return start_server(
+def serving(
+    request: pytest.FixtureRequest,
+    repo: pathlib.Path,
+    certs: pathlib.Path,
+    factory: pytest.TempPathFactory,
+    *flags: str,
+) -> Iterator[Server]:
+    """A server on the frontend the fixture is parametrized with, its certificate given; stopped
+    (exit 0) after the module."""
+    server = start_server(
         repo,
-        log_dir / f"grpc-tls-{frontend}.log",
+        factory.mktemp("logs") / f"grpc-tls-{request.param}.log",
         "--grpc-frontend",
-        frontend,
+        request.param,
         "--grpc-server-cert",
         str(certs / "server.pem"),
         "--grpc-server-key",
         str(certs / "server.key"),
         *flags,
     )
+    yield server
+    assert server.stop() == 0, server.log()
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -77,10 +85,7 @@ def tls(
     certs: pathlib.Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
-    logs = tmp_path_factory.mktemp("logs")
-    server = tls_server(model_repo, certs, logs, request.param, "--grpc-use-ssl", "true")
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from serving(request, model_repo, certs, tmp_path_factory, "--grpc-use-ssl", "true")
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -90,19 +95,10 @@ def mutual(
     certs: pathlib.Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
-    logs = tmp_path_factory.mktemp("logs")
-    server = tls_server(
-        model_repo,
-        certs,
-        logs,
-        request.param,
-        "--grpc-use-ssl-mutual",
-        "true",
-        "--grpc-root-cert",
-        str(certs / "ca.pem"),
+    root = ["--grpc-root-cert", str(certs / "ca.pem")]
+    yield from serving(
+        request, model_repo, certs, tmp_path_factory, "--grpc-use-ssl-mutual", "true", *root
     )
-    yield server
-    assert server.stop() == 0, server.log()
 
 
 def infer(client: grpcclient.InferenceServerClient, repo: pathlib.Path) -> None:
