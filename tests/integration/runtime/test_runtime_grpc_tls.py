@@ -162,28 +162,21 @@ def test_mutual_tls_needs_a_client_certificate(
         plain.is_server_ready(client_timeout=10)
 
 
+# The flag combinations are the unit tests' (tests/unit/runtime/test_runtime_tls.py); here what
+# needs real files, through the whole process: a key that is not the certificate's, and a
+# mutual set without its CAs.
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--grpc-use-ssl", "true"], "--grpc-use-ssl needs --grpc-server-cert, --grpc-server-key"),
         (
             ["--grpc-use-ssl-mutual", "true", "--grpc-server-cert", "{certs}/server.pem",
              "--grpc-server-key", "{certs}/server.key"],
             "--grpc-use-ssl-mutual needs --grpc-root-cert",
         ),
         (
-            ["--grpc-use-ssl", "true", "--grpc-server-cert", "{certs}/missing.pem",
-             "--grpc-server-key", "{certs}/server.key"],
-            "--grpc-server-cert {certs}/missing.pem: no such file",
-        ),
-        (
             ["--grpc-use-ssl", "true", "--grpc-server-cert", "{certs}/server.pem",
              "--grpc-server-key", "{certs}/client.key"],
             "not a PEM certificate chain and its key",
-        ),
-        (
-            ["--grpc-server-cert", "{certs}/server.pem"],
-            "--grpc-server-cert given without --grpc-use-ssl=true",
         ),
     ],
 )  # fmt: skip
