@@ -31,6 +31,7 @@ ServiceKey = tuple[str, str]
 STORAGE_URI_PATTERN = r"^(pvc|https|http|s3|file)://.+"
 GPU_RESOURCE_PATTERN = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb)$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -382,6 +383,29 @@ class PodMetadata(_Model):
     annotations: Annotated[dict[str, str], Field(max_length=32)] = {}
 
 
+class GrpcTLSSpec(_Model):
+    """gRPC over TLS (HTTP, the probes and the metrics port stay plaintext, as Triton serves
+    them): the serving pods mount a kubernetes.io/tls Secret (cert-manager writes one) and the
+    runtime gets its TLS arguments (``InferenceRuntimeSpec.grpc_tls``)."""
+
+    secret_name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=253,
+            pattern=DNS_SUBDOMAIN_PATTERN,
+            description="Secret in the service's namespace with tls.crt and tls.key (PEM), "
+            "and ca.crt when mutual.",
+        ),
+    ]
+    mutual: Annotated[
+        bool,
+        Field(
+            description="Also require client certificates, signed by the Secret's ca.crt.",
+        ),
+    ] = False
+
+
 class EndpointPickerFailureMode(enum.StrEnum):
     """What a gateway does when the Endpoint Picker does not answer (the upstream enum)."""
 
@@ -632,6 +656,7 @@ class InferenceServiceSpec(_Model):
     inference_pool: InferencePoolSpec = InferencePoolSpec()
     router: RouterSpec = RouterSpec()
     canary: CanarySpec | None = None
+    grpc_tls: GrpcTLSSpec | None = None
 
     @pydantic.model_validator(mode="after")
     def _cross_field(self) -> InferenceServiceSpec:
@@ -720,6 +745,26 @@ class RuntimeMetricNames(_Model):
     ] = None
 
 
+class RuntimeGrpcTLS(_Model):
+    """How a runtime is told to serve gRPC over TLS: its arguments, in which $(GRPC_TLS_CERT),
+    $(GRPC_TLS_KEY) and $(GRPC_TLS_CA) are the mounted Secret's files (Kubernetes expands
+    them). Triton's flags by default; kubeinfer's ONNX server takes the same ones."""
+
+    args: Annotated[list[str], Field(min_length=1, max_length=16)] = [
+        "--grpc-use-ssl=true",
+        "--grpc-server-cert=$(GRPC_TLS_CERT)",
+        "--grpc-server-key=$(GRPC_TLS_KEY)",
+    ]
+    mutual_args: Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            max_length=16,
+            description="Added to args when the service asks for client certificates.",
+        ),
+    ] = ["--grpc-use-ssl-mutual=true", "--grpc-root-cert=$(GRPC_TLS_CA)"]
+
+
 class InferenceRuntimeSpec(_Model):
     image: Annotated[str, Field(min_length=1, max_length=512)]
     gpu_image: Annotated[
@@ -749,6 +794,13 @@ class InferenceRuntimeSpec(_Model):
     batching_config: BatchingConfigKind = BatchingConfigKind.TRITON_PBTXT
     metrics: RuntimeMetricNames = RuntimeMetricNames()
     run_as_user: Annotated[int, Field(ge=1)] = 1000
+    grpc_tls: Annotated[
+        RuntimeGrpcTLS | None,
+        Field(
+            description="Set when the runtime can serve gRPC over TLS (services with grpcTls "
+            "need one that can); unset: it cannot."
+        ),
+    ] = None
 
 
 class Condition(_Model):

@@ -31,6 +31,11 @@ CONFIG_ANNOTATION = "kubeinfer.io/model-config"
 GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
 # The ONNX server's device setting (kubeinfer_onnx.device.ENV; the packages share no code).
 DEVICE_ENV = "KUBEINFER_DEVICE"
+# Where a service's gRPC TLS Secret is mounted, and the variables that name its files in the
+# runtime's TLS arguments (api.RuntimeGrpcTLS).
+GRPC_TLS_VOLUME = "grpc-tls"
+GRPC_TLS_DIR = "/etc/kubeinfer/grpc-tls"
+GRPC_TLS_FILES = {"GRPC_TLS_CERT": "tls.crt", "GRPC_TLS_KEY": "tls.key", "GRPC_TLS_CA": "ca.crt"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +68,11 @@ class RuntimeResolutionError(ValueError):
 def choose_runtime(
     spec: api.InferenceServiceSpec, runtimes: dict[str, api.InferenceRuntimeSpec]
 ) -> tuple[str, api.InferenceRuntimeSpec]:
-    """The named runtime, or the highest-priority one supporting the model format (name breaks
-    ties, so the choice is deterministic)."""
+    """The named runtime, or the highest-priority one supporting the model format, the GPUs
+    and the gRPC TLS the service asks for (name breaks ties, so the choice is deterministic)."""
     fmt = spec.model.format
     wants_gpu = spec.gpu.count > 0
+    wants_tls = spec.grpc_tls is not None
     if spec.runtime is not None:
         runtime = runtimes.get(spec.runtime)
         if runtime is None:
@@ -84,18 +90,27 @@ def choose_runtime(
                 f"InferenceRuntime {spec.runtime!r} cannot use GPUs but "
                 f"gpu.count is {spec.gpu.count}.",
             )
+        if wants_tls and runtime.grpc_tls is None:
+            raise RuntimeResolutionError(
+                "GrpcTLSNotSupported",
+                f"InferenceRuntime {spec.runtime!r} cannot serve gRPC over TLS (it has no "
+                "grpcTls arguments) but grpcTls is set.",
+            )
         return spec.runtime, runtime
     candidates = [
         (f.priority, name, runtime)
         for name, runtime in runtimes.items()
         for f in runtime.formats
-        if f.name == fmt and (runtime.supports_gpu if wants_gpu else runtime.supports_cpu)
+        if f.name == fmt
+        and (runtime.supports_gpu if wants_gpu else runtime.supports_cpu)
+        and (runtime.grpc_tls is not None or not wants_tls)
     ]
     if not candidates:
+        needs = [*(["on GPUs"] if wants_gpu else []), *(["with gRPC TLS"] if wants_tls else [])]
         raise RuntimeResolutionError(
             "NoRuntimeForFormat",
             f"No InferenceRuntime serves model format {fmt.value!r}"
-            f"{' on GPUs' if wants_gpu else ''}; install one or set spec.runtime.",
+            f"{' ' + ' and '.join(needs) if needs else ''}; install one or set spec.runtime.",
         )
     candidates.sort(key=lambda c: (-c[0], c[1]))
     _, name, runtime = candidates[0]
@@ -313,10 +328,31 @@ def _server_container(
     }
     if runtime.command:
         container["command"] = list(runtime.command)
+    if spec.grpc_tls is not None and runtime.grpc_tls is not None:
+        container["env"] += [
+            {"name": var, "value": f"{GRPC_TLS_DIR}/{file}"} for var, file in GRPC_TLS_FILES.items()
+        ]
+        container["args"] += runtime.grpc_tls.args
+        if spec.grpc_tls.mutual:
+            container["args"] += runtime.grpc_tls.mutual_args
+        container["volumeMounts"] = [
+            *mounts,
+            {"name": GRPC_TLS_VOLUME, "mountPath": GRPC_TLS_DIR, "readOnly": True},
+        ]
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
     return container
+
+
+def _grpc_tls_volume(tls: api.GrpcTLSSpec) -> dict[str, Any]:
+    """The service's TLS Secret as files, readable by the server's group (fsGroup) and no one
+    else. Not optional: a pod whose Secret is missing waits for it rather than serving
+    plaintext."""
+    return {
+        "name": GRPC_TLS_VOLUME,
+        "secret": {"secretName": tls.secret_name, "defaultMode": 0o440},
+    }
 
 
 def _placement(owner: Owner, spec: api.InferenceServiceSpec) -> dict[str, Any]:
@@ -364,6 +400,8 @@ def build_deployment(
     decision = strategy or rollout.default(spec.gpu.count)
     filename, content = build_model_config(spec, runtime)
     volumes, init, mounts = _storage(owner, spec, runtime, filename, config)
+    if spec.grpc_tls is not None:
+        volumes.append(_grpc_tls_volume(spec.grpc_tls))
     pod_spec: dict[str, Any] = {
         "containers": [_server_container(spec, runtime, mounts)],
         "volumes": volumes,

@@ -64,6 +64,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = {k: _structural(v, defs) for k, v in value.items()}
         elif key in ("items", "additionalProperties"):
             out[key] = _structural(value, defs)
+        elif key == "description":
+            # A class docstring's line breaks are the source's, not the reader's.
+            out[key] = " ".join(str(value).split())
         else:
             out[key] = value
     if isinstance(out.get("default"), dict):

@@ -3,14 +3,13 @@ frontends, as tritonclient and grpcio see it: a trusted client infers, a plainte
 one gets nothing, mutual TLS refuses a client without a certificate, and a bad set of flags
 stops the server before it loads anything, naming the flag or the file.
 
-Certificates come from the `openssl` command line (a CA, a server certificate for 127.0.0.1,
-a client certificate), made fresh for the module; none is committed."""
+Certificates come from tests/certs.py (the `openssl` command line), made fresh for the
+module."""
 
 from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,38 +19,20 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from test_runtime_http import mlp_input, reference
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import RUNTIME_SRC, Server, start_server
+from tests import certs as tls_certs
 
 FRONTENDS = ["fast", "grpcio"]
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """ca.pem; server.pem/server.key for 127.0.0.1 and localhost; client.pem/client.key; all
-    signed by the CA. other-ca.pem: a CA nobody is signed by."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("the gRPC TLS tests need the openssl command line: install openssl")
-    d = tmp_path_factory.mktemp("certs")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
-
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for ca in ("ca", "other-ca"):
-        run("req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-            "-subj", f"/CN=kubeinfer test {ca}")  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for leaf in ("server", "client"):
-        run("req", *key, "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={leaf}")
-        sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
-        run("x509", "-req", "-in", f"{leaf}.csr", *sign, "-out", f"{leaf}.pem",
-            "-extfile", f"{leaf}.ext")  # fmt: skip
-    return d
+    try:
+        return tls_certs.make(tmp_path_factory.mktemp("certs"))
+    except tls_certs.OpenSSLMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def serving(
@@ -110,18 +91,6 @@ def infer(client: grpcclient.InferenceServerClient, repo: pathlib.Path) -> None:
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), want, rtol=1e-5, atol=1e-5)
 
 
-def ready_over(channel: grpc.Channel) -> str:
-    """ServerReady's outcome on a channel: OK or the status code's name."""
-    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    try:
-        stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10)
-    except grpc.RpcError as exc:
-        return str(exc.code().name)
-    finally:
-        channel.close()
-    return "OK"
-
-
 def test_a_trusting_client_infers_over_tls(
     tls: Server, certs: pathlib.Path, model_repo: pathlib.Path
 ) -> None:
@@ -135,9 +104,9 @@ def test_a_trusting_client_infers_over_tls(
 
 
 def test_plaintext_and_untrusting_clients_get_nothing(tls: Server, certs: pathlib.Path) -> None:
-    assert ready_over(grpc.insecure_channel(tls.grpc_url)) == "UNAVAILABLE"
+    assert tls_certs.ready_over(grpc.insecure_channel(tls.grpc_url)) == "UNAVAILABLE"
     other = grpc.ssl_channel_credentials((certs / "other-ca.pem").read_bytes())
-    assert ready_over(grpc.secure_channel(tls.grpc_url, other)) == "UNAVAILABLE"
+    assert tls_certs.ready_over(grpc.secure_channel(tls.grpc_url, other)) == "UNAVAILABLE"
     # HTTP stays plaintext, as Triton's does, and the server is still whole.
     assert tls.get("/v2/health/ready")[0] == 200
 
@@ -147,7 +116,7 @@ def test_mutual_tls_needs_a_client_certificate(
 ) -> None:
     ca = (certs / "ca.pem").read_bytes()
     anonymous = grpc.ssl_channel_credentials(ca)
-    assert ready_over(grpc.secure_channel(mutual.grpc_url, anonymous)) == "UNAVAILABLE"
+    assert tls_certs.ready_over(grpc.secure_channel(mutual.grpc_url, anonymous)) == "UNAVAILABLE"
     client = grpcclient.InferenceServerClient(
         mutual.grpc_url,
         ssl=True,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+import yaml
 
-from kubeinfer.core import api, builders, config
+from kubeinfer.core import api, builders, config, crdgen
 
 OWNER = builders.Owner(name="m", namespace="ns", uid="u-1")
 ONNX_RT = api.InferenceRuntimeSpec(
@@ -201,3 +203,103 @@ def test_gpu_services_get_the_runtimes_gpu_image(
     runtime = ONNX_RT.model_copy(update={"gpu_image": gpu_image})
     dep = builders.build_deployment(OWNER, spec(gpu=gpu), "onnxruntime", runtime)
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+
+def _catalogue() -> dict[str, api.InferenceRuntimeSpec]:
+    """The default runtimes as shipped (runtimes/defaults), parsed as the operator parses them."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(crdgen.RUNTIME_DIR.glob("*.yaml"))]
+    return {d["metadata"]["name"]: api.InferenceRuntimeSpec.model_validate(d["spec"]) for d in docs}
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    # Kubernetes' $(VAR) expansion in container args.
+    return re.sub(r"\$\(([A-Z_]+)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+@pytest.mark.parametrize("runtime_name", ["onnxruntime", "triton"])
+@pytest.mark.parametrize("mutual", [False, True])
+def test_grpc_tls_mounts_the_secret_and_gives_the_runtime_its_flags(
+    runtime_name: str, mutual: bool
+) -> None:
+    runtime = _catalogue()[runtime_name]
+    tls = {"secretName": "serving-tls", "mutual": mutual}
+    dep = builders.build_deployment(OWNER, spec(grpcTls=tls), runtime_name, runtime)
+    pod = dep["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == builders.GRPC_TLS_VOLUME]
+    # Group-readable for the server (fsGroup), nobody else; not optional: no plaintext fallback.
+    assert volume["secret"] == {"secretName": "serving-tls", "defaultMode": 0o440}
+    assert pod["securityContext"]["fsGroup"] == runtime.run_as_user
+    server = pod["containers"][0]
+    (mount,) = [m for m in server["volumeMounts"] if m["name"] == builders.GRPC_TLS_VOLUME]
+    assert mount == {"name": "grpc-tls", "mountPath": builders.GRPC_TLS_DIR, "readOnly": True}
+    env = {e["name"]: e["value"] for e in server["env"]}
+    args = [_expand(a, env) for a in server["args"]]
+    expected = [
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={builders.GRPC_TLS_DIR}/tls.crt",
+        f"--grpc-server-key={builders.GRPC_TLS_DIR}/tls.key",
+    ]
+    if mutual:
+        expected += [
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-root-cert={builders.GRPC_TLS_DIR}/ca.crt",
+        ]
+    # The runtime's own args first, untouched; every $(VAR) expanded.
+    assert args[: len(runtime.args)] == [_expand(a, env) for a in runtime.args]
+    assert args[len(runtime.args) :] == expected
+    assert not any("$(" in a for a in args)
+    # The probes stay on plaintext HTTP.
+    assert server["readinessProbe"]["httpGet"]["port"] == "http"
+
+
+def test_without_grpc_tls_no_secret_and_no_flags() -> None:
+    runtime = _catalogue()["onnxruntime"]
+    dep = builders.build_deployment(OWNER, spec(), "onnxruntime", runtime)
+    pod = dep["spec"]["template"]["spec"]
+    assert builders.GRPC_TLS_VOLUME not in {v["name"] for v in pod["volumes"]}
+    assert not any("ssl" in a for a in pod["containers"][0]["args"])
+    assert not any(e["name"].startswith("GRPC_TLS") for e in pod["containers"][0]["env"])
+
+
+def test_a_runtimes_own_tls_flags_are_used() -> None:
+    runtime = ONNX_RT.model_copy(
+        update={
+            "grpc_tls": api.RuntimeGrpcTLS(
+                args=["--tls-cert=$(GRPC_TLS_CERT)", "--tls-key=$(GRPC_TLS_KEY)"],
+                mutual_args=["--client-ca=$(GRPC_TLS_CA)"],
+            )
+        }
+    )
+    tls = {"secretName": "s", "mutual": True}
+    server = builders.build_deployment(OWNER, spec(grpcTls=tls), "custom", runtime)["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert server["args"] == [
+        "--tls-cert=$(GRPC_TLS_CERT)",
+        "--tls-key=$(GRPC_TLS_KEY)",
+        "--client-ca=$(GRPC_TLS_CA)",
+    ]
+
+
+def test_grpc_tls_chooses_a_runtime_that_can_serve_it() -> None:
+    able = ONNX_RT.model_copy(update={"grpc_tls": api.RuntimeGrpcTLS()})
+    tls = spec(grpcTls={"secretName": "s"})
+    # CPU_ONLY outranks it on priority but cannot serve TLS.
+    assert builders.choose_runtime(tls, {"cpu": CPU_ONLY, "able": able})[0] == "able"
+    assert builders.choose_runtime(spec(), {"cpu": CPU_ONLY, "able": able})[0] == "cpu"
+    with pytest.raises(builders.RuntimeResolutionError) as err:
+        builders.choose_runtime(tls.model_copy(update={"runtime": "cpu"}), {"cpu": CPU_ONLY})
+    assert err.value.reason == "GrpcTLSNotSupported"
+    assert "grpcTls" in str(err.value)
+    with pytest.raises(builders.RuntimeResolutionError) as err:
+        builders.choose_runtime(tls, {"cpu": CPU_ONLY})
+    assert err.value.reason == "NoRuntimeForFormat"
+    assert "with gRPC TLS" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "tls", [{"secretName": "Not_A_Name"}, {"secretName": ""}, {"mutual": True}]
+)
+def test_a_bad_grpc_tls_names_the_field(tls: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=re.escape("grpcTls.secretName")):
+        spec(grpcTls=tls)
