@@ -46,10 +46,11 @@ def build_server(
     port: int,
     max_request_bytes: int,
     reuse_port: bool = False,
-    tls_files: tls.Files | None = None,
+    tls_rotation: tls.Rotation | None = None,
 ) -> tuple[Any, int]:
     """The grpc.aio server bound to address:port (not started); returns it and the bound port.
-    `tls_files`: serve over TLS (mutual when they say so), as tls.py checked them."""
+    `tls_rotation`: serve over TLS (mutual when its files say so), each new connection with
+    the rotation's newest snapshot."""
     handlers: dict[str, Any] = {}
     for method in service.methods().values():
         codec: dict[str, Any] = {
@@ -73,15 +74,35 @@ def build_server(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(grpc_server.SERVICE, handlers),)
     )
-    if tls_files is None:
+    if tls_rotation is None:
         bound = server.add_insecure_port(f"{address}:{port}")
     else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls_files.key.read_bytes(), tls_files.cert.read_bytes())],
-            root_certificates=tls_files.root.read_bytes() if tls_files.root else None,
-            require_client_auth=tls_files.mutual,
-        )
-        bound = server.add_secure_port(f"{address}:{port}", credentials)
+        bound = server.add_secure_port(f"{address}:{port}", _credentials(tls_rotation))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {address}:{port}")
     return server, bound
+
+
+def _credentials(rotation: tls.Rotation) -> Any:
+    """Credentials that take the rotation's newest snapshot: grpc asks the fetcher before each
+    new connection's handshake, and a None answer keeps what it has."""
+
+    def configuration(snapshot: tls.Snapshot) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(snapshot.key, snapshot.cert)], root_certificates=snapshot.root
+        )
+
+    served = [rotation.version]
+
+    def fetch() -> Any:
+        version = rotation.version
+        if version == served[0]:
+            return None
+        served[0] = version
+        return configuration(rotation.current)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(rotation.current),
+        fetch,
+        require_client_authentication=rotation.files.mutual,
+    )

@@ -201,7 +201,7 @@ class Server:
     ) -> int:
         """Bind and start serving; returns the bound port (for port 0). `reuse_port`: on a
         port that sibling server processes listen on too (SO_REUSEPORT). `ssl`: serve HTTP/2
-        over TLS (tls.server_context); the connections read the decrypted bytes as before."""
+        over TLS (tls.Rotation.context); the connections read the decrypted bytes as before."""
         self._server = await asyncio.get_running_loop().create_server(
             lambda: Connection(self._methods, self._max, self.connections),
             address,

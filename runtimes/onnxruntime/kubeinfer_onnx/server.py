@@ -350,6 +350,9 @@ async def _grpc(args: argparse.Namespace, service: grpc_server.Service, *, share
     """The gRPC frontend, started: ours (HTTP/2 read here), or grpcio's when asked for;
     `shared`: on a port its sibling workers listen on too."""
     address = args.grpc_address or args.address
+    rotation = tls.Rotation(args.grpc_tls) if args.grpc_tls is not None else None
+    if rotation is not None and args.grpc_tls_reload_secs > 0:
+        _background.add(asyncio.create_task(_rotate(rotation, args.grpc_tls_reload_secs)))
     if args.grpc_frontend == "grpcio":
         from kubeinfer_onnx import grpc_aio  # grpcio's import only where it is used
 
@@ -359,14 +362,25 @@ async def _grpc(args: argparse.Namespace, service: grpc_server.Service, *, share
             port=args.grpc_port,
             max_request_bytes=args.max_request_bytes,
             reuse_port=shared,
-            tls_files=args.grpc_tls,
+            tls_rotation=rotation,
         )
         await server.start()
         return server
     fast = grpc_fastpath.Server(service, max_request_bytes=args.max_request_bytes)
-    context = tls.server_context(args.grpc_tls) if args.grpc_tls is not None else None
+    context = rotation.context if rotation is not None else None
     await fast.listen(address, args.grpc_port, reuse_port=shared, ssl=context)
     return fast
+
+
+# Tasks that run as long as the server: held here so they are not collected while pending.
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _rotate(rotation: tls.Rotation, interval_s: float) -> None:
+    """Read the TLS files again every `interval_s` (a renewed Secret needs no restart)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        rotation.check()
 
 
 def _preload_cuda(requested: device.Device) -> None:

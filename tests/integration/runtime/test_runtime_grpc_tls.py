@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import RUNTIME_SRC, Server, start_server
 from tests import certs as tls_certs
+from tests.waiting import wait_for
 
 FRONTENDS = ["fast", "grpcio"]
 
@@ -164,3 +166,77 @@ def test_bad_tls_flags_stop_the_server_naming_the_flag(
     assert done.returncode == 2, done.stderr
     assert named.format(certs=certs) in done.stderr
     assert "loading" not in done.stderr  # refused before any model was read
+
+
+WORKERS = 2
+LOADED = "new certificate files loaded"
+KEPT = "keeping the files loaded before"
+
+
+def _swap_in(folder: pathlib.Path, name: str, source: pathlib.Path) -> None:
+    """Replace a served file at once, as the kubelet swaps a renewed Secret in."""
+    staged = folder / f".{name}.new"
+    shutil.copyfile(source, staged)
+    os.replace(staged, folder / name)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_renewed_certificate_is_served_without_a_restart(
+    frontend: str,
+    certs: pathlib.Path,
+    model_repo: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    """cert-manager renews the Secret and the kubelet swaps the files: new connections get the
+    new certificate (a client trusting only the new CA gets in, one trusting only the old is
+    refused), the connection already open keeps serving, and a swap to a key that is not the
+    certificate's is refused with a log line while the last good pair is served, until the
+    next good one. Two workers: each reads the files and swaps on its own."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("server.pem", "server.key"):
+        shutil.copyfile(certs / name, served / name)
+    renewed = tls_certs.make(tmp_path / "renewed")  # another CA, and a server pair it signed
+    server = start_server(
+        model_repo,
+        tmp_path / "server.log",
+        "--grpc-frontend", frontend,
+        "--grpc-use-ssl", "true",
+        "--grpc-server-cert", str(served / "server.pem"),
+        "--grpc-server-key", str(served / "server.key"),
+        "--grpc-tls-reload-secs", "0.2",
+        "--workers", str(WORKERS),  # each reads the files itself
+    )  # fmt: skip
+    try:
+        open_before = grpcclient.InferenceServerClient(
+            server.grpc_url, ssl=True, root_certificates=str(certs / "ca.pem")
+        )
+        infer(open_before, model_repo)
+
+        def trusting(ca: pathlib.Path) -> str:
+            credentials = grpc.ssl_channel_credentials(ca.read_bytes())
+            return tls_certs.ready_over(grpc.secure_channel(server.grpc_url, credentials))
+
+        assert trusting(renewed / "ca.pem") == "UNAVAILABLE"
+        _swap_in(served, "server.key", renewed / "server.key")
+        _swap_in(served, "server.pem", renewed / "server.pem")
+        wait_for(
+            lambda: server.log().count(LOADED) == WORKERS, 30, "every worker loading the new pair"
+        )
+        assert trusting(renewed / "ca.pem") == "OK"
+        assert trusting(certs / "ca.pem") == "UNAVAILABLE"
+        infer(open_before, model_repo)  # the open connection keeps its session
+        open_before.close()
+
+        # A key that is not the certificate's: refused, said, and the renewed pair kept.
+        _swap_in(served, "server.key", certs / "client.key")
+        wait_for(lambda: server.log().count(KEPT) == WORKERS, 30, "every worker refusing it")
+        assert trusting(renewed / "ca.pem") == "OK"
+        # The next good pair is taken as before (here the first one again).
+        _swap_in(served, "server.key", certs / "server.key")
+        _swap_in(served, "server.pem", certs / "server.pem")
+        wait_for(lambda: server.log().count(LOADED) == 2 * WORKERS, 30, "the next good pair")
+        assert trusting(certs / "ca.pem") == "OK"
+        assert server.log().count(KEPT) == WORKERS  # said once per worker, not every check
+    finally:
+        assert server.stop() == 0, server.log()
