@@ -566,7 +566,10 @@ class Kubelet:
             elif "projected" in volume:
                 contents[volume["name"]] = self._projected(pod, volume["projected"])
             elif "secret" in volume:
-                contents[volume["name"]] = self._secret(ns, volume["secret"]["secretName"])
+                source = volume["secret"]
+                contents[volume["name"]] = self._secret(
+                    ns, source["secretName"], optional=bool(source.get("optional"))
+                )
             elif "downwardAPI" in volume:
                 contents[volume["name"]] = plan_.downward_files(
                     pod, volume["downwardAPI"].get("items") or []
@@ -581,6 +584,18 @@ class Kubelet:
                 elif "configMapRef" in source:
                     name = source["configMapRef"]["name"]
                     sources[name] = self.config_map(ns, name)
+            for item in container.get("env") or []:
+                ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+                if ref is None:
+                    continue
+                # As the kubelet does: a missing Secret or key stops the container from being
+                # created (CreateContainerConfigError), naming it; optional refs are skipped.
+                data = self._secret(ns, ref["name"], optional=bool(ref.get("optional")))
+                if ref["key"] not in data and not ref.get("optional"):
+                    raise plan_.Unsupported(
+                        f"couldn't find key {ref['key']} in Secret {ns}/{ref['name']}"
+                    )
+                sources[ref["name"]] = data
         return contents, sources
 
     def _projected(self, pod: dict[str, Any], projected: dict[str, Any]) -> dict[str, str]:
@@ -612,11 +627,14 @@ class Kubelet:
                 raise plan_.Unsupported(f"projected source {sorted(source)} is not supported")
         return files
 
-    def _secret(self, namespace: str, name: str) -> dict[str, str]:
+    def _secret(self, namespace: str, name: str, *, optional: bool = False) -> dict[str, str]:
+        """A Secret's data; a missing one is an empty one when `optional`, as for the kubelet."""
         try:
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
+                if optional:
+                    return {}
                 raise plan_.Unsupported(f'secret "{name}" not found') from exc
             raise
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}

@@ -315,8 +315,17 @@ def container_plan(
             raise Unsupported(f"container {name}: envFrom {ref!r} is not available")
         env.update(secrets[ref])
     for item in container.get("env") or []:
+        key_ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if key_ref is not None:
+            # The kubelet (volume_contents) fetched it and checked the key.
+            value = secrets.get(key_ref["name"], {}).get(key_ref["key"])
+            if value is not None:
+                env[item["name"]] = value
+            continue
         if "value" not in item:
-            raise Unsupported(f"container {name}: env {item.get('name')} must have a value")
+            raise Unsupported(
+                f"container {name}: env {item.get('name')} must have a value or a secretKeyRef"
+            )
         env[item["name"]] = expand(str(item["value"]), env)
     table, files = mounts(container, volumes, contents)
     if not in_containers:

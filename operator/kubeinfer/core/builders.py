@@ -331,7 +331,7 @@ def _server_container(
     if spec.grpc_tls is not None and runtime.grpc_tls is not None:
         container["env"] += [
             {"name": var, "value": f"{GRPC_TLS_DIR}/{file}"} for var, file in GRPC_TLS_FILES.items()
-        ]
+        ] + _grpc_tls_checks(spec.grpc_tls)
         container["args"] += runtime.grpc_tls.args
         if spec.grpc_tls.mutual:
             container["args"] += runtime.grpc_tls.mutual_args
@@ -347,12 +347,28 @@ def _server_container(
 
 def _grpc_tls_volume(tls: api.GrpcTLSSpec) -> dict[str, Any]:
     """The service's TLS Secret as files, readable by the server's group (fsGroup) and no one
-    else. Not optional: a pod whose Secret is missing waits for it rather than serving
-    plaintext."""
+    else. Optional for the mount only: the container's `_grpc_tls_checks` are what stop it
+    from starting without the Secret, so the kubelet says why (a required secret volume that is
+    missing leaves the pod in ContainerCreating, with the reason only in an Event). Either way
+    no pod serves plaintext: the runtime is told to serve TLS from these files."""
     return {
         "name": GRPC_TLS_VOLUME,
-        "secret": {"secretName": tls.secret_name, "defaultMode": 0o440},
+        "secret": {"secretName": tls.secret_name, "defaultMode": 0o440, "optional": True},
     }
+
+
+def _grpc_tls_checks(tls: api.GrpcTLSSpec) -> list[dict[str, Any]]:
+    """Environment variables that reference the Secret's public keys (tls.crt, and ca.crt for
+    mutual TLS; never tls.key): the kubelet creates no container while one is missing, and
+    reports CreateContainerConfigError naming the Secret or the key, which status quotes."""
+    keys = ["tls.crt", *(["ca.crt"] if tls.mutual else [])]
+    return [
+        {
+            "name": f"GRPC_TLS_SECRET_{key.split('.')[0].upper()}",
+            "valueFrom": {"secretKeyRef": {"name": tls.secret_name, "key": key}},
+        }
+        for key in keys
+    ]
 
 
 def _placement(owner: Owner, spec: api.InferenceServiceSpec) -> dict[str, Any]:

@@ -5,8 +5,8 @@ The local kubelet runs each pod's real server (kubeinfer's ONNX server, or trito
 from the pytriton wheel) with the Secret mounted where the operator put it: a client holding
 the CA and a client certificate infers, and gets onnxruntime's answer; a plaintext client and a
 client without a certificate get nothing; HTTP (the probes, the autoscaler's scrape) stays
-plaintext. A service whose Secret lacks the CA that mutual TLS needs says so in status, in the
-server's own words.
+plaintext. A service whose Secret, or the CA that mutual TLS needs, is missing says so in
+status, as the kubelet words it.
 
 Certificates come from tests/certs.py (the openssl command line), made per test.
 """
@@ -125,22 +125,33 @@ def test_grpc_is_served_over_mutual_tls_from_the_services_secret(
         assert r.status == 200  # what the probes and the router use stays plaintext
 
 
-def test_mutual_tls_without_a_ca_is_named_in_status(
+@pytest.mark.parametrize(
+    ("secret", "named"),
+    [
+        ("absent", 'CreateContainerConfigError: secret "absent" not found'),
+        ("no-ca", "CreateContainerConfigError: couldn't find key ca.crt in Secret {ns}/no-ca"),
+    ],
+)
+def test_a_missing_secret_or_ca_is_named_in_status(
     cluster: ClusterHandle,
     operator: OperatorProcess,
     namespace: str,
     tmp_path: pathlib.Path,
     certs: pathlib.Path,
+    secret: str,
+    named: str,
 ) -> None:
+    """Mutual TLS needs the Secret and its ca.crt: without either the container is not
+    created, and Ready says which, as the kubelet words it."""
     create_tls_secret(cluster, namespace, "no-ca", certs, ca=False)
     uri = scenario.model_uri(tmp_path)
-    scenario.apply(cluster, namespace, tls_service("noca", "onnxruntime", uri, "no-ca"))
+    scenario.apply(cluster, namespace, tls_service("tls", "onnxruntime", uri, secret))
+    expected = named.format(ns=namespace)
 
-    def named() -> str | None:
-        ready = scenario.condition(scenario.get(cluster, namespace, "noca"), "Ready")
+    def said() -> str | None:
+        ready = scenario.condition(scenario.get(cluster, namespace, "tls"), "Ready")
         message = str(ready.get("message", ""))
-        return message if ready.get("status") == "False" and "ca.crt" in message else None
+        return message if ready.get("status") == "False" and expected in message else None
 
-    message = wait_for(named, 120, "Ready to name the missing ca.crt")
+    message = wait_for(said, 120, f"Ready to say {expected!r}")
     print(f"\nReady: {message}", file=sys.stderr)
-    assert "--grpc-root-cert" in message, message

@@ -18,8 +18,11 @@ SANDBOX = pathlib.Path("/sandbox")
 IP = "127.3.1.2"
 
 
-def onnx_pod(uri: str = "file:///models/mlp.onnx", **annotations: str) -> dict[str, Any]:
-    """The pod the operator's Deployment would create for an ONNX InferenceService."""
+def onnx_pod(
+    uri: str = "file:///models/mlp.onnx", *, extra: dict[str, Any] | None = None, **annotations: str
+) -> dict[str, Any]:
+    """The pod the operator's Deployment would create for an ONNX InferenceService (`extra`:
+    more of its spec)."""
     runtime = api.parse_runtime(
         yaml.safe_load((REPO / "runtimes/defaults/onnxruntime.yaml").read_text())["spec"]
     )
@@ -27,6 +30,7 @@ def onnx_pod(uri: str = "file:///models/mlp.onnx", **annotations: str) -> dict[s
         {
             "model": {"name": "mlp", "format": "onnx", "storageUri": uri},
             "podMetadata": {"annotations": annotations},
+            **(extra or {}),
         }
     )
     owner = builders.Owner(name="q", namespace="ns", uid="u")
@@ -85,6 +89,22 @@ def test_credentials_reach_the_init_container_only() -> None:
     )
     assert result.init[0].env["AWS_ACCESS_KEY_ID"] == "k"
     assert "AWS_ACCESS_KEY_ID" not in result.main[0].env
+
+
+def test_a_grpc_tls_pod_gets_its_secret_as_files_and_its_checks_as_values() -> None:
+    pod = onnx_pod(extra={"grpcTls": {"secretName": "serving-tls", "mutual": True}})
+    secret = {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}
+    contents = {**config_contents(pod), builders.GRPC_TLS_VOLUME: secret}
+    result = plan.pod_plan(
+        pod, ip=IP, sandbox=SANDBOX, contents=contents, secrets={"serving-tls": secret}
+    )
+    [server] = result.main
+    folder = SANDBOX / "volumes" / builders.GRPC_TLS_VOLUME
+    assert f"--grpc-server-cert={folder}/tls.crt" in server.argv
+    assert f"--grpc-root-cert={folder}/ca.crt" in server.argv
+    assert server.env["GRPC_TLS_SECRET_TLS"] == "CERT"
+    assert server.env["GRPC_TLS_SECRET_CA"] == "CA"
+    assert "KEY" not in server.env.values()
 
 
 @pytest.mark.parametrize(

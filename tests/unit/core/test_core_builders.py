@@ -226,13 +226,17 @@ def test_grpc_tls_mounts_the_secret_and_gives_the_runtime_its_flags(
     dep = builders.build_deployment(OWNER, spec(grpcTls=tls), runtime_name, runtime)
     pod = dep["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == builders.GRPC_TLS_VOLUME]
-    # Group-readable for the server (fsGroup), nobody else; not optional: no plaintext fallback.
-    assert volume["secret"] == {"secretName": "serving-tls", "defaultMode": 0o440}
+    # Group-readable for the server (fsGroup), nobody else.
+    assert volume["secret"] == {"secretName": "serving-tls", "defaultMode": 0o440, "optional": True}
     assert pod["securityContext"]["fsGroup"] == runtime.run_as_user
     server = pod["containers"][0]
     (mount,) = [m for m in server["volumeMounts"] if m["name"] == builders.GRPC_TLS_VOLUME]
     assert mount == {"name": "grpc-tls", "mountPath": builders.GRPC_TLS_DIR, "readOnly": True}
-    env = {e["name"]: e["value"] for e in server["env"]}
+    env = {e["name"]: e["value"] for e in server["env"] if "value" in e}
+    # What stops the container without its Secret (the kubelet names the Secret or the key):
+    # references to the public keys it must hold, never to the private key.
+    refs = [e["valueFrom"]["secretKeyRef"] for e in server["env"] if "valueFrom" in e]
+    assert refs == [{"name": "serving-tls", "key": k} for k in ["tls.crt", "ca.crt"][: 1 + mutual]]
     args = [_expand(a, env) for a in server["args"]]
     expected = [
         "--grpc-use-ssl=true",
