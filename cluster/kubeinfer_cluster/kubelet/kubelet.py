@@ -50,12 +50,13 @@ BACKOFF_START_S, BACKOFF_MAX_S = 10.0, 300.0
 # the two allocators can never hand out the same address.
 IP_PREFIX = "127.3"
 TICK_S = 0.1
-# How often a running pod's configMap volumes are brought up to date, as the kubelet's sync
-# does (there about a minute: its sync period plus its cache TTL; short here, so a test of a
-# component that re-reads its mounted file waits seconds; kubeinfer-router watches its
-# ConfigMap through the API and gets its weights before that).
+# How often a running pod's configMap and secret volumes are brought up to date, as the
+# kubelet's sync does (there about a minute: its sync period plus its cache TTL; short here, so
+# a test of a component that re-reads its mounted file, such as a renewed certificate, waits
+# seconds; kubeinfer-router watches its ConfigMap through the API and gets its weights before
+# that).
 # subPath mounts are copies and never change, as on a real node.
-CONFIG_MAP_SYNC_S = 2.0
+VOLUME_SYNC_S = 2.0
 
 
 def _die_with_parent() -> None:
@@ -382,15 +383,15 @@ class PodWorker(threading.Thread):
                 return
         if plan.cold_start_s and self.deleting.wait(plan.cold_start_s):
             return
-        next_sync = time.monotonic() + CONFIG_MAP_SYNC_S
+        next_sync = time.monotonic() + VOLUME_SYNC_S
         while not self.deleting.is_set():
             now = time.monotonic()
             for m in self.main:
                 m.step(self.ip, now)
             self._write()
             if now >= next_sync:
-                self._sync_config_maps()
-                next_sync = now + CONFIG_MAP_SYNC_S
+                self._sync_volumes()
+                next_sync = now + VOLUME_SYNC_S
             self.deleting.wait(TICK_S)
 
     def _run_init(self, container_plan: plan_.ContainerPlan, record: podstatus.Container) -> bool:
@@ -447,11 +448,12 @@ class PodWorker(threading.Thread):
                 path.write_text(value)
                 path.chmod(0o644)
 
-    def _sync_config_maps(self) -> None:
-        """Rewrite the keys of configMap volumes whose data changed, each file replaced in one
-        rename (a reader never sees half a file, and its mtime changes). A volume any
-        container mounts with subPath is left alone: on a node that mount is a copy made at
-        start and never changes, and the pod's files here are shared by all its mounts."""
+    def _sync_volumes(self) -> None:
+        """Rewrite the keys of configMap and secret volumes whose data changed (a renewed
+        certificate, new router weights), each file replaced in one rename (a reader never
+        sees half a file, and its mtime changes). A volume any container mounts with subPath
+        is left alone: on a node that mount is a copy made at start and never changes, and the
+        pod's files here are shared by all its mounts."""
         spec = self.pod["spec"]
         copied = {
             m["name"]
@@ -460,10 +462,13 @@ class PodWorker(threading.Thread):
             if m.get("subPath")
         }
         for volume in spec.get("volumes") or []:
-            if "configMap" not in volume or volume["name"] in copied:
+            if volume["name"] in copied or not {"configMap", "secret"} & set(volume):
                 continue
             try:
-                data = self.kubelet.config_map(self.namespace, volume["configMap"]["name"])
+                if "configMap" in volume:
+                    data = self.kubelet.config_map(self.namespace, volume["configMap"]["name"])
+                else:
+                    data = self._secret_volume(volume["secret"])
             except Exception:  # deleted, or an API blip: the pod keeps what it has
                 continue
             folder = self.sandbox / "volumes" / volume["name"]
@@ -476,6 +481,11 @@ class PodWorker(threading.Thread):
                 fresh.write_text(value)
                 fresh.chmod(0o644)
                 os.replace(fresh, path)
+
+    def _secret_volume(self, source: dict[str, Any]) -> dict[str, str]:
+        return self.kubelet.secret(
+            self.namespace, source["secretName"], optional=bool(source.get("optional"))
+        )
 
     def _teardown(self) -> None:
         """preStop, SIGTERM, grace, SIGKILL; then the pod object goes (kwok does not)."""
@@ -567,7 +577,7 @@ class Kubelet:
                 contents[volume["name"]] = self._projected(pod, volume["projected"])
             elif "secret" in volume:
                 source = volume["secret"]
-                contents[volume["name"]] = self._secret(
+                contents[volume["name"]] = self.secret(
                     ns, source["secretName"], optional=bool(source.get("optional"))
                 )
             elif "downwardAPI" in volume:
@@ -580,7 +590,7 @@ class Kubelet:
             for source in container.get("envFrom") or []:
                 if "secretRef" in source:
                     name = source["secretRef"]["name"]
-                    sources[name] = self._secret(ns, name)
+                    sources[name] = self.secret(ns, name)
                 elif "configMapRef" in source:
                     name = source["configMapRef"]["name"]
                     sources[name] = self.config_map(ns, name)
@@ -590,7 +600,7 @@ class Kubelet:
                     continue
                 # As the kubelet does: a missing Secret or key stops the container from being
                 # created (CreateContainerConfigError), naming it; optional refs are skipped.
-                data = self._secret(ns, ref["name"], optional=bool(ref.get("optional")))
+                data = self.secret(ns, ref["name"], optional=bool(ref.get("optional")))
                 if ref["key"] not in data and not ref.get("optional"):
                     raise plan_.Unsupported(
                         f"couldn't find key {ref['key']} in Secret {ns}/{ref['name']}"
@@ -627,7 +637,7 @@ class Kubelet:
                 raise plan_.Unsupported(f"projected source {sorted(source)} is not supported")
         return files
 
-    def _secret(self, namespace: str, name: str, *, optional: bool = False) -> dict[str, str]:
+    def secret(self, namespace: str, name: str, *, optional: bool = False) -> dict[str, str]:
         """A Secret's data; a missing one is an empty one when `optional`, as for the kubelet."""
         try:
             secret = self.core.read_namespaced_secret(name, namespace)

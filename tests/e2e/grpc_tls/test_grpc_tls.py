@@ -155,3 +155,59 @@ def test_a_missing_secret_or_ca_is_named_in_status(
 
     message = wait_for(said, 120, f"Ready to say {expected!r}")
     print(f"\nReady: {message}", file=sys.stderr)
+
+
+def test_a_renewed_secret_is_served_without_a_restart(
+    cluster: ClusterHandle,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    certs: pathlib.Path,
+) -> None:
+    """What cert-manager does at renewal: the Secret's data is replaced (here by a pair from
+    another CA, with that CA as ca.crt). The kubelet updates the mounted files; kubeinfer's
+    ONNX server serves the new pair and trusts the new CA for new connections, and the
+    container is not restarted."""
+    create_tls_secret(cluster, namespace, "serving-tls", certs, ca=True)
+    uri = scenario.model_uri(tmp_path)
+    scenario.apply(cluster, namespace, tls_service("tls", "onnxruntime", uri, "serving-tls"))
+    selector = f"{scenario.LABEL}=tls"
+    ip = wait_for(
+        lambda: scenario.ready_pod_ip(cluster.core, namespace, selector), 180, "a Ready replica"
+    )
+    target = [("grpc.ssl_target_name_override", tls_certs.SERVER_NAME)]
+
+    def as_client_of(ca: pathlib.Path) -> str:
+        """ServerReady for a client holding `ca`'s CA and client certificate."""
+        credentials = grpc.ssl_channel_credentials(
+            (ca / "ca.pem").read_bytes(),
+            (ca / "client.key").read_bytes(),
+            (ca / "client.pem").read_bytes(),
+        )
+        return tls_certs.ready_over(
+            grpc.secure_channel(f"{ip}:{GRPC_PORT}", credentials, options=target)
+        )
+
+    renewed = tls_certs.make(tmp_path / "renewed")
+    assert as_client_of(certs) == "OK"
+    assert as_client_of(renewed) == "UNAVAILABLE"
+    cluster.core.patch_namespaced_secret(
+        "serving-tls",
+        namespace,
+        {
+            "stringData": {
+                key: (renewed / file).read_text()
+                for key, file in {
+                    "tls.crt": "server.pem",
+                    "tls.key": "server.key",
+                    "ca.crt": "ca.pem",
+                }.items()
+            }
+        },
+    )
+    # The kubelet's volume sync, then the server's next read of its files (10 s by default).
+    wait_for(lambda: as_client_of(renewed) == "OK", 60, "the renewed certificate served")
+    assert as_client_of(certs) == "UNAVAILABLE"
+    [pod] = cluster.core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert pod.status.pod_ip == ip
+    assert [c.restart_count for c in pod.status.container_statuses] == [0]
