@@ -416,7 +416,7 @@ def build_deployment(
     decision = strategy or rollout.default(spec.gpu.count)
     filename, content = build_model_config(spec, runtime)
     volumes, init, mounts = _storage(owner, spec, runtime, filename, config)
-    if spec.grpc_tls is not None:
+    if spec.grpc_tls is not None and runtime.grpc_tls is not None:  # as the container's mount
         volumes.append(_grpc_tls_volume(spec.grpc_tls))
     pod_spec: dict[str, Any] = {
         "containers": [_server_container(spec, runtime, mounts)],

@@ -95,7 +95,7 @@ def test_rotation_takes_a_changed_set_that_loads_and_keeps_the_last_good_one(
 
     # The rest of the swap, the CA too: the new set is served, on the same listening context.
     shutil.copyfile(second / "server.pem", files.cert)
-    shutil.copyfile(second / "ca.pem", files.root)  # type: ignore[arg-type]
+    shutil.copyfile(second / "ca.pem", tmp_path / "served" / "ca.pem")
     assert rotation.check()
     assert rotation.version == 1
     assert rotation.current.pems == tuple(
