@@ -52,15 +52,11 @@ ABLATIONS: dict[str, Change] = {
 def _run(task: tuple[str, float, int]) -> tuple[str, float, int, dict[str, dict[str, float]]]:
     family, cold, seed = task
     case = Case(family, seed, cold)
-    m = runner.service_model()
-    s = runner._SETTINGS
-    shipped = engine.shipped_policy(
-        target=m.target, min_replicas=s.min_replicas, max_replicas=s.max_replicas
-    )
+    shipped = runner.shipped_policy(case)
     out = {"shipped": runner.run(case, runner.ScalerSpec("shipped", "kubeinfer")).summary()}
     for name, change in ABLATIONS.items():
         scaler = engine.Kubeinfer(name=name, scaling_policy=change(shipped), seed=seed)
-        out[name] = runner.run_with(case, scaler).summary()
+        out[name] = runner.run_with(case, runner.with_yesterday(scaler, case)).summary()
     return family, cold, seed, out
 
 

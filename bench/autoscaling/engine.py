@@ -10,8 +10,13 @@ memory, now)``: the same function, the same code path, nothing copied.
 
 The policy is the shipped one: ``policy.from_spec(api.ScalingSpec(...))`` for a default
 InferenceService in which only the per-model target (`kubeinfer plan`'s QueueDepth target for
-profile.json) and the replica bounds (the same for every scaler in the benchmark) are set.
-Nothing else is copied or tuned.
+profile.json), the replica bounds (the same for every scaler in the benchmark) and the
+forecast period (the workload's "day": its trace with the warm-up, as a user states that
+their demand repeats daily) are set. Nothing else is copied or tuned.
+
+``yesterday`` is how a run starts with a day of history, as a service that ran yesterday
+does: the shipped step is run over the previous day (the same family on another seed) and
+what it learned by time of day (``season.SeasonalHistory``) is moved back one period.
 """
 
 from __future__ import annotations
@@ -23,13 +28,32 @@ import numpy as np
 from sim import COMPLETED, COMPUTE_S, FAILED, QUEUE_S, View
 
 from kubeinfer.core import api, metrics
-from kubeinfer.core.scaling import decide, policy, state, step, window
+from kubeinfer.core.scaling import decide, policy, season, state, step, window
 
 
-def shipped_policy(*, target: float, min_replicas: int, max_replicas: int) -> policy.ScalingPolicy:
-    """The policy the operator builds for a default InferenceService with this target."""
-    spec = api.ScalingSpec(target=target, min_replicas=min_replicas, max_replicas=max_replicas)
+def shipped_policy(
+    *, target: float, min_replicas: int, max_replicas: int, forecast_period_s: int | None = None
+) -> policy.ScalingPolicy:
+    """The policy the operator builds for a default InferenceService with this target,
+    these bounds and this forecast period (None: the API's default)."""
+    period = {} if forecast_period_s is None else {"forecast_period_seconds": forecast_period_s}
+    spec = api.ScalingSpec(
+        target=target, min_replicas=min_replicas, max_replicas=max_replicas, **period
+    )
     return policy.from_spec(spec)
+
+
+def one_period_earlier(history: season.SeasonalHistory) -> season.SeasonalHistory:
+    """``history`` as seen one period later: the day it learned becomes yesterday (bucket
+    numbers are absolute, so a day later is ``BUCKETS`` more)."""
+    b = season.BUCKETS
+    out = history.copy()
+    out.means = {k - b: v for k, v in history.means.items()}
+    if history.open_bucket is not None and history.open_count:  # the day's last bucket
+        out.means[history.open_bucket - b] = history.open_sum / history.open_count
+    out.pairs.clear()
+    out.open_bucket, out.open_sum, out.open_count = None, 0.0, 0
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +142,10 @@ class Kubeinfer:
                 gpu_utilization=gpu,
             )
         return out
+
+    def remember(self, yesterday: season.SeasonalHistory) -> None:
+        """Start with what the step learned of the previous day (``one_period_earlier``)."""
+        self.engine.memory = dataclasses.replace(self.engine.memory, season=yesterday.copy())
 
     def census(self, view: View) -> Census:
         return Census(current=view.spec, starting=view.starting, unschedulable=view.unschedulable)

@@ -17,10 +17,6 @@ plan` derives from the same profile that sets the target (``ServiceModel.rate_at
   start (the shipped look-ahead stops then and needs R^2 >= 0.6).
 - queue-time: also scale on queue time: ready x queue time / budget, the budget being the SLO
   minus a full batch's latency.
-- seasonal: predictive pre-scaling from a learned daily shape: the same family's load on
-  another day (another seed) is the forecast; provision for its maximum over the next cold
-  start, scaled by how today compares with it over the last 10 minutes.
-
 Built into the product from earlier rounds of this file (their prototypes are gone; the
 ablations measure what each is worth in the shipped step, on the same seeds):
 
@@ -32,8 +28,13 @@ ablations measure what each is worth in the shipped step, on the same seeds):
 - calm target (core/scaling/burst.py calm_target_factor, policy's calm_* knobs, with
   burstHeadroom): a hotter target while the burst history has read calm and pods start
   quickly. Ablation "without calm-target" (the step of the release before it).
-- "previous release": burst headroom and the cold-start-aware scale-down taken out (the step
-  as published before those two shipped; the calm target goes with burst headroom).
+- forecast (core/scaling/season.py, spec.scaling.forecastPeriodSeconds): while today's
+  demand has tracked the previous day's, provision for the previous day's highest demand
+  over the next cold start and run hotter with a short scale-down window (it replaced the
+  "seasonal" prototype, a floor from the previous day's trace). Ablation "without forecast".
+- "previous release": burst headroom, the cold-start-aware scale-down and the forecast taken
+  out (the step as published before those shipped; the calm target goes with burst
+  headroom).
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Callable
+from typing import Any
 
 import engine
-import numpy as np
 import sim
 from model import ServiceModel
 
@@ -64,7 +64,6 @@ class Prototype(engine.Kubeinfer):
         scaling_policy: policy_.ScalingPolicy,
         seed: int,
         model: ServiceModel,
-        history: np.ndarray | None = None,
     ) -> None:
         super().__init__(name=name, scaling_policy=scaling_policy, seed=seed)
         self.shipped = scaling_policy
@@ -73,7 +72,6 @@ class Prototype(engine.Kubeinfer):
         # (time, offered demand req/s) per tick, from the scrapes' counters.
         self.demand: collections.deque[tuple[float, float]] = collections.deque()
         self._prev: dict[str, tuple[float, float]] = {}
-        self.history = history
         # Floors are held like recommendations: the highest in the scale-down window, so a
         # floor that moves with noise does not turn into a scale-down on the next tick.
         self._floors: collections.deque[tuple[float, int]] = collections.deque()
@@ -180,7 +178,7 @@ class WithoutMechanism(Prototype):
     """The shipped step with some of its knobs changed for the whole run (an ablation)."""
 
     uses_demand = False
-    knobs: dict[str, object] = {}
+    knobs: dict[str, Any] = {}
 
     def before_step(self, view: sim.View) -> None:
         if self.engine.policy is self.shipped:
@@ -199,8 +197,12 @@ class WithoutCalmTarget(WithoutMechanism):
     knobs = {"calm_target_factor": 1.0}
 
 
+class WithoutForecast(WithoutMechanism):
+    knobs = {"forecast_period_s": 0.0}
+
+
 class PreviousRelease(WithoutMechanism):
-    knobs = {"burst_headroom": False, "scale_down_cold_starts": 0.0}
+    knobs = {"burst_headroom": False, "scale_down_cold_starts": 0.0, "forecast_period_s": 0.0}
 
 
 class Lookahead(Prototype):
@@ -234,35 +236,13 @@ class QueueTime(Prototype):
         return value
 
 
-class Seasonal(Prototype):
-    """Forecast = the family's load on another day (``history``, per second)."""
-
-    def floor(self, view: sim.View, demand: float | None) -> int | None:
-        if self.history is None or demand is None or len(self.demand) < 5:
-            return None
-        # ``history`` is aligned with the simulator's seconds (warm-up included).
-        t = int(view.now)
-        horizon = math.ceil(self.cold_start())
-        ahead = self.history[t : t + horizon + 1]
-        if ahead.size == 0:
-            return None
-        # How today compares with the forecast over the last 10 minutes (demand as observed).
-        last = len(self.history) - 1
-        recent = [(s, v) for s, v in self.demand if s > view.now - 600]
-        fc = [self.history[min(int(s), last)] for s, _ in recent]
-        seen = sum(v for _, v in recent)
-        expected = sum(fc)
-        scale = seen / expected if expected > 0 else 1.0
-        return self.replicas_for(float(ahead.max()) * scale)
-
-
-PROTOTYPES: dict[str, Callable[..., sim.Scaler]] = {
+PROTOTYPES: dict[str, type[Prototype]] = {
     "demand-sizing": DemandSizing,
     "lookahead": Lookahead,
     "queue-time": QueueTime,
-    "seasonal": Seasonal,
     "without burst-headroom": WithoutBurstHeadroom,
     "without cold-start-scale-down": WithoutColdStartScaleDown,
     "without calm-target": WithoutCalmTarget,
+    "without forecast": WithoutForecast,
     "previous release": PreviousRelease,
 }

@@ -1,16 +1,16 @@
 """One run of one scaler on one case (workload, seed, cold start), and how scalers are named.
 
 Owns: building a case's inputs (arrivals with a warm-up prefix, the seed's cold starts, the
-starting replica count), building a scaler from a picklable description (``ScalerSpec``), and
-running it. Worker processes call ``run_case`` with many specs so a case's arrivals are drawn
-once and shared by every scaler (paired comparison).
+starting replica count), the shipped policy for a case and the day it remembers
+(``shipped_policy``, ``with_yesterday``), building a scaler from a picklable description
+(``ScalerSpec``), and running it. Worker processes call ``run_case`` with many specs so a
+case's arrivals are drawn once and shared by every scaler (paired comparison).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import engine
 import model as model_
@@ -21,8 +21,13 @@ import prototypes
 import sim
 import workloads
 
+from kubeinfer.core.scaling import policy as policy_
+from kubeinfer.core.scaling import season
+
 # Seconds of the trace's initial load before measuring: windows fill, replicas stay put.
 WARMUP_S = 300
+# "Yesterday" is the same family on this seed offset (never an evaluation or tuning seed).
+YESTERDAY_SEED = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,39 @@ def _inputs(case: Case) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     return arr, factors, sim.initial_replicas(service_model(), float(rates[0])), rates
 
 
+def day_s(case: Case) -> int:
+    """The workload's "day", the forecast period: its trace with the warm-up."""
+    return len(_inputs(case)[3]) + WARMUP_S
+
+
+def shipped_policy(case: Case) -> policy_.ScalingPolicy:
+    m, s = service_model(), _SETTINGS
+    return engine.shipped_policy(
+        target=m.target,
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        forecast_period_s=day_s(case),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _yesterday(case: Case) -> season.SeasonalHistory:
+    """What the shipped step learned by time of day over the previous day: the same family
+    on another seed, run through it, as seen a day later."""
+    before = Case(case.workload, case.seed + YESTERDAY_SEED, case.cold_start_s)
+    scaler = engine.Kubeinfer(
+        name="yesterday", scaling_policy=shipped_policy(case), seed=before.seed
+    )
+    run_with(before, scaler)
+    return engine.one_period_earlier(scaler.engine.memory.season)
+
+
+def with_yesterday(scaler: engine.Kubeinfer, case: Case) -> engine.Kubeinfer:
+    """``scaler`` starting with yesterday's history, as a service that ran yesterday does."""
+    scaler.remember(_yesterday(case))
+    return scaler
+
+
 def build(spec: ScalerSpec, case: Case) -> sim.Scaler:
     m = service_model()
     s = _SETTINGS
@@ -102,18 +140,14 @@ def build(spec: ScalerSpec, case: Case) -> sim.Scaler:
     if spec.kind in ("HPA", "KEDA", "KPA"):
         assert spec.config is not None
         return peers.make(spec.kind, spec.config, target=m.target, seed=case.seed, name=spec.label)
-    policy = engine.shipped_policy(
-        target=m.target, min_replicas=s.min_replicas, max_replicas=s.max_replicas
-    )
+    policy = shipped_policy(case)
     if spec.kind == "kubeinfer":
-        return engine.Kubeinfer(name=spec.label, scaling_policy=policy, seed=case.seed)
-    factory: Callable[..., sim.Scaler] = prototypes.PROTOTYPES[spec.kind]
-    history = None
-    if spec.kind == "seasonal":
-        # "Yesterday": the same family on another seed, aligned with the simulator's seconds.
-        other = workload(case.workload).rates(case.seed + 100_000)
-        history = np.concatenate((np.full(WARMUP_S, other[0]), other))
-    return factory(name=spec.label, scaling_policy=policy, seed=case.seed, model=m, history=history)
+        scaler = engine.Kubeinfer(name=spec.label, scaling_policy=policy, seed=case.seed)
+    else:
+        scaler = prototypes.PROTOTYPES[spec.kind](
+            name=spec.label, scaling_policy=policy, seed=case.seed, model=m
+        )
+    return with_yesterday(scaler, case)
 
 
 def run(case: Case, spec: ScalerSpec, *, record_series: bool = False) -> sim.RunResult:

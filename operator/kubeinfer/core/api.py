@@ -271,12 +271,25 @@ class BatchingSpec(_Model):
     preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=16)] = []
 
 
+# The shortest forecast period: its buckets (core/scaling/season.py, 288 per period) must
+# each hold a few 2-second scrapes.
+MIN_FORECAST_PERIOD_S = 600
+FORECAST_PERIOD_RULE = (
+    f"scaling.forecastPeriodSeconds must be 0 (off) or at least {MIN_FORECAST_PERIOD_S}"
+)
+
+
 class ScalingSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
                 "self.minReplicas <= self.maxReplicas",
                 "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+            ),
+            (
+                f"self.forecastPeriodSeconds == 0 || "
+                f"self.forecastPeriodSeconds >= {MIN_FORECAST_PERIOD_S}",
+                FORECAST_PERIOD_RULE,
             ),
         )
     )
@@ -348,6 +361,26 @@ class ScalingSpec(_Model):
             "alone, for a target that is a hard limit."
         ),
     ] = True
+    forecast_period_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=7 * 86400,
+            description="The demand repeats with this period (a day by default): kubeinfer "
+            "remembers the last period's demand in 5-minute buckets (1/288 of it) and, while "
+            "the last two hours (1/12 of it) tracked it closely, scales ahead of the rise it "
+            "had within the next cold start and runs hotter than the target with a short "
+            "scale-down window (status shows forecastDemand and forecastError). The reactive "
+            "rules return as soon as today stops tracking. 0: off.",
+        ),
+    ] = 86400
+
+    @pydantic.model_validator(mode="after")
+    def _forecast_period(self) -> ScalingSpec:
+        period = self.forecast_period_seconds
+        if 0 < period < MIN_FORECAST_PERIOD_S:
+            raise ValueError(FORECAST_PERIOD_RULE)
+        return self
 
 
 class Toleration(_Model):
@@ -814,8 +847,9 @@ class Condition(_Model):
 
 # Decisions status keeps (the newest); every decision is counted in the operator's metrics.
 DECISION_HISTORY = 10
-# The most characters status.autoscaler.state may hold (the engine fits its JSON to it).
-STATE_MAX_CHARS = 16384
+# The most characters status.autoscaler.state may hold (the engine fits its JSON to it): a
+# 3600 s window at full resolution, a full burst history and a day of forecast history fit.
+STATE_MAX_CHARS = 20480
 
 
 class DecisionRecord(_Model):

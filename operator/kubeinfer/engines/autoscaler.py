@@ -10,9 +10,10 @@ manager ``kubeinfer-autoscaler``), an Event, the operator's metrics, and status.
 which also records where the pods' models compute (``executionProviders``, read off the same
 scrape; the reconciler turns it into the GPUInUse condition, so each status field keeps one
 writer). The step's memory (window, last scale time, learned cold start, the demand's burst
-history) is persisted in status.autoscaler.state and the decision history in
-status.autoscaler.decisions, so an operator restart neither forgets a burst nor scales down
-on a fresh, empty window, nor drops the burst headroom or the calm target. A new
+history and its history by time of period) is persisted in status.autoscaler.state and the
+decision history in status.autoscaler.decisions, so an operator restart neither forgets a
+burst nor scales down on a fresh, empty window, nor drops the burst headroom, the calm target
+or a period's forecast. A new
 service's first ticks, before a replica is Ready and has answered more than a baseline scrape,
 write nothing: status.autoscaler starts with the first decision made on something
 (``step.nothing_to_record``). A service
@@ -37,7 +38,7 @@ from kubeinfer import telemetry
 from kubeinfer.clients import catalogue, kube, scrape
 from kubeinfer.clients.store import STORE
 from kubeinfer.core import api, builders, census, metrics, scale_in, status
-from kubeinfer.core.scaling import burst, decide, policy, signals, step, window
+from kubeinfer.core.scaling import burst, decide, policy, season, signals, step, window
 from kubeinfer.core.scaling import state as memory_
 
 log = logging.getLogger("kubeinfer.autoscaler")
@@ -89,6 +90,7 @@ def restore(
             state=memory_.ScalerState.from_dict(saved.get("state", {})),
             window=win if win is not None else window.SignalWindow.for_policy(pol),
             burst=burst.BurstHistory.from_dict(saved.get("burst", {})),
+            season=season.SeasonalHistory.from_dict(saved.get("season", {})),
         )
     except (ValueError, KeyError, TypeError):
         memory = step.Memory.fresh(pol)
@@ -100,26 +102,31 @@ def restore(
 def persisted_state(memory: step.Memory) -> str:
     """The step's memory as status.autoscaler.state, within ``api.STATE_MAX_CHARS``.
 
-    Whole when it fits (it does for every window the API allows, with a full burst history
-    and a short stabilization history); else what matters least after a restart goes first:
-    the burst history (the headroom and calm target then relearn, as after a fresh start),
-    then the window's resolution, then the window (a restart then holds on no data). The
+    Whole when it fits (it does for every window the API allows, with a full burst history,
+    a full period's forecast history and a short stabilization history); else what matters
+    least after a restart goes first: the burst history (the headroom and calm target then
+    relearn, as after a fresh start), then the window's resolution, then the window (a
+    restart then holds on no data), then the period's history (a period to relearn). The
     scaler state itself always stays: it is what prevents a scale-down after a restart.
     """
     parts: dict[str, Any] = {"state": memory.state.to_dict()}
     tries = (
-        (PERSISTED_BUCKETS, True),
-        (PERSISTED_BUCKETS, False),
-        (PERSISTED_BUCKETS // 3, False),
-        (0, False),
+        (PERSISTED_BUCKETS, True, True),
+        (PERSISTED_BUCKETS, False, True),
+        (PERSISTED_BUCKETS // 3, False, True),
+        (0, False, True),
+        (0, False, False),
     )
-    for buckets, with_burst in tries:
+    for buckets, with_burst, with_season in tries:
         parts.pop("window", None)
         parts.pop("burst", None)
+        parts.pop("season", None)
         if buckets:
             parts["window"] = memory.window.to_dict(max_buckets=buckets)
         if with_burst:
             parts["burst"] = memory.burst.to_dict()
+        if with_season:
+            parts["season"] = memory.season.to_dict()
         saved = json.dumps(parts, separators=(",", ":"))
         if len(saved) <= api.STATE_MAX_CHARS:
             break

@@ -234,6 +234,11 @@ def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(
             "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
         ),
         (
+            # A period too short for its 288 buckets to hold a scrape each.
+            {"scaling": {"forecastPeriodSeconds": 300}},
+            "scaling.forecastPeriodSeconds must be 0 (off) or at least 600",
+        ),
+        (
             # Scale to zero needs the router: at zero replicas nothing else answers.
             {"scaling": {"minReplicas": 0}},
             "scaling.minReplicas 0 needs router.enabled",

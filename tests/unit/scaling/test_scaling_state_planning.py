@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
+import pydantic
 import pytest
 
 from kubeinfer import planning_cli
 from kubeinfer.core import api, planning
-from kubeinfer.core.scaling import burst, cold_start, decide, policy, signals, state, step, window
+from kubeinfer.core.scaling import (
+    burst,
+    cold_start,
+    decide,
+    policy,
+    season,
+    signals,
+    state,
+    step,
+    window,
+)
 from kubeinfer.engines import autoscaler
 
 
@@ -103,16 +115,30 @@ def jumpy_bursts() -> burst.BurstHistory:
     return bursts
 
 
+def a_full_day() -> season.SeasonalHistory:
+    """A day of 5-minute buckets and the latest comparisons, every number at full digits."""
+    history = season.SeasonalHistory(period_s=86400.0)
+    for t in range(0, 86400 + 3 * 3600, 30):
+        history.record(now=1.7e9 + t, demand=1000.0 + (t * 7919 % 1013) / 7.0)
+    return history
+
+
 @pytest.mark.parametrize(
     ("recommendations", "kept", "coarse"),
-    [(150, {"state", "window"}, 20), (400, {"state", "window"}, 60), (800, {"state"}, None)],
+    [
+        (100, {"state", "window", "burst", "season"}, 20),
+        (200, {"state", "window", "season"}, 20),
+        (400, {"state", "window", "season"}, 60),
+        (800, {"state", "season"}, None),
+        (1000, {"state"}, None),
+    ],
 )
 def test_an_oversized_memory_drops_what_matters_least(
     recommendations: int, kept: set[str], coarse: int | None
 ) -> None:
     """A huge stabilization history (hundreds of replicas recommended within the window)
     must not make the status write fail: the burst history goes first, then the window's
-    resolution, then the window; the scaler state stays whole."""
+    resolution, then the window, then the period's history; the scaler state stays whole."""
     w = window.SignalWindow(length_s=3600, granularity_s=2)
     for t in range(0, 3600, 2):
         w.record(
@@ -127,7 +153,9 @@ def test_an_oversized_memory_drops_what_matters_least(
             )
         )
     st = recommending(recommendations)
-    saved = autoscaler.persisted_state(step.Memory(state=st, window=w, burst=jumpy_bursts()))
+    saved = autoscaler.persisted_state(
+        step.Memory(state=st, window=w, burst=jumpy_bursts(), season=a_full_day())
+    )
     assert len(saved) <= api.STATE_MAX_CHARS
     assert set(json.loads(saved)) == kept
     # 3600 s of 2 s buckets merged 20 at a time into 90; 60 at a time into 30 once squeezed.
@@ -137,7 +165,7 @@ def test_an_oversized_memory_drops_what_matters_least(
 
 @pytest.mark.parametrize("length_s", [6, 60, 600, 3600])
 def test_the_window_survives_a_restart_at_every_allowed_length(length_s: int) -> None:
-    """Persisted in status (16 KiB), restored after a restart, for every stable window the API
+    """Persisted in status (20 KiB), restored after a restart, for every stable window the API
     allows: averages over any span come back as they were."""
     w = window.SignalWindow(length_s=length_s, granularity_s=2)
     for t in range(0, length_s, 2):
@@ -156,10 +184,10 @@ def test_the_window_survives_a_restart_at_every_allowed_length(length_s: int) ->
     # With a full burst history of jumpy demand beside it, ticking every second, and ten
     # stabilization recommendations: all of it fits, nothing is dropped.
     saved = autoscaler.persisted_state(
-        step.Memory(state=recommending(10), window=w, burst=jumpy_bursts())
+        step.Memory(state=recommending(10), window=w, burst=jumpy_bursts(), season=a_full_day())
     )
     assert len(saved) <= api.STATE_MAX_CHARS
-    assert set(json.loads(saved)) == {"state", "window", "burst"}
+    assert set(json.loads(saved)) == {"state", "window", "burst", "season"}
     back = window.SignalWindow.from_dict(json.loads(saved)["window"])
     depth = api.ScalingMetric.QUEUE_DEPTH.value
     for span in (6, length_s):
@@ -229,6 +257,10 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
         {"calm_span_s": -1.0},
         {"calm_full_cold_start_s": 90.0, "calm_max_cold_start_s": 60.0},
         {"calm_scale_down_s": -1.0},
+        {"forecast_period_s": -1.0},
+        {"forecast_max_error": -0.1},
+        {"forecast_target_factor": 0.9},
+        {"forecast_horizon_cold_starts": 0.5},
     ],
 )
 def test_policy_rejects_bad_knobs(kwargs: dict[str, float]) -> None:
@@ -255,6 +287,16 @@ def test_policy_defaults() -> None:
         spec.target,
     )
     assert p.scale_down_stabilization_s == spec.scale_down_delay_seconds
+    assert p.forecast_period_s == spec.forecast_period_seconds == 86400
+
+
+@pytest.mark.parametrize(("period", "ok"), [(0, True), (300, False), (600, True), (86400, True)])
+def test_a_forecast_period_is_off_or_long_enough_for_its_buckets(period: int, ok: bool) -> None:
+    if ok:
+        assert api.ScalingSpec(forecast_period_seconds=period).forecast_period_seconds == period
+    else:
+        with pytest.raises(pydantic.ValidationError, match=re.escape(api.FORECAST_PERIOD_RULE)):
+            api.ScalingSpec(forecast_period_seconds=period)
 
 
 def test_plan_picks_batch_replicas_and_delay() -> None:

@@ -225,3 +225,78 @@ def test_nothing_to_record(
         result.reason,
         result.desired,
     )
+
+
+def test_a_day_like_yesterday_is_met_ahead_of_its_rise_and_runs_hotter() -> None:
+    # A 600 s "day" (300 ticks): 110 req/s, 330 from 300 s to 400 s. On the first day the
+    # rise is met when it comes; on the second, which tracks the first, the forecast asks
+    # for the rise's replicas before it (pods start in 4 s here, so one cold start ahead),
+    # and between rises the service runs at the forecast's hotter target with fewer
+    # replicas than the first day needed, saying why.
+    pol = policy.from_spec(
+        target=2.0,
+        stable_window_s=12.0,
+        scale_down_stabilization_s=10.0,
+        forecast_period_s=600.0,
+        max_replicas=10,
+    )
+    day = [110.0] * 150 + [330.0] * 50 + [110.0] * 100
+    history = steps(day + day, pol)
+    rise = [1000.0 + 2.0 * 150, 1000.0 + 600.0 + 2.0 * 150]
+    first = [s.result for t, s in history if rise[0] - 6.0 <= t < rise[0]]
+    second = [s.result for t, s in history if rise[1] - 6.0 <= t < rise[1]]
+    assert max(r.desired for r in first) == 3
+    assert decide.Reason.FORECAST_SCALE_UP in {r.reason for r in second}
+    assert max(r.desired for r in second) >= 5  # 330 req/s x 0.04 s / (2 x 1.3) = 5.1
+    quiet = [s.result for t, s in history if rise[1] - 100.0 <= t < rise[1] - 10.0]
+    assert {r.desired for r in quiet} == {2}
+    assert all(r.inputs.forecast is not None for r in quiet)
+    assert all(r.inputs.target_factor == pytest.approx(pol.forecast_target_factor) for r in quiet)
+    assert "while the demand follows the forecast" in quiet[-1].message
+    assert "ahead of the demand the last period had" in next(
+        r.message for r in second if r.reason is decide.Reason.FORECAST_SCALE_UP
+    )
+
+
+def test_a_day_unlike_yesterday_drops_the_forecast_within_a_few_buckets() -> None:
+    # The second day has no rise: the forecast prepares for yesterday's (its cost), and once
+    # today's buckets stop tracking (three of the last 24 off by more than 15 %), the reactive
+    # rules are back and the replicas the forecast asked for go. Once today has run at a
+    # steady third of yesterday for 24 buckets, that is the forecast's scale.
+    pol = policy.from_spec(
+        target=2.0,
+        stable_window_s=12.0,
+        scale_down_stabilization_s=10.0,
+        forecast_period_s=600.0,
+        max_replicas=10,
+    )
+    day = [110.0] * 150 + [330.0] * 50 + [110.0] * 100
+    history = steps(day + [110.0] * 300, pol)
+    rise = 1000.0 + 600.0 + 2.0 * 150
+
+    def results(start: float, end: float) -> list[decide.ScaleResult]:
+        return [s.result for t, s in history if rise + start <= t < rise + end]
+
+    assert all(r.inputs.forecast is not None for r in results(-100.0, -10.0))
+    assert max(r.desired for r in results(-6.0, 0.0)) >= 5
+    assert all(r.inputs.forecast is None for r in results(10.0, 40.0))
+    # (The calm target may remain: pods start in 4 s here, and the rise is rare within that.)
+    assert all(r.inputs.target_factor < pol.forecast_target_factor for r in results(10.0, 40.0))
+    assert {r.desired for r in results(20.0, 40.0)} == {2}
+    later = [r.inputs.forecast for r in results(60.0, 90.0)]
+    assert all(f is not None and f.scale == pytest.approx(1 / 3, rel=0.02) for f in later)
+
+
+def test_a_forecast_survives_a_restart() -> None:
+    # The engine persists the period's history in status with the rest of the step's memory.
+    pol = policy.from_spec(
+        target=2.0, stable_window_s=12.0, scale_down_stabilization_s=10.0, forecast_period_s=600.0
+    )
+    day = [110.0] * 150 + [330.0] * 50 + [110.0] * 100
+    now, last = steps(day + day[:140], pol)[-1]
+    isvc = {"status": {"autoscaler": {"state": autoscaler.persisted_state(last.memory)}}}
+    back, _ = autoscaler.restore(isvc, pol)
+    before = last.memory.season.forecast(now=now, horizon_s=30.0)
+    after = back.season.forecast(now=now, horizon_s=30.0)
+    assert before is not None and after is not None
+    assert after.demand == pytest.approx(before.demand, rel=1e-3) == 330.0

@@ -44,7 +44,7 @@ QUANTILE = 0.95
 MIN_RATIOS = 10
 # Closed moments are persisted in runs of this many seconds (60 runs over HISTORY_S), their
 # growth rounded up to a power of 1 + PERSIST_STEP (coarser when the JSON would exceed
-# PERSIST_BUDGET characters: status.autoscaler.state holds the signal window too, in 16 KiB).
+# PERSIST_BUDGET characters: status.autoscaler.state holds the signal window too, in 20 KiB).
 PERSIST_RUN_S = 15.0
 PERSIST_STEP = 0.01
 PERSIST_BUDGET = 4000

@@ -3,7 +3,8 @@
 Owns the scaling rules and nothing else: no clock, no API, no scraping. The engine calls it
 every tick and acts on (or, in Recommend mode, only reports) the returned ``ScaleResult``,
 then persists ``result.state``. The rules read the policy's target times ``target_factor``
-(above 1 only while the load is calm: burst.calm_target_factor). The rules, in order:
+(above 1 only while the load is calm, burst.calm_target_factor, or follows the forecast,
+season.py). The rules, in order:
 
 1. Metrics missing for ``failures_before_fallback`` ticks -> at least ``fallback_replicas``.
    No data in the stable window -> hold. A failed scrape never lets the count go down.
@@ -18,13 +19,19 @@ then persists ``result.state``. The rules read the policy's target times ``targe
 4. Burst headroom (``headroom`` > 1, burst.py): at least the current load times how much
    the demand recently grew within one cold start, so the next burst like the recent ones
    finds its replicas running. It scales up (beyond the tolerance) and holds replicas.
-5. Tolerance, scale-up rate limit (only the additive step while the cluster was full within
+5. Forecast (``forecast``, season.py; the step passes one only while today tracks the last
+   period closely, and then no burst headroom): at least the replicas the forecast demand
+   needs, converted like the look-ahead. It scales up ahead of a rise the last period had
+   and holds replicas the load will need again within a cold start.
+6. Tolerance, scale-up rate limit (only the additive step while the cluster was full within
    the stable window), capacity block (pods waiting for GPUs, or pods the
    scheduler has not answered for yet: adding more before it has would pile pending pods
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
-   ``scale_down_cold_starts`` learned cold starts; while calm only ``calm_scale_down_s``),
-   scale-down rate limit, the trend floor, scale-down hysteresis (not while calm), the GPU
+   ``scale_down_cold_starts`` learned cold starts; while calm or forecast only
+   ``calm_scale_down_s``),
+   scale-down rate limit, the trend floor, scale-down hysteresis (not while calm or
+   forecast), the GPU
    veto on scale-down, then min/max.
 """
 
@@ -38,6 +45,7 @@ from typing import Any
 
 from kubeinfer.core import api
 from kubeinfer.core.scaling import policy as policy_
+from kubeinfer.core.scaling import season as season_
 from kubeinfer.core.scaling import state as state_
 from kubeinfer.core.scaling import window as window_
 
@@ -50,6 +58,8 @@ class Reason(enum.StrEnum):
     EARLY_SCALE_UP = "EarlyScaleUp"
     # Spare replicas for bursts like the recent ones (burst.py).
     BURST_HEADROOM = "BurstHeadroom"
+    # Ahead of the demand the last period had within the next cold start (season.py).
+    FORECAST_SCALE_UP = "ForecastScaleUp"
     SCALE_DOWN = "ScaleDown"
     HOLD = "Hold"
     NO_DATA = "NoData"
@@ -89,6 +99,8 @@ class Clamp(enum.StrEnum):
     WARMING_UP = "WarmingUp"
     # The burst-headroom floor kept replicas that the current load alone would give back.
     BURST_HEADROOM = "BurstHeadroom"
+    # The forecast floor kept replicas that the current load alone would give back.
+    FORECAST = "Forecast"
 
 
 # A scale-down needs this share of a stable window of samples. Right after a start (a new
@@ -139,8 +151,10 @@ class Inputs:
     # Seconds of samples the window holds (for the WarmingUp message; not in the history).
     covered_s: float = 0.0
     # The target the rules read is ``target`` (the spec's) times this (1: none): the calm
-    # target, burst.calm_target_factor.
+    # target, burst.calm_target_factor, or the forecast's, policy.forecast_target_factor.
     target_factor: float = 1.0
+    # The forecast acted on (season.py), None when none was.
+    forecast: season_.Forecast | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def rounded(value: float | None) -> float | None:
@@ -156,6 +170,8 @@ class Inputs:
             "coldStartSeconds": rounded(self.cold_start_s),
             "burstHeadroom": rounded(self.headroom),
             "calmTargetFactor": rounded(self.target_factor),
+            "forecastDemand": rounded(self.forecast.demand) if self.forecast else None,
+            "forecastError": rounded(self.forecast.error) if self.forecast else None,
             "current": self.current,
             "ready": self.ready,
             "starting": self.starting,
@@ -214,6 +230,7 @@ _UP = (
     Reason.PANIC_SCALE_UP,
     Reason.EARLY_SCALE_UP,
     Reason.BURST_HEADROOM,
+    Reason.FORECAST_SCALE_UP,
     Reason.FALLBACK,
 )
 
@@ -287,9 +304,11 @@ class _Tick:
     # Seconds of samples the window holds for the policy's metric.
     covered_s: float = 0.0
     headroom: float = 1.0
-    # The calm target's factor; ``policy.target`` is already raised by it, ``spec_target`` not.
+    # The calm or forecast target's factor; ``policy.target`` is already raised by it,
+    # ``spec_target`` not.
     target_factor: float = 1.0
     spec_target: float = 0.0
+    forecast: season_.Forecast | None = None
     trend_per_s: float | None = None
     clamps: list[Clamp] = dataclasses.field(default_factory=list)
 
@@ -304,8 +323,9 @@ class _Tick:
 
     @property
     def calm(self) -> bool:
-        """The calm target is in force (burst.calm_target_factor)."""
-        return self.target_factor > 1.0
+        """The calm target (burst.calm_target_factor) or the forecast (season.py) is in
+        force: either says the load will not outrun the replicas within a cold start."""
+        return self.target_factor > 1.0 or self.forecast is not None
 
     @property
     def kept_s(self) -> float:
@@ -319,8 +339,8 @@ class _Tick:
 
     @property
     def down_window_s(self) -> float:
-        """Scale-down stabilization this tick: ``kept_s``, or while calm the shorter
-        ``calm_scale_down_s`` (policy.py says why)."""
+        """Scale-down stabilization this tick: ``kept_s``, or while calm (or forecast) the
+        shorter ``calm_scale_down_s`` (policy.py says why)."""
         if self.calm:
             return min(self.policy.calm_scale_down_s, self.policy.scale_down_stabilization_s)
         return self.kept_s
@@ -337,6 +357,7 @@ def _read(
     scraped: bool,
     headroom: float,
     target_factor: float,
+    forecast: season_.Forecast | None,
 ) -> _Tick:
     series = policy.metric.value
     panic_until = state.panic_until
@@ -361,6 +382,7 @@ def _read(
         headroom=headroom,
         target_factor=target_factor,
         spec_target=spec_target,
+        forecast=forecast,
     )
 
 
@@ -407,6 +429,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
         cold_start_s=tick.cold_start_s,
         headroom=tick.headroom,
         target_factor=tick.target_factor,
+        forecast=tick.forecast,
         current=current,
         ready=r.ready,
         starting=r.starting,
@@ -479,21 +502,55 @@ def _burst_floor(
     if tick.headroom <= 1.0:
         return recommended, reason
     wanted = _wanted(policy=tick.policy, value=stable * tick.headroom, ready=tick.replicas.ready)
+    return _raise_to(
+        tick, wanted, recommended, reason, up=Reason.BURST_HEADROOM, clamp=Clamp.BURST_HEADROOM
+    )
+
+
+def _forecast_floor(
+    tick: _Tick, window: window_.SignalWindow, stable: float, recommended: int, reason: Reason
+) -> tuple[int, Reason]:
+    """The recommendation raised to the replicas the forecast demand needs: a scale-up
+    ahead of the last period's rise, or replicas kept that the load will need again within
+    a cold start. QueueDepth converts requests/s with the stable window's depth per
+    request/s (Little's law, as the look-ahead does)."""
+    if tick.forecast is None:
+        return recommended, reason
+    policy = tick.policy
+    value = tick.forecast.demand
+    if policy.metric is api.ScalingMetric.QUEUE_DEPTH:
+        rate = window.average(
+            series=api.ScalingMetric.REQUEST_RATE.value, now=tick.now, span_s=policy.stable_window_s
+        )
+        if rate is None or rate <= 0:
+            return recommended, reason
+        value *= stable / rate
+    wanted = _wanted(policy=policy, value=value, ready=tick.replicas.ready)
+    return _raise_to(
+        tick, wanted, recommended, reason, up=Reason.FORECAST_SCALE_UP, clamp=Clamp.FORECAST
+    )
+
+
+def _raise_to(
+    tick: _Tick, wanted: float, recommended: int, reason: Reason, *, up: Reason, clamp: Clamp
+) -> tuple[int, Reason]:
+    """A floor of ``wanted`` (fractional) replicas: a scale-up named ``up`` beyond the
+    tolerance, else the replicas it keeps (named by ``clamp``)."""
     floor = math.ceil(wanted)
     if floor <= recommended:
         return recommended, reason
     current = tick.current
     # Spare replicas are not worth pods that wait for GPUs: on a cluster that was full within
-    # the stable window the headroom only keeps what runs.
+    # the stable window a floor only keeps what runs.
     if floor > current:
         # The tolerance on the unrounded count: a floor a hair over an integer would
         # otherwise add a replica, and the next scale-down take it back.
         if not tick.recently_full and (
             current == 0 or wanted / current - 1 > tick.policy.tolerance
         ):
-            return floor, Reason.BURST_HEADROOM
+            return floor, up
         floor = current
-    tick.clamps.append(Clamp.BURST_HEADROOM)
+    tick.clamps.append(clamp)
     return floor, reason
 
 
@@ -557,7 +614,7 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
         tick.clamps.append(Clamp.GPU_VETO)
         return _finish(tick, current, Reason.GPU_VETO, recommended)
     if desired == current:
-        others = {Clamp.TREND, Clamp.HYSTERESIS, Clamp.BURST_HEADROOM}
+        others = {Clamp.TREND, Clamp.HYSTERESIS, Clamp.BURST_HEADROOM, Clamp.FORECAST}
         held = Clamp.STABILIZATION in tick.clamps and not others & set(tick.clamps)
         return _finish(tick, current, Reason.STABILIZING if held else Reason.HOLD, recommended)
     return _finish(tick, desired, Reason.SCALE_DOWN, recommended)
@@ -573,14 +630,16 @@ def decide(
     scraped: bool = True,
     headroom: float = 1.0,
     target_factor: float = 1.0,
+    forecast: season_.Forecast | None = None,
 ) -> ScaleResult:
     """Decide the desired replica count at ``now``; pure, the engine acts on the result.
 
     ``scraped`` is False when this tick's scrape produced no sample (every pod failed or none
     was Ready); the window then holds only older data. ``headroom``: the burst-headroom
     factor (burst.py), 1 for none. ``target_factor``: the calm target's factor
-    (burst.calm_target_factor), 1 for none; the rules read the raised target, except the
-    panic trigger (below).
+    (burst.calm_target_factor) or the forecast's, 1 for none; the rules read the raised
+    target, except the panic trigger (below). ``forecast``: the forecast to act on
+    (season.py), None for none.
     """
     spec_target = policy.target
     if target_factor != 1.0:
@@ -595,6 +654,7 @@ def decide(
         scraped=scraped,
         headroom=headroom,
         target_factor=target_factor,
+        forecast=forecast,
     )
     current = replicas.current
     # 1. Missing data: fall back after N failures, otherwise hold.
@@ -619,7 +679,9 @@ def decide(
         recommended, reason = look[0], Reason.EARLY_SCALE_UP
     # 4. Burst headroom: room now for growth like the recent bursts within one cold start.
     recommended, reason = _burst_floor(tick, stable, recommended, reason)
-    # 5. Limits on the way to the desired count.
+    # 5. Forecast: the replicas the last period's demand over the next cold start needs.
+    recommended, reason = _forecast_floor(tick, window, stable, recommended, reason)
+    # 6. Limits on the way to the desired count.
     if recommended > current:
         return _scale_up(tick, recommended, reason, recommended)
     if recommended < current:
@@ -640,10 +702,12 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
     seen = "no data" if inputs.stable is None else f"{inputs.stable:.1f} {unit} (stable window)"
     per = f"target {inputs.target:g} per replica"
     if inputs.target_factor > 1.0:
+        why = "follows the forecast" if inputs.forecast else "is calm"
         per = (
             f"target {inputs.target * inputs.target_factor:.4g} per replica "
-            f"({inputs.target_factor:.2f}x the spec's {inputs.target:g} while the demand is calm)"
+            f"({inputs.target_factor:.2f}x the spec's {inputs.target:g} while the demand {why})"
         )
+    fc = inputs.forecast
     move = f"from {current} to {desired}"
     texts = {
         Reason.SCALE_UP: f"Scaling up {move}: {seen}, {per}.",
@@ -658,6 +722,12 @@ def _message(*, reason: Reason, current: int, desired: int, inputs: Inputs) -> s
         Reason.BURST_HEADROOM: (
             f"Scaling up {move} for bursts: demand recently grew up to {inputs.headroom:.2f}x "
             f"within one {inputs.cold_start_s:.0f} s cold start; {seen}, {per}."
+        ),
+        Reason.FORECAST_SCALE_UP: (
+            f"Scaling up {move} ahead of the demand the last period had within the next "
+            f"{inputs.cold_start_s:.0f} s cold start: {(fc.demand if fc else 0):.4g} requests/s "
+            f"(today at {(fc.scale if fc else 0):.2f}x it, error {(fc.error if fc else 0):.0%}); "
+            f"{per}."
         ),
         Reason.SCALE_DOWN: f"Scaling down {move}: {seen}, {per}.",
         Reason.HOLD: f"Holding {current} replicas: {seen}, {per}.",

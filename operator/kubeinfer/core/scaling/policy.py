@@ -91,6 +91,18 @@ class ScalingPolicy:
     # 30 s: bench/autoscaling/analysis.md (2-8 % fewer replica-seconds on the smooth families
     # at 10-60 s cold starts, no more misses; the sweep these values come from).
     calm_scale_down_s: float = 30.0
+    # Forecast (season.py): the demand's period in seconds (0: off). While the last period's
+    # demand has forecast today's within ``forecast_max_error`` (season.QUANTILE of the
+    # per-bucket errors), the replicas its highest demand over the next
+    # ``forecast_horizon_cold_starts`` cold starts needs are a floor, the target is raised by
+    # ``forecast_target_factor`` (the room for bursts the forecast now covers), and the
+    # burst headroom is off; the calm target's scale-down rules apply (shorter window, no
+    # hysteresis). Not for QueueTime. 0.15 / 1.3: bench/autoscaling/analysis.md ("Forecast");
+    # 1.1 cold starts: pods start up to 10 % slower than the learned median.
+    forecast_period_s: float = 0.0
+    forecast_max_error: float = 0.15
+    forecast_target_factor: float = 1.3
+    forecast_horizon_cold_starts: float = 1.1
     failures_before_fallback: int = 5
     scrape_interval_s: float = 2.0
 
@@ -115,6 +127,7 @@ def from_spec(spec: api.ScalingSpec | None = None, **overrides: Any) -> ScalingP
         "fallback_replicas": spec.fallback_replicas,
         "scale_to_zero_after_s": float(spec.scale_to_zero_after_seconds),
         "burst_headroom": spec.burst_headroom,
+        "forecast_period_s": float(spec.forecast_period_seconds),
     }
     return ScalingPolicy(**{**knobs, **overrides})
 
@@ -158,6 +171,10 @@ def validate(policy: ScalingPolicy) -> list[str]:
         problems.append("need 0 <= calm_full_cold_start_s < calm_max_cold_start_s")
     if policy.calm_scale_down_s < 0:
         problems.append("calm_scale_down_s must be >= 0")
+    if policy.forecast_period_s < 0 or policy.forecast_max_error < 0:
+        problems.append("forecast_period_s and forecast_max_error must be >= 0")
+    if policy.forecast_target_factor < 1 or policy.forecast_horizon_cold_starts < 1:
+        problems.append("forecast_target_factor and forecast_horizon_cold_starts must be >= 1")
     if policy.failures_before_fallback < 1:
         problems.append("failures_before_fallback must be >= 1")
     if policy.scale_to_zero_after_s <= 0:

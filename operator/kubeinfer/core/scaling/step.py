@@ -3,7 +3,9 @@
 Owns the order of a tick's thinking: aggregate the pods that answered into the tick's sample,
 keep it in the window, learn the cold start from pod timestamps, record the demand's
 burstiness (``burst``) and read from it the headroom and whether the load is calm enough to
-run hotter (``burst.calm_target_factor``), then ``decide``, then the
+run hotter (``burst.calm_target_factor``), record it by time of period (``season``) and read
+the forecast when today tracks the last period (then it replaces the burst headroom and
+runs hotter still), then ``decide``, then the
 scale-to-zero hand-off with the router (``zero``). The operator's
 engine calls ``step`` between gathering (the store and the scrape) and acting (the scale
 subresource, status, Events); bench/autoscaling's simulator calls the same ``step`` with the
@@ -16,7 +18,17 @@ import dataclasses
 from collections.abc import Sequence
 
 from kubeinfer.core import api
-from kubeinfer.core.scaling import burst, cold_start, decide, policy, signals, state, window, zero
+from kubeinfer.core.scaling import (
+    burst,
+    cold_start,
+    decide,
+    policy,
+    season,
+    signals,
+    state,
+    window,
+    zero,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,6 +52,8 @@ class Memory:
     window: window.SignalWindow
     # Demand and its growth within a cold start (its closed moments persist: see burst.py).
     burst: burst.BurstHistory = dataclasses.field(default_factory=burst.BurstHistory)
+    # Demand by time of period and how today tracks it (persists: see season.py).
+    season: season.SeasonalHistory = dataclasses.field(default_factory=season.SeasonalHistory)
 
     @classmethod
     def fresh(cls, pol: policy.ScalingPolicy) -> Memory:
@@ -68,6 +82,15 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
     bursts = memory.burst.copy()
     if pol.burst_headroom and sample is not None:
         bursts.record(now=now, demand=sample.demand, horizon_s=cold)
+    seasons = (
+        memory.season.copy()
+        if memory.season.period_s == pol.forecast_period_s
+        else season.SeasonalHistory(period_s=pol.forecast_period_s)  # a new period: relearn
+    )
+    if sample is not None:
+        seasons.record(now=now, demand=sample.demand)
+    forecast = _forecast(pol, seasons, now, cold)
+    calm = burst.calm_target_factor(pol, bursts, cold_start_s=cold)
     result = decide.decide(
         policy=zero.floor(pol),
         window=win,
@@ -75,8 +98,10 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         now=now,
         replicas=observation.replicas,
         scraped=sample is not None,
-        headroom=_headroom(pol, bursts, win, now),
-        target_factor=burst.calm_target_factor(pol, bursts, cold_start_s=cold),
+        # The forecast covers the bursts the headroom would keep room for, and more.
+        headroom=1.0 if forecast else _headroom(pol, bursts, win, now),
+        target_factor=max(calm, pol.forecast_target_factor) if forecast else calm,
+        forecast=forecast,
     )
     result = zero.hand_off(
         pol=pol,
@@ -87,8 +112,24 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
         now=now,
     )
     return Step(
-        result=result, memory=Memory(state=result.state, window=win, burst=bursts), sample=sample
+        result=result,
+        memory=Memory(state=result.state, window=win, burst=bursts, season=seasons),
+        sample=sample,
     )
+
+
+def _forecast(
+    pol: policy.ScalingPolicy, seasons: season.SeasonalHistory, now: float, cold_s: float
+) -> season.Forecast | None:
+    """The forecast to act on this tick: one whose error is within the policy's; None
+    otherwise, and always for QueueTime (a latency target is the SLO's, not a utilization
+    to run hotter than)."""
+    if pol.metric is api.ScalingMetric.QUEUE_TIME:
+        return None
+    forecast = seasons.forecast(now=now, horizon_s=cold_s * pol.forecast_horizon_cold_starts)
+    if forecast is None or forecast.error > pol.forecast_max_error:
+        return None
+    return forecast
 
 
 def _headroom(

@@ -1,0 +1,177 @@
+"""Demand that repeats with a period (a day by default): the forecast's memory and the forecast.
+
+Owns: the mean offered demand (requests answered + failed per second, service-wide) per
+bucket of the period (``BUCKETS`` of them) as last seen, how today's latest buckets compare
+with the same buckets one period earlier, and the forecast that follows: the highest demand
+the last period saw over the next cold start, times how today runs against it (``scale``),
+plus its error. ``step`` acts on it only while that error is small
+(``policy.forecast_max_error``).
+
+Why: a reactive scaler pays for not knowing the future twice. It keeps room for a rise it
+cannot see coming (the planned target's slack, the burst headroom), and it keeps replicas for
+a cold start or two after the load falls in case the load comes back. Most services' demand
+repeats daily, so yesterday at this hour is a forecast of the next cold start; while today
+has tracked yesterday closely, that forecast buys both: pre-scaling for the rise yesterday
+had, and a hotter target with a short scale-down window (decide.py's forecast floor and
+``policy.forecast_target_factor``). The moment today stops tracking (a burst yesterday did not
+have, a quiet holiday), the error grows and the reactive rules are back in full.
+
+The bucket means and the last ``FIT_BUCKETS`` comparisons survive an operator restart
+(``to_dict``/``from_dict``, in status with the rest of the step's memory); the bucket in
+progress does not. Pure: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Any
+
+# Buckets per period: 5 minutes of a day.
+BUCKETS = 288
+# Today's latest closed buckets compared with the same buckets one period earlier (two hours
+# of a day), and how many of them must have both to read a forecast at all.
+FIT_BUCKETS = 24
+FIT_MIN = 18
+# The error is this quantile of the per-bucket relative errors (nearest rank).
+QUANTILE = 0.9
+# Significant digits of a persisted mean.
+PERSIST_DIGITS = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Forecast:
+    """What the last period says about the next cold start."""
+
+    # Requests per second to provision for: the last period's highest bucket over the
+    # horizon x ``scale`` x (1 + ``error``).
+    demand: float
+    # Today's demand / the last period's over the latest closed buckets.
+    scale: float
+    # QUANTILE of |today / (last period x scale) - 1| per bucket: how closely today tracks.
+    error: float
+
+
+def _sig(value: float) -> float | int:
+    """``value`` to PERSIST_DIGITS significant digits; an int when that is whole (shorter
+    JSON: a day's 288 means sit in status beside the window)."""
+    rounded = float(f"{value:.{PERSIST_DIGITS}g}")
+    return int(rounded) if rounded.is_integer() else rounded
+
+
+@dataclasses.dataclass(kw_only=True)
+class SeasonalHistory:
+    """Bucket means of the last period, and today's latest buckets against them."""
+
+    # Seconds per period; 0: off (records nothing, forecasts nothing).
+    period_s: float = 0.0
+    # Absolute bucket number (time // bucket width) -> mean demand, for the last BUCKETS
+    # closed buckets.
+    means: dict[int, float] = dataclasses.field(default_factory=dict)
+    # (bucket, today's mean, the mean one period earlier) of the latest closed buckets.
+    pairs: collections.deque[tuple[int, float, float]] = dataclasses.field(
+        default_factory=collections.deque
+    )
+    # The bucket in progress: its number, and the sum and count of its samples.
+    open_bucket: int | None = None
+    open_sum: float = 0.0
+    open_count: int = 0
+
+    @property
+    def width_s(self) -> float:
+        return self.period_s / BUCKETS
+
+    def bucket(self, t: float) -> int:
+        return math.floor(t / self.width_s)
+
+    def copy(self) -> SeasonalHistory:
+        return dataclasses.replace(
+            self, means=dict(self.means), pairs=collections.deque(self.pairs)
+        )
+
+    def record(self, *, now: float, demand: float) -> None:
+        """Add this tick's demand; close the bucket in progress when ``now`` is past it."""
+        if self.period_s <= 0:
+            return
+        n = self.bucket(now)
+        if self.open_bucket is not None and n != self.open_bucket:
+            self._close()
+        if self.open_bucket != n:
+            self.open_bucket, self.open_sum, self.open_count = n, 0.0, 0
+        self.open_sum += demand
+        self.open_count += 1
+
+    def _close(self) -> None:
+        k = self.open_bucket
+        assert k is not None
+        self.open_bucket = None
+        if self.open_count == 0:
+            return
+        mean = self.open_sum / self.open_count
+        earlier = self.means.get(k - BUCKETS)
+        if earlier is not None:
+            self.pairs.append((k, mean, earlier))
+        self.means[k] = mean
+        for old in [b for b in self.means if b <= k - BUCKETS]:
+            del self.means[old]
+        while self.pairs and self.pairs[0][0] <= k - FIT_BUCKETS:
+            self.pairs.popleft()
+
+    def forecast(self, *, now: float, horizon_s: float) -> Forecast | None:
+        """The forecast for ``[now, now + horizon_s]``; None without a period's history of
+        those buckets or ``FIT_MIN`` comparisons among the latest ``FIT_BUCKETS``."""
+        if self.period_s <= 0:
+            return None
+        n = self.bucket(now)
+        pairs = [(today, then) for k, today, then in self.pairs if k >= n - FIT_BUCKETS]
+        then_total = sum(then for _, then in pairs)
+        if len(pairs) < FIT_MIN or then_total <= 0:
+            return None
+        scale = sum(today for today, _ in pairs) / then_total
+        if scale <= 0:
+            return None
+        errors = sorted(
+            abs(today / (then * scale) - 1.0) if then > 0 else math.inf for today, then in pairs
+        )
+        error = errors[max(1, math.ceil(QUANTILE * len(errors))) - 1]
+        ahead = [self.means.get(k - BUCKETS) for k in range(n, self.bucket(now + horizon_s) + 1)]
+        if not ahead or any(v is None for v in ahead):
+            return None
+        highest = max(v for v in ahead if v is not None)
+        return Forecast(demand=highest * scale * (1.0 + error), scale=scale, error=error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for status: the period, the newest closed bucket, the means of the BUCKETS
+        buckets up to it (null where none was seen), and the comparisons as [buckets before
+        the newest, today, earlier]; numbers to ``PERSIST_DIGITS`` significant digits."""
+        if not self.means:
+            return {"period": self.period_s, "newest": None, "means": [], "pairs": []}
+        newest = max(self.means)
+        means = self.means
+        return {
+            "period": self.period_s,
+            "newest": newest,
+            "means": [
+                None if (v := means.get(k)) is None else _sig(v)
+                for k in range(newest - BUCKETS + 1, newest + 1)
+            ],
+            "pairs": [[newest - k, _sig(today), _sig(then)] for k, today, then in self.pairs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeasonalHistory:
+        period = float(data.get("period") or 0.0)
+        newest = data.get("newest")
+        out = cls(period_s=period)
+        if newest is None:
+            return out
+        newest = int(newest)
+        values = list(data.get("means") or [])
+        first = newest - len(values) + 1
+        out.means = {first + i: float(v) for i, v in enumerate(values) if v is not None}
+        out.pairs = collections.deque(
+            (newest - int(age), float(today), float(then))
+            for age, today, then in data.get("pairs") or []
+        )
+        return out
