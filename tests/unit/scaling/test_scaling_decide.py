@@ -814,6 +814,33 @@ def test_while_calm_replicas_go_back_after_the_short_window_and_without_hysteres
     assert C.HYSTERESIS not in calm.clamps
 
 
+def test_while_calm_a_scale_down_waits_for_the_window_to_see_the_last_one() -> None:
+    # Calm (or forecast), 17 replicas and a window that reads a quarter of their target: the
+    # rate limit would halve the count on every tick while the window still averages the
+    # load spread over 17. After a scale-down the next waits a stable window (60 s here);
+    # a scale-up does not start that wait, and outside calm the usual rules apply.
+    def run(*, calm: bool, last_down: float | None, last_scale: float | None) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0, scale_down_stabilization_s=0.0, max_replicas=30),
+            window=window_of([40.0] * 30),
+            state=state.ScalerState(last_scale_down_time=last_down, last_scale_time=last_scale),
+            now=NOW,
+            replicas=decide.Replicas(current=17, ready=17),
+            target_factor=1.2 if calm else 1.0,
+        )
+
+    settling = run(calm=True, last_down=NOW - 10.0, last_scale=NOW - 10.0)
+    assert (settling.desired, settling.reason) == (17, R.HOLD)
+    assert C.SETTLING in settling.clamps
+    settled = run(calm=True, last_down=NOW - 70.0, last_scale=NOW - 70.0)
+    assert (settled.desired, settled.reason) == (8, R.SCALE_DOWN)  # halved: the rate limit
+    assert settled.state.last_scale_down_time == NOW
+    after_up = run(calm=True, last_down=NOW - 70.0, last_scale=NOW - 10.0)
+    assert after_up.desired == 8
+    plain = run(calm=False, last_down=NOW - 10.0, last_scale=NOW - 10.0)
+    assert plain.desired == 8 and C.SETTLING not in plain.clamps
+
+
 def test_panic_is_judged_on_the_specs_target() -> None:
     # Two replicas, the panic window at 16 in flight: 2x their capacity at the spec's target
     # (4), only 1.67x at the raised one (4.8). A rise that ends a calm spell must not panic

@@ -113,11 +113,11 @@ def test_off_records_nothing() -> None:
 def test_the_history_survives_a_restart_and_fits_in_status() -> None:
     history = season.SeasonalHistory(period_s=86400.0)
     rng = random.Random(3)
-    fill(history, 0.0, 86400.0 + 3 * 3600.0, load=lambda t: 1234.5678 * rng.uniform(0.9, 1.1))
+    fill(history, 0.0, 86400.0 + 4 * 3600.0, load=lambda t: 1234.5678 * rng.uniform(0.9, 1.1))
     doc = history.to_dict()
     assert len(json.dumps(doc, separators=(",", ":"))) < 3500
     back = season.SeasonalHistory.from_dict(json.loads(json.dumps(doc)))
-    now = 86400.0 + 3 * 3600.0
+    now = 86400.0 + 4 * 3600.0
     before, after = (
         history.forecast(now=now, horizon_s=600.0),
         back.forecast(now=now, horizon_s=600.0),

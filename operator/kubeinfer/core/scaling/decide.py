@@ -29,10 +29,8 @@ season.py). The rules, in order:
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
    ``scale_down_cold_starts`` learned cold starts; while calm or forecast only
-   ``calm_scale_down_s``),
-   scale-down rate limit, the trend floor, scale-down hysteresis (not while calm or
-   forecast), the GPU
-   veto on scale-down, then min/max.
+   ``calm_scale_down_s``), scale-down rate limit, the trend floor, scale-down hysteresis
+   (not while calm or forecast), the GPU veto on scale-down, then min/max.
 """
 
 from __future__ import annotations
@@ -101,6 +99,8 @@ class Clamp(enum.StrEnum):
     BURST_HEADROOM = "BurstHeadroom"
     # The forecast floor kept replicas that the current load alone would give back.
     FORECAST = "Forecast"
+    # While calm or forecast: the stable window has not seen the last scale-down's count.
+    SETTLING = "Settling"
 
 
 # A scale-down needs this share of a stable window of samples. Right after a start (a new
@@ -412,6 +412,7 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
     next_state = dataclasses.replace(
         tick.state,
         last_scale_time=tick.now if bounded != current else tick.state.last_scale_time,
+        last_scale_down_time=(tick.now if bounded < current else tick.state.last_scale_down_time),
         recommendations=tuple(history),
         consecutive_failures=tick.failures,
         panic_until=tick.panic_until,
@@ -592,6 +593,17 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     if desired < floor:
         desired = floor
         tick.clamps.append(Clamp.SCALE_DOWN_RATE)
+    # While calm or forecast (short window, no hysteresis), a scale-down waits until the
+    # stable window has seen the count the last scale-down made. Until then its average
+    # reads the load spread over more replicas, whose in-flight count per replica (short
+    # batches) under-reads what fewer replicas will carry, and the rate limit alone would
+    # halve the count on every tick: 17 -> 8 -> 4 -> 3 replicas in 4 s at 3,000 req/s, one
+    # cold start of misses after (bench/autoscaling/analysis.md).
+    last = tick.state.last_scale_down_time
+    settling = last is not None and tick.now - last < policy.stable_window_s
+    if desired < current and tick.calm and settling:
+        desired = current
+        tick.clamps.append(Clamp.SETTLING)
     # Replicas given back during a rise could not come back within a cold start.
     if ahead is not None and desired < min(ahead, current):
         desired = min(ahead, current)
@@ -614,7 +626,13 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
         tick.clamps.append(Clamp.GPU_VETO)
         return _finish(tick, current, Reason.GPU_VETO, recommended)
     if desired == current:
-        others = {Clamp.TREND, Clamp.HYSTERESIS, Clamp.BURST_HEADROOM, Clamp.FORECAST}
+        others = {
+            Clamp.TREND,
+            Clamp.HYSTERESIS,
+            Clamp.BURST_HEADROOM,
+            Clamp.FORECAST,
+            Clamp.SETTLING,
+        }
         held = Clamp.STABILIZATION in tick.clamps and not others & set(tick.clamps)
         return _finish(tick, current, Reason.STABILIZING if held else Reason.HOLD, recommended)
     return _finish(tick, desired, Reason.SCALE_DOWN, recommended)

@@ -96,9 +96,10 @@ class ScalingPolicy:
     # per-bucket errors), the replicas its highest demand over the next
     # ``forecast_horizon_cold_starts`` cold starts needs are a floor, the target is raised by
     # ``forecast_target_factor`` (the room for bursts the forecast now covers), and the
-    # burst headroom is off; the calm target's scale-down rules apply (shorter window, no
-    # hysteresis). Not for QueueTime. 0.15 / 1.3: bench/autoscaling/analysis.md ("Forecast");
-    # 1.1 cold starts: pods start up to 10 % slower than the learned median.
+    # burst headroom is off; the calm target's scale-down rules apply (decide.py: a shorter
+    # window, no hysteresis, a stable window between scale-downs). Not for QueueTime.
+    # 0.15 / 1.3: bench/autoscaling/analysis.md ("This run: the forecast shipped"); 1.1 cold
+    # starts: a pod may start some 10 % slower than the learned cold start.
     forecast_period_s: float = 0.0
     forecast_max_error: float = 0.15
     forecast_target_factor: float = 1.3

@@ -23,6 +23,8 @@ class ScalerState:
     """The decider's memory. Immutable: ``decide`` returns the next state in its result."""
 
     last_scale_time: float | None = None
+    # When the count last went down (decide's settling rule while calm or forecast).
+    last_scale_down_time: float | None = None
     # (time, recommended replicas) over the scale-down stabilization window, oldest first.
     recommendations: tuple[tuple[float, int], ...] = ()
     consecutive_failures: int = 0
@@ -43,6 +45,7 @@ class ScalerState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "lastScaleTime": self.last_scale_time,
+            "lastScaleDownTime": self.last_scale_down_time,
             "recommendations": [[t, r] for t, r in self.recommendations],
             "consecutiveFailures": self.consecutive_failures,
             "coldStartSeconds": self.cold_start_s,
@@ -57,6 +60,7 @@ class ScalerState:
     def from_dict(cls, data: dict[str, Any]) -> ScalerState:
         return cls(
             last_scale_time=_opt_float(data.get("lastScaleTime")),
+            last_scale_down_time=_opt_float(data.get("lastScaleDownTime")),
             recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", [])),
             consecutive_failures=int(data.get("consecutiveFailures", 0)),
             cold_start_s=_opt_float(data.get("coldStartSeconds")),
