@@ -16,7 +16,7 @@ import sim
 import workloads
 
 from kubeinfer.core import api
-from kubeinfer.core.scaling import policy
+from kubeinfer.core.scaling import policy, season
 
 
 def _brute_force(
@@ -85,6 +85,26 @@ def test_the_adapter_builds_the_shipped_policy() -> None:
     # Exactly what the operator builds from an InferenceService's spec.scaling.
     assert shipped == policy.from_spec(spec)
     assert shipped.scale_down_stabilization_s == spec.scale_down_delay_seconds
+    # The forecast period is the workload's day, set as a user sets theirs.
+    day = engine.shipped_policy(
+        target=11.2, min_replicas=1, max_replicas=30, forecast_period_s=3900
+    )
+    assert day == policy.from_spec(spec.model_copy(update={"forecast_period_seconds": 3900}))
+
+
+def test_a_run_starts_with_the_day_before_learned_by_the_same_step() -> None:
+    # The previous day is the same family on another seed, run through the shipped step; what
+    # it learned by time of day ends one bucket before today's first.
+    case = runner.Case("diurnal", 1, 60.0)
+    assert runner.shipped_policy(case).forecast_period_s == runner.day_s(case) == 3900
+    scaler = runner.build(runner.ScalerSpec("kubeinfer", "kubeinfer"), case)
+    assert isinstance(scaler, engine.Kubeinfer)
+    learned = scaler.engine.memory.season
+    assert learned.period_s == 3900
+    assert max(learned.means) == -1 and min(learned.means) == -season.BUCKETS
+    # Yesterday's first bucket saw about the load today starts with (the warm-up's).
+    first_rate = runner._inputs(case)[3][0]
+    assert learned.means[-season.BUCKETS] == pytest.approx(first_rate, rel=0.15)
 
 
 class _FakeView:
