@@ -227,19 +227,24 @@ def test_nothing_to_record(
     )
 
 
-def test_a_day_like_yesterday_is_met_ahead_of_its_rise_and_runs_hotter() -> None:
-    # A 600 s "day" (300 ticks): 110 req/s, 330 from 300 s to 400 s. On the first day the
-    # rise is met when it comes; on the second, which tracks the first, the forecast asks
-    # for the rise's replicas before it (pods start in 4 s here, so one cold start ahead),
-    # and between rises the service runs at the forecast's hotter target with fewer
-    # replicas than the first day needed, saying why.
-    pol = policy.from_spec(
+def day_policy() -> policy.ScalingPolicy:
+    """A 600 s forecast period: a "day" of 300 ticks, 2.08 s buckets."""
+    return policy.from_spec(
         target=2.0,
         stable_window_s=12.0,
         scale_down_stabilization_s=10.0,
         forecast_period_s=600.0,
         max_replicas=10,
     )
+
+
+def test_a_day_like_yesterday_is_met_ahead_of_its_rise_and_runs_hotter() -> None:
+    # A 600 s "day" (300 ticks): 110 req/s, 330 from 300 s to 400 s. On the first day the
+    # rise is met when it comes; on the second, which tracks the first, the forecast asks
+    # for the rise's replicas before it (pods start in 4 s here, so one cold start ahead),
+    # and between rises the service runs at the forecast's hotter target with fewer
+    # replicas than the first day needed, saying why.
+    pol = day_policy()
     day = [110.0] * 150 + [330.0] * 50 + [110.0] * 100
     history = steps(day + day, pol)
     rise = [1000.0 + 2.0 * 150, 1000.0 + 600.0 + 2.0 * 150]
@@ -263,13 +268,7 @@ def test_a_day_unlike_yesterday_drops_the_forecast_within_a_few_buckets() -> Non
     # today's buckets stop tracking (three of the last 48 off by more than 15 %), the reactive
     # rules are back and the replicas the forecast asked for go. Once today has run at a
     # steady third of yesterday for 48 buckets, that is the forecast's scale.
-    pol = policy.from_spec(
-        target=2.0,
-        stable_window_s=12.0,
-        scale_down_stabilization_s=10.0,
-        forecast_period_s=600.0,
-        max_replicas=10,
-    )
+    pol = day_policy()
     day = [110.0] * 150 + [330.0] * 100 + [110.0] * 50
     history = steps(day + [110.0] * 300, pol)
     rise = 1000.0 + 600.0 + 2.0 * 150
