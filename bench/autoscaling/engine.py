@@ -14,9 +14,10 @@ profile.json), the replica bounds (the same for every scaler in the benchmark) a
 forecast period (the workload's "day": its trace with the warm-up, as a user states that
 their demand repeats daily) are set. Nothing else is copied or tuned.
 
-``yesterday`` is how a run starts with a day of history, as a service that ran yesterday
-does: the shipped step is run over the previous day (the same family on another seed) and
-what it learned by time of day (``season.SeasonalHistory``) is moved back one period.
+``one_period_earlier`` and ``Kubeinfer.remember`` are how a run starts with a day of history,
+as a service that ran yesterday does: runner.py runs the shipped step over the previous day
+(the same family on another seed), and what it learned by time of day
+(``season.SeasonalHistory``) is moved back one period.
 """
 
 from __future__ import annotations
