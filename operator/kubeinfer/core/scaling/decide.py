@@ -29,8 +29,9 @@ season.py). The rules, in order:
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
    ``scale_down_cold_starts`` learned cold starts; while calm or forecast only
-   ``calm_scale_down_s``), scale-down rate limit, the trend floor, scale-down hysteresis
-   (not while calm or forecast), the GPU veto on scale-down, then min/max.
+   ``calm_scale_down_s``), scale-down rate limit, settling (while calm or forecast, a
+   stable window after the last scale-down), the trend floor, scale-down hysteresis (not
+   while calm or forecast), the GPU veto on scale-down, then min/max.
 """
 
 from __future__ import annotations
@@ -251,6 +252,17 @@ class _Slope:
     confident: bool
 
 
+def _depth_per_request_rate(
+    *, policy: policy_.ScalingPolicy, window: window_.SignalWindow, now: float, stable: float
+) -> float | None:
+    """Queue depth per request/s over the stable window (Little's law: depth = rate x
+    latency), to turn a request rate into the QueueDepth metric; None without a rate."""
+    rate = window.average(
+        series=api.ScalingMetric.REQUEST_RATE.value, now=now, span_s=policy.stable_window_s
+    )
+    return stable / rate if rate is not None and rate > 0 else None
+
+
 def _rising_trend(
     *,
     policy: policy_.ScalingPolicy,
@@ -272,11 +284,9 @@ def _rising_trend(
     scale = 1.0
     series = policy.metric.value
     if policy.metric is api.ScalingMetric.QUEUE_DEPTH:
-        rate = window.average(
-            series=api.ScalingMetric.REQUEST_RATE.value, now=now, span_s=policy.stable_window_s
-        )
-        if rate is not None and rate > 0:
-            series, scale = api.ScalingMetric.REQUEST_RATE.value, stable / rate
+        per_rps = _depth_per_request_rate(policy=policy, window=window, now=now, stable=stable)
+        if per_rps is not None:
+            series, scale = api.ScalingMetric.REQUEST_RATE.value, per_rps
     trend = window.trend(series=series, now=now, span_s=span)
     if trend is None or trend.points < need:
         return None
@@ -520,12 +530,10 @@ def _forecast_floor(
     policy = tick.policy
     value = tick.forecast.demand
     if policy.metric is api.ScalingMetric.QUEUE_DEPTH:
-        rate = window.average(
-            series=api.ScalingMetric.REQUEST_RATE.value, now=tick.now, span_s=policy.stable_window_s
-        )
-        if rate is None or rate <= 0:
+        per_rps = _depth_per_request_rate(policy=policy, window=window, now=tick.now, stable=stable)
+        if per_rps is None:
             return recommended, reason
-        value *= stable / rate
+        value *= per_rps
     wanted = _wanted(policy=policy, value=value, ready=tick.replicas.ready)
     return _raise_to(
         tick, wanted, recommended, reason, up=Reason.FORECAST_SCALE_UP, clamp=Clamp.FORECAST
