@@ -271,8 +271,8 @@ class BatchingSpec(_Model):
     preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=16)] = []
 
 
-# The shortest forecast period: its buckets (core/scaling/season.py, 288 per period) must
-# each hold a few 2-second scrapes.
+# The shortest forecast period: its buckets (core/scaling/season.py, 288 per period) are then
+# about one 2-second scrape wide; shorter ones would be empty between scrapes.
 MIN_FORECAST_PERIOD_S = 600
 FORECAST_PERIOD_RULE = (
     f"scaling.forecastPeriodSeconds must be 0 (off) or at least {MIN_FORECAST_PERIOD_S}"

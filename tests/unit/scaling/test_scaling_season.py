@@ -104,6 +104,19 @@ def test_a_day_not_seen_is_no_forecast() -> None:
     assert later.forecast(now=2 * PERIOD_S + 700.0, horizon_s=60.0) is None
 
 
+def test_a_lone_empty_bucket_reads_as_its_larger_neighbour() -> None:
+    # At the shortest period a bucket is about one scrape wide: a late tick leaves one empty.
+    history = season.SeasonalHistory(period_s=PERIOD_S)
+    fill(history, 0.0, PERIOD_S + 960.0)
+    rise = history.bucket(1000.0)  # yesterday's first bucket at 400
+    del history.means[rise]
+    ahead = history.forecast(now=PERIOD_S + 960.0, horizon_s=60.0)
+    assert ahead is not None and ahead.demand == pytest.approx(400.0)
+    # Two in a row are a stretch not seen: no forecast over them.
+    del history.means[rise + 1]
+    assert history.forecast(now=PERIOD_S + 960.0, horizon_s=60.0) is None
+
+
 def test_off_records_nothing() -> None:
     history = season.SeasonalHistory()
     fill(history, 0.0, 3 * PERIOD_S)

@@ -142,11 +142,21 @@ class SeasonalHistory:
             abs(today / (then * scale) - 1.0) if then > 0 else math.inf for today, then in pairs
         )
         error = errors[max(1, math.ceil(QUANTILE * len(errors))) - 1]
-        ahead = [self.means.get(k - BUCKETS) for k in range(n, self.bucket(now + horizon_s) + 1)]
+        ahead = [self._seen(k - BUCKETS) for k in range(n, self.bucket(now + horizon_s) + 1)]
         if not ahead or any(v is None for v in ahead):
             return None
         highest = max(v for v in ahead if v is not None)
         return Forecast(demand=highest * scale * (1.0 + error), scale=scale, error=error)
+
+    def _seen(self, k: int) -> float | None:
+        """Bucket ``k``'s mean; a lone empty bucket reads as the larger of its neighbours.
+        At the shortest period a bucket is about one 2-second scrape wide and a late tick
+        leaves one empty now and then; two or more in a row are a stretch not seen."""
+        mean = self.means.get(k)
+        if mean is not None:
+            return mean
+        before, after = self.means.get(k - 1), self.means.get(k + 1)
+        return None if before is None or after is None else max(before, after)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON for status: the period, the newest closed bucket, the means of the BUCKETS
