@@ -19,7 +19,7 @@ PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
 .PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e \
         test-router test-reliability test-images soak demo cluster cluster-down images bench-reconcile \
-        bench-runtime bench-images bench-autoscaling bench-realscale clean
+        bench-runtime bench-images bench-autoscaling bench-realscale bench-realscale-day clean
 
 help:
 	@echo "make demo    - local cluster, operator, an InferenceService under load, scaling"
@@ -115,6 +115,11 @@ bench-autoscaling: venv
 # (bench/realscale/RESULTS.md). The first run builds KEDA from the Go module proxy (long).
 bench-realscale: tools
 	$(IN_NETNS) $(PY) bench/realscale/bench.py
+
+# The forecast on the local cluster: one service, the same 600 s "day" twice (bench/realscale/
+# DAY.md; about 23 minutes).
+bench-realscale-day: tools
+	$(IN_NETNS) $(PY) bench/realscale/day.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -45,7 +45,7 @@ class Phases:
         return math.ceil(self.step - 1e-9)
 
 
-def _integral(samples: list[Sample], end: float, value: str) -> float:
+def integral(samples: list[Sample], end: float, value: str) -> float:
     """Sample-and-hold integral of a field over [0, end] (replica-seconds)."""
     total = 0.0
     inside = [s for s in samples if 0 <= s.t <= end]
@@ -71,8 +71,8 @@ def scaling_figures(samples: list[Sample], phases: Phases, min_replicas: int) ->
         "first_scale_up_s": None if first_up is None else round(first_up, 2),
         "enough_capacity_s": None if enough is None else round(enough, 2),
         "peak_replicas": max((s.replicas for s in samples), default=0),
-        "replica_seconds": round(_integral(samples, phases.total_s, "replicas"), 1),
-        "ready_replica_seconds": round(_integral(samples, phases.total_s, "ready"), 1),
+        "replica_seconds": round(integral(samples, phases.total_s, "replicas"), 1),
+        "ready_replica_seconds": round(integral(samples, phases.total_s, "ready"), 1),
         "back_to_min_after_step_s": None if down is None else round(down, 2),
     }
 
