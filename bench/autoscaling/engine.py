@@ -92,6 +92,7 @@ class Engine:
         cold_starts: list[tuple[float, float]],
     ) -> decide.ScaleResult:
         """What the operator decides at ``now`` from one scrape of every Ready pod."""
+        first = self.baselines.first_scrapes(scrapes)
         pods = self.baselines.signals(scrapes, now)
         observation = step.Observation(
             replicas=decide.Replicas(
@@ -102,6 +103,7 @@ class Engine:
                 placing=census.placing,
             ),
             pods=pods,
+            first_scrapes=first,
             cold_starts=cold_starts,
         )
         out = step.step(self.policy, observation, self.memory, now)

@@ -252,5 +252,13 @@ class Baselines:
             del self._previous[gone]
         return out
 
+    def first_scrapes(self, scrapes: Mapping[str, RawScrape | None]) -> int:
+        """How many of ``scrapes`` answered with no baseline to compare against yet (a pod
+        just Ready, or every pod after an operator start). Read it before ``signals``, which
+        makes these answers the baselines."""
+        return sum(
+            1 for pod, raw in scrapes.items() if raw is not None and pod not in self._previous
+        )
+
     def forget(self, pod: str) -> None:
         self._previous.pop(pod, None)

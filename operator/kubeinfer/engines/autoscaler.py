@@ -314,7 +314,7 @@ class Autoscaler:
             {p: (ip, port) for p, ip in seen.ready.items()},
             timeout_s=self.scrape_timeout_s,
         )
-        signals_, unanswered = self._pod_signals(tracked, texts, names, self.clock())
+        signals_, unanswered, first = self._pod_signals(tracked, texts, names, self.clock())
         load = {s.pod: s.in_flight for s in signals_}
         views = tuple(
             scale_in.view(
@@ -334,6 +334,7 @@ class Autoscaler:
                 placing=seen.unplaced + max(0, current - seen.live),
             ),
             pods=signals_,
+            first_scrapes=first,
             cold_starts=seen.cold_starts,
             router=await self._router_signals(session, tracked),
         )
@@ -366,9 +367,9 @@ class Autoscaler:
         texts: dict[str, str | None],
         names: api.RuntimeMetricNames,
         now: float,
-    ) -> tuple[list[signals.PodSignals], int]:
+    ) -> tuple[list[signals.PodSignals], int, int]:
         """Parse each answer and turn it into signals against the pod's previous scrape; also
-        how many pods gave no usable answer."""
+        how many pods gave no usable answer, and how many answered for the first time."""
         labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
         scrapes: dict[str, metrics.RawScrape | None] = {}
         for pod, text in texts.items():
@@ -380,7 +381,8 @@ class Autoscaler:
                 telemetry.SCRAPE_FAILURES.labels(**labels).inc()
         tracked.providers = metrics.pod_providers(tracked.providers, scrapes)
         failed = sum(1 for s in scrapes.values() if s is None)
-        return tracked.baselines.signals(scrapes, now), failed
+        first = tracked.baselines.first_scrapes(scrapes)
+        return tracked.baselines.signals(scrapes, now), failed, first
 
     # ---- decide which pods go -------------------------------------------------------------
     @staticmethod

@@ -86,6 +86,17 @@ def test_a_first_scrape_is_only_a_baseline() -> None:
     )
 
 
+def test_first_scrapes_count_the_answers_with_no_baseline_yet() -> None:
+    raw = metrics.parse_metrics(load("triton_t2.prom"))
+    baselines = metrics.Baselines()
+    scrapes = {"old": raw, "new": raw, "slow": None}
+    assert baselines.first_scrapes(scrapes) == 2  # a failed scrape is not one
+    assert baselines.signals(scrapes, 1.0) == []
+    scrapes["young"] = raw
+    assert baselines.first_scrapes(scrapes) == 1
+    assert len(baselines.signals(scrapes, 3.0)) == 2
+
+
 def test_no_completions_means_unknown_queue_time() -> None:
     raw = metrics.parse_metrics(load("triton_t0.prom"))
     pod = metrics.pod_signals(

@@ -22,7 +22,9 @@ LATENCY_S = 0.04  # service time
 
 @dataclasses.dataclass
 class FakeService:
-    """Counters a scrape would read: load split evenly over the ready replicas."""
+    """Counters a scrape would read: load split evenly over the ready replicas; beyond a
+    replica's capacity its queue is full (the pending gauge) and rejects the rest (the
+    failure counter), so answered + rejected is the load offered."""
 
     ready: int = 1
     counters: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -34,12 +36,14 @@ class FakeService:
         out = {}
         for i in range(self.ready):
             done = self.counters.get(f"p{i}", 0.0) + served * dt
-            self.counters[f"p{i}"] = done
+            failed = self.counters.get(f"f{i}", 0.0) + (per_pod - served) * dt
+            self.counters[f"p{i}"], self.counters[f"f{i}"] = done, failed
             out[f"p{i}"] = metrics.RawScrape(
                 pending_requests=backlog,
                 queue_duration_us=0.0,
                 request_duration_us=done * LATENCY_S * 1e6,
                 request_success=done,
+                request_failure=failed,
             )
         return out
 
@@ -59,12 +63,15 @@ def steps(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, st
     for tick, rate in enumerate(loads):
         now = 1000.0 + 2.0 * tick
         service.ready = max(1, current - sum(1 for t in starting_since.values() if now - t < 4))
-        pods = baselines.signals(service.scrape(rate, 2.0), now)
+        scrapes = service.scrape(rate, 2.0)
+        first = baselines.first_scrapes(scrapes)  # as the engine reads it, before the signals
+        pods = baselines.signals(scrapes, now)
         observation = step.Observation(
             replicas=decide.Replicas(
                 current=current, ready=service.ready, starting=current - service.ready
             ),
             pods=pods,
+            first_scrapes=first,
             # Pods start in 4 s here: the learned cold start sets the scale-down window's floor.
             cold_starts=[(t, t + 4.0) for t in starting_since.values() if now - t >= 4],
         )
@@ -283,7 +290,7 @@ def test_a_day_unlike_yesterday_drops_the_forecast_within_a_few_buckets() -> Non
     assert all(r.inputs.forecast is None for r in results(10.0, 40.0))
     # (The calm target may remain: pods start in 4 s here, and the rise is rare within that.)
     assert all(r.inputs.target_factor < pol.forecast_target_factor for r in results(10.0, 40.0))
-    assert {r.desired for r in results(20.0, 40.0)} == {2}
+    assert {r.desired for r in results(30.0, 40.0)} == {2}  # halved, settled, then 2
     later = [r.inputs.forecast for r in results(140.0, 190.0)]
     assert all(f is not None and f.scale == pytest.approx(1 / 3, rel=0.02) for f in later)
 

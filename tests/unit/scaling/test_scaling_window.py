@@ -102,3 +102,12 @@ def test_aggregate_extrapolates_to_ready_pods() -> None:
     assert tick.queue_time_ms == pytest.approx(3.25)  # rate-weighted (100*1 + 300*4) / 400
     assert tick.gpu_utilization == 0.5
     assert signals.aggregate(pods=[], ready_replicas=4, now=10) is None
+    # Two of the four Ready pods just turned Ready (their first scrape, a baseline): the
+    # service's load is what the two others report, not their mean times four.
+    fresh = signals.aggregate(pods=pods, ready_replicas=4, now=10, first_scrapes=2)
+    assert fresh is not None
+    assert fresh.request_rate_total == pytest.approx(400.0)
+    assert fresh.queue_depth_total == pytest.approx(8.0)
+    # One just Ready, one that did not answer: the silent one is counted at the mean.
+    one = signals.aggregate(pods=pods, ready_replicas=4, now=10, first_scrapes=1)
+    assert one is not None and one.request_rate_total == pytest.approx(600.0)

@@ -83,11 +83,22 @@ class TickSample:
         return self.request_rate_total + self.failure_rate_total
 
 
-def aggregate(*, pods: Sequence[PodSignals], ready_replicas: int, now: float) -> TickSample | None:
-    """Combine one tick's pod signals; None when no pod answered (the tick has no data)."""
+def aggregate(
+    *, pods: Sequence[PodSignals], ready_replicas: int, now: float, first_scrapes: int = 0
+) -> TickSample | None:
+    """Combine one tick's pod signals; None when no pod answered (the tick has no data).
+
+    ``first_scrapes``: Ready pods that answered this tick for the first time (a baseline, no
+    rates yet). They are not extrapolated onto: a pod just Ready has had almost none of the
+    traffic the others report, and the service's totals are what the others report. Only a
+    pod that did not answer (slow, perhaps overloaded) is counted at the others' mean. Without
+    this, the tick on which new replicas turn Ready read the old ones' load times
+    (ready / old): a scale-up from 3 to 8 saw 2.7x the demand, which the burst history and
+    the next period's forecast then kept (bench/realscale/NOTES.md).
+    """
     if not pods:
         return None
-    scale = max(ready_replicas, len(pods)) / len(pods)
+    scale = max(ready_replicas - first_scrapes, len(pods)) / len(pods)
     queue_depth = sum(p.in_flight for p in pods) * scale
     rate = sum(p.request_rate for p in pods) * scale
     failures = sum(p.failure_rate for p in pods) * scale

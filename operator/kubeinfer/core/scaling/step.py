@@ -38,6 +38,9 @@ class Observation:
     replicas: decide.Replicas
     # One entry per Ready pod whose metrics answered; pods that failed are left out.
     pods: Sequence[signals.PodSignals]
+    # Ready pods that answered for the first time (a baseline, not in ``pods``): not counted
+    # at the others' mean (signals.aggregate).
+    first_scrapes: int = 0
     # (created, ready) timestamps of Ready pods, oldest first: the cold starts to learn from.
     cold_starts: Sequence[tuple[float, float]] = ()
     # kubeinfer-router's counters (spec.router.enabled), None when it is off or did not answer.
@@ -71,7 +74,10 @@ class Step:
 def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, now: float) -> Step:
     """Decide at ``now``; the input memory is left as it was."""
     sample = signals.aggregate(
-        pods=observation.pods, ready_replicas=observation.replicas.ready, now=now
+        pods=observation.pods,
+        ready_replicas=observation.replicas.ready,
+        now=now,
+        first_scrapes=observation.first_scrapes,
     )
     win = memory.window.copy()
     if sample is not None:
