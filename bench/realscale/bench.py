@@ -23,6 +23,7 @@ bench/realscale/results.json and bench/realscale/RESULTS.md. The first run build
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -98,36 +100,55 @@ def prometheus_config(kubeconfig: pathlib.Path, namespace: str) -> dict[str, Any
     }
 
 
-class DeploymentRecorder:
-    """Samples spec.replicas and readyReplicas every 0.25 s, times relative to ``t0``."""
+class Poller:
+    """Calls ``poll`` every ``every_s`` seconds in a thread while the ``with`` block runs, and
+    once more as it ends."""
 
-    def __init__(self, apps: client.AppsV1Api, namespace: str, t0: float) -> None:
-        self.apps, self.namespace, self.t0 = apps, namespace, t0
-        self.samples: list[report.Sample] = []
+    every_s = 1.0
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> DeploymentRecorder:
+    def __enter__(self) -> Poller:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self.poll()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            try:
-                dep = self.apps.read_namespaced_deployment(f"{NAME}-predictor", self.namespace)
-            except Exception:  # an API blip: the next sample will do
-                continue
-            self.samples.append(
-                report.Sample(
-                    t=round(time.monotonic() - self.t0, 3),
-                    replicas=int(dep.spec.replicas or 0),
-                    ready=int(dep.status.ready_replicas or 0),
-                )
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+
+class DeploymentRecorder(Poller):
+    """Samples spec.replicas and readyReplicas every 0.25 s, times relative to ``t0``."""
+
+    every_s = 0.25
+
+    def __init__(self, apps: client.AppsV1Api, namespace: str, t0: float) -> None:
+        super().__init__()
+        self.apps, self.namespace, self.t0 = apps, namespace, t0
+        self.samples: list[report.Sample] = []
+
+    def poll(self) -> None:
+        try:
+            dep = self.apps.read_namespaced_deployment(f"{NAME}-predictor", self.namespace)
+        except Exception:  # an API blip: the next sample will do
+            return
+        self.samples.append(
+            report.Sample(
+                t=round(time.monotonic() - self.t0, 3),
+                replicas=int(dep.spec.replicas or 0),
+                ready=int(dep.status.ready_replicas or 0),
             )
+        )
 
 
 def manifest(uri: str, args: argparse.Namespace, *, keep_replicas: bool) -> str:
@@ -188,21 +209,7 @@ def run_load(
             )
         )
     figures = report.scaling_figures(recorder.samples, phases, min_replicas=1)
-    figures.update(
-        sent=result.sent,
-        ok=result.ok,
-        failed=result.failed,
-        rejected_503=result.rejected_503,
-        p50_ms=round(result.percentile(50) * 1000, 1),
-        p99_ms=round(result.percentile(99) * 1000, 1),
-        # SLO attainment: the share of sent requests answered within 1 s.
-        within_1s_pct=round(
-            100 * sum(1 for x in result.latencies_s if x <= 1.0) / max(1, result.sent), 2
-        ),
-        lag_max_ms=round(max(result.lag_s, default=0.0) * 1000, 1),
-        send_s=round(result.send_s, 1),
-        errors=sorted(set(result.errors))[:5],
-    )
+    figures.update(report.request_figures(result), send_s=round(result.send_s, 1))
     print(f"[realscale] {namespace}: {result.summary()}; {figures}", flush=True)
     return {
         "figures": figures,
@@ -318,30 +325,19 @@ def main() -> int:
     keda_bin = build.build_keda(root)
     prometheus = build.build_prometheus(root)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with tempfile.TemporaryDirectory(prefix="realscale-") as tmp:
-        work = pathlib.Path(tmp)
-        local = run.up("realscale", tie_to_parent=True)
+    with cluster_and_operator("realscale") as (cluster, work):
+        (work / "keda").mkdir()
+        kedas = keda_side.Keda(keda_bin, work / "keda", cluster.tools.kubectl, cluster.kubeconfig)
         try:
-            cluster = ClusterHandle(local.kubeconfig, local)
-            install(cluster.tools.kubectl, cluster.env)
-            (work / "op").mkdir()
-            operator = OperatorProcess(python_env(cluster.env), work / "op")
-            operator.start()
-            (work / "keda").mkdir()
-            kedas = keda_side.Keda(keda_bin, work / "keda", cluster.tools.kubectl, local.kubeconfig)
-            try:
-                kedas.start()
-                uri = scenario.model_uri(work)
-                capacity, ours = side_kubeinfer(cluster, uri, args, phases)
-                (work / "prom").mkdir()
-                theirs = side_keda(
-                    cluster, uri, args, phases, capacity, prometheus.prometheus, work / "prom"
-                )
-            finally:
-                kedas.stop()
-                operator.stop()
+            kedas.start()
+            uri = scenario.model_uri(work)
+            capacity, ours = side_kubeinfer(cluster, uri, args, phases)
+            (work / "prom").mkdir()
+            theirs = side_keda(
+                cluster, uri, args, phases, capacity, prometheus.prometheus, work / "prom"
+            )
         finally:
-            local.down()
+            kedas.stop()
     results = {
         "started": started,
         "command": " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
@@ -349,10 +345,10 @@ def main() -> int:
         "python": platform.python_version(),
         "versions": {
             "kubeinfer": (REPO / "VERSION").read_text().strip(),
-            "kubernetes": local.tools.kubernetes_version,
+            "kubernetes": cluster.tools.kubernetes_version,
             "keda": keda_bin.version,
             "prometheus": prometheus.version,
-            "git": _git_head(),
+            "git": git_head(),
         },
         "load": {
             **vars(phases),
@@ -378,7 +374,28 @@ def main() -> int:
     return 0
 
 
-def _git_head() -> str:
+@contextlib.contextmanager
+def cluster_and_operator(name: str) -> Iterator[tuple[ClusterHandle, pathlib.Path]]:
+    """A local cluster named ``name`` with kubeinfer's CRDs and its operator running as a
+    process, and a work folder; the operator stopped and the cluster down afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        work = pathlib.Path(tmp)
+        local = run.up(name, tie_to_parent=True)
+        try:
+            cluster = ClusterHandle(local.kubeconfig, local)
+            install(cluster.tools.kubectl, cluster.env)
+            (work / "op").mkdir()
+            operator = OperatorProcess(python_env(cluster.env), work / "op")
+            operator.start()
+            try:
+                yield cluster, work
+            finally:
+                operator.stop()
+        finally:
+            local.down()
+
+
+def git_head() -> str:
     proc = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )

@@ -27,7 +27,6 @@ import os
 import pathlib
 import platform
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -38,38 +37,22 @@ import report
 import yaml
 from kubernetes import client
 
-from kubeinfer_cluster import run
 from tests.conftest import ClusterHandle
 from tests.e2e import load, scenario
-from tests.operator_process import OperatorProcess, install, python_env
 
 NAME = bench.NAME
 
 
-class DecisionRecorder:
+class DecisionRecorder(bench.Poller):
     """Polls status.autoscaler.decisions every second (status keeps the newest 10) and keeps
     each decision once, times relative to ``t0`` (wall clock: status times are UTC)."""
 
     def __init__(self, cluster: ClusterHandle, namespace: str, t0_wall: float) -> None:
+        super().__init__()
         self.cluster, self.namespace, self.t0_wall = cluster, namespace, t0_wall
         self.decisions: dict[tuple[str, str], day_report.Decision] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> DecisionRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._poll()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self._poll()
-
-    def _poll(self) -> None:
+    def poll(self) -> None:
         try:
             obj = scenario.get(self.cluster, self.namespace, NAME)
         except Exception:  # an API blip: the next poll will do
@@ -169,22 +152,6 @@ async def two_days(
     await asyncio.gather(warm_up(), *(one(i) for i in range(len(results))))
 
 
-def request_figures(result: load.LoadResult) -> dict[str, Any]:
-    return {
-        "sent": result.sent,
-        "ok": result.ok,
-        "failed": result.failed,
-        "rejected_503": result.rejected_503,
-        "p50_ms": round(result.percentile(50) * 1000, 1),
-        "p99_ms": round(result.percentile(99) * 1000, 1),
-        "within_1s_pct": round(
-            100 * sum(1 for x in result.latencies_s if x <= 1.0) / max(1, result.sent), 2
-        ),
-        "lag_max_ms": round(max(result.lag_s, default=0.0) * 1000, 1),
-        "errors": sorted(set(result.errors))[:5],
-    }
-
-
 def measure(cluster: ClusterHandle, uri: str, args: argparse.Namespace, day: day_report.Day) -> Any:
     namespace = "realscale-day"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
@@ -213,7 +180,7 @@ def measure(cluster: ClusterHandle, uri: str, args: argparse.Namespace, day: day
     days = []
     for index, result in enumerate(results):
         figures = day_report.day_figures(recorder.samples, decisions.ordered(), day, index)
-        figures.update(request_figures(result))
+        figures.update(report.request_figures(result))
         print(f"[day {index + 1}] {result.summary()}", flush=True)
         days.append(
             {
@@ -251,22 +218,9 @@ def main() -> int:
         return 0
     day = day_report.Day(args.period, args.base, args.rise, args.rise_at, args.rise_seconds)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with tempfile.TemporaryDirectory(prefix="realscale-day-") as tmp:
-        work = pathlib.Path(tmp)
-        local = run.up("realscale-day", tie_to_parent=True)
-        try:
-            cluster = ClusterHandle(local.kubeconfig, local)
-            install(cluster.tools.kubectl, cluster.env)
-            (work / "op").mkdir()
-            operator = OperatorProcess(python_env(cluster.env), work / "op")
-            operator.start()
-            try:
-                uri = scenario.model_uri(work)
-                capacity, days, timeline, cold_start = measure(cluster, uri, args, day)
-            finally:
-                operator.stop()
-        finally:
-            local.down()
+    with bench.cluster_and_operator("realscale-day") as (cluster, work):
+        uri = scenario.model_uri(work)
+        capacity, days, timeline, cold_start = measure(cluster, uri, args, day)
     results = {
         "started": started,
         "command": " ".join([os.path.relpath(sys.argv[0], bench.REPO), *sys.argv[1:]]),
@@ -274,8 +228,8 @@ def main() -> int:
         "python": platform.python_version(),
         "versions": {
             "kubeinfer": (bench.REPO / "VERSION").read_text().strip(),
-            "kubernetes": local.tools.kubernetes_version,
-            "git": bench._git_head(),
+            "kubernetes": cluster.tools.kubernetes_version,
+            "git": bench.git_head(),
         },
         "load": {
             "period_s": day.period_s,

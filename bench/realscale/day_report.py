@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from report import Sample, integral
+from report import LAG_ROW, REQUEST_ROWS, Sample, integral
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,15 +149,10 @@ ROWS = (
     ("Decisions made with the forecast in force", "decisions_with_forecast", ""),
     ("The forecast's highest demand (requests/s)", "forecast_demand_max", ""),
     ("Peak replicas", "peak_replicas", ""),
-    ("Requests sent", "sent", ""),
-    ("Requests failed (deadline {deadline:g} s)", "failed", ""),
-    ("503 answers (retried)", "rejected_503", ""),
-    ("p50 latency", "p50_ms", " ms"),
-    ("p99 latency", "p99_ms", " ms"),
-    ("Answered within 1 s (share of sent)", "within_1s_pct", " %"),
+    *REQUEST_ROWS,
     ("Replica-seconds (spec)", "replica_seconds", ""),
     ("Ready-replica-seconds", "ready_replica_seconds", ""),
-    ("Load generator: max lag behind schedule", "lag_max_ms", " ms"),
+    LAG_ROW,
 )
 
 

@@ -96,6 +96,35 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def request_figures(result: Any) -> dict[str, Any]:
+    """What the load generator saw (a tests/e2e/load.LoadResult): the request rows of both
+    benchmarks' tables. SLO attainment is the share of sent requests answered within 1 s."""
+    return {
+        "sent": result.sent,
+        "ok": result.ok,
+        "failed": result.failed,
+        "rejected_503": result.rejected_503,
+        "p50_ms": round(result.percentile(50) * 1000, 1),
+        "p99_ms": round(result.percentile(99) * 1000, 1),
+        "within_1s_pct": round(
+            100 * sum(1 for x in result.latencies_s if x <= 1.0) / max(1, result.sent), 2
+        ),
+        "lag_max_ms": round(max(result.lag_s, default=0.0) * 1000, 1),
+        "errors": sorted(set(result.errors))[:5],
+    }
+
+
+# The request rows, in both benchmarks' tables: (title, key, unit).
+REQUEST_ROWS = (
+    ("Requests sent", "sent", ""),
+    ("Requests failed (deadline {deadline:g} s)", "failed", ""),
+    ("503 answers (retried)", "rejected_503", ""),
+    ("p50 latency", "p50_ms", " ms"),
+    ("p99 latency", "p99_ms", " ms"),
+    ("Answered within 1 s (share of sent)", "within_1s_pct", " %"),
+)
+LAG_ROW = ("Load generator: max lag behind schedule", "lag_max_ms", " ms")
+
 ROWS = (
     ("First scale-up after the step", "first_scale_up_s", " s"),
     (
@@ -104,16 +133,11 @@ ROWS = (
         " s",
     ),
     ("Peak replicas", "peak_replicas", ""),
-    ("Requests sent", "sent", ""),
-    ("Requests failed (deadline {deadline:g} s)", "failed", ""),
-    ("503 answers (retried)", "rejected_503", ""),
-    ("p50 latency", "p50_ms", " ms"),
-    ("p99 latency", "p99_ms", " ms"),
-    ("Answered within 1 s (share of sent)", "within_1s_pct", " %"),
+    *REQUEST_ROWS,
     ("Replica-seconds (spec, {total:g} s window)", "replica_seconds", ""),
     ("Ready-replica-seconds", "ready_replica_seconds", ""),
     ("Back to the minimum after the step ended", "back_to_min_after_step_s", " s"),
-    ("Load generator: max lag behind schedule", "lag_max_ms", " ms"),
+    LAG_ROW,
 )
 
 
