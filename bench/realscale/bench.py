@@ -151,8 +151,16 @@ class DeploymentRecorder(Poller):
         )
 
 
-def manifest(uri: str, args: argparse.Namespace, *, keep_replicas: bool) -> str:
-    """The service both sides run; created with scaling Off (one replica)."""
+def manifest(
+    uri: str,
+    args: argparse.Namespace,
+    *,
+    keep_replicas: bool,
+    replicas: int = 1,
+    scaling: dict[str, Any] | None = None,
+) -> str:
+    """The service both sides run; created with scaling Off (``replicas``, one unless said).
+    ``scaling``: fields added to spec.scaling (the day bench's forecast period)."""
     doc = yaml.safe_load(
         scenario.manifest(
             NAME,
@@ -167,9 +175,11 @@ def manifest(uri: str, args: argparse.Namespace, *, keep_replicas: bool) -> str:
                 "maxReplicas": args.max_replicas,
                 "metric": "QueueDepth",
                 "target": args.target,
+                **(scaling or {}),
             },
         )
     )
+    doc["spec"]["replicas"] = replicas
     if not keep_replicas:
         # Off without replicas: the operator keeps whatever spec.replicas is (the HPA's).
         del doc["spec"]["replicas"]

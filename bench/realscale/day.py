@@ -34,7 +34,6 @@ from typing import Any
 import bench  # bench/realscale/bench.py: the recorder, readiness, the result's header
 import day_report
 import report
-import yaml
 from kubernetes import client
 
 from tests.conftest import ClusterHandle
@@ -77,29 +76,16 @@ class DecisionRecorder(bench.Poller):
 
 
 def manifest(uri: str, args: argparse.Namespace) -> str:
-    doc = yaml.safe_load(
-        scenario.manifest(
-            NAME,
-            uri=uri,
-            gpus=1,
-            max_batch=bench.MAX_BATCH,
-            device_ms=bench.DEVICE_MS,
-            mode="Off",
-            cold_start=args.cold_start,
-            scaling={
-                "minReplicas": 1,
-                "maxReplicas": args.max_replicas,
-                "metric": "QueueDepth",
-                "target": args.target,
-                "forecastPeriodSeconds": int(args.period),
-            },
-        )
-    )
     # The replicas the base load needs from the start (Off keeps them while the capacity is
     # measured on one pod): a first day that begins overloaded would learn the start, not the
     # day (its 503s, retried, read as demand many times the base and fill the burst history).
-    doc["spec"]["replicas"] = max(1, math.ceil(args.base))
-    return str(yaml.safe_dump(doc))
+    return bench.manifest(
+        uri,
+        args,
+        keep_replicas=True,
+        replicas=max(1, math.ceil(args.base)),
+        scaling={"forecastPeriodSeconds": int(args.period)},
+    )
 
 
 async def two_days(
