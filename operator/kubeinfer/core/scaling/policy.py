@@ -98,7 +98,7 @@ class ScalingPolicy:
     # ``forecast_target_factor`` (the room for bursts the forecast now covers), and the
     # burst headroom is off; the calm target's scale-down rules apply (decide.py: a shorter
     # window, no hysteresis, a stable window between scale-downs). Not for QueueTime.
-    # 0.15 / 1.3: bench/autoscaling/analysis.md ("This run: the forecast shipped"); 1.1 cold
+    # 0.15 / 1.3: bench/autoscaling/analysis.md ("Previous run: the forecast shipped"); 1.1 cold
     # starts: a pod may start some 10 % slower than the learned cold start.
     forecast_period_s: float = 0.0
     forecast_max_error: float = 0.15
