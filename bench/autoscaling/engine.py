@@ -104,6 +104,7 @@ class Engine:
             ),
             pods=pods,
             first_scrapes=first,
+            queued=metrics.queued(scrapes),
             cold_starts=cold_starts,
         )
         out = step.step(self.policy, observation, self.memory, now)

@@ -217,6 +217,16 @@ def pod_signals(
     )
 
 
+def queued(scrapes: Mapping[str, RawScrape | None]) -> float | None:
+    """Requests queued on the Ready pods now: the pending gauge summed over the pods that
+    answered (a first scrape's gauge counts: only counters need a baseline), at the answering
+    pods' mean for any that did not; None when none answered."""
+    answered = [raw.pending_requests for raw in scrapes.values() if raw is not None]
+    if not answered:
+        return None
+    return sum(answered) * len(scrapes) / len(answered)
+
+
 class Baselines:
     """Each pod's previous scrape, so that two successive scrapes become its signals.
 

@@ -314,7 +314,9 @@ class Autoscaler:
             {p: (ip, port) for p, ip in seen.ready.items()},
             timeout_s=self.scrape_timeout_s,
         )
-        signals_, unanswered, first = self._pod_signals(tracked, texts, names, self.clock())
+        signals_, unanswered, first, queued = self._pod_signals(
+            tracked, texts, names, self.clock()
+        )
         load = {s.pod: s.in_flight for s in signals_}
         views = tuple(
             scale_in.view(
@@ -335,6 +337,7 @@ class Autoscaler:
             ),
             pods=signals_,
             first_scrapes=first,
+            queued=queued,
             cold_starts=seen.cold_starts,
             router=await self._router_signals(session, tracked),
         )
@@ -367,9 +370,10 @@ class Autoscaler:
         texts: dict[str, str | None],
         names: api.RuntimeMetricNames,
         now: float,
-    ) -> tuple[list[signals.PodSignals], int, int]:
+    ) -> tuple[list[signals.PodSignals], int, int, float | None]:
         """Parse each answer and turn it into signals against the pod's previous scrape; also
-        how many pods gave no usable answer, and how many answered for the first time."""
+        how many pods gave no usable answer, how many answered for the first time, and the
+        requests queued on them all (``metrics.queued``)."""
         labels = {"namespace": tracked.namespace, "inferenceservice": tracked.name}
         scrapes: dict[str, metrics.RawScrape | None] = {}
         for pod, text in texts.items():
@@ -382,7 +386,7 @@ class Autoscaler:
         tracked.providers = metrics.pod_providers(tracked.providers, scrapes)
         failed = sum(1 for s in scrapes.values() if s is None)
         first = tracked.baselines.first_scrapes(scrapes)
-        return tracked.baselines.signals(scrapes, now), failed, first
+        return tracked.baselines.signals(scrapes, now), failed, first, metrics.queued(scrapes)
 
     # ---- decide which pods go -------------------------------------------------------------
     @staticmethod

@@ -173,3 +173,16 @@ def test_provider_use_summarises_for_status() -> None:
         {"provider": CUDA, "pods": 3, "example": "p0"},
     ]
     assert metrics.provider_use({}) == []
+
+
+def test_queued_sums_every_answer_and_counts_a_silent_pod_at_the_mean() -> None:
+    # A first scrape's gauge counts (only counters need a baseline); a pod that did not
+    # answer is counted at the answering pods' mean; none answering: unknown.
+    scrapes: dict[str, metrics.RawScrape | None] = {
+        "a": metrics.RawScrape(pending_requests=4.0),
+        "b": metrics.RawScrape(pending_requests=8.0),
+        "c": None,
+    }
+    assert metrics.queued(scrapes) == pytest.approx(18.0)
+    assert metrics.queued({"a": None}) is None
+    assert metrics.queued({}) is None

@@ -22,29 +22,40 @@ LATENCY_S = 0.04  # service time
 
 @dataclasses.dataclass
 class FakeService:
-    """Counters a scrape would read: load split evenly over the ready replicas; beyond a
-    replica's capacity its queue is full (the pending gauge) and rejects the rest (the
-    failure counter), so answered + rejected is the load offered."""
+    """Counters a scrape would read: load split evenly over the ready replicas, each serving
+    up to its capacity from a bounded queue (the pending gauge) that rejects what does not
+    fit (the failure counter); so answered + rejected + the queues' growth is the load
+    offered."""
 
     ready: int = 1
+    queue_size: float = 20.0  # requests one replica's queue holds before it rejects
     counters: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def scrape(self, rate: float, dt: float) -> dict[str, metrics.RawScrape]:
-        per_pod = rate / self.ready
-        served = min(per_pod, CAPACITY)
-        backlog = max(0.0, per_pod - CAPACITY) * 2  # what piles up per scrape interval
         out = {}
         for i in range(self.ready):
-            done = self.counters.get(f"p{i}", 0.0) + served * dt
-            failed = self.counters.get(f"f{i}", 0.0) + (per_pod - served) * dt
-            self.counters[f"p{i}"], self.counters[f"f{i}"] = done, failed
+            queue = self.counters.get(f"q{i}", 0.0) + rate / self.ready * dt
+            served = min(queue, CAPACITY * dt)
+            queue -= served
+            rejected = max(0.0, queue - self.queue_size)
+            queue -= rejected
+            done = self.counters.get(f"p{i}", 0.0) + served
+            failed = self.counters.get(f"f{i}", 0.0) + rejected
+            self.counters[f"p{i}"], self.counters[f"f{i}"], self.counters[f"q{i}"] = (
+                done,
+                failed,
+                queue,
+            )
             out[f"p{i}"] = metrics.RawScrape(
-                pending_requests=backlog,
+                pending_requests=queue,
                 queue_duration_us=0.0,
                 request_duration_us=done * LATENCY_S * 1e6,
                 request_success=done,
                 request_failure=failed,
             )
+        # A replica that went away takes its queue with it.
+        for gone in [k for k in self.counters if k[0] == "q" and int(k[1:]) >= self.ready]:
+            del self.counters[gone]
         return out
 
 
@@ -53,9 +64,11 @@ def run(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, deci
     return [(now, s.result.reason, s.result.desired) for now, s in steps(loads, pol)]
 
 
-def steps(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, step.Step]]:
+def steps(
+    loads: list[float], pol: policy.ScalingPolicy, service: FakeService | None = None
+) -> list[tuple[float, step.Step]]:
     """(time, step) per tick, as ``run``."""
-    service = FakeService()
+    service = service or FakeService()
     memory = step.Memory.fresh(pol)
     baselines = metrics.Baselines()
     current, starting_since = 1, dict[int, float]()
@@ -72,6 +85,7 @@ def steps(loads: list[float], pol: policy.ScalingPolicy) -> list[tuple[float, st
             ),
             pods=pods,
             first_scrapes=first,
+            queued=metrics.queued(scrapes),
             # Pods start in 4 s here: the learned cold start sets the scale-down window's floor.
             cold_starts=[(t, t + 4.0) for t in starting_since.values() if now - t >= 4],
         )
@@ -110,6 +124,25 @@ def test_burst_headroom_keeps_room_for_the_next_burst_then_lets_it_go() -> None:
     assert back[:60] == [3] * 60  # two minutes of room for another burst like that one
     assert back == sorted(back, reverse=True)
     assert back[-1] == 1
+
+
+def test_a_backlog_counts_as_demand_when_it_arrives_not_when_it_is_answered() -> None:
+    # 50 -> 300 req/s on one replica whose queue holds everything a cold start piles up: the
+    # replica answers its capacity (100/s) while the queue grows 200/s, and once the new
+    # replicas are Ready they drain it on top of the 300/s. The demand the burst history
+    # and the forecast record is what arrived, 300/s (answered + rejected alone read 100/s,
+    # then 400/s), but on the tick the new replicas turn Ready: their first scrape is a
+    # baseline, so what they took until then is not counted (signals.aggregate), an
+    # under-read for one tick rather than an over-read for the history to keep.
+    pol = policy.from_spec(target=4.0, stable_window_s=12.0, scale_down_stabilization_s=10.0)
+    loads = [50.0] * 10 + [300.0] * 20
+    ticks = steps(loads, pol, FakeService(queue_size=1e6))
+    recorded = [s.memory.burst.open[-1][1] if s.sample else None for _, s in ticks]
+    assert recorded[1:10] == pytest.approx([50.0] * 9)
+    joined = next(i for i, (_, s) in enumerate(ticks) if s.sample and s.sample.ready_replicas > 1)
+    assert joined > 10 and recorded[joined] is not None and recorded[joined] < 300.0
+    del recorded[joined]
+    assert recorded[10:] == pytest.approx([300.0] * 19)
 
 
 def test_a_calm_load_runs_hotter_once_the_history_says_so() -> None:

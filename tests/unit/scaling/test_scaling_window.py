@@ -111,3 +111,26 @@ def test_aggregate_extrapolates_to_ready_pods() -> None:
     # One just Ready, one that did not answer: the silent one is counted at the mean.
     one = signals.aggregate(pods=pods, ready_replicas=4, now=10, first_scrapes=1)
     assert one is not None and one.request_rate_total == pytest.approx(600.0)
+
+
+def test_offered_adds_the_queues_growth_to_what_was_answered_and_rejected() -> None:
+    tick = signals.TickSample(
+        time=12.0,
+        ready_replicas=2,
+        pods_scraped=2,
+        queue_depth_total=0.0,
+        request_rate_total=100.0,
+        failure_rate_total=20.0,
+        queue_time_ms=None,
+        gpu_utilization=None,
+    )
+    assert tick.demand == 120.0
+    # 40 more queued over the 2 s since the previous tick: 20/s arrived and waits.
+    assert signals.offered(tick, queued=50.0, before=(10.0, 10.0)) == pytest.approx(140.0)
+    # A backlog drained: answered, but it arrived before.
+    assert signals.offered(tick, queued=10.0, before=(10.0, 50.0)) == pytest.approx(100.0)
+    # No previous count (a restart, a tick nobody answered): no growth counted.
+    assert signals.offered(tick, queued=10.0, before=None) == 120.0
+    assert signals.offered(tick, queued=None, before=(10.0, 50.0)) == 120.0
+    # Queues that vanished faster than they were answered (pods gone): never below zero.
+    assert signals.offered(tick, queued=0.0, before=(10.0, 1000.0)) == 0.0

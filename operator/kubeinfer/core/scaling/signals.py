@@ -79,8 +79,30 @@ class TickSample:
 
     @property
     def demand(self) -> float:
-        """Requests offered per second: answered plus failed (a full queue rejects)."""
+        """Requests answered plus failed per second (a full queue rejects): what left the
+        service this tick. ``offered`` adds what the queues gained, the arrivals."""
         return self.request_rate_total + self.failure_rate_total
+
+
+def offered(
+    sample: TickSample, *, queued: float | None, before: tuple[float, float] | None
+) -> float:
+    """Requests that arrived per second since the previous tick: answered + failed, plus the
+    growth of the requests queued on the Ready pods (``queued`` now, ``before`` = (time,
+    queued) at the previous tick that had one; None: count no growth).
+
+    Answered + failed alone reads a backlog when it is answered, not when it arrived: during
+    a cold start the queues fill and it under-reads, and once new replicas are Ready they
+    drain the backlog at their full capacity and it over-reads (bench/realscale/NOTES.md:
+    2.1x the offered load). The burst history and the forecast both record this demand, so
+    the over-read was kept as headroom for the whole burst history and asked for again by
+    the next period's forecast. Counted service-wide, not per pod: which pod holds a queued
+    request (a new one, one about to go) does not change what arrived.
+    """
+    if queued is None or before is None or sample.time <= before[0]:
+        return sample.demand
+    # Never below zero: a queue that shrank faster than it was answered lost pods, not load.
+    return max(0.0, sample.demand + (queued - before[1]) / (sample.time - before[0]))
 
 
 def aggregate(

@@ -41,6 +41,9 @@ class Observation:
     # Ready pods that answered for the first time (a baseline, not in ``pods``): not counted
     # at the others' mean (signals.aggregate).
     first_scrapes: int = 0
+    # Requests queued on the Ready pods now, first scrapes included (``metrics.queued``);
+    # None when none answered. Its growth between ticks counts as arrivals (signals.offered).
+    queued: float | None = None
     # (created, ready) timestamps of Ready pods, oldest first: the cold starts to learn from.
     cold_starts: Sequence[tuple[float, float]] = ()
     # kubeinfer-router's counters (spec.router.enabled), None when it is off or did not answer.
@@ -57,6 +60,9 @@ class Memory:
     burst: burst.BurstHistory = dataclasses.field(default_factory=burst.BurstHistory)
     # Demand by time of period and how today tracks it (persists: see season.py).
     season: season.SeasonalHistory = dataclasses.field(default_factory=season.SeasonalHistory)
+    # (time, Observation.queued) of the last tick that had it, for the arrivals. Not
+    # persisted: after a restart the first tick counts no growth.
+    queued: tuple[float, float] | None = None
 
     @classmethod
     def fresh(cls, pol: policy.ScalingPolicy) -> Memory:
@@ -85,16 +91,21 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
     win.prune(now=now)
     learned = cold_start.learn(pairs=observation.cold_starts, previous_s=memory.state.cold_start_s)
     cold = learned if learned is not None else pol.cold_start_default_s
+    demand = (
+        signals.offered(sample, queued=observation.queued, before=memory.queued)
+        if sample is not None
+        else None
+    )
     bursts = memory.burst.copy()
-    if pol.burst_headroom and sample is not None:
-        bursts.record(now=now, demand=sample.demand, horizon_s=cold)
+    if pol.burst_headroom and demand is not None:
+        bursts.record(now=now, demand=demand, horizon_s=cold)
     seasons = (
         memory.season.copy()
         if memory.season.period_s == pol.forecast_period_s
         else season.SeasonalHistory(period_s=pol.forecast_period_s)  # a new period: relearn
     )
-    if sample is not None:
-        seasons.record(now=now, demand=sample.demand)
+    if demand is not None:
+        seasons.record(now=now, demand=demand)
     forecast = _forecast(pol, seasons, now, cold)
     calm = burst.calm_target_factor(pol, bursts, cold_start_s=cold)
     result = decide.decide(
@@ -119,7 +130,13 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
     )
     return Step(
         result=result,
-        memory=Memory(state=result.state, window=win, burst=bursts, season=seasons),
+        memory=Memory(
+            state=result.state,
+            window=win,
+            burst=bursts,
+            season=seasons,
+            queued=None if observation.queued is None else (now, observation.queued),
+        ),
         sample=sample,
     )
 
