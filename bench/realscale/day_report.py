@@ -121,8 +121,8 @@ def readme_sentence(results: dict[str, Any]) -> str:
         f"within 1 s from {one['within_1s_pct']:.1f} % to {two['within_1s_pct']:.1f} %, 503s "
         f"from {one['rejected_503']:,} to {two['rejected_503']:,}, at "
         f"{two['replica_seconds'] / one['replica_seconds']:.2f}x day 1's replica-seconds. "
-        "Caveat: day 1's retried 503s and its backlog, answered once capacity came, counted "
-        "as demand, so day 2's forecast asked for "
+        "Caveat: day 1's 503s, retried by the clients and arriving again once capacity "
+        "came, counted as demand, so day 2's forecast asked for "
         f"{two['forecast_demand_max'] / offered:.1f}x the demand the rise offered."
     )
 
@@ -208,10 +208,11 @@ def markdown(results: dict[str, Any]) -> str:
         "95th percentile of today's buckets against yesterday's; the step acts below "
         "0.15): " + ", ".join("none" if e is None else f"{e:.3f}" for e in errors) + ".",
         f"The rise offered {ld['rise'] * ld['capacity_per_replica']:.0f} requests/s. Demand "
-        "is requests answered + rejected per second: a 503 that the client retries counts "
-        "once per try, and a backlog counts when it is answered, once capacity has come, so a "
-        "rise met late reads as more than it offered, and the next day's forecast carries "
-        "that (NOTES.md).",
+        "is what arrived: requests answered + rejected per second plus the growth of the "
+        "requests queued on the Ready pods (core/scaling/signals.py `offered`); a 503 that "
+        "the client retries still counts once per try (and the tries held back while it had "
+        "no capacity all arrive once it has), so a rise met late reads as more than it "
+        "offered, and the next day's forecast carries that (NOTES.md).",
         "",
     ]
     return "\n".join(lines)

@@ -314,9 +314,7 @@ class Autoscaler:
             {p: (ip, port) for p, ip in seen.ready.items()},
             timeout_s=self.scrape_timeout_s,
         )
-        signals_, unanswered, first, queued = self._pod_signals(
-            tracked, texts, names, self.clock()
-        )
+        signals_, unanswered, first, queued = self._pod_signals(tracked, texts, names, self.clock())
         load = {s.pod: s.in_flight for s in signals_}
         views = tuple(
             scale_in.view(

@@ -1,6 +1,6 @@
 """Headroom sized from how bursty the demand has been: the burst-headroom floor's memory.
 
-Owns: the record of offered demand (requests answered + rejected per second, service-wide) and
+Owns: the record of offered demand (requests arriving per second, service-wide: signals.offered) and
 of how much it grew within one cold start, and the headroom that follows from it: the
 ``QUANTILE`` of (highest demand within one cold start after a moment) / (demand at that moment)
 over the last ``HISTORY_S`` seconds, bounded so that it never asks for room beyond the highest

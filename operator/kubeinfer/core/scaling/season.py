@@ -1,6 +1,6 @@
 """Demand that repeats with a period (a day by default): the forecast's memory and the forecast.
 
-Owns: the mean offered demand (requests answered + failed per second, service-wide) per
+Owns: the mean offered demand (requests arriving per second, service-wide: signals.offered) per
 bucket of the period (``BUCKETS`` of them) as last seen, how today's latest buckets compare
 with the same buckets one period earlier, and the forecast that follows: the highest demand
 the last period saw over the next cold start, times how today runs against it (``scale``),
