@@ -93,11 +93,12 @@ def offered(
 
     Answered + failed alone reads a backlog when it is answered, not when it arrived: during
     a cold start the queues fill and it under-reads, and once new replicas are Ready they
-    drain the backlog at their full capacity and it over-reads (bench/realscale/NOTES.md:
-    2.1x the offered load). The burst history and the forecast both record this demand, so
+    drain the backlog at their full capacity and it over-reads (bench/realscale/NOTES.md,
+    "the same day twice"). The burst history and the forecast both record this demand, so
     the over-read was kept as headroom for the whole burst history and asked for again by
-    the next period's forecast. Counted service-wide, not per pod: which pod holds a queued
-    request (a new one, one about to go) does not change what arrived.
+    the next period's forecast. A 503 that a client retries still counts once per try: only
+    the client knows a retry from a new request. Counted service-wide, not per pod: which
+    pod holds a queued request (a new one, one about to go) does not change what arrived.
     """
     if queued is None or before is None or sample.time <= before[0]:
         return sample.demand
