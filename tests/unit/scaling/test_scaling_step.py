@@ -21,6 +21,15 @@ LATENCY_S = 0.04  # service time
 
 
 @dataclasses.dataclass
+class FakeReplica:
+    """One replica's counters and its queue."""
+
+    done: float = 0.0
+    failed: float = 0.0
+    queue: float = 0.0
+
+
+@dataclasses.dataclass
 class FakeService:
     """Counters a scrape would read: load split evenly over the ready replicas, each serving
     up to its capacity from a bounded queue (the pending gauge) that rejects what does not
@@ -29,33 +38,27 @@ class FakeService:
 
     ready: int = 1
     queue_size: float = 20.0  # requests one replica's queue holds before it rejects
-    counters: dict[str, float] = dataclasses.field(default_factory=dict)
+    replicas: list[FakeReplica] = dataclasses.field(default_factory=list)
 
     def scrape(self, rate: float, dt: float) -> dict[str, metrics.RawScrape]:
+        # New replicas start empty; one that went away takes its queue with it.
+        del self.replicas[self.ready :]
+        self.replicas += [FakeReplica() for _ in range(self.ready - len(self.replicas))]
         out = {}
-        for i in range(self.ready):
-            queue = self.counters.get(f"q{i}", 0.0) + rate / self.ready * dt
-            served = min(queue, CAPACITY * dt)
-            queue -= served
-            rejected = max(0.0, queue - self.queue_size)
-            queue -= rejected
-            done = self.counters.get(f"p{i}", 0.0) + served
-            failed = self.counters.get(f"f{i}", 0.0) + rejected
-            self.counters[f"p{i}"], self.counters[f"f{i}"], self.counters[f"q{i}"] = (
-                done,
-                failed,
-                queue,
-            )
+        for i, replica in enumerate(self.replicas):
+            replica.queue += rate / self.ready * dt
+            served = min(replica.queue, CAPACITY * dt)
+            rejected = max(0.0, replica.queue - served - self.queue_size)
+            replica.queue -= served + rejected
+            replica.done += served
+            replica.failed += rejected
             out[f"p{i}"] = metrics.RawScrape(
-                pending_requests=queue,
+                pending_requests=replica.queue,
                 queue_duration_us=0.0,
-                request_duration_us=done * LATENCY_S * 1e6,
-                request_success=done,
-                request_failure=failed,
+                request_duration_us=replica.done * LATENCY_S * 1e6,
+                request_success=replica.done,
+                request_failure=replica.failed,
             )
-        # A replica that went away takes its queue with it.
-        for gone in [k for k in self.counters if k[0] == "q" and int(k[1:]) >= self.ready]:
-            del self.counters[gone]
         return out
 
 
