@@ -115,6 +115,7 @@ bench-autoscaling: venv
 # (bench/realscale/RESULTS.md). The first run builds KEDA from the Go module proxy (long).
 bench-realscale: tools
 	$(IN_NETNS) $(PY) bench/realscale/bench.py
+	$(PY) bench/realscale/sim_check.py
 
 # The forecast on the local cluster: one service, the same 600 s "day" twice (bench/realscale/
 # DAY.md; about 23 minutes).

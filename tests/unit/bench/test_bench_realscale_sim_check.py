@@ -63,3 +63,19 @@ def test_the_committed_check_is_of_the_committed_cluster_run() -> None:
     )
     assert (_DIR / "SIMCHECK.md").read_text() == sim_check.markdown(doc)
     assert doc["comparison"] == sim_check.compare(CLUSTER, doc["sim"])
+
+
+def test_readme_quotes_the_committed_check() -> None:
+    doc = json.loads((_DIR / "sim_check.json").read_text())
+    rows = {row["figure"]: row for row in doc["comparison"]}
+    judged = [row for row in doc["comparison"] if row["sameDirection"] is not None]
+    agree = sum(1 for row in judged if row["sameDirection"])
+    missed, cost = rows["requests missed"], rows["replica-seconds"]
+    expected = (
+        f"points the same way on {agree} of {len(judged)} figures: "
+        f"{missed['simRatio']:.2f}x the HPA's misses at {cost['simRatio']:.2f}x its "
+        f"replica-seconds (the cluster: {missed['clusterRatio']:.2f}x at "
+        f"{cost['clusterRatio']:.2f}x)"
+    )
+    readme = (_DIR.parents[1] / "README.md").read_text()
+    assert expected in " ".join(readme.split())
