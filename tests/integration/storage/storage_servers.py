@@ -195,10 +195,39 @@ def s3_server() -> Iterator[S3Server]:
     )
     previous = _reset_auth(endpoint, "0")
     try:
+        _check_listing_is_authorized_as_on_aws(endpoint, keys["reader"])
         yield S3Server(endpoint=endpoint, reader=keys["reader"], stranger=keys["stranger"])
     finally:
         _reset_auth(endpoint, previous)
         server.stop()
+
+
+def _check_listing_is_authorized_as_on_aws(endpoint: str, reader: tuple[str, str]) -> None:
+    """Fail once, naming the cause, when this moto denies the reader a listing.
+
+    AWS authorizes ListObjectsV2 as s3:ListBucket, which READER_POLICY allows; moto 5.2.6
+    checks it as s3:ListObjectsV2 and denies it, which would fail every prefix test with an
+    AccessDenied that reads like a bug in the storage initializer.
+    """
+    import boto3
+    import botocore.exceptions
+    import moto
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=reader[0],
+        aws_secret_access_key=reader[1],
+    )
+    try:
+        s3.list_objects_v2(Bucket=BUCKET, MaxKeys=1)
+    except botocore.exceptions.ClientError as err:
+        raise RuntimeError(
+            f"moto {moto.__version__} denies ListObjectsV2 to a policy that allows "
+            "s3:ListBucket (the action AWS checks for it): install the moto that "
+            "requirements-dev.txt pins (`make venv`)"
+        ) from err
 
 
 def _reset_auth(endpoint: str, count: str) -> str:
