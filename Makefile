@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(VENV)/bin/kubeinfer-cluster
 # Reinstall when any package's dependencies change.
-DEPS := requirements-dev.txt operator/pyproject.toml runtimes/onnxruntime/pyproject.toml cluster/pyproject.toml \
+DEPS := requirements-dev.txt constraints-dev.txt operator/pyproject.toml runtimes/onnxruntime/pyproject.toml cluster/pyproject.toml \
         router/pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(DEPS) | sha1sum | cut -c1-12)
 # In CI (root) the cluster and every test that uses it run in a network namespace that has
@@ -17,7 +17,7 @@ IN_NETNS := bash .ci/netns-exec
 endif
 PYTEST := $(IN_NETNS) $(VENV)/bin/pytest
 
-.PHONY: help venv tools triton lint crds crds-check test test-unit test-integration test-e2e \
+.PHONY: help venv lock tools triton lint crds crds-check test test-unit test-integration test-e2e \
         test-router test-reliability test-images soak demo cluster cluster-down images bench-reconcile \
         bench-runtime bench-images bench-autoscaling bench-realscale bench-realscale-day clean
 
@@ -29,10 +29,17 @@ help:
 $(STAMP): $(DEPS)
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
+
+# Re-resolve the dev environment to the newest releases and rewrite constraints-dev.txt with
+# them (its header kept); run `make test` before committing the result.
+lock: venv
+	$(PY) -m pip install -q --upgrade --upgrade-strategy eager -r requirements-dev.txt
+	{ grep '^#' constraints-dev.txt; $(PY) -m pip freeze --exclude-editable; } > constraints-dev.txt.new
+	mv constraints-dev.txt.new constraints-dev.txt
 
 # Kubernetes, etcd, kwok, helm, kubeconform and Prometheus from the Go module proxy, cached under
 # $${KUBEINFER_CACHE:-~/.cache/kubeinfer}; a warm run takes well under a second.
