@@ -108,6 +108,17 @@ def aggregation_objects(port: int) -> list[dict[str, Any]]:
     ]
 
 
+# The HPA behaviour the ScaledObject asks for, as (type, value, period s): scale up by the larger
+# of +1000 % or +4 pods per 15 s, down by up to 100 % per 15 s (the HPA default).
+# bench/realscale/sim_check.py configures the simulated HPA from these.
+SCALE_UP_POLICIES: tuple[tuple[str, int, int], ...] = (("Percent", 1000, 15), ("Pods", 4, 15))
+SCALE_DOWN_POLICIES: tuple[tuple[str, int, int], ...] = (("Percent", 100, 15),)
+
+
+def _policies(policies: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any]]:
+    return [{"type": t, "value": v, "periodSeconds": p} for t, v, p in policies]
+
+
 def scaled_object(
     *,
     name: str,
@@ -138,14 +149,11 @@ def scaled_object(
                         "scaleUp": {
                             "stabilizationWindowSeconds": 0,
                             "selectPolicy": "Max",
-                            "policies": [
-                                {"type": "Percent", "value": 1000, "periodSeconds": 15},
-                                {"type": "Pods", "value": 4, "periodSeconds": 15},
-                            ],
+                            "policies": _policies(SCALE_UP_POLICIES),
                         },
                         "scaleDown": {
                             "stabilizationWindowSeconds": scale_down_window_s,
-                            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+                            "policies": _policies(SCALE_DOWN_POLICIES),
                         },
                     }
                 }

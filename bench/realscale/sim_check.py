@@ -37,8 +37,12 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 SIM = HERE.parent / "autoscaling"
 sys.path.insert(0, str(SIM))
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))  # keda.py; report.py is loaded by path below
 
 import engine  # noqa: E402
+import keda  # noqa: E402
+import model as model_  # noqa: E402
 import peers  # noqa: E402
 import runner  # noqa: E402
 from runner import Case  # noqa: E402
@@ -61,10 +65,8 @@ def _cluster_report() -> Any:
 report = _cluster_report()
 
 SEEDS = 20
-# bench/realscale/keda.py's ScaledObject: +1000 % or +4 pods per 15 s (the larger), 100 % down
-# per 15 s; Prometheus scrapes every 2 s and the query reads gauges (the smallest rate window
-# over 2 s scrapes stands in for them).
-CLUSTER_UP: tuple[peers.Policy, ...] = (("Percent", 1000, 15), ("Pods", 4, 15))
+# The kube-controller-manager's HPA sync period on the local cluster (its default).
+HPA_SYNC_S = 15
 
 
 def trace_rows(load: dict[str, Any], capacity_rps: float) -> list[tuple[float, float]]:
@@ -94,14 +96,23 @@ def cold_start_s(cluster: dict[str, Any]) -> float:
 
 
 def keda_as_on_cluster(load: dict[str, Any]) -> peers.HPAConfig:
+    """The HPA keda.py's ScaledObject asks for, on the cluster's sync and scrape periods, at
+    kubeinfer's target (x1). The cluster's query reads gauges; the smallest rate window over
+    the scrapes (two of them) stands in for that."""
     return peers.HPAConfig(
-        sync_s=15,
+        sync_s=HPA_SYNC_S,
         scrape_s=int(load["prometheus_scrape_s"]),
         rate_window_s=2 * int(load["prometheus_scrape_s"]),
         target_factor=1.0,
         down_stabilization_s=int(load["hpa_scale_down_window_s"]),
-        up_policies=CLUSTER_UP,
+        up_policies=keda.SCALE_UP_POLICIES,
+        down_policies=keda.SCALE_DOWN_POLICIES,
     )
+
+
+def _policies_text(policies: tuple[tuple[str, int, int], ...]) -> str:
+    parts = [f"+{v} %" if t == "Percent" else f"+{v} pods" for t, v, _ in policies]
+    return f"{' or '.join(parts)} per {policies[0][2]} s"
 
 
 def figures(series: dict[str, list[float]], load: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +174,7 @@ def run(cluster: dict[str, Any], seeds: int) -> dict[str, Any]:
         "trace": rows,
         "hpa": (
             f"sync {hpa.sync_s} s, Prometheus scrape {hpa.scrape_s} s, target x1, scale-down "
-            f"window {hpa.down_stabilization_s} s, scale-up +1000 % or +4 pods per 15 s"
+            f"window {hpa.down_stabilization_s} s, scale-up {_policies_text(hpa.up_policies)}"
         ),
         "policy": "shipped defaults, forecast period a day, no previous day",
         "perSeed": per,
@@ -274,7 +285,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if p99["sim"][0] is not None and p99["sim"][0] == p99["sim"][1]:
         lines.append(
             "The simulated p99 is the same on both sides because the simulator's queue bound "
-            "(256 per replica; beyond it a request is rejected and not retried) caps an "
+            f"({model_.QUEUE_PER_REPLICA} per replica; beyond it a request is rejected and not "
+            "retried) caps an "
             "answered request's wait at a full queue's; the cluster's clients retry a 503 "
             "and its p99 counts the whole wait, which is where the sides differ there."
         )
