@@ -203,7 +203,7 @@ def s3_server() -> Iterator[S3Server]:
 
 
 def _check_listing_is_authorized_as_on_aws(endpoint: str, reader: tuple[str, str]) -> None:
-    """Fail once, naming the cause, when this moto denies the reader a listing.
+    """Fail at set-up, naming the cause, when this moto denies the reader a listing.
 
     AWS authorizes ListObjectsV2 as s3:ListBucket, which READER_POLICY allows; moto 5.2.6
     checks it as s3:ListObjectsV2 and denies it, which would fail every prefix test with an
