@@ -3,6 +3,7 @@ server (kubeinfer_onnx.workers)."""
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
@@ -171,6 +172,52 @@ def test_a_sigterm_while_starting_stops_the_server_cleanly(
         if workers == "2":
             pids, _ = supervised(server)
             assert not any(alive(pid) for pid in pids)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+# tgkill(2): a signal to one thread of another process (Python only signals its own threads).
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+@pytest.mark.parametrize("when", ["starting", "ready"])
+def test_a_sigterm_that_lands_on_another_thread_still_stops_the_workers(
+    mlp_repo: pathlib.Path, tmp_path: pathlib.Path, when: str
+) -> None:
+    """The kernel hands a process's SIGTERM to any of its threads that does not block it, and
+    the supervisor has threads besides its main one (numpy's OpenBLAS starts one per extra
+    core at import). One that landed there never woke the main thread from waitpid, so the
+    workers were never told to stop and the pod hung until SIGKILL (seen once in 63 fresh-clone
+    runs). Sent here to a thread other than the main one on purpose."""
+    syscall = _SYS_TGKILL.get(os.uname().machine)
+    assert syscall is not None, f"no tgkill syscall number for {os.uname().machine}: add it"
+    if when == "ready":
+        server = start_server(mlp_repo, tmp_path / "server.log", "--workers", "2")
+    else:
+        server = launch_server(mlp_repo, tmp_path / "server.log", "--workers", "2")
+    try:
+        supervisor = server.process.pid
+        wait_for(
+            lambda: "supervising 2 workers" in server.log() or server.process.poll() is not None,
+            60,
+            "the supervisor to fork its workers",
+            every=0.005,
+        )
+        others = [int(t) for t in os.listdir(f"/proc/{supervisor}/task") if int(t) != supervisor]
+        assert others, (
+            "the supervisor runs no thread but its main one here, so this cannot test a signal "
+            "that lands elsewhere (OpenBLAS starts none on one core): run it on 2+ cores"
+        )
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(syscall, supervisor, others[0], int(signal.SIGTERM)) == 0, (
+            os.strerror(ctypes.get_errno())
+        )
+        assert server.process.wait(30) == 0, server.log()
+        assert "Traceback" not in server.log(), server.log()
+        pids, _ = supervised(server)
+        assert not any(alive(pid) for pid in pids)
     finally:
         if server.process.poll() is None:
             server.process.kill()
