@@ -92,10 +92,14 @@ class Server:
 
 
 def start_server(
-    repo: pathlib.Path, log_path: pathlib.Path, *extra: str, address: str = "127.0.0.1"
+    repo: pathlib.Path,
+    log_path: pathlib.Path,
+    *extra: str,
+    address: str = "127.0.0.1",
+    preamble: str = "",
 ) -> Server:
     """A server process, started and ready."""
-    server = launch_server(repo, log_path, *extra, address=address)
+    server = launch_server(repo, log_path, *extra, address=address, preamble=preamble)
     process = server.process
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -110,18 +114,28 @@ def start_server(
 
 
 def launch_server(
-    repo: pathlib.Path, log_path: pathlib.Path, *extra: str, address: str = "127.0.0.1"
+    repo: pathlib.Path,
+    log_path: pathlib.Path,
+    *extra: str,
+    address: str = "127.0.0.1",
+    preamble: str = "",
 ) -> Server:
-    """A server process, started: it may still be loading."""
+    """A server process, started: it may still be loading. ``preamble``: Python run in the
+    process before the server's main module (the command becomes ``python -c``)."""
     ports = [free_port(address) for _ in range(3)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(RUNTIME_SRC), *filter(None, [env.get("PYTHONPATH")])])
     log_file = log_path.open("wb")
+    main = (
+        ["-c", f"{preamble}\nimport runpy\nrunpy.run_module('kubeinfer_onnx.server', "
+         "run_name='__main__', alter_sys=True)"]
+        if preamble
+        else ["-m", "kubeinfer_onnx.server"]
+    )
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "kubeinfer_onnx.server",
+            *main,
             "--model-repository",
             str(repo),
             "--address",
