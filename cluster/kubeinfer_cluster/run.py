@@ -70,11 +70,23 @@ def kubeconfig_path(name: str = DEFAULT_NAME) -> pathlib.Path:
     return state_dir(name) / "kubeconfig"
 
 
+# Ports handed out by this process: see _free_port.
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nothing listens on, never one this process handed out before.
+
+    The ports are chosen before the components bind them, and the kernel offers a port again
+    once the probe socket is closed: the scheduler was once given etcd's client port, failed
+    to bind it, and no pod was ever scheduled (a fresh-clone e2e run failed on it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _die_with_parent() -> None:
