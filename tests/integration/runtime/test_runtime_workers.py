@@ -3,6 +3,7 @@ server (kubeinfer_onnx.workers)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.client
 import json
@@ -35,11 +36,28 @@ def mlp_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture
 def workers(mlp_repo: pathlib.Path, tmp_path: pathlib.Path) -> Iterator[Server]:
     """Started and ready: ready means both workers have loaded and listen."""
-    server = start_server(mlp_repo, tmp_path / "server.log", "--workers", "2")
-    yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait()
+    with killed_at_exit(start_server(mlp_repo, tmp_path / "server.log", "--workers", "2")) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def killed_at_exit(server: Server) -> Iterator[Server]:
+    """The server, killed when the block ends if it is still running (a failed test's)."""
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def assert_stopped_cleanly(server: Server, *, workers: bool) -> None:
+    """Exit status 0 within 30 s, no traceback, and (with workers) no worker left running."""
+    assert server.process.wait(30) == 0, server.log()
+    assert "Traceback" not in server.log(), server.log()
+    if workers:
+        pids, _ = supervised(server)
+        assert not any(alive(pid) for pid in pids)
 
 
 def supervised(server: Server) -> tuple[list[int], str]:
@@ -155,8 +173,9 @@ def test_a_sigterm_while_starting_stops_the_server_cleanly(
     """A pod deleted as it starts: SIGTERM while the workers (or a lone server) load their
     models stops them as it would a ready server, exit status 0 (it was 143 when it reached a
     worker before its handler was installed: the default action killed it)."""
-    server = launch_server(mlp_repo, tmp_path / "server.log", "--workers", workers)
-    try:
+    with killed_at_exit(
+        launch_server(mlp_repo, tmp_path / "server.log", "--workers", workers)
+    ) as server:
         # As soon as the process is past its imports: the supervisor has forked the workers
         # (their models still loading), or the lone server has started its event loop.
         started = "supervising 2 workers" if workers == "2" else "loading mlp from"
@@ -167,15 +186,7 @@ def test_a_sigterm_while_starting_stops_the_server_cleanly(
             every=0.005,
         )
         server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(30) == 0, server.log()
-        assert "Traceback" not in server.log(), server.log()
-        if workers == "2":
-            pids, _ = supervised(server)
-            assert not any(alive(pid) for pid in pids)
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        assert_stopped_cleanly(server, workers=workers == "2")
 
 
 # tgkill(2): a signal to one thread of another process (Python only signals its own threads).
@@ -199,10 +210,8 @@ def test_a_sigterm_that_lands_on_another_thread_still_stops_the_workers(
     syscall = _SYS_TGKILL.get(os.uname().machine)
     assert syscall is not None, f"no tgkill syscall number for {os.uname().machine}: add it"
     launch = start_server if when == "ready" else launch_server
-    server = launch(
-        mlp_repo, tmp_path / "server.log", "--workers", "2", preamble=_ANOTHER_THREAD
-    )
-    try:
+    launched = launch(mlp_repo, tmp_path / "server.log", "--workers", "2", preamble=_ANOTHER_THREAD)
+    with killed_at_exit(launched) as server:
         supervisor = server.process.pid
         wait_for(
             lambda: "supervising 2 workers" in server.log() or server.process.poll() is not None,
@@ -213,17 +222,10 @@ def test_a_sigterm_that_lands_on_another_thread_still_stops_the_workers(
         others = [int(t) for t in os.listdir(f"/proc/{supervisor}/task") if int(t) != supervisor]
         assert others, "the preamble's thread is not running in the supervisor"
         libc = ctypes.CDLL(None, use_errno=True)
-        assert libc.syscall(syscall, supervisor, others[0], int(signal.SIGTERM)) == 0, (
-            os.strerror(ctypes.get_errno())
+        assert libc.syscall(syscall, supervisor, others[0], int(signal.SIGTERM)) == 0, os.strerror(
+            ctypes.get_errno()
         )
-        assert server.process.wait(30) == 0, server.log()
-        assert "Traceback" not in server.log(), server.log()
-        pids, _ = supervised(server)
-        assert not any(alive(pid) for pid in pids)
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        assert_stopped_cleanly(server, workers=True)
 
 
 @pytest.mark.parametrize("flag", ["--http-port", "--grpc-port", "--metrics-port"])
