@@ -24,13 +24,16 @@ ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 
 # The optional `pip_ca` build secret is a CA bundle for pip behind a TLS-inspecting proxy
 # (`make images` passes the host's); it is mounted for the step only, never stored in a layer.
 # A current pip first: Debian's 23.0 backtracks for minutes over boto3/botocore versions.
+# constraints-dev.txt: the versions `make test` last passed with (its header says why), so the
+# image holds what was tested, not whatever is newest on the day it is built.
+COPY constraints-dev.txt ./
 COPY operator/pyproject.toml ./operator/
 COPY router/pyproject.toml ./router/
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python -c "import tomllib; print('\n'.join(d for p in ('operator', 'router') for d in tomllib.load(open(f'{p}/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && pip install -q --upgrade pip \
- && pip install -q -r /tmp/requirements.txt
+ && pip install -q -r /tmp/requirements.txt -c constraints-dev.txt
 COPY VERSION ./
 COPY operator ./operator
 COPY router ./router

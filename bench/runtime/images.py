@@ -304,7 +304,7 @@ def render(report: dict[str, Any]) -> str:
         f"{'met' if ready_ok else 'NOT met'} (median {runc['start_to_ready_s']['median']:.2f} s "
         f"from `runc start`, fastest {runc['start_to_ready_s']['min']:.2f} s; Triton "
         f"{triton['start_to_ready_s']['median']:.2f} s). What bounds it: the server's Python "
-        f"imports (onnxruntime, numpy, aiohttp, grpc) take "
+        f"imports (`kubeinfer_onnx.server` and `.model`: onnxruntime, numpy, protobuf) take "
         f"{report['ours_imports']['imports_s']['median']:.2f} s of it on these cores; the rest "
         "is loading the model, opening three listeners, and CPU shared with the neighbours.",
         "- Not measured here: pulling. A node pulls the gzip layers once per image version; at "

@@ -65,9 +65,15 @@ class ImageSpec:
 IMAGES = (
     # The operator, also the storage initializer (`kubeinfer storage-init`) and the router
     # (`kubeinfer-router`, which the operator's router Deployments run).
-    ImageSpec("operator", "docker/operator.Dockerfile", ("VERSION", "operator", "router")),
     ImageSpec(
-        "onnx-server", "runtimes/onnxruntime/Dockerfile", ("VERSION", "runtimes/onnxruntime")
+        "operator",
+        "docker/operator.Dockerfile",
+        ("VERSION", "constraints-dev.txt", "operator", "router"),
+    ),
+    ImageSpec(
+        "onnx-server",
+        "runtimes/onnxruntime/Dockerfile",
+        ("VERSION", "constraints-dev.txt", "runtimes/onnxruntime"),
     ),
     # The ONNX server with onnxruntime-gpu, CUDA and cuDNN from NVIDIA's wheels (several GB)
     # and nvidia-ml-py: only when asked for (IMAGES=onnx-server-gpu make images); this machine
@@ -75,7 +81,7 @@ IMAGES = (
     ImageSpec(
         "onnx-server-gpu",
         "runtimes/onnxruntime/Dockerfile",
-        ("VERSION", "runtimes/onnxruntime"),
+        ("VERSION", "constraints-dev.txt", "runtimes/onnxruntime"),
         build_args=(("DEVICE", "gpu"),),
         repository="onnx-server",
         tag_suffix="-gpu",

@@ -51,11 +51,16 @@ requirements() {
   "$PY_SYS" runtimes/onnxruntime/requirements.py --device gpu
   echo "pydantic>=2.6"  # the operator's pure core (api models); nothing else of the operator
 }
+# Installed without their own dependencies, as in the image (requirements.py says which).
+bare_requirements() {
+  "$PY_SYS" runtimes/onnxruntime/requirements.py --device gpu --no-deps
+}
 
 if [[ "${1:-}" == "--download" ]]; then
   [[ -n "${2:-}" ]] || { echo "usage: $0 --download DIR" >&2; exit 2; }
   mkdir -p "$2"
   "$PY_SYS" -m pip download -d "$2" -r <(requirements)
+  "$PY_SYS" -m pip download -d "$2" --no-deps -r <(bare_requirements)
   echo "wheelhouse ready: KUBEINFER_WHEELHOUSE=$2 bash tests/device/run.sh (on the GPU machine)"
   exit 0
 fi
@@ -76,6 +81,7 @@ pip_args=(-q)
 # The CPU wheel shares the onnxruntime module: never both (requirements.py says why).
 "$VENV/bin/python" -m pip uninstall -q -y onnxruntime 2>/dev/null || true
 "$VENV/bin/python" -m pip install "${pip_args[@]}" -r <(requirements)
+"$VENV/bin/python" -m pip install "${pip_args[@]}" --no-deps -r <(bare_requirements)
 "$VENV/bin/python" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
 echo "== prove"

@@ -118,6 +118,18 @@ def test_image_runs_as_uid_1000_read_only_without_capabilities(served: Served) -
     assert "ro" in pods.root_mount_options(pid)
 
 
+def test_the_image_leaves_out_what_the_server_never_imports(imageset: Images) -> None:
+    """tritonclient installed without its dependencies (the server uses two generated message
+    modules of it, which need protobuf alone) and grpcio only in the `grpcio` extra: 27 MB
+    that no server in the image imports (grpcio, python-rapidjson, urllib3; tritonclient's
+    ml_dtypes stays, onnx needs it). test_grpc_inference_numerics serves gRPC without them."""
+    (site,) = imageset.rootfs("onnx-server").glob("opt/venv/lib/python3*/site-packages")
+    assert (site / "tritonclient" / "grpc" / "service_pb2.py").is_file()
+    assert (site / "google" / "protobuf").is_dir()
+    left_in = [p.name for name in ("grpc", "rapidjson*", "urllib3") for p in site.glob(name)]
+    assert not left_in, f"the image installs what the server never imports: {left_in}"
+
+
 def test_http_inference_numerics(served: Served, model_repo: pathlib.Path) -> None:
     client = httpclient.InferenceServerClient(f"127.0.0.1:{served.http}")
     assert client.is_server_ready() and client.is_model_ready(MODEL)

@@ -36,9 +36,11 @@ def _messages() -> tuple[Any, Any]:
 
     Without running `tritonclient.grpc`'s package init when nothing has yet: that imports
     grpcio, tritonclient's client and packaging (~0.15 s of every start, a fifth of it) for
-    nothing this server uses. A bare package stands in while the two modules load; it is then
-    removed, so a later `import tritonclient.grpc` runs the real init, which finds the two
-    modules already loaded and uses them (protobuf registers each descriptor once).
+    nothing this server uses, and the image installs tritonclient without them (the two
+    modules need protobuf alone), so there it could not run at all. A bare package stands in
+    while the two modules load; it is then removed, so a later `import tritonclient.grpc`
+    runs the real init, which finds the two modules already loaded and uses them (protobuf
+    registers each descriptor once).
     """
     spec = None if _PACKAGE in sys.modules else importlib.util.find_spec(_PACKAGE)
     if spec is not None and spec.submodule_search_locations is not None:

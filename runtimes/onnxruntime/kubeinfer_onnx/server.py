@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import importlib.util
 import logging
 import math
 import os
@@ -177,6 +178,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.grpc_frontend == "grpcio" and importlib.util.find_spec("grpc") is None:
+        parser.error(
+            "--grpc-frontend grpcio needs grpcio, which is not installed here (the server "
+            "image leaves it out): pip install 'kubeinfer-onnx[grpcio]', or use the default "
+            "frontend, --grpc-frontend fast"
+        )
     try:  # Bad TLS flags or files fail once, here, naming the flag or the file.
         args.grpc_tls = tls.from_args(args) if args.allow_grpc else None
     except tls.TlsError as exc:

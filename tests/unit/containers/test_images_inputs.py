@@ -193,3 +193,30 @@ def test_build_arguments_change_the_digest_and_none_keep_it(tmp_path: pathlib.Pa
     gpu = images.inputs_digest(ctx, **args, build_args=(("DEVICE", "gpu"),))
     assert gpu != plain
     assert images.inputs_digest(ctx, **args, build_args=(("DEVICE", "cpu"),)) not in (gpu, plain)
+
+
+def _copied(dockerfile: str) -> list[str]:
+    """The build-context paths a Dockerfile's COPY instructions read (not --from= stages)."""
+    sources: list[str] = []
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from=") for w in words):
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
+@pytest.mark.parametrize("spec", images.IMAGES, ids=lambda spec: spec.name)
+def test_what_each_dockerfile_copies_is_an_input_its_dockerignore_lets_through(
+    spec: images.ImageSpec,
+) -> None:
+    """`make images` stages only the spec's inputs (and digests only them), and BuildKit sends
+    only what the Dockerfile's .dockerignore lets through: a file COPY reads must be in both
+    (constraints-dev.txt was added to all three at once)."""
+    dockerfile = images.REPO / spec.dockerfile
+    ignore = pathlib.Path(f"{dockerfile}.dockerignore").read_text().split()
+    copied = _copied(dockerfile.read_text())
+    assert "constraints-dev.txt" in copied
+    for source in copied:
+        covering = [i for i in spec.inputs if source == i or source.startswith(f"{i}/")]
+        assert covering, f"{spec.dockerfile} copies {source}, not in {spec.inputs}"
+        assert f"!{covering[0]}" in ignore or f"!{covering[0]}/" in ignore, (source, ignore)
