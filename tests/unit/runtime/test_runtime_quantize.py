@@ -16,7 +16,6 @@ import pytest
 
 from kubeinfer_onnx import quantize
 from tests.integration.runtime import runtime_models
-from tests.waiting import wait_for
 
 # The INT8 copy answers close to the FP32 model (test_runtime_extras measures the heavy one).
 TOLERANCE = 0.05
@@ -65,11 +64,10 @@ def test_nothing_is_written_beside_the_original(
 
 
 _QUANTIZE_WHEN_TOLD = """
-import pathlib, sys, time
+import pathlib, sys
 from kubeinfer_onnx import quantize
-go = pathlib.Path(sys.argv[3])
-while not go.exists():
-    time.sleep(0.001)
+print("ready", flush=True)
+sys.stdin.readline()
 print(quantize.quantize_int8(pathlib.Path(sys.argv[1]), scratch=pathlib.Path(sys.argv[2])))
 """
 
@@ -78,10 +76,11 @@ def test_processes_quantizing_one_model_at_once_share_one_copy(tmp_path: pathlib
     """Each worker of a `--workers 2` server quantizes its models as it loads them; both at
     once once made one delete the other's shape-inferred copy (FileNotFoundError, the worker
     exited and took the server down)."""
-    source, scratch, go = heavy(tmp_path), tmp_path / "scratch", tmp_path / "go"
+    source, scratch = heavy(tmp_path), tmp_path / "scratch"
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", _QUANTIZE_WHEN_TOLD, str(source), str(scratch), str(go)],
+            [sys.executable, "-c", _QUANTIZE_WHEN_TOLD, str(source), str(scratch)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -89,9 +88,15 @@ def test_processes_quantizing_one_model_at_once_share_one_copy(tmp_path: pathlib
         for _ in range(3)
     ]
     try:
-        # Past their imports (the scratch folder is made first thing), then all told at once.
-        wait_for(lambda: all(p.poll() is None for p in processes), 1, "the processes to start")
-        go.touch()
+        # Every process past its imports, then all told at once.
+        for process in processes:
+            assert process.stdout is not None and process.stderr is not None
+            if process.stdout.readline() != "ready\n":  # It exited: say why.
+                pytest.fail(f"a quantizing process did not start:\n{process.stderr.read()}")
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
         outputs = [p.communicate(timeout=120) for p in processes]
     finally:
         for process in processes:
