@@ -14,11 +14,14 @@ spec the operator generated, rewritten only where a container and a host differ.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import re
 import sys
 from collections.abc import Mapping
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 # Pods carrying this label are run by the local kubelet (init containers, then the serving
 # container as real processes on the pod's IP, probes decide Ready); kwok only fakes the rest.
@@ -293,6 +296,21 @@ def binds(container: Mapping[str, Any], volumes: Mapping[str, pathlib.Path]) -> 
     return tuple(out)
 
 
+def resource_field(container: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    """A downward-API resourceFieldRef's value as a kubelet computes it: the container's own
+    request or limit over the divisor, rounded up. A kubelet would give the node's allocatable
+    for a limit the container lacks; the operator never asks for one, so that is Unsupported."""
+    name = str(container["name"])
+    if ref.get("containerName", name) != name:
+        raise Unsupported(f"container {name}: resourceFieldRef to another container")
+    kind, _, resource = str(ref.get("resource", "")).partition(".")
+    value = ((container.get("resources") or {}).get(kind) or {}).get(resource)
+    if kind not in ("requests", "limits") or resource not in ("cpu", "memory") or value is None:
+        raise Unsupported(f"container {name}: resourceFieldRef {ref.get('resource')!r} is unset")
+    divisor = parse_quantity(str(ref.get("divisor", "1")))
+    return str(math.ceil(parse_quantity(str(value)) / divisor))
+
+
 def container_plan(
     container: Mapping[str, Any],
     *,
@@ -315,6 +333,10 @@ def container_plan(
             raise Unsupported(f"container {name}: envFrom {ref!r} is not available")
         env.update(secrets[ref])
     for item in container.get("env") or []:
+        field_ref = (item.get("valueFrom") or {}).get("resourceFieldRef")
+        if field_ref is not None:
+            env[item["name"]] = resource_field(container, field_ref)
+            continue
         key_ref = (item.get("valueFrom") or {}).get("secretKeyRef")
         if key_ref is not None:
             # The kubelet (volume_contents) fetched it and checked the key.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from decimal import Decimal
 from typing import Annotated, Any
 
 import pydantic
@@ -250,6 +251,22 @@ class GPUSpec(_Model):
 class ResourceList(_Model):
     cpu: Annotated[str | None, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$")] = None
     memory: Annotated[str | None, Field(pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$")] = None
+
+
+# The suffixes the patterns above admit, as Kubernetes reads them.
+_QUANTITY_SUFFIXES: dict[str, Decimal] = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("KMGTPE")},
+    **{s + "i": Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
+}
+
+
+def quantity(text: str) -> Decimal:
+    """A ResourceList value in cores or bytes: "2000m" and "2" are equal, as "1Gi" and
+    "1024Mi" are (Kubernetes compares quantities, not their spellings)."""
+    number = text.rstrip("mKMGTPEi")
+    return Decimal(number) * _QUANTITY_SUFFIXES[text[len(number) :]]
 
 
 class Resources(_Model):
@@ -671,7 +688,15 @@ class InferenceServiceSpec(_Model):
             description="InferenceRuntime name; chosen by format and priority when absent.",
         ),
     ] = None
-    resources: Resources = Resources()
+    resources: Annotated[
+        Resources,
+        Field(
+            description="The server container's CPU and memory. Limits in whole CPUs with "
+            "requests equal (or unset) make a Guaranteed pod, model download included: on a "
+            "node whose kubelet runs the static CPU manager policy its cores are its own, "
+            "and kubeinfer's ONNX server then lets onnxruntime spin on them.",
+        ),
+    ] = Resources()
     gpu: GPUSpec = GPUSpec()
     batching: BatchingSpec = BatchingSpec()
     scaling: ScalingSpec = ScalingSpec()

@@ -31,6 +31,10 @@ CONFIG_ANNOTATION = "kubeinfer.io/model-config"
 GENERATED_CONFIG_DIR = "/etc/kubeinfer/model-config"
 # The ONNX server's device setting (kubeinfer_onnx.device.ENV; the packages share no code).
 DEVICE_ENV = "KUBEINFER_DEVICE"
+# The server container's CPU limit in millicores, from the downward API (kubeinfer_onnx.cpus.
+# LIMIT_ENV): with it the ONNX server can tell cores it owns where the kubelet pinned them and
+# dropped the CFS quota, which is the only other place the limit shows.
+CPU_LIMIT_ENV = "KUBEINFER_CPU_LIMIT_MILLICORES"
 # Where a service's gRPC TLS Secret is mounted, and the variables that name its files in the
 # runtime's TLS arguments (api.RuntimeGrpcTLS).
 GRPC_TLS_VOLUME = "grpc-tls"
@@ -181,6 +185,35 @@ def _resources(spec: api.InferenceServiceSpec) -> dict[str, Any]:
     return out
 
 
+def _guaranteed(spec: api.InferenceServiceSpec) -> dict[str, str] | None:
+    """The server's CPU and memory limits when its resources make the pod Guaranteed (each
+    has a limit, and a request that is unset, defaulting to the limit, or equal to it); else
+    None. The other containers must then match (_init_resources)."""
+    requests, limits = spec.resources.requests, spec.resources.limits
+    out: dict[str, str] = {}
+    for name in ("cpu", "memory"):
+        limit, request = getattr(limits, name), getattr(requests, name)
+        if limit is None:
+            return None
+        if request is not None and api.quantity(request) != api.quantity(limit):
+            return None
+        out[name] = limit
+    return out
+
+
+def _init_resources(spec: api.InferenceServiceSpec) -> dict[str, Any]:
+    """The storage initializer's resources. Kubernetes calls a pod Guaranteed only when every
+    container, init containers included, has requests equal to limits; so a server asked for
+    that gets an initializer with its own figures, or the init container alone would make the
+    pod Burstable, and the static CPU manager pins only Guaranteed pods' whole CPUs. That
+    costs no room on the node: a pod requests the larger of its largest init container's and
+    the sum of its containers' resources."""
+    guaranteed = _guaranteed(spec)
+    if guaranteed is not None:
+        return {"requests": dict(guaranteed), "limits": dict(guaranteed)}
+    return {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+
+
 _RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -254,7 +287,7 @@ def _storage(
             f"--file-name={triton.model_file_name(spec.model.format)}",
         ],
         "volumeMounts": [*plan.init_container["volumeMounts"], tmp],
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": _init_resources(spec),
         "securityContext": _RESTRICTED_CONTAINER,
     }
     if merge_config:
@@ -342,6 +375,20 @@ def _server_container(
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
+    if spec.resources.limits.cpu is not None:
+        # Only with a limit: without one the downward API would give the node's allocatable.
+        container["env"].append(
+            {
+                "name": CPU_LIMIT_ENV,
+                "valueFrom": {
+                    "resourceFieldRef": {
+                        "containerName": container["name"],
+                        "resource": "limits.cpu",
+                        "divisor": "1m",
+                    }
+                },
+            }
+        )
     return container
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from kubeinfer_onnx import cpus
+
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 
 _NUMPY_OF = {
@@ -136,8 +138,6 @@ def measure(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from kubeinfer_onnx.server import default_threads
-
     parser = argparse.ArgumentParser(prog="kubeinfer-onnx-profile", description=__doc__)
     parser.add_argument("model", type=pathlib.Path, help="an .onnx file")
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
@@ -146,8 +146,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=default_threads(),
-        help="intra-op threads (default: the cgroup CPU limit)",
+        default=cpus.Cpus.read().usable,
+        help="intra-op threads (default: the CPU limit, else the cores this process may run on)",
     )
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument(

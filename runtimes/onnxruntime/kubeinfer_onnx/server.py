@@ -16,7 +16,6 @@ import dataclasses
 import gc
 import importlib.util
 import logging
-import math
 import os
 import pathlib
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 import onnxruntime as ort
 
 from kubeinfer_onnx import (
+    cpus,
     device,
     grpc_fastpath,
     grpc_server,
@@ -41,31 +41,6 @@ from kubeinfer_onnx import (
 )
 
 log = logging.getLogger("kubeinfer_onnx")
-
-
-def cgroup_cpu_limit(root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int | None:
-    """The container's CPU limit rounded up, from cgroup v2 `cpu.max` or v1 quota/period."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, math.ceil(int(quota) / int(period)))
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 else None
-
-
-def default_threads() -> int:
-    """The CPU limit, else the CPUs this process may run on; never the host's raw core count."""
-    limit = cgroup_cpu_limit()
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    candidates = [n for n in (limit, affinity) if n]
-    return min(candidates) if candidates else 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -103,7 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--intra-op-threads",
         type=int,
         default=None,
-        help="onnxruntime intra-op threads (default: the cgroup CPU limit)",
+        help="onnxruntime intra-op threads (default: the CPU limit, else the cores this "
+        "process may run on)",
     )
     parser.add_argument("--inter-op-threads", type=int, default=1)
     parser.add_argument(
@@ -117,10 +93,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--allow-spinning",
-        type=_bool,
-        default=False,
-        help="let onnxruntime threads busy-wait between runs (lower latency "
-        "when cores are to spare, wasted CPU when they are not)",
+        type=_bool_or_auto,
+        default=None,
+        help="let onnxruntime threads busy-wait between runs (lower latency when cores are "
+        "to spare, wasted CPU and quota when they are not): true, false, or auto (the "
+        "default): " + cpus.SPIN_RULE,
     )
     parser.add_argument(
         "--emulate-device-ms",
@@ -204,6 +181,10 @@ def _workers(text: str) -> int | None:
     return count
 
 
+def _bool_or_auto(text: str) -> bool | None:
+    return None if text.lower() == "auto" else _bool(text)
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -220,12 +201,13 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT (or until cancelled), then drain and return. `peers`: this
     process is one of several workers on the same ports."""
-    threads = args.intra_op_threads or default_threads()
+    host = cpus.Cpus.read()
+    threads = args.intra_op_threads or host.usable
     options = model.ServerOptions(
         intra_op_threads=threads,
         inter_op_threads=args.inter_op_threads,
         max_queue_size=args.max_queue_size,
-        spin=args.allow_spinning,
+        spin=_spinning(args, host, threads),
         emulate_device_s=args.emulate_device_ms / 1000.0,
         device=args.device,
     )
@@ -491,24 +473,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _auto_workers(args: argparse.Namespace) -> int:
     """`--workers auto`, from where the models compute, the CPU and memory limits and the size
-    of what would be loaded (a broken repository counts as nothing: it fails in the worker)."""
+    of what would be loaded."""
     providers = device.choose_providers(args.device, ort.get_available_providers())
+    return workers.default_count(
+        cpus=cpus.Cpus.read().usable,
+        on_device=providers[0] != device.CPU_PROVIDER or args.emulate_device_ms > 0,
+        model_bytes=_model_bytes(args),
+        memory_limit=workers.cgroup_memory_limit(),
+    )
+
+
+def _model_bytes(args: argparse.Namespace) -> int:
+    """The size on disk of what this server loads (a broken repository counts as nothing: it
+    fails when loaded)."""
     try:
         entries = list(repository.scan(args.model_repository).values())
     except repository.RepositoryError:
-        entries = []
-    paths = [
-        path
+        return 0
+    return sum(
+        path.stat().st_size
         for entry in entries
         for number, path in entry.versions.items()
         if not args.latest_version_only or number == entry.latest_version
-    ]
-    return workers.default_count(
-        cpus=default_threads(),
-        on_device=providers[0] != device.CPU_PROVIDER or args.emulate_device_ms > 0,
-        model_bytes=sum(path.stat().st_size for path in paths),
-        memory_limit=workers.cgroup_memory_limit(),
     )
+
+
+def _spinning(args: argparse.Namespace, host: cpus.Cpus, threads: int) -> bool:
+    """`--allow-spinning`, with auto decided here and the decision logged."""
+    if args.allow_spinning is not None:
+        return bool(args.allow_spinning)
+    spin, why = cpus.spin_by_default(
+        host, workers=args.workers or 1, intra_op_threads=threads, model_bytes=_model_bytes(args)
+    )
+    log.info("onnxruntime threads spin between runs: %s (auto: %s)", "on" if spin else "off", why)
+    return spin
 
 
 def _serve_until_stopped(args: argparse.Namespace, peers: workers.Peers | None = None) -> int:

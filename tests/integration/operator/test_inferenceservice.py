@@ -207,6 +207,35 @@ def test_every_example_becomes_ready(
     has_pdb = manifest.get("scaling", {}).get("minReplicas", 1) >= 2
     pdbs = client.PolicyV1Api(cluster.api).list_namespaced_pod_disruption_budget(namespace).items
     assert bool(pdbs) == has_pdb
+    if example == "onnx-cpu.yaml":  # requests equal to limits: the API server calls it so
+        pods = cluster.core.list_namespaced_pod(namespace).items
+        assert pods and {p.status.qos_class for p in pods} == {"Guaranteed"}
+
+
+def test_a_guaranteed_server_with_a_model_download_is_a_guaranteed_pod(
+    cluster: ClusterHandle, operator: OperatorProcess, namespace: str
+) -> None:
+    """The storage initializer counts in the pod's QoS class (the API server computes it):
+    it takes the server's figures, or the static CPU manager would never pin the server. The
+    server is told its CPU limit; a Burstable service keeps the small initializer."""
+    whole = {"limits": {"cpu": "1", "memory": "512Mi"}}
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("whole", gpu={"count": 0}, resources=whole)))
+    apply_yaml(cluster, namespace, yaml.safe_dump(isvc("shared", gpu={"count": 0})))
+
+    def qos() -> dict[str, str] | None:
+        pods = cluster.core.list_namespaced_pod(namespace).items
+        by_service = {p.metadata.labels.get("kubeinfer.io/inferenceservice"): p for p in pods}
+        if set(by_service) != {"whole", "shared"}:
+            return None
+        return {name: p.status.qos_class for name, p in by_service.items()}
+
+    assert wait_for(qos, 40, "a pod of each service") == {
+        "whole": "Guaranteed",
+        "shared": "Burstable",
+    }
+    server = deployment(cluster, namespace, "whole").spec.template.spec.containers[0]
+    limit = next(e for e in server.env if e.name == "KUBEINFER_CPU_LIMIT_MILLICORES")
+    assert limit.value_from.resource_field_ref.resource == "limits.cpu"
 
 
 def test_gpu_exhaustion_sets_waiting_condition_and_clears_on_new_node(

@@ -80,6 +80,17 @@ def test_annotations_emulate_a_device_and_a_cold_start() -> None:
     assert "--emulate-device-ms=40" not in result.init[0].argv
 
 
+def test_the_cpu_limit_reaches_the_server_as_a_kubelet_computes_it() -> None:
+    """The downward API's limits.cpu in millicores, rounded up as a kubelet rounds it."""
+    for cpu, millicores in (("2", "2000"), ("1500m", "1500"), ("0.0005", "1")):
+        pod = onnx_pod(extra={"resources": {"limits": {"cpu": cpu, "memory": "1Gi"}}})
+        result = plan.pod_plan(
+            pod, ip=IP, sandbox=SANDBOX, contents=config_contents(pod), secrets={}
+        )
+        assert result.main[0].env[builders.CPU_LIMIT_ENV] == millicores
+        assert builders.CPU_LIMIT_ENV not in result.init[0].env
+
+
 def test_credentials_reach_the_init_container_only() -> None:
     pod = onnx_pod()
     pod["spec"]["initContainers"][0]["envFrom"] = [{"secretRef": {"name": "creds"}}]
@@ -123,6 +134,12 @@ def test_a_grpc_tls_pod_gets_its_secret_as_files_and_its_checks_as_values() -> N
         (
             lambda p: p["spec"]["initContainers"][0].update(image="busybox:1"),
             "image 'busybox:1'",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "N", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}
+            ),
+            "resourceFieldRef 'limits.cpu' is unset",
         ),
     ],
 )

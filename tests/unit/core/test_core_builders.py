@@ -189,6 +189,51 @@ def test_the_server_is_told_its_device_by_gpu_count(gpu: dict[str, Any], device:
     assert {"name": "KUBEINFER_DEVICE", "value": device} in env
 
 
+WHOLE = {"cpu": "2", "memory": "1Gi"}
+
+
+@pytest.mark.parametrize(
+    ("resources", "init"),
+    [
+        # Limits alone (requests default to them) or equal requests, in any spelling: the
+        # initializer gets the server's figures, so the whole pod is Guaranteed.
+        ({"limits": WHOLE}, {"requests": WHOLE, "limits": WHOLE}),
+        (
+            {"requests": {"cpu": "2000m", "memory": "1024Mi"}, "limits": WHOLE},
+            {"requests": WHOLE, "limits": WHOLE},
+        ),
+        # Burstable servers keep the initializer's own small request.
+        ({"limits": {"cpu": "2"}}, None),
+        ({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": WHOLE}, None),
+        ({}, None),
+    ],
+)
+def test_a_guaranteed_server_makes_a_guaranteed_pod(
+    resources: dict[str, Any], init: dict[str, Any] | None
+) -> None:
+    """Kubernetes counts init containers in a pod's QoS class: a Burstable initializer would
+    keep the static CPU manager from pinning the server's whole CPUs."""
+    dep = builders.build_deployment(OWNER, spec(resources=resources), "onnxruntime", ONNX_RT)
+    [initializer] = dep["spec"]["template"]["spec"]["initContainers"]
+    default = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+    assert initializer["resources"] == (init or default)
+
+
+@pytest.mark.parametrize(("limits", "passed"), [({"cpu": "2"}, True), ({}, False)])
+def test_the_server_is_told_its_cpu_limit_only_when_it_has_one(
+    limits: dict[str, str], passed: bool
+) -> None:
+    """Without a limit the downward API would give the node's allocatable CPU, which the
+    server would take for its own."""
+    dep = builders.build_deployment(
+        OWNER, spec(resources={"limits": limits}), "onnxruntime", ONNX_RT
+    )
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    ref = {"containerName": "server", "resource": "limits.cpu", "divisor": "1m"}
+    expected = {"name": builders.CPU_LIMIT_ENV, "valueFrom": {"resourceFieldRef": ref}}
+    assert (expected in env) is passed
+
+
 @pytest.mark.parametrize(
     ("gpu_image", "gpu", "image"),
     [

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubeinfer import telemetry
 from kubeinfer.core import api, builders, metrics
 from kubeinfer.core.scaling import decide
+from kubeinfer_onnx import cpus as onnx_cpus
 from kubeinfer_onnx import device as onnx_device
 from kubeinfer_onnx import metrics as onnx_metrics
 
@@ -136,3 +137,8 @@ def test_the_device_setting_has_one_name() -> None:
     """The builder's env var is the server's (the packages share no code, so a test ties them)."""
     assert builders.DEVICE_ENV == onnx_device.ENV
     assert {onnx_device.Device(v) for v in ("gpu", "cpu")} <= set(onnx_device.Device)
+
+
+def test_the_cpu_limit_setting_has_one_name() -> None:
+    """The downward-API variable the builder sets is the one the server reads."""
+    assert builders.CPU_LIMIT_ENV == onnx_cpus.LIMIT_ENV

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from kubeinfer_onnx import cache, repository, server
+from kubeinfer_onnx import cache, repository
 
 
 def test_cache_key_is_exact() -> None:
@@ -89,21 +89,3 @@ def test_empty_or_missing_repository(tmp_path: pathlib.Path) -> None:
         repository.scan(tmp_path)
     with pytest.raises(repository.RepositoryError, match="not a directory"):
         repository.scan(tmp_path / "missing")
-
-
-@pytest.mark.parametrize(
-    ("files", "limit"),
-    [
-        ({"cpu.max": "150000 100000\n"}, 2),
-        ({"cpu.max": "50000 100000\n"}, 1),
-        ({"cpu.max": "max 100000\n"}, None),
-        ({"cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"}, 4),
-        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-        ({}, None),
-    ],
-)
-def test_cgroup_cpu_limit(tmp_path: pathlib.Path, files: dict[str, str], limit: int | None) -> None:
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert server.cgroup_cpu_limit(tmp_path) == limit

@@ -1,0 +1,114 @@
+"""The CPUs the ONNX server reads (kubeinfer_onnx.cpus): the limit, the intra-op default, and
+when `--allow-spinning auto` lets onnxruntime's threads spin."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from kubeinfer_onnx import cpus, server
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "50000 100000\n"}, 0.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"}, 4.0),
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_limit(
+    tmp_path: pathlib.Path, files: dict[str, str], limit: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpus.cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_the_limit_comes_from_the_pod_spec_when_the_cgroup_has_no_quota(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A kubelet that pins whole cores may drop the CFS quota; the operator's downward-API
+    variable still says how many cores are the container's. The quota wins when both exist."""
+    env = {cpus.LIMIT_ENV: "2000"}
+    assert cpus.Cpus.read(tmp_path, env).limit == 2.0
+    assert cpus.Cpus.read(tmp_path, {cpus.LIMIT_ENV: "not a number"}).limit is None
+    assert cpus.Cpus.read(tmp_path, {}).limit is None
+    (tmp_path / "cpu.max").write_text("300000 100000\n")
+    assert cpus.Cpus.read(tmp_path, env).limit == 3.0
+
+
+@pytest.mark.parametrize(
+    ("host", "usable"),
+    [
+        (cpus.Cpus(limit=1.5, allowed=8, online=8), 2),  # the limit, rounded up
+        (cpus.Cpus(limit=0.25, allowed=8, online=8), 1),
+        (cpus.Cpus(limit=None, allowed=3, online=8), 3),  # the affinity, never the host's 8
+        (cpus.Cpus(limit=16.0, allowed=4, online=8), 4),  # a limit above the affinity
+    ],
+)
+def test_intra_op_threads_default_to_the_cpus_the_process_can_use(
+    host: cpus.Cpus, usable: int
+) -> None:
+    assert host.usable == usable
+
+
+PINNED = cpus.Cpus(limit=2.0, allowed=2, online=16)
+BIG = 34 << 20  # the bench's heavy model
+
+
+@pytest.mark.parametrize(
+    ("host", "workers", "threads", "spin", "why"),
+    [
+        # The static CPU manager's Guaranteed container: its own two cores.
+        (PINNED, 1, 2, True, "pinned to 2 of the host's 16 cores"),
+        (PINNED, 1, 1, True, "pinned"),
+        # Two workers' threads would spin against each other on the same two cores.
+        (PINNED, 2, 2, False, "2 worker(s) x 2 intra-op threads would spin on 2 owned cores"),
+        # Every core of the host: a laptop, a CI runner, a pod under the none policy.
+        (cpus.Cpus(limit=2.0, allowed=16, online=16), 1, 2, False, "all 16 of the host's"),
+        (cpus.Cpus(limit=None, allowed=16, online=16), 1, 2, False, "no CPU limit"),
+        # The static policy's shared pool: a subset, but not the container's whole-core limit.
+        (cpus.Cpus(limit=None, allowed=6, online=16), 1, 2, False, "6 of 16 cores"),
+        (cpus.Cpus(limit=2.0, allowed=6, online=16), 1, 2, False, "a CPU limit of 2"),
+        # A fractional limit is never pinned, even where the pool happens to be that size.
+        (cpus.Cpus(limit=1.5, allowed=2, online=16), 1, 1, False, "a CPU limit of 1.5"),
+    ],
+)
+def test_auto_spins_only_on_cores_the_process_owns(
+    host: cpus.Cpus, workers: int, threads: int, spin: bool, why: str
+) -> None:
+    decided, reason = cpus.spin_by_default(
+        host, workers=workers, intra_op_threads=threads, model_bytes=BIG
+    )
+    assert decided is spin
+    assert why in reason
+
+
+def test_small_models_do_not_spin_even_on_owned_cores() -> None:
+    """Their bound is the event loop, whose CPU spinning threads would take."""
+    decided, reason = cpus.spin_by_default(
+        PINNED, workers=1, intra_op_threads=2, model_bytes=5 << 20
+    )
+    assert decided is False
+    assert "models of 5.0 MiB: the event loop is the bound" in reason
+
+
+@pytest.mark.parametrize(("text", "value"), [("auto", None), ("true", True), ("off", False)])
+def test_allow_spinning_takes_auto_true_or_false(text: str, value: bool | None) -> None:
+    args = server.parse_args(["--model-repository", "/models", "--allow-spinning", text])
+    assert args.allow_spinning is value
+
+
+def test_allow_spinning_defaults_to_auto() -> None:
+    assert server.parse_args(["--model-repository", "/models"]).allow_spinning is None
+
+
+def test_allow_spinning_rejects_other_words() -> None:
+    with pytest.raises(SystemExit):
+        server.parse_args(["--model-repository", "/models", "--allow-spinning", "sometimes"])
