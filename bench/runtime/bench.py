@@ -14,9 +14,11 @@ install that `make triton` keeps in the same cache (kubeinfer_cluster.triton.ins
 the ONNX file through a python-backend model.py (triton_model.py) running onnxruntime. Nothing
 of either is committed.
 
-Both servers: the same ONNX files, the same intra-op threads, dynamic batching with no queue
-delay, max batch 128. Each as it serves best here: ours with its default `--workers auto` (two
-processes on a 2-core host, each with a copy of the models), Triton with one instance
+Both servers: the same ONNX files, the same cores (`--threads`: Triton's intra-op threads per
+instance; ours is given that CPU limit as a pod's, and sizes its workers and their threads
+from it), dynamic batching with no queue delay, max batch 128. Each as it serves best here:
+ours with its defaults (`--workers auto`: two processes on a 2-core limit for the small model,
+each with a copy of it and one intra-op thread), Triton with one instance
 (`--triton-instances`; two python-backend stubs served less at every point tried, RESULTS.md).
 Each point is one perf_analyzer run per server (batch-1
 requests of random data, closed loop at that concurrency, 3 windows within 100 % of each
@@ -55,6 +57,7 @@ import report  # noqa: E402  (this folder's renderer)
 import runtime_models  # noqa: E402  (the test suite's model builders, shared, not copied)
 
 from kubeinfer_cluster.triton import install as triton_install  # noqa: E402
+from kubeinfer_onnx.cpus import LIMIT_ENV  # noqa: E402
 
 CACHE = pathlib.Path(
     os.environ.get("KUBEINFER_BENCH_CACHE", pathlib.Path.home() / ".cache" / "kubeinfer")
@@ -156,8 +159,6 @@ def commands(
         str(OURS["grpc"]),
         "--metrics-port",
         str(OURS["metrics"]),
-        "--intra-op-threads",
-        str(threads),
         "--max-queue-size",
         "1024",
         "--log-level",
@@ -184,7 +185,10 @@ def commands(
         "--log-info",
         "false",
     ]
-    return {"ours": (ours, dict(os.environ)), "triton": (tritonserver, triton.env())}
+    # Ours is told the cores as a pod's CPU limit (as the operator passes it), not a thread
+    # count: it sizes its workers and their intra-op threads from it, as it does in a pod.
+    ours_env = dict(os.environ, **{LIMIT_ENV: str(1000 * threads)})
+    return {"ours": (ours, ours_env), "triton": (tritonserver, triton.env())}
 
 
 def is_ready(port: int, models: list[str]) -> bool:
@@ -420,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {list(MODELS)}")
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--starts", type=int, default=5, help="timed starts of each server")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, both servers")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="cores per server: Triton's intra-op threads, ours' CPU limit",
+    )
     parser.add_argument(
         "--triton-instances",
         type=int,
@@ -457,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": os.getloadavg(),
         "python_loop_s_before": python_loop_s(),
         "threads": args.threads,
+        "ours_cpu_limit": args.threads,
         "triton_instances": args.triton_instances,
         "interval_ms": args.interval_ms,
         "models": {m: MODELS[m][1] for m in models},

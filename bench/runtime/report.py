@@ -69,7 +69,7 @@ def render(result: dict[str, Any]) -> str:
         f"{v['onnxruntime_triton']}, its only CPU path for ONNX here). Ours: "
         f"kubeinfer-onnx-server, onnxruntime {v['onnxruntime_ours']}, aiohttp "
         f"{v['aiohttp_ours']}, " + _grpc_frontend(result) + f", Python {v['python']}.",
-        f"- Both: {result['threads']} intra-op threads, dynamic batching with no queue delay "
+        f"- Both: {_threads(result)}, dynamic batching with no queue delay "
         "(Triton's default, its best for latency here), max batch 128; "
         f"{_copies(result)}.",
         f"- Command: `{result['command']}`",
@@ -193,6 +193,16 @@ def _unstable(point: dict[str, Any]) -> str:
 
 def _batches(result: dict[str, Any]) -> list[str]:
     return list(next(iter(result.get("onnxruntime_alone", {}).values()), {}))
+
+
+def _threads(result: dict[str, Any]) -> str:
+    # Runs before 2026-12-05 03:40 gave ours the thread count, not a CPU limit.
+    if "ours_cpu_limit" not in result:
+        return f"{result['threads']} intra-op threads"
+    return (
+        f"{result['threads']} cores (Triton: intra-op threads per instance; ours: a CPU limit "
+        "of that many cores, as a pod's, shared among its workers' intra-op threads)"
+    )
 
 
 def _copies(result: dict[str, Any]) -> str:

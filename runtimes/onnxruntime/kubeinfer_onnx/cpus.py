@@ -2,8 +2,9 @@
 
 Owns: reading the container's CPU limit (the cgroup's quota, else the limit the operator
 passes through the downward API), the cores the process may run on (its affinity) and the
-host's; the intra-op thread default (never the host's raw core count); and `--allow-spinning
-auto`, the rule for when onnxruntime's threads may busy-wait between runs.
+host's; the intra-op thread default (those cores shared among the workers, never the host's
+raw core count); and `--allow-spinning auto`, the rule for when onnxruntime's threads may
+busy-wait between runs.
 
 Why spinning needs a rule (bench/runtime/PROFILE.md, 2026-12-05): a compute-bound model served
 1.02-1.21x Triton's throughput at one call and 0.91-0.97x at eight with spinning on, 0.72-0.87x
@@ -69,6 +70,14 @@ class Cpus:
         if self.limit is None:
             return max(1, self.allowed)
         return max(1, min(math.ceil(self.limit), self.allowed))
+
+    def threads_per_worker(self, workers: int) -> int:
+        """The intra-op default: the usable cores shared among the workers. Each worker
+        running `usable` threads of its own oversubscribed the cores (four threads on two for
+        the default two workers) and paid a pool thread's wake-up on every run: with one
+        thread each, the small model served 1-11 % more at every point, c = 1 to 64, both
+        protocols (bench/runtime/threads-ab/)."""
+        return max(1, self.usable // max(1, workers))
 
     @property
     def owned(self) -> bool:

@@ -78,8 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--intra-op-threads",
         type=int,
         default=None,
-        help="onnxruntime intra-op threads (default: the CPU limit, else the cores this "
-        "process may run on)",
+        help="onnxruntime intra-op threads per model in each worker (default: the CPU limit, "
+        "else the cores this process may run on, shared among the workers)",
     )
     parser.add_argument("--inter-op-threads", type=int, default=1)
     parser.add_argument(
@@ -202,7 +202,7 @@ async def serve(
     """Run until SIGTERM/SIGINT (or until cancelled), then drain and return. `peers`: this
     process is one of several workers on the same ports."""
     host = cpus.Cpus.read()
-    threads = args.intra_op_threads or host.usable
+    threads = args.intra_op_threads or host.threads_per_worker(args.workers or 1)
     options = model.ServerOptions(
         intra_op_threads=threads,
         inter_op_threads=args.inter_op_threads,

@@ -58,6 +58,18 @@ def test_intra_op_threads_default_to_the_cpus_the_process_can_use(
     assert host.usable == usable
 
 
+@pytest.mark.parametrize(
+    ("usable", "workers", "threads"), [(2, 1, 2), (2, 2, 1), (8, 2, 4), (3, 2, 1), (1, 2, 1)]
+)
+def test_workers_share_the_cores_among_their_threads(
+    usable: int, workers: int, threads: int
+) -> None:
+    """Each worker with every core's worth of threads oversubscribed them (two workers of two
+    threads on two cores); at least one thread each."""
+    host = cpus.Cpus(limit=float(usable), allowed=16, online=16)
+    assert host.threads_per_worker(workers) == threads
+
+
 PINNED = cpus.Cpus(limit=2.0, allowed=2, online=16)
 BIG = 34 << 20  # the bench's heavy model
 
