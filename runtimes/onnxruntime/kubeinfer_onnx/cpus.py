@@ -4,7 +4,7 @@ Owns: reading the container's CPU limit (the cgroup's quota, else the limit the 
 passes through the downward API), the cores the process may run on (its affinity) and the
 host's; the intra-op thread default (those cores shared among the workers, never the host's
 raw core count); and `--allow-spinning auto`, the rule for when onnxruntime's threads may
-busy-wait between runs.
+busy-wait (Spinning).
 
 Why spinning needs a rule (bench/runtime/PROFILE.md, 2026-12-05): a compute-bound model served
 1.02-1.21x Triton's throughput at one call and 0.91-0.97x at eight with spinning on, 0.72-0.87x
@@ -17,11 +17,19 @@ limit, a strict subset of the node's cores, and no other container is scheduled 
 only for models big enough that compute is the bound: for small ones the event loop is, and
 spinning threads take its CPU (the 5 MB mlp: 1.3-1.7x Triton at one call but 0.58-0.86x at
 eight with spinning, against 0.86-0.97x and 0.95-1.06x without).
+
+Spinning within runs only (onnxruntime's `session.force_spinning_stop`: the threads spin between
+a run's parallel sections and sleep once the last run returns) is the middle way for those
+models on shared cores: on the quiet host the heavy model served 0.83-1.04x Triton with it
+against 0.72-1.01x with spinning off, and with one core busy about as much as with it off
+relative to Triton (1.28-1.54x against 1.23-1.67x) where full spinning lost 11-37 %
+(bench/runtime/spin-ab/).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import pathlib
@@ -37,12 +45,20 @@ CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 LIMIT_ENV = "KUBEINFER_CPU_LIMIT_MILLICORES"
 
 SPIN_RULE = (
-    "on when the process is pinned to cores it owns (its CPU affinity is a strict subset of "
-    "the host's cores and exactly its whole-core CPU limit: a Guaranteed pod on a node with "
-    "the static CPU manager policy), every worker's intra-op threads fit on them, and the "
-    f"models are big enough for compute to be the bound (over {SMALL_MODELS_BYTES >> 20} MiB "
-    "on disk); else off"
+    "off for models small enough for the event loop to be the bound (up to "
+    f"{SMALL_MODELS_BYTES >> 20} MiB on disk); for bigger ones on when the process is pinned "
+    "to cores it owns (its CPU affinity is a strict subset of the host's cores and exactly its "
+    "whole-core CPU limit: a Guaranteed pod on a node with the static CPU manager policy) and "
+    "every worker's intra-op threads fit on them, else in-runs"
 )
+
+
+class Spinning(enum.Enum):
+    """How onnxruntime's pool threads wait for work."""
+
+    OFF = "off"  # they sleep as soon as they have none
+    IN_RUNS = "in-runs"  # they spin between a run's parallel sections, sleep once it returns
+    ON = "on"  # onnxruntime's default: they also spin a while after each run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +111,13 @@ class Cpus:
 
 def spin_by_default(
     cpus: Cpus, *, workers: int, intra_op_threads: int, model_bytes: int
-) -> tuple[bool, str]:
+) -> tuple[Spinning, str]:
     """`--allow-spinning auto` (SPIN_RULE): the choice and the reason, for the log."""
+    if model_bytes <= SMALL_MODELS_BYTES:
+        return Spinning.OFF, (
+            f"models of {model_bytes / (1 << 20):.1f} MiB: the event loop is the bound, and "
+            "spinning threads would take its CPU"
+        )
     if not cpus.owned:
         where = (
             f"{cpus.allowed} of {cpus.online} cores"
@@ -104,19 +125,14 @@ def spin_by_default(
             else f"all {cpus.online} of the host's cores"
         )
         limit = "no CPU limit" if cpus.limit is None else f"a CPU limit of {cpus.limit:g}"
-        return False, f"this process may run on {where} with {limit}: cores it may share"
+        return Spinning.IN_RUNS, f"this process may run on {where} with {limit}: cores it may share"
     threads = workers * intra_op_threads
     if threads > cpus.allowed:
-        return False, (
+        return Spinning.IN_RUNS, (
             f"{workers} worker(s) x {intra_op_threads} intra-op threads would spin on "
             f"{cpus.allowed} owned cores"
         )
-    if model_bytes <= SMALL_MODELS_BYTES:
-        return False, (
-            f"models of {model_bytes / (1 << 20):.1f} MiB: the event loop is the bound, and "
-            "spinning threads would take its CPU"
-        )
-    return True, f"pinned to {cpus.allowed} of the host's {cpus.online} cores, its CPU limit"
+    return Spinning.ON, f"pinned to {cpus.allowed} of the host's {cpus.online} cores, its CPU limit"
 
 
 def cgroup_cpu_limit(root: pathlib.Path = CGROUP_ROOT) -> float | None:

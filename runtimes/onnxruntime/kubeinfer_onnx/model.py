@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from kubeinfer_onnx import batching, cache, device, errors, metrics, quantize, repository
+from kubeinfer_onnx import batching, cache, cpus, device, errors, metrics, quantize, repository
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ServerOptions:
     inter_op_threads: int
     max_queue_size: int
     device: device.Device = device.Device.AUTO
-    spin: bool = False
+    spinning: cpus.Spinning = cpus.Spinning.OFF
     # Every execution takes at least this long (see --emulate-device-ms); 0 is off.
     emulate_device_s: float = 0.0
 
@@ -123,11 +123,14 @@ class ServedModel:
         session_options.intra_op_num_threads = config.intra_op_threads or options.intra_op_threads
         session_options.inter_op_num_threads = config.inter_op_threads or options.inter_op_threads
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not options.spin:
+        if options.spinning is cpus.Spinning.OFF:
             # onnxruntime's pool threads busy-wait after each run by default; on a few cores
             # that spinning steals the CPU the event loop needs to decode the next requests.
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        elif options.spinning is cpus.Spinning.IN_RUNS:
+            # Spin between a run's parallel sections, stop when the last run returns.
+            session_options.add_session_config_entry("session.force_spinning_stop", "1")
         available = ort.get_available_providers()
         self.session = ort.InferenceSession(
             str(path),

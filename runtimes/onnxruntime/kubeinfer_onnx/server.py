@@ -93,11 +93,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--allow-spinning",
-        type=_bool_or_auto,
+        type=_spinning_flag,
         default=None,
-        help="let onnxruntime threads busy-wait between runs (lower latency when cores are "
-        "to spare, wasted CPU and quota when they are not): true, false, or auto (the "
-        "default): " + cpus.SPIN_RULE,
+        help="let onnxruntime threads busy-wait for work (lower latency when cores are to "
+        "spare, wasted CPU and quota when they are not): true (also between runs), in-runs "
+        "(between a run's parallel sections only), false, or auto (the default): "
+        + cpus.SPIN_RULE,
     )
     parser.add_argument(
         "--emulate-device-ms",
@@ -181,8 +182,18 @@ def _workers(text: str) -> int | None:
     return count
 
 
-def _bool_or_auto(text: str) -> bool | None:
-    return None if text.lower() == "auto" else _bool(text)
+def _spinning_flag(text: str) -> cpus.Spinning | None:
+    """`--allow-spinning`: None for auto; true and false as before in-runs existed."""
+    if text.lower() == "auto":
+        return None
+    if text.lower() == cpus.Spinning.IN_RUNS.value:
+        return cpus.Spinning.IN_RUNS
+    try:
+        return cpus.Spinning.ON if _bool(text) else cpus.Spinning.OFF
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, true, in-runs or false, got {text!r}"
+        ) from None
 
 
 def _bool(text: str) -> bool:
@@ -207,7 +218,7 @@ async def serve(
         intra_op_threads=threads,
         inter_op_threads=args.inter_op_threads,
         max_queue_size=args.max_queue_size,
-        spin=_spinning(args, host, threads),
+        spinning=_spinning(args, host, threads),
         emulate_device_s=args.emulate_device_ms / 1000.0,
         device=args.device,
     )
@@ -498,15 +509,16 @@ def _model_bytes(args: argparse.Namespace) -> int:
     )
 
 
-def _spinning(args: argparse.Namespace, host: cpus.Cpus, threads: int) -> bool:
+def _spinning(args: argparse.Namespace, host: cpus.Cpus, threads: int) -> cpus.Spinning:
     """`--allow-spinning`, with auto decided here and the decision logged."""
     if args.allow_spinning is not None:
-        return bool(args.allow_spinning)
-    spin, why = cpus.spin_by_default(
+        chosen: cpus.Spinning = args.allow_spinning
+        return chosen
+    spinning, why = cpus.spin_by_default(
         host, workers=args.workers or 1, intra_op_threads=threads, model_bytes=_model_bytes(args)
     )
-    log.info("onnxruntime threads spin between runs: %s (auto: %s)", "on" if spin else "off", why)
-    return spin
+    log.info("onnxruntime threads spin: %s (auto: %s)", spinning.value, why)
+    return spinning
 
 
 def _serve_until_stopped(args: argparse.Namespace, peers: workers.Peers | None = None) -> int:

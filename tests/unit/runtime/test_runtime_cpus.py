@@ -7,7 +7,8 @@ import pathlib
 
 import pytest
 
-from kubeinfer_onnx import cpus, server
+from kubeinfer_onnx import cpus, model, repository, server
+from tests.integration.runtime import runtime_models
 
 
 @pytest.mark.parametrize(
@@ -74,27 +75,31 @@ PINNED = cpus.Cpus(limit=2.0, allowed=2, online=16)
 BIG = 34 << 20  # the bench's heavy model
 
 
+ON, IN_RUNS, OFF = cpus.Spinning.ON, cpus.Spinning.IN_RUNS, cpus.Spinning.OFF
+
+
 @pytest.mark.parametrize(
     ("host", "workers", "threads", "spin", "why"),
     [
         # The static CPU manager's Guaranteed container: its own two cores.
-        (PINNED, 1, 2, True, "pinned to 2 of the host's 16 cores"),
-        (PINNED, 1, 1, True, "pinned"),
+        (PINNED, 1, 2, ON, "pinned to 2 of the host's 16 cores"),
+        (PINNED, 1, 1, ON, "pinned"),
         # Two workers' threads would spin against each other on the same two cores.
-        (PINNED, 2, 2, False, "2 worker(s) x 2 intra-op threads would spin on 2 owned cores"),
+        (PINNED, 2, 2, IN_RUNS, "2 worker(s) x 2 intra-op threads would spin on 2 owned cores"),
         # Every core of the host: a laptop, a CI runner, a pod under the none policy.
-        (cpus.Cpus(limit=2.0, allowed=16, online=16), 1, 2, False, "all 16 of the host's"),
-        (cpus.Cpus(limit=None, allowed=16, online=16), 1, 2, False, "no CPU limit"),
+        (cpus.Cpus(limit=2.0, allowed=16, online=16), 1, 2, IN_RUNS, "all 16 of the host's"),
+        (cpus.Cpus(limit=None, allowed=16, online=16), 1, 2, IN_RUNS, "no CPU limit"),
         # The static policy's shared pool: a subset, but not the container's whole-core limit.
-        (cpus.Cpus(limit=None, allowed=6, online=16), 1, 2, False, "6 of 16 cores"),
-        (cpus.Cpus(limit=2.0, allowed=6, online=16), 1, 2, False, "a CPU limit of 2"),
+        (cpus.Cpus(limit=None, allowed=6, online=16), 1, 2, IN_RUNS, "6 of 16 cores"),
+        (cpus.Cpus(limit=2.0, allowed=6, online=16), 1, 2, IN_RUNS, "a CPU limit of 2"),
         # A fractional limit is never pinned, even where the pool happens to be that size.
-        (cpus.Cpus(limit=1.5, allowed=2, online=16), 1, 1, False, "a CPU limit of 1.5"),
+        (cpus.Cpus(limit=1.5, allowed=2, online=16), 1, 1, IN_RUNS, "a CPU limit of 1.5"),
     ],
 )
-def test_auto_spins_only_on_cores_the_process_owns(
-    host: cpus.Cpus, workers: int, threads: int, spin: bool, why: str
+def test_big_models_spin_fully_only_on_cores_the_process_owns(
+    host: cpus.Cpus, workers: int, threads: int, spin: cpus.Spinning, why: str
 ) -> None:
+    """Elsewhere they spin within runs only: their threads sleep once a run returns."""
     decided, reason = cpus.spin_by_default(
         host, workers=workers, intra_op_threads=threads, model_bytes=BIG
     )
@@ -102,17 +107,28 @@ def test_auto_spins_only_on_cores_the_process_owns(
     assert why in reason
 
 
-def test_small_models_do_not_spin_even_on_owned_cores() -> None:
+@pytest.mark.parametrize("host", [PINNED, cpus.Cpus(limit=None, allowed=16, online=16)])
+def test_small_models_do_not_spin_even_on_owned_cores(host: cpus.Cpus) -> None:
     """Their bound is the event loop, whose CPU spinning threads would take."""
     decided, reason = cpus.spin_by_default(
-        PINNED, workers=1, intra_op_threads=2, model_bytes=5 << 20
+        host, workers=1, intra_op_threads=2, model_bytes=5 << 20
     )
-    assert decided is False
+    assert decided is OFF
     assert "models of 5.0 MiB: the event loop is the bound" in reason
 
 
-@pytest.mark.parametrize(("text", "value"), [("auto", None), ("true", True), ("off", False)])
-def test_allow_spinning_takes_auto_true_or_false(text: str, value: bool | None) -> None:
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("auto", None),
+        ("true", cpus.Spinning.ON),
+        ("in-runs", cpus.Spinning.IN_RUNS),
+        ("off", cpus.Spinning.OFF),
+    ],
+)
+def test_allow_spinning_takes_auto_true_in_runs_or_false(
+    text: str, value: cpus.Spinning | None
+) -> None:
     args = server.parse_args(["--model-repository", "/models", "--allow-spinning", text])
     assert args.allow_spinning is value
 
@@ -121,6 +137,40 @@ def test_allow_spinning_defaults_to_auto() -> None:
     assert server.parse_args(["--model-repository", "/models"]).allow_spinning is None
 
 
-def test_allow_spinning_rejects_other_words() -> None:
+def test_allow_spinning_rejects_other_words(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         server.parse_args(["--model-repository", "/models", "--allow-spinning", "sometimes"])
+    assert "expected auto, true, in-runs or false, got 'sometimes'" in capsys.readouterr().err
+
+
+SPIN, STOP = "session.intra_op.allow_spinning", "session.force_spinning_stop"
+
+
+@pytest.mark.parametrize(
+    ("spinning", "entries"),
+    [
+        (OFF, {SPIN: "0", STOP: ""}),
+        (IN_RUNS, {SPIN: "", STOP: "1"}),
+        (ON, {SPIN: "", STOP: ""}),
+    ],
+)
+def test_each_mode_reaches_the_session(
+    tmp_path: pathlib.Path, spinning: cpus.Spinning, entries: dict[str, str]
+) -> None:
+    """Read back from the loaded session ("" is unset: onnxruntime's default, spinning on)."""
+
+    def entry(key: str) -> str:
+        try:
+            return str(session_options.get_session_config_entry(key))
+        except RuntimeError:  # onnxruntime's answer for a key never set
+            return ""
+
+    runtime_models.build_mlp(tmp_path / "mlp" / "1" / "model.onnx", seed=1)
+    options = model.ServerOptions(
+        intra_op_threads=1, inter_op_threads=1, max_queue_size=8, spinning=spinning
+    )
+    served = model.ServedModel(
+        entry=repository.scan(tmp_path)["mlp"], version=1, options=options
+    )
+    session_options = served.session.get_session_options()
+    assert {key: entry(key) for key in entries} == entries
