@@ -694,7 +694,8 @@ class InferenceServiceSpec(_Model):
             description="The server container's CPU and memory. Limits in whole CPUs with "
             "requests equal (or unset) make a Guaranteed pod, model download included: on a "
             "node whose kubelet runs the static CPU manager policy its cores are its own, "
-            "and kubeinfer's ONNX server then lets onnxruntime spin on them.",
+            "and kubeinfer's ONNX server then lets onnxruntime spin on them (models over "
+            "16 MiB).",
         ),
     ] = Resources()
     gpu: GPUSpec = GPUSpec()
