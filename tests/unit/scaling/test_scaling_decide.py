@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from kubeinfer.core import api
-from kubeinfer.core.scaling import decide, policy, signals, state, window
+from kubeinfer.core.scaling import decide, policy, season, signals, state, window
 
 NOW = 1000.0
 
@@ -855,3 +855,26 @@ def test_panic_is_judged_on_the_specs_target() -> None:
     )
     assert result.reason is R.PANIC_SCALE_UP
     assert result.desired == 4  # what the panic window wants at the raised target
+
+
+def test_the_forecast_floor_reads_the_latency_the_pods_had_at_the_target() -> None:
+    # 17 replicas just asked for ahead of a rise to 1,200 req/s run far below the target, so
+    # the window's latency (depth / rate: 40 in flight at 2,000 req/s, 20 ms) is low. At that
+    # latency the floor would read 1,200 x 0.02 / (8 x 1.4) = 2.1 replicas' worth, and give the
+    # rise's replicas back before it came. At the 100 ms the pods had at the target, 11.
+    def run(latency_at_target_s: float | None) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0, scale_down_stabilization_s=0.0, max_replicas=30),
+            window=window_of([40.0] * 30, rate=2000.0),
+            state=state.ScalerState(latency_at_target_s=latency_at_target_s),
+            now=NOW,
+            replicas=decide.Replicas(current=17, ready=17),
+            target_factor=1.4,
+            forecast=season.Forecast(demand=1200.0, scale=1.0, error=0.0),
+        )
+
+    assert run(None).desired < 11
+    learned = run(0.1)
+    assert learned.desired == 11 and C.FORECAST in learned.clamps
+    # Never below the moment's latency: pods queueing now read their own.
+    assert run(0.001).desired == run(None).desired

@@ -40,9 +40,37 @@ def test_a_repeating_day_forecasts_the_rise_one_cold_start_ahead() -> None:
     assert ahead.scale == pytest.approx(1.0)
     assert ahead.error == pytest.approx(0.0, abs=1e-9)
     assert ahead.demand == pytest.approx(400.0)
-    # With a 20 s horizon the rise is past it: the forecast is today's level.
-    near = history.forecast(now=PERIOD_S + 960.0, horizon_s=20.0)
+    # Earlier, with a 20 s horizon, the rise is more than SHIFT buckets past it: the forecast
+    # is today's level.
+    early = PERIOD_S + 1000.0 - WIDTH_S * (season.SHIFT + 4)
+    sooner = season.SeasonalHistory(period_s=PERIOD_S)
+    fill(sooner, 0.0, early)
+    near = sooner.forecast(now=early, horizon_s=20.0)
     assert near is not None and near.demand == pytest.approx(100.0)
+    further = sooner.forecast(now=early, horizon_s=60.0)
+    assert further is not None and further.demand == pytest.approx(400.0)
+
+
+def test_a_rise_a_few_minutes_off_yesterdays_still_tracks_and_is_provisioned_for() -> None:
+    # Today's rise comes SHIFT buckets later than yesterday's (15-30 minutes of a day): the
+    # comparison reads no error, and until today's rise comes the forecast keeps yesterday's
+    # level (it provisions for the highest demand within SHIFT buckets of the horizon).
+    late = season.SHIFT * WIDTH_S
+    history = season.SeasonalHistory(period_s=PERIOD_S)
+    fill(history, 0.0, PERIOD_S)
+    fill(history, PERIOD_S, PERIOD_S + 1300.0, load=lambda t: shape(t - late))
+    waiting = history.forecast(now=PERIOD_S + 1300.0, horizon_s=20.0)
+    assert waiting is not None
+    assert waiting.error == pytest.approx(0.0, abs=1e-9)
+    assert waiting.demand == pytest.approx(400.0)
+    # Once today's rise is over (SHIFT buckets after yesterday's), a rise later still than
+    # SHIFT buckets is an error: two buckets at 400 where yesterday had only 100 near them.
+    wild = season.SeasonalHistory(period_s=PERIOD_S)
+    fill(wild, 0.0, PERIOD_S)
+    off = (season.SHIFT + 2) * WIDTH_S
+    fill(wild, PERIOD_S, PERIOD_S + 1300.0 + off, load=lambda t: shape(t - off))
+    strayed = wild.forecast(now=PERIOD_S + 1300.0 + off, horizon_s=20.0)
+    assert strayed is not None and strayed.error > 0.5
 
 
 def test_today_at_twice_yesterday_scales_the_forecast() -> None:
@@ -142,6 +170,18 @@ def test_the_history_survives_a_restart_and_fits_in_status() -> None:
     fill(back, now, now + 7200.0, load=lambda t: 1234.5678)
     assert back.forecast(now=now + 7200.0, horizon_s=600.0) is not None
     assert season.SeasonalHistory.from_dict({}).forecast(now=0.0, horizon_s=1.0) is None
+
+
+def test_a_history_saved_before_the_shift_tolerance_loads() -> None:
+    # Comparisons saved as [age, today, then] read the range near "then" as "then" alone.
+    history = season.SeasonalHistory(period_s=PERIOD_S)
+    fill(history, 0.0, PERIOD_S + 600.0)
+    doc = history.to_dict()
+    doc["pairs"] = [pair[:3] for pair in doc["pairs"]]
+    back = season.SeasonalHistory.from_dict(doc)
+    assert all(low == then == high for _, _, then, low, high in back.pairs)
+    ahead = back.forecast(now=PERIOD_S + 600.0, horizon_s=60.0)
+    assert ahead is not None and ahead.error == pytest.approx(0.0, abs=1e-9)
 
 
 def test_copy_is_independent() -> None:

@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from kubeinfer.core import metrics
-from kubeinfer.core.scaling import burst, decide, policy, signals, step
+from kubeinfer.core import api, metrics
+from kubeinfer.core.scaling import burst, decide, policy, season, signals, step
 from kubeinfer.engines import autoscaler
 
 CAPACITY = 100.0  # requests per second one replica serves
@@ -291,12 +291,14 @@ def test_a_day_like_yesterday_is_met_ahead_of_its_rise_and_runs_hotter() -> None
     day = [110.0] * 150 + [330.0] * 50 + [110.0] * 100
     history = steps(day + day, pol)
     rise = [1000.0 + 2.0 * 150, 1000.0 + 600.0 + 2.0 * 150]
-    first = [s.result for t, s in history if rise[0] - 6.0 <= t < rise[0]]
-    second = [s.result for t, s in history if rise[1] - 6.0 <= t < rise[1]]
+    # The forecast covers a rise up to season.SHIFT buckets early: it asks that much sooner.
+    ahead = 6.0 + season.SHIFT * 600.0 / season.BUCKETS
+    first = [s.result for t, s in history if rise[0] - ahead <= t < rise[0]]
+    second = [s.result for t, s in history if rise[1] - ahead <= t < rise[1]]
     assert max(r.desired for r in first) == 3
     assert decide.Reason.FORECAST_SCALE_UP in {r.reason for r in second}
-    assert max(r.desired for r in second) >= 5  # 330 req/s x 0.04 s / (2 x 1.3) = 5.1
-    quiet = [s.result for t, s in history if rise[1] - 100.0 <= t < rise[1] - 10.0]
+    assert max(r.desired for r in second) >= 5  # 330 req/s x 0.04 s / (2 x 1.4) = 4.7
+    quiet = [s.result for t, s in history if rise[1] - 100.0 <= t < rise[1] - ahead]
     assert {r.desired for r in quiet} == {2}
     assert all(r.inputs.forecast is not None for r in quiet)
     assert all(r.inputs.target_factor == pytest.approx(pol.forecast_target_factor) for r in quiet)
@@ -321,12 +323,13 @@ def test_a_day_unlike_yesterday_drops_the_forecast_within_a_few_buckets() -> Non
 
     assert all(r.inputs.forecast is not None for r in results(-100.0, -10.0))
     assert max(r.desired for r in results(-6.0, 0.0)) >= 5
-    # The load stays at 110 req/s: the forecast holds those replicas while it still tracks.
+    # The load stays at 110 req/s: the forecast holds those replicas while it still tracks
+    # (a rise up to season.SHIFT buckets late, 12.5 s here, would still be today's).
     assert any(decide.Clamp.FORECAST in r.clamps for r in results(0.0, 6.0))
-    assert all(r.inputs.forecast is None for r in results(10.0, 40.0))
+    assert all(r.inputs.forecast is None for r in results(25.0, 60.0))
     # (The calm target may remain: pods start in 4 s here, and the rise is rare within that.)
-    assert all(r.inputs.target_factor < pol.forecast_target_factor for r in results(10.0, 40.0))
-    assert {r.desired for r in results(30.0, 40.0)} == {2}  # halved, settled, then 2
+    assert all(r.inputs.target_factor < pol.forecast_target_factor for r in results(25.0, 60.0))
+    assert {r.desired for r in results(45.0, 60.0)} == {2}  # halved, settled, then 2
     later = [r.inputs.forecast for r in results(140.0, 190.0)]
     assert all(f is not None and f.scale == pytest.approx(1 / 3, rel=0.02) for f in later)
 
@@ -344,3 +347,31 @@ def test_a_forecast_survives_a_restart() -> None:
     after = back.season.forecast(now=now, horizon_s=30.0)
     assert before is not None and after is not None
     assert after.demand == pytest.approx(before.demand, rel=1e-3) == 330.0
+
+
+def test_the_latency_at_the_target_is_learned_only_near_the_forecasts_target() -> None:
+    pol = day_policy()  # target 2 in flight per pod, x1.4 while forecast: 2.8
+    target = pol.target * pol.forecast_target_factor
+
+    def sample(per_pod: float, rate: float, ready: int = 4) -> signals.TickSample:
+        return signals.TickSample(
+            time=0.0,
+            ready_replicas=ready,
+            pods_scraped=ready,
+            queue_depth_total=per_pod * ready,
+            request_rate_total=rate,
+            queue_time_ms=None,
+            gpu_utilization=None,
+        )
+
+    learn = step._latency_at_target
+    assert learn(pol, sample(target, 112.0), None) == pytest.approx(0.1)  # 11.2 / 112
+    # Far below the target (pods idle) or above it (queueing) says nothing about it.
+    assert learn(pol, sample(target / 4, 112.0), 0.1) == 0.1
+    assert learn(pol, sample(target * 3, 112.0), 0.1) == 0.1
+    assert learn(pol, None, 0.1) == 0.1
+    # A moving average: one tick moves it by its weight.
+    moved = learn(pol, sample(target, 56.0), 0.1)
+    assert moved == pytest.approx(0.1 + step.LATENCY_WEIGHT * (0.2 - 0.1))
+    queue_time = policy.from_spec(target=50.0, metric=api.ScalingMetric.QUEUE_TIME)
+    assert learn(queue_time, sample(50.0, 112.0), None) is None

@@ -533,7 +533,8 @@ def _forecast_floor(
         per_rps = _depth_per_request_rate(policy=policy, window=window, now=tick.now, stable=stable)
         if per_rps is None:
             return recommended, reason
-        value *= per_rps
+        # Not below the latency the pods had at the target (step._latency_at_target).
+        value *= max(per_rps, tick.state.latency_at_target_s or 0.0)
     wanted = _wanted(policy=policy, value=value, ready=tick.replicas.ready)
     return _raise_to(
         tick, wanted, recommended, reason, up=Reason.FORECAST_SCALE_UP, clamp=Clamp.FORECAST

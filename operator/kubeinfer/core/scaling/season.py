@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import statistics
 from typing import Any
 
 # Buckets per period: 5 minutes of a day.
@@ -43,6 +44,14 @@ FIT_MIN = 36
 # noisy day's many may not. 0.9 let the noisy family's errors pass now and then, and a
 # forecast that flickers on and off gives back replicas the reactive rules were holding.
 QUANTILE = 0.95
+# Buckets today's demand may run early or late against the last period's (half an hour
+# of a day): a morning rise or a batch job rarely starts at the same minute two days running.
+# Each bucket is compared with the range the last period had within SHIFT buckets of it, and
+# the forecast provisions for the highest demand within SHIFT buckets either side of the
+# horizon. Without it a rise a few minutes off yesterday's read as an error of 100 % or more
+# for that bucket, turned the forecast off for the next FIT_BUCKETS, and the reactive rules
+# held the burst headroom for the whole time (bench/autoscaling/analysis.md).
+SHIFT = 6
 # Significant digits of a persisted mean.
 PERSIST_DIGITS = 4
 
@@ -51,12 +60,13 @@ PERSIST_DIGITS = 4
 class Forecast:
     """What the last period says about the next cold start."""
 
-    # Requests per second to provision for: the last period's highest bucket over the
-    # horizon x ``scale`` x (1 + ``error``).
+    # Requests per second to provision for: the last period's highest bucket within SHIFT
+    # buckets of the horizon x ``scale`` x (1 + ``error``).
     demand: float
-    # Today's demand / the last period's over the latest closed buckets.
+    # Today's demand / the last period's: the median of the latest closed buckets' ratios.
     scale: float
-    # QUANTILE of |today / (last period x scale) - 1| per bucket: how closely today tracks.
+    # QUANTILE of the per-bucket relative distance of today / ``scale`` from the range the last
+    # period had within SHIFT buckets (0 inside it): how closely today tracks.
     error: float
 
 
@@ -67,19 +77,31 @@ def _sig(value: float) -> float | int:
     return int(rounded) if rounded.is_integer() else rounded
 
 
+# (bucket, today's mean, the last period's mean, its lowest and highest within SHIFT buckets).
+Pair = tuple[int, float, float, float, float]
+
+
+def _off(value: float, low: float, high: float) -> float:
+    """How far ``value`` lies outside ``[low, high]``, relative to the bound it passed."""
+    if value > high:
+        return value / high - 1.0 if high > 0 else math.inf
+    if value < low:
+        return 1.0 - value / low
+    return 0.0
+
+
 @dataclasses.dataclass(kw_only=True)
 class SeasonalHistory:
     """Bucket means of the last period, and today's latest buckets against them."""
 
     # Seconds per period; 0: off (records nothing, forecasts nothing).
     period_s: float = 0.0
-    # Absolute bucket number (time // bucket width) -> mean demand, for the last BUCKETS
-    # closed buckets.
+    # Absolute bucket number (time // bucket width) -> mean demand, for the last
+    # BUCKETS + SHIFT closed buckets.
     means: dict[int, float] = dataclasses.field(default_factory=dict)
-    # (bucket, today's mean, the mean one period earlier) of the latest closed buckets.
-    pairs: collections.deque[tuple[int, float, float]] = dataclasses.field(
-        default_factory=collections.deque
-    )
+    # The latest closed buckets against the last period: (bucket, today's mean, the mean one
+    # period earlier, the lowest and the highest mean within SHIFT buckets of that one).
+    pairs: collections.deque[Pair] = dataclasses.field(default_factory=collections.deque)
     # The bucket in progress: its number, and the sum and count of its samples.
     open_bucket: int | None = None
     open_sum: float = 0.0
@@ -118,9 +140,14 @@ class SeasonalHistory:
         mean = self.open_sum / self.open_count
         earlier = self.means.get(k - BUCKETS)
         if earlier is not None:
-            self.pairs.append((k, mean, earlier))
+            near = [
+                v
+                for j in range(k - BUCKETS - SHIFT, k - BUCKETS + SHIFT + 1)
+                if (v := self.means.get(j)) is not None
+            ]
+            self.pairs.append((k, mean, earlier, min(near), max(near)))
         self.means[k] = mean
-        for old in [b for b in self.means if b <= k - BUCKETS]:
+        for old in [b for b in self.means if b <= k - BUCKETS - SHIFT]:
             del self.means[old]
         while self.pairs and self.pairs[0][0] <= k - FIT_BUCKETS:
             self.pairs.popleft()
@@ -131,18 +158,19 @@ class SeasonalHistory:
         if self.period_s <= 0:
             return None
         n = self.bucket(now)
-        pairs = [(today, then) for k, today, then in self.pairs if k >= n - FIT_BUCKETS]
-        then_total = sum(then for _, then in pairs)
-        if len(pairs) < FIT_MIN or then_total <= 0:
+        pairs = [p[1:] for p in self.pairs if p[0] >= n - FIT_BUCKETS]
+        ratios = sorted(today / then for today, then, _, _ in pairs if then > 0)
+        if len(pairs) < FIT_MIN or not ratios:
             return None
-        scale = sum(today for today, _ in pairs) / then_total
+        # The median, not the ratio of the sums: a rise a few buckets off yesterday's makes a
+        # few ratios far from the rest, and must not move the scale the other buckets read.
+        scale = statistics.median(ratios)
         if scale <= 0:
             return None
-        errors = sorted(
-            abs(today / (then * scale) - 1.0) if then > 0 else math.inf for today, then in pairs
-        )
+        errors = sorted(_off(today / scale, low, high) for today, _, low, high in pairs)
         error = errors[max(1, math.ceil(QUANTILE * len(errors))) - 1]
-        ahead = [self._seen(k - BUCKETS) for k in range(n, self.bucket(now + horizon_s) + 1)]
+        last = self.bucket(now + horizon_s)
+        ahead = [self._seen(k - BUCKETS) for k in range(n - SHIFT, last + SHIFT + 1)]
         if not ahead or any(v is None for v in ahead):
             return None
         highest = max(v for v in ahead if v is not None)
@@ -159,9 +187,10 @@ class SeasonalHistory:
         return None if before is None or after is None else max(before, after)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON for status: the period, the newest closed bucket, the means of the BUCKETS
-        buckets up to it (null where none was seen), and the comparisons as [buckets before
-        the newest, today, earlier]; numbers to ``PERSIST_DIGITS`` significant digits."""
+        """JSON for status: the period, the newest closed bucket, the means of the
+        BUCKETS + SHIFT buckets up to it (null where none was seen), and the comparisons as
+        [buckets before the newest, today, earlier, earlier's low, earlier's high]; numbers to
+        ``PERSIST_DIGITS`` significant digits."""
         if not self.means:
             return {"period": self.period_s, "newest": None, "means": [], "pairs": []}
         newest = max(self.means)
@@ -171,9 +200,9 @@ class SeasonalHistory:
             "newest": newest,
             "means": [
                 None if (v := means.get(k)) is None else _sig(v)
-                for k in range(newest - BUCKETS + 1, newest + 1)
+                for k in range(newest - BUCKETS - SHIFT + 1, newest + 1)
             ],
-            "pairs": [[newest - k, _sig(today), _sig(then)] for k, today, then in self.pairs],
+            "pairs": [[newest - k, *(_sig(v) for v in values)] for k, *values in self.pairs],
         }
 
     @classmethod
@@ -187,8 +216,12 @@ class SeasonalHistory:
         values = list(data.get("means") or [])
         first = newest - len(values) + 1
         out.means = {first + i: float(v) for i, v in enumerate(values) if v is not None}
-        out.pairs = collections.deque(
-            (newest - int(age), float(today), float(then))
-            for age, today, then in data.get("pairs") or []
-        )
+        out.pairs = collections.deque(_pair(newest, saved) for saved in data.get("pairs") or [])
         return out
+
+
+def _pair(newest: int, saved: list[Any]) -> Pair:
+    """A persisted comparison; one saved before SHIFT (no range) reads its range as "then"."""
+    age, today, then = int(saved[0]), float(saved[1]), float(saved[2])
+    low, high = (float(saved[3]), float(saved[4])) if len(saved) >= 5 else (then, then)
+    return (newest - age, today, then, low, high)

@@ -41,6 +41,9 @@ class ScalerState:
     last_demand_time: float | None = None
     router_requests: float | None = None
     previous_replicas: int | None = None
+    # QueueDepth: seconds a request spent in a pod (depth / rate) on ticks when the pods ran
+    # near the forecast's target, a moving average (step.py); None until seen.
+    latency_at_target_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class ScalerState:
             "lastDemandTime": self.last_demand_time,
             "routerRequests": self.router_requests,
             "previousReplicas": self.previous_replicas,
+            "latencyAtTargetSeconds": self.latency_at_target_s,
         }
 
     @classmethod
@@ -71,6 +75,7 @@ class ScalerState:
             previous_replicas=(
                 None if data.get("previousReplicas") is None else int(data["previousReplicas"])
             ),
+            latency_at_target_s=_opt_float(data.get("latencyAtTargetSeconds")),
         )
 
 

@@ -111,7 +111,11 @@ def step(pol: policy.ScalingPolicy, observation: Observation, memory: Memory, no
     result = decide.decide(
         policy=zero.floor(pol),
         window=win,
-        state=dataclasses.replace(memory.state, cold_start_s=learned),
+        state=dataclasses.replace(
+            memory.state,
+            cold_start_s=learned,
+            latency_at_target_s=_latency_at_target(pol, sample, memory.state.latency_at_target_s),
+        ),
         now=now,
         replicas=observation.replicas,
         scraped=sample is not None,
@@ -183,3 +187,33 @@ def nothing_to_record(result: decide.ScaleResult, *, recorded: bool, unanswered:
         and not result.changed
         and unanswered == 0
     )
+
+
+def _latency_at_target(
+    pol: policy.ScalingPolicy, sample: signals.TickSample | None, before: float | None
+) -> float | None:
+    """The moving average of a request's time in a pod (depth / rate, Little's law) over the
+    ticks on which the pods ran near the forecast's target depth.
+
+    The forecast floor turns a demand in requests/s into queue depth. At the latency of the
+    moment that under-reads it whenever the pods run below the target, as they do just after
+    a scale-up ahead of a rise: a batching server's latency grows with its load, so the floor
+    gave back replicas it had just asked for and the rise met too few (bench/autoscaling).
+    """
+    if pol.metric is not api.ScalingMetric.QUEUE_DEPTH or sample is None:
+        return before
+    ready, rate = sample.ready_replicas, sample.request_rate_total
+    if ready <= 0 or rate <= 0:
+        return before
+    per_pod = sample.queue_depth_total / ready
+    target = pol.target * pol.forecast_target_factor
+    if not LATENCY_BAND[0] * target <= per_pod <= LATENCY_BAND[1] * target:
+        return before
+    latency = sample.queue_depth_total / rate
+    return latency if before is None else before + LATENCY_WEIGHT * (latency - before)
+
+
+# Depth per pod, as a share of the forecast's target, on which the latency at the target is
+# learned, and each such tick's weight in its moving average.
+LATENCY_BAND = (0.8, 1.25)
+LATENCY_WEIGHT = 0.1
