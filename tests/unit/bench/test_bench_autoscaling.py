@@ -175,3 +175,19 @@ def test_a_run_is_deterministic() -> None:
     first, second = runner.run(case, spec).summary(), runner.run(case, spec).summary()
     assert first == second
     assert first["requests"] > 0
+
+
+def test_readme_quotes_the_committed_goal_count() -> None:
+    # The README's count of cells that meet issue 15's goal is the committed results.json's.
+    import json
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[3]
+    doc = json.loads((root / "bench/autoscaling/results.json").read_text())
+    cells = [g for family in doc["goals"].values() for g in family.values()]
+    met = sum(1 for g in cells if g["met"])
+    readme = " ".join((root / "README.md").read_text().split())
+    quoted = re.search(r"on (\d+) of (\d+) family x cold-start cells", readme)
+    assert quoted is not None, "README: the autoscaling sentence with the goal count is gone"
+    assert (int(quoted.group(1)), int(quoted.group(2))) == (met, len(cells))
