@@ -385,8 +385,9 @@ class ScalingSpec(_Model):
             le=7 * 86400,
             description="The demand repeats with this period (a day by default): kubeinfer "
             "remembers the last period's demand in 5-minute buckets (1/288 of it) and, while "
-            "the last four hours (1/6 of it) tracked it closely, scales ahead of the rise it "
-            "had within the next cold start and runs hotter than the target with a short "
+            "the last four hours (1/6 of it) tracked it closely (a day may run up to half an "
+            "hour, 6 buckets, early or late), scales ahead of the rise it had within the next "
+            "cold start and runs hotter than the target with a short "
             "scale-down window (status shows forecastDemand and forecastError). The reactive "
             "rules return as soon as today stops tracking. 0: off.",
         ),

@@ -2,10 +2,10 @@
 
 Owns: the mean offered demand (requests arriving per second, service-wide: signals.offered) per
 bucket of the period (``BUCKETS`` of them) as last seen, how today's latest buckets compare
-with the same buckets one period earlier, and the forecast that follows: the highest demand
-the last period saw over the next cold start, times how today runs against it (``scale``),
-plus its error. ``step`` acts on it only while that error is small
-(``policy.forecast_max_error``).
+with the buckets near them one period earlier (``SHIFT``: a day may run a little early or
+late), and the forecast that follows: the highest demand the last period saw near the next
+cold start, times how today runs against it (``scale``), plus its error. ``step`` acts on it
+only while that error is small (``policy.forecast_max_error``).
 
 Why: a reactive scaler pays for not knowing the future twice. It keeps room for a rise it
 cannot see coming (the planned target's slack, the burst headroom), and it keeps replicas for
