@@ -159,7 +159,7 @@ class SeasonalHistory:
             return None
         n = self.bucket(now)
         pairs = [p[1:] for p in self.pairs if p[0] >= n - FIT_BUCKETS]
-        ratios = sorted(today / then for today, then, _, _ in pairs if then > 0)
+        ratios = [today / then for today, then, _, _ in pairs if then > 0]
         if len(pairs) < FIT_MIN or not ratios:
             return None
         # The median, not the ratio of the sums: a rise a few buckets off yesterday's makes a

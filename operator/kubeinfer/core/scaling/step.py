@@ -30,6 +30,11 @@ from kubeinfer.core.scaling import (
     zero,
 )
 
+# Depth per pod, as a share of the forecast's target, on which the latency at the target is
+# learned, and each such tick's weight in its moving average.
+LATENCY_BAND = (0.8, 1.25)
+LATENCY_WEIGHT = 0.1
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Observation:
@@ -211,9 +216,3 @@ def _latency_at_target(
         return before
     latency = sample.queue_depth_total / rate
     return latency if before is None else before + LATENCY_WEIGHT * (latency - before)
-
-
-# Depth per pod, as a share of the forecast's target, on which the latency at the target is
-# learned, and each such tick's weight in its moving average.
-LATENCY_BAND = (0.8, 1.25)
-LATENCY_WEIGHT = 0.1
