@@ -812,6 +812,8 @@ def test_while_calm_replicas_go_back_after_the_short_window_and_without_hysteres
     calm = run(calm=True, values=[84.0] * 30, current=10, held=())
     assert (calm.desired, calm.reason) == (9, R.SCALE_DOWN)
     assert C.HYSTERESIS not in calm.clamps
+    # One replica in ten is within the tolerance: no settling period follows it.
+    assert calm.state.last_scale_down_time is None
 
 
 def test_while_calm_a_scale_down_waits_for_the_window_to_see_the_last_one() -> None:
@@ -859,13 +861,13 @@ def test_panic_is_judged_on_the_specs_target() -> None:
 
 def test_the_forecast_floor_reads_the_latency_the_pods_had_at_the_target() -> None:
     # 17 replicas just asked for ahead of a rise to 1,200 req/s run far below the target, so
-    # the window's latency (depth / rate: 40 in flight at 2,000 req/s, 20 ms) is low. At that
+    # the window's latency (depth / rate: 8 in flight at 400 req/s, 20 ms) is low. At that
     # latency the floor would read 1,200 x 0.02 / (8 x 1.4) = 2.1 replicas' worth, and give the
     # rise's replicas back before it came. At the 100 ms the pods had at the target, 11.
     def run(latency_at_target_s: float | None) -> decide.ScaleResult:
         return decide.decide(
             policy=make_policy(target=8.0, scale_down_stabilization_s=0.0, max_replicas=30),
-            window=window_of([40.0] * 30, rate=2000.0),
+            window=window_of([8.0] * 30, rate=400.0),
             state=state.ScalerState(latency_at_target_s=latency_at_target_s),
             now=NOW,
             replicas=decide.Replicas(current=17, ready=17),
@@ -878,3 +880,47 @@ def test_the_forecast_floor_reads_the_latency_the_pods_had_at_the_target() -> No
     assert learned.desired == 11 and C.FORECAST in learned.clamps
     # Never below the moment's latency: pods queueing now read their own.
     assert run(0.001).desired == run(None).desired
+
+
+def test_a_forecast_no_higher_than_todays_load_holds_within_the_tolerance() -> None:
+    # 1,000 req/s now and forecast, at the 46 ms the pods had at the target: 1,000 x 0.046 /
+    # (8 x 1.4) = 4.1 replicas. Four would not scale up for it (2.5 % over, inside the 10 %
+    # tolerance), so five give one back; a forecast above today's load keeps its replica.
+    def run(current: int, demand: float) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0, scale_down_stabilization_s=0.0),
+            window=window_of([11.2 * 3.5] * 30, rate=1000.0),
+            state=state.ScalerState(latency_at_target_s=0.046),
+            now=NOW,
+            replicas=decide.Replicas(current=current, ready=current),
+            target_factor=1.4,
+            forecast=season.Forecast(demand=demand, scale=1.0, error=0.0),
+        )
+
+    assert (run(5, 1000.0).desired, run(5, 1000.0).reason) == (4, R.SCALE_DOWN)
+    held = run(4, 1000.0)
+    assert (held.desired, held.reason) == (4, R.HOLD) and C.FORECAST in held.clamps
+    rising = run(5, 1200.0)  # 1,200 x 0.046 / 11.2 = 4.9
+    assert rising.desired == 5 and C.FORECAST in rising.clamps
+
+
+def test_while_calm_a_step_that_only_stabilization_chose_waits_for_it() -> None:
+    # Calm, 17 replicas, the load asks for 4 and the window's highest recommendation (10 s
+    # old) for 16: one replica less would start a settling period that holds 16 for a stable
+    # window. It waits for that recommendation to expire; a step beyond the tolerance does not.
+    def run(highest: int) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0, max_replicas=30),
+            window=window_of([40.0] * 30),
+            state=state.ScalerState(recommendations=((NOW - 10.0, highest),)),
+            now=NOW,
+            replicas=decide.Replicas(current=17, ready=17),
+            target_factor=1.2,
+        )
+
+    small = run(16)
+    assert (small.desired, small.reason) == (17, R.STABILIZING)
+    assert small.state.last_scale_down_time is None
+    large = run(12)
+    assert (large.desired, large.reason) == (12, R.SCALE_DOWN)
+    assert large.state.last_scale_down_time == NOW

@@ -22,15 +22,17 @@ season.py). The rules, in order:
 5. Forecast (``forecast``, season.py; the step passes one only while today tracks the last
    period closely, and then no burst headroom): at least the replicas the forecast demand
    needs, converted like the look-ahead. It scales up ahead of a rise the last period had
-   and holds replicas the load will need again within a cold start.
+   and holds replicas the load will need again within a cold start; a forecast no higher
+   than today's load holds within the tolerance, as it scales up.
 6. Tolerance, scale-up rate limit (only the additive step while the cluster was full within
    the stable window), capacity block (pods waiting for GPUs, or pods the
    scheduler has not answered for yet: adding more before it has would pile pending pods
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
    ``scale_down_cold_starts`` learned cold starts; while calm or forecast only
-   ``calm_scale_down_s``), scale-down rate limit, settling (while calm or forecast, a
-   stable window after the last scale-down), the trend floor, scale-down hysteresis (not
+   ``calm_scale_down_s``; while calm a step it chooses within the tolerance waits for it to
+   expire), scale-down rate limit, settling (while calm or forecast, a stable window after
+   the last scale-down beyond the tolerance), the trend floor, scale-down hysteresis (not
    while calm or forecast), the GPU veto on scale-down, then min/max.
 """
 
@@ -419,10 +421,13 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
         while history and history[-1][1] <= recommended:
             history.pop()
         history.append((tick.now, recommended))
+    # Settling (_scale_down) waits for the stable window to see a scale-down; one within the
+    # tolerance changes what each replica carries by less than the rules notice.
+    noticed = bounded < current * (1 - policy.tolerance)
     next_state = dataclasses.replace(
         tick.state,
         last_scale_time=tick.now if bounded != current else tick.state.last_scale_time,
-        last_scale_down_time=(tick.now if bounded < current else tick.state.last_scale_down_time),
+        last_scale_down_time=tick.now if noticed else tick.state.last_scale_down_time,
         recommendations=tuple(history),
         consecutive_failures=tick.failures,
         panic_until=tick.panic_until,
@@ -536,16 +541,39 @@ def _forecast_floor(
         # Not below the latency the pods had at the target (step._latency_at_target).
         value *= max(per_rps, tick.state.latency_at_target_s or 0.0)
     wanted = _wanted(policy=policy, value=value, ready=tick.replicas.ready)
+    # A forecast no higher than today's load (within the tolerance) is that load at the
+    # learned latency: the tolerance that stops the floor adding a replica then also lets it
+    # give one back, or a floor of 4.1 replicas holds 5 that it would never have added to 4
+    # (spike: a fifth replica for the 1,500 s between and after the spikes, where the oracle
+    # runs 4). A forecast above today's load holds its replica: that is what it is for.
+    rate = window.average(
+        series=api.ScalingMetric.REQUEST_RATE.value, now=tick.now, span_s=policy.stable_window_s
+    )
+    flat = rate is not None and tick.forecast.demand <= rate * (1 + policy.tolerance)
     return _raise_to(
-        tick, wanted, recommended, reason, up=Reason.FORECAST_SCALE_UP, clamp=Clamp.FORECAST
+        tick,
+        wanted,
+        recommended,
+        reason,
+        up=Reason.FORECAST_SCALE_UP,
+        clamp=Clamp.FORECAST,
+        keep_within_tolerance=flat,
     )
 
 
 def _raise_to(
-    tick: _Tick, wanted: float, recommended: int, reason: Reason, *, up: Reason, clamp: Clamp
+    tick: _Tick,
+    wanted: float,
+    recommended: int,
+    reason: Reason,
+    *,
+    up: Reason,
+    clamp: Clamp,
+    keep_within_tolerance: bool = False,
 ) -> tuple[int, Reason]:
     """A floor of ``wanted`` (fractional) replicas: a scale-up named ``up`` beyond the
-    tolerance, else the replicas it keeps (named by ``clamp``)."""
+    tolerance, else the replicas it keeps (named by ``clamp``). ``keep_within_tolerance``:
+    keep only the fewest replicas it would not scale up from."""
     floor = math.ceil(wanted)
     if floor <= recommended:
         return recommended, reason
@@ -560,6 +588,12 @@ def _raise_to(
         ):
             return floor, up
         floor = current
+    elif keep_within_tolerance:
+        # The fewest n with wanted / n - 1 <= tolerance; the epsilon keeps a float quotient a
+        # hair over an integer (4.4 / 1.1) from rounding the boundary up.
+        floor = math.ceil(wanted / (1 + tick.policy.tolerance) - 1e-9)
+        if floor <= recommended:
+            return recommended, reason
     tick.clamps.append(clamp)
     return floor, reason
 
@@ -598,6 +632,13 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     if highest > desired:
         desired = min(highest, current)
         tick.clamps.append(Clamp.STABILIZATION)
+        # While calm or forecast, a step that stabilization chose and the tolerance would not
+        # notice waits for the window's highest recommendation to expire: made now, it starts
+        # a settling period (below) that holds the window's count for a stable window past
+        # the moment the load's step could come (spike: 17 -> 16 after the spike, then 16
+        # held 60 s where 4 carry the load).
+        if tick.calm and current - desired < max(1.0, policy.tolerance * current):
+            desired = current
     floor = math.floor(current / policy.scale_down_max_rate)
     if desired < floor:
         desired = floor

@@ -23,7 +23,8 @@ class ScalerState:
     """The decider's memory. Immutable: ``decide`` returns the next state in its result."""
 
     last_scale_time: float | None = None
-    # When the count last went down (decide's settling rule while calm or forecast).
+    # When the count last went down by more than the tolerance (decide's settling rule while
+    # calm or forecast; a smaller step changes what each replica carries too little to wait).
     last_scale_down_time: float | None = None
     # (time, recommended replicas) over the scale-down stabilization window, oldest first.
     recommendations: tuple[tuple[float, int], ...] = ()
