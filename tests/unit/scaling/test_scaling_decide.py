@@ -886,10 +886,10 @@ def test_a_forecast_no_higher_than_todays_load_holds_within_the_tolerance() -> N
     # 1,000 req/s now and forecast, at the 46 ms the pods had at the target: 1,000 x 0.046 /
     # (8 x 1.4) = 4.1 replicas. Four would not scale up for it (2.5 % over, inside the 10 %
     # tolerance), so five give one back; a forecast above today's load keeps its replica.
-    def run(current: int, demand: float) -> decide.ScaleResult:
+    def run(current: int, demand: float, *, depth: float = 11.2 * 3.5) -> decide.ScaleResult:
         return decide.decide(
-            policy=make_policy(target=8.0, scale_down_stabilization_s=0.0),
-            window=window_of([11.2 * 3.5] * 30, rate=1000.0),
+            policy=make_policy(target=8.0, scale_down_stabilization_s=0.0, max_replicas=30),
+            window=window_of([depth] * 30, rate=1000.0),
             state=state.ScalerState(latency_at_target_s=0.046),
             now=NOW,
             replicas=decide.Replicas(current=current, ready=current),
@@ -897,11 +897,16 @@ def test_a_forecast_no_higher_than_todays_load_holds_within_the_tolerance() -> N
             forecast=season.Forecast(demand=demand, scale=1.0, error=0.0),
         )
 
-    assert (run(5, 1000.0).desired, run(5, 1000.0).reason) == (4, R.SCALE_DOWN)
+    flat = run(5, 1000.0)
+    assert (flat.desired, flat.reason) == (4, R.SCALE_DOWN) and C.FORECAST not in flat.clamps
     held = run(4, 1000.0)
     assert (held.desired, held.reason) == (4, R.HOLD) and C.FORECAST in held.clamps
-    rising = run(5, 1200.0)  # 1,200 x 0.046 / 11.2 = 4.9
-    assert rising.desired == 5 and C.FORECAST in rising.clamps
+    # Today's load 9 replicas' worth (100.8 in flight, 0.1 s a request), 1,200 req/s forecast:
+    # 1,200 x 0.1008 / 11.2 = 10.8, so 11 are kept, where the tolerance would keep 10.
+    rising = run(11, 1200.0, depth=100.8)
+    assert (rising.desired, rising.reason) == (11, R.HOLD) and C.FORECAST in rising.clamps
+    # 1,050 req/s is within the tolerance of today's: 9.4 replicas' worth, 9 kept, not 10.
+    assert run(11, 1050.0, depth=100.0).desired == 9
 
 
 def test_while_calm_a_step_that_only_stabilization_chose_waits_for_it() -> None:

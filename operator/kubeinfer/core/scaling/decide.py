@@ -30,7 +30,7 @@ season.py). The rules, in order:
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
    ``scale_down_cold_starts`` learned cold starts; while calm or forecast only
-   ``calm_scale_down_s``; while calm a step it chooses within the tolerance waits for it to
+   ``calm_scale_down_s``, and a step it chooses within the tolerance waits for it to
    expire), scale-down rate limit, settling (while calm or forecast, a stable window after
    the last scale-down beyond the tolerance), the trend floor, scale-down hysteresis (not
    while calm or forecast), the GPU veto on scale-down, then min/max.
@@ -102,7 +102,8 @@ class Clamp(enum.StrEnum):
     BURST_HEADROOM = "BurstHeadroom"
     # The forecast floor kept replicas that the current load alone would give back.
     FORECAST = "Forecast"
-    # While calm or forecast: the stable window has not seen the last scale-down's count.
+    # While calm or forecast: the stable window has not seen the count of the last
+    # scale-down beyond the tolerance.
     SETTLING = "Settling"
 
 
@@ -112,6 +113,13 @@ class Clamp(enum.StrEnum):
 # load reads as about half of what it is: the simulator saw 5 -> 2 on the first tick and a
 # panic to 30 two seconds later. Scaling up needs no history: a burst is evidence enough.
 WARM_FRACTION = 0.5
+
+
+def _noticed(policy: policy_.ScalingPolicy, current: int, fewer: int) -> bool:
+    """Whether a scale-down from ``current`` to ``fewer`` is beyond the tolerance. Settling
+    (_scale_down) waits for the stable window to see such a step; a smaller one changes what
+    each replica carries by less than the rules notice."""
+    return fewer < current * (1 - policy.tolerance)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -421,13 +429,12 @@ def _finish(tick: _Tick, desired: int, reason: Reason, recommended: int) -> Scal
         while history and history[-1][1] <= recommended:
             history.pop()
         history.append((tick.now, recommended))
-    # Settling (_scale_down) waits for the stable window to see a scale-down; one within the
-    # tolerance changes what each replica carries by less than the rules notice.
-    noticed = bounded < current * (1 - policy.tolerance)
     next_state = dataclasses.replace(
         tick.state,
         last_scale_time=tick.now if bounded != current else tick.state.last_scale_time,
-        last_scale_down_time=tick.now if noticed else tick.state.last_scale_down_time,
+        last_scale_down_time=(
+            tick.now if _noticed(policy, current, bounded) else tick.state.last_scale_down_time
+        ),
         recommendations=tuple(history),
         consecutive_failures=tick.failures,
         panic_until=tick.panic_until,
@@ -546,6 +553,9 @@ def _forecast_floor(
     # give one back, or a floor of 4.1 replicas holds 5 that it would never have added to 4
     # (spike: a fifth replica for the 1,500 s between and after the spikes, where the oracle
     # runs 4). A forecast above today's load holds its replica: that is what it is for.
+    # Today's load is the answered rate, the forecast counts arrivals: while requests are
+    # refused the two differ the safe way (not flat); while a backlog drains, the answered
+    # rate runs above arrivals for about a stable window.
     rate = window.average(
         series=api.ScalingMetric.REQUEST_RATE.value, now=tick.now, span_s=policy.stable_window_s
     )
@@ -589,8 +599,10 @@ def _raise_to(
             return floor, up
         floor = current
     elif keep_within_tolerance:
-        # The fewest n with wanted / n - 1 <= tolerance; the epsilon keeps a float quotient a
-        # hair over an integer (4.4 / 1.1) from rounding the boundary up.
+        # The fewest n with wanted / n - 1 <= tolerance. The epsilon keeps a float quotient a
+        # hair over an integer from rounding up; exactly on the boundary (wanted = n x 1.1) the
+        # scale-up test above reads 4.4 / 4 - 1 as a hair over 0.1, so there n + 1 is added
+        # and n kept: a flap on that one float value, kept as benchmarked (analysis.md).
         floor = math.ceil(wanted / (1 + tick.policy.tolerance) - 1e-9)
         if floor <= recommended:
             return recommended, reason
@@ -632,11 +644,13 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     if highest > desired:
         desired = min(highest, current)
         tick.clamps.append(Clamp.STABILIZATION)
-        # While calm or forecast, a step that stabilization chose and the tolerance would not
-        # notice waits for the window's highest recommendation to expire: made now, it starts
-        # a settling period (below) that holds the window's count for a stable window past
-        # the moment the load's step could come (spike: 17 -> 16 after the spike, then 16
-        # held 60 s where 4 carry the load).
+        # While calm or forecast, a step of less than one replica in ten (at least one) that
+        # stabilization chose waits for the window's highest recommendation to expire. Such
+        # steps start no settling period (below), so taken as the window's recommendations
+        # expire one by one they would walk the count down (17 -> 16 -> 15 ...) while the
+        # stable window still reads the load spread over the first count: the under-read
+        # settling is for. (A step of exactly the tolerance, 10 -> 9, is taken and starts
+        # none: the boundary differs from _noticed's by that one case, as benchmarked.)
         if tick.calm and current - desired < max(1.0, policy.tolerance * current):
             desired = current
     floor = math.floor(current / policy.scale_down_max_rate)
@@ -644,7 +658,8 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
         desired = floor
         tick.clamps.append(Clamp.SCALE_DOWN_RATE)
     # While calm or forecast (short window, no hysteresis), a scale-down waits until the
-    # stable window has seen the count the last scale-down made. Until then its average
+    # stable window has seen the count the last scale-down beyond the tolerance made
+    # (_noticed). Until then its average
     # reads the load spread over more replicas, whose in-flight count per replica (short
     # batches) under-reads what fewer replicas will carry, and the rate limit alone would
     # halve the count on every tick: 17 -> 8 -> 4 -> 3 replicas in 4 s at 3,000 req/s, one
