@@ -659,9 +659,9 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
         tick.clamps.append(Clamp.SCALE_DOWN_RATE)
     # While calm or forecast (short window, no hysteresis), a scale-down waits until the
     # stable window has seen the count the last scale-down beyond the tolerance made
-    # (_noticed). Until then its average
-    # reads the load spread over more replicas, whose in-flight count per replica (short
-    # batches) under-reads what fewer replicas will carry, and the rate limit alone would
+    # (_noticed). Until then its average reads the load spread over more replicas, whose
+    # in-flight count per replica (short batches) under-reads what fewer replicas will
+    # carry, and the rate limit alone would
     # halve the count on every tick: 17 -> 8 -> 4 -> 3 replicas in 4 s at 3,000 req/s, one
     # cold start of misses after (bench/autoscaling/analysis.md).
     last = tick.state.last_scale_down_time
