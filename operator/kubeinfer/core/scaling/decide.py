@@ -661,9 +661,8 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     # stable window has seen the count the last scale-down beyond the tolerance made
     # (_noticed). Until then its average reads the load spread over more replicas, whose
     # in-flight count per replica (short batches) under-reads what fewer replicas will
-    # carry, and the rate limit alone would
-    # halve the count on every tick: 17 -> 8 -> 4 -> 3 replicas in 4 s at 3,000 req/s, one
-    # cold start of misses after (bench/autoscaling/analysis.md).
+    # carry, and the rate limit alone would halve the count on every tick: 17 -> 8 -> 4 -> 3
+    # replicas in 4 s at 3,000 req/s, one cold start of misses after (analysis.md).
     last = tick.state.last_scale_down_time
     settling = last is not None and tick.now - last < policy.stable_window_s
     if desired < current and tick.calm and settling:
