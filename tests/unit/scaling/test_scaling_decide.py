@@ -909,6 +909,26 @@ def test_a_forecast_no_higher_than_todays_load_holds_within_the_tolerance() -> N
     assert run(11, 1050.0, depth=100.0).desired == 9
 
 
+def test_the_flat_forecast_keeps_what_it_scales_up_to() -> None:
+    # A floor of exactly 4 x 1.1 replicas, the tolerance's own boundary (4,400 req/s, flat
+    # against today's 4,000, at 11.2 ms a request: 4,400 x 0.0112 / 11.2). Whatever the float
+    # quotient reads, the count four replicas scale up to is the count five keep: no flap.
+    def run(current: int) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0, scale_down_stabilization_s=0.0, max_replicas=30),
+            window=window_of([11.2 * 3.5] * 30, rate=4000.0),
+            state=state.ScalerState(latency_at_target_s=0.0112),
+            now=NOW,
+            replicas=decide.Replicas(current=current, ready=current),
+            target_factor=1.4,
+            forecast=season.Forecast(demand=4400.0, scale=1.0, error=0.0),
+        )
+
+    up, kept = run(4), run(5)
+    assert up.desired == kept.desired == 5
+    assert up.reason is R.FORECAST_SCALE_UP and C.FORECAST in kept.clamps
+
+
 def test_while_calm_a_step_that_only_stabilization_chose_waits_for_it() -> None:
     # Calm, 17 replicas, the load asks for 4 and the window's highest recommendation (10 s
     # old) for 16: one replica less would start a settling period that holds 16 for a stable
@@ -929,3 +949,35 @@ def test_while_calm_a_step_that_only_stabilization_chose_waits_for_it() -> None:
     large = run(12)
     assert (large.desired, large.reason) == (12, R.SCALE_DOWN)
     assert large.state.last_scale_down_time == NOW
+    # The boundary is the tolerance's, as for settling: one replica in ten (10 -> 9) is not
+    # noticed, so it waits too.
+    ten = decide.decide(
+        policy=make_policy(target=8.0, max_replicas=30),
+        window=window_of([40.0] * 30),
+        state=state.ScalerState(recommendations=((NOW - 10.0, 9),)),
+        now=NOW,
+        replicas=decide.Replicas(current=10, ready=10),
+        target_factor=1.2,
+    )
+    assert (ten.desired, ten.reason) == (10, R.STABILIZING)
+
+
+def test_while_forecast_replicas_go_back_after_the_forecasts_shorter_window() -> None:
+    # 10 replicas, the load asks for 5, a recommendation of 10 from 20 s ago: the calm window
+    # (30 s) still holds it; with a forecast in force (one far below today's load, so its
+    # floor keeps nothing) the window is forecast_scale_down_s (15 s) and it has expired.
+    def run(forecast: season.Forecast | None) -> decide.ScaleResult:
+        return decide.decide(
+            policy=make_policy(target=8.0, max_replicas=30),
+            window=window_of([40.0] * 30),
+            state=state.ScalerState(recommendations=((NOW - 20.0, 10),)),
+            now=NOW,
+            replicas=decide.Replicas(current=10, ready=10),
+            target_factor=1.2,
+            forecast=forecast,
+        )
+
+    calm = run(None)
+    assert (calm.desired, calm.reason) == (10, R.STABILIZING)
+    forecast = run(season.Forecast(demand=1.0, scale=1.0, error=0.0))
+    assert (forecast.desired, forecast.reason) == (5, R.SCALE_DOWN)

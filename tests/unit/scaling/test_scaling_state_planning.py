@@ -257,6 +257,7 @@ def test_cold_start_is_p90_of_recent_plausible_starts() -> None:
         {"calm_span_s": -1.0},
         {"calm_full_cold_start_s": 90.0, "calm_max_cold_start_s": 60.0},
         {"calm_scale_down_s": -1.0},
+        {"forecast_scale_down_s": -1.0},
         {"forecast_period_s": -1.0},
         {"forecast_max_error": -0.1},
         {"forecast_target_factor": 0.9},

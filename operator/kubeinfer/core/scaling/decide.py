@@ -29,11 +29,12 @@ season.py). The rules, in order:
    scheduler has not answered for yet: adding more before it has would pile pending pods
    onto a full cluster faster than the scheduler can say so), scale-down
    stabilization (the highest recommendation in the window, which lasts at least
-   ``scale_down_cold_starts`` learned cold starts; while calm or forecast only
-   ``calm_scale_down_s``, and a step it chooses within the tolerance waits for it to
-   expire), scale-down rate limit, settling (while calm or forecast, a stable window after
-   the last scale-down beyond the tolerance), the trend floor, scale-down hysteresis (not
-   while calm or forecast), the GPU veto on scale-down, then min/max.
+   ``scale_down_cold_starts`` learned cold starts; while calm only ``calm_scale_down_s``,
+   while forecast ``forecast_scale_down_s``, and then a step it chooses within the tolerance
+   waits for it to expire), scale-down rate limit, settling (while calm or forecast, a
+   stable window after the last scale-down beyond the tolerance), the trend floor,
+   scale-down hysteresis (not while calm or forecast), the GPU veto on scale-down, then
+   min/max.
 """
 
 from __future__ import annotations
@@ -359,10 +360,14 @@ class _Tick:
 
     @property
     def down_window_s(self) -> float:
-        """Scale-down stabilization this tick: ``kept_s``, or while calm (or forecast) the
-        shorter ``calm_scale_down_s`` (policy.py says why)."""
+        """Scale-down stabilization this tick: ``kept_s``; while calm the shorter
+        ``calm_scale_down_s``, and while forecast the shorter still ``forecast_scale_down_s``
+        (policy.py says why)."""
+        policy = self.policy
+        if self.forecast is not None:
+            return min(policy.forecast_scale_down_s, policy.scale_down_stabilization_s)
         if self.calm:
-            return min(self.policy.calm_scale_down_s, self.policy.scale_down_stabilization_s)
+            return min(policy.calm_scale_down_s, policy.scale_down_stabilization_s)
         return self.kept_s
 
 
@@ -599,11 +604,11 @@ def _raise_to(
             return floor, up
         floor = current
     elif keep_within_tolerance:
-        # The fewest n with wanted / n - 1 <= tolerance. The epsilon keeps a float quotient a
-        # hair over an integer from rounding up; exactly on the boundary (wanted = n x 1.1) the
-        # scale-up test above reads 4.4 / 4 - 1 as a hair over 0.1, so there n + 1 is added
-        # and n kept: a flap on that one float value, kept as benchmarked (analysis.md).
-        floor = math.ceil(wanted / (1 + tick.policy.tolerance) - 1e-9)
+        # The fewest n the scale-up test above would not leave (wanted / n - 1 <= tolerance),
+        # by the same expression, so the two agree on the boundary in floating point too.
+        floor = max(math.floor(wanted / (1 + tick.policy.tolerance)), 1)
+        while wanted / floor - 1 > tick.policy.tolerance:
+            floor += 1
         if floor <= recommended:
             return recommended, reason
     tick.clamps.append(clamp)
@@ -644,14 +649,12 @@ def _scale_down(tick: _Tick, desired: int, ahead: int | None, recommended: int) 
     if highest > desired:
         desired = min(highest, current)
         tick.clamps.append(Clamp.STABILIZATION)
-        # While calm or forecast, a step of less than one replica in ten (at least one) that
-        # stabilization chose waits for the window's highest recommendation to expire. Such
-        # steps start no settling period (below), so taken as the window's recommendations
-        # expire one by one they would walk the count down (17 -> 16 -> 15 ...) while the
-        # stable window still reads the load spread over the first count: the under-read
-        # settling is for. (A step of exactly the tolerance, 10 -> 9, is taken and starts
-        # none: the boundary differs from _noticed's by that one case, as benchmarked.)
-        if tick.calm and current - desired < max(1.0, policy.tolerance * current):
+        # While calm or forecast, a step that stabilization chose and the tolerance would not
+        # notice waits for the window's highest recommendation to expire. Such steps start
+        # no settling period (below), so taken as the window's recommendations expire one by
+        # one they would walk the count down (17 -> 16 -> 15 ...) while the stable window
+        # still reads the load spread over the first count: the under-read settling is for.
+        if tick.calm and not _noticed(policy, current, desired):
             desired = current
     floor = math.floor(current / policy.scale_down_max_rate)
     if desired < floor:
