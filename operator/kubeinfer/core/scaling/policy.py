@@ -111,8 +111,8 @@ class ScalingPolicy:
     # rather than ``calm_scale_down_s``: the floor already keeps what the load will need
     # within the next cold start, so the window only has to ride out the noise the last
     # period's range does not cover. 15 s: bench/autoscaling/analysis.md (0.2-3.5 % fewer
-    # replica-seconds on every family the forecast acts on, the misses as at 30 s; at 0 s
-    # the noisy family missed 10-32 k requests where 30 s missed 0-7.8 k).
+    # replica-seconds on every family the forecast acts on; noisy's median misses 29-7.7 k
+    # where 30 s missed 0-7.8 k, and 10-32 k at 0 s).
     forecast_scale_down_s: float = 15.0
     failures_before_fallback: int = 5
     scrape_interval_s: float = 2.0
