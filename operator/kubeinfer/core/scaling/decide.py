@@ -361,8 +361,8 @@ class _Tick:
     @property
     def down_window_s(self) -> float:
         """Scale-down stabilization this tick: ``kept_s``; while calm the shorter
-        ``calm_scale_down_s``, and while forecast the shorter still ``forecast_scale_down_s``
-        (policy.py says why)."""
+        ``calm_scale_down_s``, and while forecast ``forecast_scale_down_s`` (shorter still by
+        default; policy.py says why)."""
         policy = self.policy
         if self.forecast is not None:
             return min(policy.forecast_scale_down_s, policy.scale_down_stabilization_s)

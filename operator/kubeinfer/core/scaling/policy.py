@@ -97,8 +97,8 @@ class ScalingPolicy:
     # ``forecast_horizon_cold_starts`` cold starts needs are a floor, the target is raised by
     # ``forecast_target_factor`` (the room for bursts the forecast now covers), and the
     # burst headroom is off; the calm target's scale-down rules apply (decide.py: no
-    # hysteresis, a stable window after a scale-down beyond the tolerance) with a window
-    # shorter still (``forecast_scale_down_s``). Not for QueueTime.
+    # hysteresis, a stable window after a scale-down beyond the tolerance) with a window of
+    # its own (``forecast_scale_down_s``, shorter by default). Not for QueueTime.
     # 0.15: bench/autoscaling/analysis.md ("the forecast shipped"); 1.4 (1.3 until the floor
     # read the latency at the target, step._latency_at_target, which made it dearer at 1.3 on
     # the smooth families: analysis.md "a day a few minutes off"); 1.1 cold starts: a pod may
