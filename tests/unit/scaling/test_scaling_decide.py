@@ -933,13 +933,13 @@ def test_while_calm_a_step_that_only_stabilization_chose_waits_for_it() -> None:
     # Calm, 17 replicas, the load asks for 4 and the window's highest recommendation (10 s
     # old) for 16: one replica less would start a settling period that holds 16 for a stable
     # window. It waits for that recommendation to expire; a step beyond the tolerance does not.
-    def run(highest: int) -> decide.ScaleResult:
+    def run(highest: int, current: int = 17) -> decide.ScaleResult:
         return decide.decide(
             policy=make_policy(target=8.0, max_replicas=30),
             window=window_of([40.0] * 30),
             state=state.ScalerState(recommendations=((NOW - 10.0, highest),)),
             now=NOW,
-            replicas=decide.Replicas(current=17, ready=17),
+            replicas=decide.Replicas(current=current, ready=current),
             target_factor=1.2,
         )
 
@@ -951,14 +951,7 @@ def test_while_calm_a_step_that_only_stabilization_chose_waits_for_it() -> None:
     assert large.state.last_scale_down_time == NOW
     # The boundary is the tolerance's, as for settling: one replica in ten (10 -> 9) is not
     # noticed, so it waits too.
-    ten = decide.decide(
-        policy=make_policy(target=8.0, max_replicas=30),
-        window=window_of([40.0] * 30),
-        state=state.ScalerState(recommendations=((NOW - 10.0, 9),)),
-        now=NOW,
-        replicas=decide.Replicas(current=10, ready=10),
-        target_factor=1.2,
-    )
+    ten = run(9, current=10)
     assert (ten.desired, ten.reason) == (10, R.STABILIZING)
 
 
