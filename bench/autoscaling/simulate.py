@@ -120,6 +120,7 @@ def eval_specs(choice: dict[str, tuning.Choice], *, extras: bool) -> list[Scaler
         c = choice[kind]
         specs.append(ScalerSpec(f"{kind} tuned", kind, g[c.tuned]))
         specs.append(ScalerSpec(f"{kind} same budget", kind, g[c.same_budget]))
+        specs.append(ScalerSpec(f"{kind} {tuning.ORACLE_BOUND}", kind, g[c.oracle_bound]))
     if extras:
         specs.append(ScalerSpec(TRITON_GPU, "kubeinfer", gpu_metric="busy"))
         for name in prototypes.PROTOTYPES:

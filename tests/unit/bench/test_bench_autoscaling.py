@@ -191,3 +191,48 @@ def test_readme_quotes_the_committed_goal_count() -> None:
     quoted = re.search(r"on (\d+) of (\d+) family x cold-start cells", readme)
     assert quoted is not None, "README: the autoscaling sentence with the goal count is gone"
     assert (int(quoted.group(1)), int(quoted.group(2))) == (met, len(cells))
+
+
+def test_each_peer_is_also_tuned_inside_the_goals_cost_bound() -> None:
+    # The oracle-bound pick is the fewest misses at <= ORACLE_GOAL x the oracle's cost; where
+    # no configuration is that cheap, the cheapest (what "no peer stays inside" then reads).
+    import tuning
+
+    def pt(misses: float, cost: float) -> tuning.Point:
+        return tuning.Point(misses=misses, attainment=0.9, cost=cost)
+
+    points = {
+        "kubeinfer": pt(0, 200),
+        "oracle": pt(0, 100),
+        "HPA#0": pt(10, 160),  # cheapest over the bound: 1.6x
+        "HPA#1": pt(50, 150),  # inside (1.5x), fewer misses than #2
+        "HPA#2": pt(90, 120),
+        "KEDA#0": pt(5, 170),
+        "KEDA#1": pt(7, 151),
+        "KPA#0": pt(1, 140),
+    }
+    choices, _ = tuning.choose(points)
+    assert choices["HPA"].oracle_bound == 1
+    assert choices["KEDA"].oracle_bound == 1  # none inside: the cheapest
+    assert choices["KPA"].oracle_bound == 0
+
+
+def test_a_cell_that_misses_the_goal_is_read_by_what_the_peers_do_inside_its_bound() -> None:
+    import report
+
+    def goal(misses: bool, cost: bool, oracle: bool) -> dict[str, bool]:
+        return {"missesGoalMet": misses, "costGoalMet": cost, "oracleGoalMet": oracle}
+
+    def pick(misses: float, vs_oracle: float) -> dict[str, float]:
+        return {"sloMisses": misses, "costVsOracle": vs_oracle}
+
+    assert report._reading(goal(True, False, True), None, 0) == report.READ_COST
+    over = goal(True, True, False)
+    assert report._reading(over, pick(0, 1.6), 100) == report.READ_NONE_FITS
+    assert report._reading(over, pick(51, 1.4), 100) == report.READ_BEYOND
+    assert report._reading(over, pick(50, 1.4), 100) == report.READ_REACHABLE
+    assert report._reading(over, None, 100) == "-"
+    # Of the picks, the fewest misses among those inside the bound; else the cheapest.
+    picks = {"HPA": pick(1, 1.7), "KEDA": pick(9, 1.2), "KPA": pick(5, 1.5)}
+    assert report._inside_bound(picks)[0] == "KPA"
+    assert report._inside_bound({"HPA": pick(1, 1.7), "KPA": pick(0, 1.9)})[0] == "HPA"
