@@ -8,8 +8,9 @@ outputs plus a `Timings` record, and the caller books them.
 Like Triton's default, a batch starts as soon as a worker is free (no added delay when the
 queue is idle); requests that arrive while a batch runs wait and form the next, larger one.
 An optional max queue delay holds the first request back to let a batch fill. A tiny model
-on an idle queue runs inline instead (see INLINE_MAX_US); a model of unknown or larger cost
-never runs on the event loop.
+on an idle queue runs inline instead (see INLINE_MAX_US), and so does any model up to
+INLINE_SOLO_MAX_US while its requests come one at a time (see SOLO_AFTER); a model of unknown
+cost never runs on the event loop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ Execute = Callable[[Mapping[str, npt.NDArray[Any]]], Tensors]
 # less than this: for tiny models that saves the hop to the worker thread and back (two
 # wake-ups), and the loop is held up no longer than decoding a request or two takes anyway.
 INLINE_MAX_US = 200
+# A request also runs inline, for a model whose runs take up to INLINE_SOLO_MAX_US, while the
+# requests come one at a time: the last SOLO_AFTER batches on the worker thread each held one
+# request and nothing had queued behind it by the time it finished. One request at a time
+# cannot batch, and the hand-over to the worker and back is two thread wake-ups on a request
+# path that is otherwise waiting (measured on the heavy bench model at concurrency 1: 0.16 ms of
+# a 1.25 ms request; bench/runtime/PROFILE.md). While a request runs inline the loop reads
+# nothing, so it cannot see other requests arriving; every PROBE_EVERY-th request that would
+# run inline goes to the worker instead, and if others queue behind it the batcher is back to
+# batching. Longer runs stay on the worker: the loop must not stall for long (other models'
+# requests, metrics, probes), and the hand-over is a small share of them.
+INLINE_SOLO_MAX_US = 5000
+SOLO_AFTER = 4
+PROBE_EVERY = 16
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +122,7 @@ class DynamicBatcher:
         instances: int = 1,
         on_batch: Callable[[Timings], None] = lambda timings: None,
         inline_max_us: int = INLINE_MAX_US,
+        inline_solo_max_us: int = INLINE_SOLO_MAX_US,
     ) -> None:
         self._execute = execute
         self._on_batch = on_batch
@@ -117,8 +132,13 @@ class DynamicBatcher:
         self._preferred = tuple(preferred_batch_sizes)
         self._instances = instances
         self._inline_max_ns = inline_max_us * 1000
+        self._inline_solo_max_ns = inline_solo_max_us * 1000
         # Recent batch execution time (EWMA), None until a batch has run in a worker.
         self._recent_ns: float | None = None
+        # Worker batches in a row that held one request with nothing queued behind it, and
+        # requests run inline since the last probe (SOLO_AFTER, PROBE_EVERY).
+        self._solo = 0
+        self._inline_runs = 0
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_rows = 0
         self._executing = 0
@@ -160,20 +180,25 @@ class DynamicBatcher:
             )
         future: asyncio.Future[tuple[Tensors, Timings]] = asyncio.get_running_loop().create_future()
         item = _Item(inputs, rows, signature_of(inputs), future, time.monotonic_ns())
-        recent = self._recent_ns
-        if (
-            recent is not None
-            and recent <= self._inline_max_ns
-            and not self._queue
-            and not self._executing
-            and not self._delay_ns
-        ):
+        if self._inline_now():
             return self._run_inline(item)
         self._queue.append(item)
         self._queued_rows += rows
         self._idle.clear()
         self._wakeup.set()
         return await future
+
+    def _inline_now(self) -> bool:
+        """Whether the request being submitted runs on the loop (INLINE_MAX_US, SOLO_AFTER)."""
+        recent = self._recent_ns
+        if recent is None or self._queue or self._executing or self._delay_ns:
+            return False
+        if recent <= self._inline_max_ns:
+            return True
+        if recent > self._inline_solo_max_ns or self._solo < SOLO_AFTER:
+            return False
+        self._inline_runs += 1
+        return self._inline_runs % PROBE_EVERY != 0  # else a probe: to the worker
 
     def _run_inline(self, item: _Item) -> tuple[Tensors, Timings]:
         """Run one request on the event loop (idle batcher, tiny model): no thread hops."""
@@ -238,6 +263,8 @@ class DynamicBatcher:
                         item.future.set_result(result)
             finally:
                 self._executing -= len(items)
+                # The loop was free while this batch ran: a request queued now arrived then.
+                self._solo = self._solo + 1 if len(items) == 1 and not self._queue else 0
                 if not self._queue and not self._executing:
                     self._idle.set()
 

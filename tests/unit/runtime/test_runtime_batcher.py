@@ -128,16 +128,18 @@ async def test_full_queue_rejects_at_once_and_failures_reach_callers() -> None:
 
 
 class Recording:
-    """An identity "model" that notes which thread ran each batch."""
+    """An identity "model" that notes which thread ran each batch, and its size."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.threads: list[int] = []
+        self.batches: list[int] = []
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if self.delay:
             time.sleep(self.delay)
         self.threads.append(threading.get_ident())
+        self.batches.append(len(inputs["x"]))
         return {"y": inputs["x"]}
 
 
@@ -161,10 +163,60 @@ async def test_tiny_model_on_idle_queue_runs_inline_on_the_loop() -> None:
 
 
 async def test_slow_model_never_runs_on_the_loop() -> None:
-    model = Recording(delay=0.002)  # 2 ms: far over the inline threshold.
-    batcher = batching.DynamicBatcher(execute=model, max_batch_size=8, max_queue_size=10)
+    model = Recording(delay=0.002)  # 2 ms: over both inline thresholds given here.
+    batcher = batching.DynamicBatcher(
+        execute=model, max_batch_size=8, max_queue_size=10, inline_solo_max_us=1000
+    )
     batcher.start()
-    for _ in range(3):
+    for _ in range(batching.SOLO_AFTER + 4):  # one at a time, yet too slow for the loop
         await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
     await batcher.close()
     assert threading.get_ident() not in model.threads
+
+
+def _solo_batcher(model: Recording) -> batching.DynamicBatcher:
+    # Generous thresholds, so a loaded test machine cannot make the 2 ms model look slower
+    # than the rule allows; no tiny-model inlining, so only the one-at-a-time rule acts.
+    return batching.DynamicBatcher(
+        execute=model,
+        max_batch_size=64,
+        max_queue_size=100,
+        inline_max_us=0,
+        inline_solo_max_us=10_000_000,
+    )
+
+
+async def test_one_request_at_a_time_runs_inline_with_a_probe_every_so_often() -> None:
+    model = Recording(delay=0.002)
+    batcher = _solo_batcher(model)
+    batcher.start()
+    after = 2 * batching.PROBE_EVERY
+    for _ in range(batching.SOLO_AFTER + after):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+    await batcher.close()
+    on_loop = [t == threading.get_ident() for t in model.threads]
+    # The first SOLO_AFTER lone batches on the worker earn inline runs; then every
+    # PROBE_EVERY-th request is a probe on the worker again.
+    assert on_loop[: batching.SOLO_AFTER] == [False] * batching.SOLO_AFTER
+    probes = [i for i, loop in enumerate(on_loop[batching.SOLO_AFTER :], 1) if not loop]
+    assert probes == [batching.PROBE_EVERY, 2 * batching.PROBE_EVERY]
+
+
+async def test_requests_that_queue_behind_a_probe_end_the_inline_runs() -> None:
+    model = Recording(delay=0.002)
+    batcher = _solo_batcher(model)
+    batcher.start()
+    for _ in range(batching.SOLO_AFTER):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+    # Now many at once: while one runs inline the loop cannot see the others, but the next
+    # probe runs on the worker, the rest queue behind it, and they are batched again.
+    count = 3 * batching.PROBE_EVERY
+    await asyncio.gather(
+        *(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1) for _ in range(count))
+    )
+    await batcher.close()
+    loop_thread = threading.get_ident()
+    burst = list(zip(model.threads, model.batches, strict=True))[batching.SOLO_AFTER :]
+    assert sum(size for _, size in burst) == count
+    assert sum(1 for t, _ in burst if t == loop_thread) == batching.PROBE_EVERY - 1
+    assert max(size for t, size in burst if t != loop_thread) > 1
