@@ -39,8 +39,8 @@ INLINE_MAX_US = 200
 # requests come one at a time: the last SOLO_AFTER batches on the worker thread each held one
 # request and nothing had queued behind it by the time it finished. One request at a time
 # cannot batch, and the hand-over to the worker and back is two thread wake-ups on a request
-# path that is otherwise waiting (measured on the heavy bench model at concurrency 1: 0.16 ms of
-# a 1.25 ms request; bench/runtime/PROFILE.md). While a request runs inline the loop reads
+# path that is otherwise waiting (the heavy bench model at concurrency 1: about 0.2 ms of a
+# 1.25-1.32 ms request; bench/runtime/PROFILE.md). While a request runs inline the loop reads
 # nothing, so it cannot see other requests arriving; every PROBE_EVERY-th request that would
 # run inline goes to the worker instead, and if others queue behind it the batcher is back to
 # batching. Longer runs stay on the worker: the loop must not stall for long (other models'
