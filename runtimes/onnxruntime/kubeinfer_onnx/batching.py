@@ -201,7 +201,8 @@ class DynamicBatcher:
         return self._inline_runs % PROBE_EVERY != 0  # else a probe: to the worker
 
     def _run_inline(self, item: _Item) -> tuple[Tensors, Timings]:
-        """Run one request on the event loop (idle batcher, tiny model): no thread hops."""
+        """Run one request on the event loop (idle batcher; a tiny model, or requests one at a
+        time): no thread hops."""
         self._executing += 1
         self._idle.clear()
         try:
@@ -264,7 +265,9 @@ class DynamicBatcher:
             finally:
                 self._executing -= len(items)
                 # The loop was free while this batch ran: a request queued now arrived then.
-                self._solo = self._solo + 1 if len(items) == 1 and not self._queue else 0
+                # With several instances, another batch still running is company too.
+                alone = len(items) == 1 and not self._queue and not self._executing
+                self._solo = self._solo + 1 if alone else 0
                 if not self._queue and not self._executing:
                     self._idle.set()
 

@@ -220,3 +220,29 @@ async def test_requests_that_queue_behind_a_probe_end_the_inline_runs() -> None:
     assert sum(size for _, size in burst) == count
     assert sum(1 for t, _ in burst if t == loop_thread) == batching.PROBE_EVERY - 1
     assert max(size for t, size in burst if t != loop_thread) > 1
+
+
+async def test_two_at_a_time_on_two_instances_never_run_on_the_loop() -> None:
+    # Each instance's batch holds one request and nothing queues, but the other instance is
+    # running too: that is not one request at a time, and inline runs would serialise them.
+    model = Recording(delay=0.002)
+    batcher = batching.DynamicBatcher(
+        execute=model,
+        max_batch_size=64,
+        max_queue_size=100,
+        instances=2,
+        inline_max_us=0,
+        inline_solo_max_us=10_000_000,
+    )
+    batcher.start()
+    x = np.ones((1, 2), np.float32)
+    for _ in range(4 * batching.SOLO_AFTER):
+        first = asyncio.create_task(batcher.submit({"x": x}, 1))
+        # Once the first is on an instance, the second takes the other (unless the first ran
+        # inline, on the loop: then it is done already, and the assertion below fails).
+        while batcher.running == 0 and not first.done():
+            await asyncio.sleep(0)
+        await asyncio.gather(first, batcher.submit({"x": x}, 1))
+    await batcher.close()
+    assert threading.get_ident() not in model.threads
+    assert max(model.batches) == 1  # each instance ran its own
