@@ -465,9 +465,9 @@ READ_REACHABLE = "a peer inside the bound meets the misses goal"
 
 def _reading(goal: dict[str, Any], pick: dict[str, Any] | None, peer_misses: float) -> str:
     """Why a cell misses, in a few words: it costs more than the peer and nothing else
-    fails; no configuration of any peer in the grid stays inside the oracle bound, or none
-    that does gets within the misses goal (the bound asks for what no reactive rule in the
-    grid does); or one does (a loss on kubeinfer's side)."""
+    fails; no peer's pick for the oracle bound stays inside it on the evaluation seeds, or
+    none that does gets within the misses goal (the bound asks for what none of the three
+    peers, tuned for it, does); or one does (a loss on kubeinfer's side)."""
     if goal["missesGoalMet"] and goal["oracleGoalMet"]:
         return READ_COST
     if pick is None:
